@@ -1,0 +1,33 @@
+# marsdiff: RL fine-tuning of diffusion models toward diverse synthetic Mars craters.
+# Stages read like a table of contents; helpers live in workflow/rules/common.smk.
+from snakemake.utils import min_version, validate
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/reference.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/rewards.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/rl.smk"
+
+
+rule all:
+    default_target: True
+    localrule: True
+    input:
+        reference_targets(),
+        feature_targets(),
+        reward_targets(),
+        model_targets(),
+        sampling_targets(),

@@ -1,0 +1,3 @@
+from marsdiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reference image sets: the HRSC crater catalogue, user image folders, and their manifests."""

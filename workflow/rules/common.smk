@@ -1,0 +1,58 @@
+# Pure-Python helpers for the rules: paths, per-stage params, target lists.
+# No heavy imports here: the Snakefile is parsed again in every cluster job.
+import json
+from pathlib import Path
+
+RESULTS = Path("results")
+LOGS = Path("logs")
+BENCH = Path("benchmarks-out")
+REFERENCE_DIR = RESULTS / "reference"
+FEATURES_DIR = RESULTS / "features"
+LIBRARY = Path("src/marsdiff")
+
+
+def stage_params(cfg, *sections):
+    """One JSON string (sorted keys) of the config sections a rule depends on.
+
+    Snakemake's params trigger compares this text, so a rule re-runs exactly when one of its
+    own sections changes, never on key reordering or on other stages' settings.
+    """
+    return json.dumps({name: cfg.get(name) for name in sections}, sort_keys=True)
+
+
+def library_sources(*subpackages):
+    """The library modules a rule's script runs, declared as inputs so code edits re-run it."""
+    files = [LIBRARY / "errors.py", LIBRARY / "stage.py"]
+    files += sorted(LIBRARY.joinpath("io").glob("*.py"))
+    for sub in subpackages:
+        files += sorted(LIBRARY.joinpath(sub).rglob("*.py"))
+    return [str(f) for f in files]
+
+
+def extractor_names(cfg):
+    return list(cfg["features"]["extractors"])
+
+
+def reference_targets():
+    return [str(REFERENCE_DIR / "manifest.csv"), str(REFERENCE_DIR / "contact_sheet.png")]
+
+
+def feature_targets():
+    return [
+        str(FEATURES_DIR / "reference" / f"{name}.npy") for name in extractor_names(config)
+    ]
+
+
+def reward_targets():
+    """Targets of the reward-validation stage (workflow/rules/rewards.smk)."""
+    return []
+
+
+def model_targets():
+    """Targets of the base-model stage (workflow/rules/model.smk)."""
+    return []
+
+
+def sampling_targets():
+    """Targets of the recorded-sampling stage (workflow/rules/rl.smk)."""
+    return []

@@ -1,0 +1,1 @@
+# Base diffusion model and recorded sampling (filled in by the model stage).

@@ -1,0 +1,1 @@
+# Diversity rewards validated on ladders of increasing diversity (filled in by the rewards stage).

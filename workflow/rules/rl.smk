@@ -1,0 +1,1 @@
+# Per-round recorded sampling and RL updates.
