@@ -9,6 +9,7 @@ BENCH = Path("benchmarks-out")
 REFERENCE_DIR = RESULTS / "reference"
 FEATURES_DIR = RESULTS / "features"
 LIBRARY = Path("src/marsdiff")
+EXTRACTOR_CHOICES = ("mobilenet_v2", "clip", "resnet18")
 
 
 def stage_params(cfg, *sections):

@@ -1,0 +1,366 @@
+"""Building the reference set: crater crops from a labelled tile, or a user's image folders.
+
+Output (written atomically as one directory): ``images/<id>.png`` and ``manifest.csv`` with one
+row per image. Manifest columns are listed in :data:`MANIFEST_COLUMNS`; ``split`` is 'train' or
+'heldout' (the held-out split is read only by evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from marsdiff.data import assets
+from marsdiff.data.categories import (
+    contrast_categories,
+    equal_count_bins,
+    lighting_categories,
+    size_categories,
+    stratified_split,
+)
+from marsdiff.data.images import is_image_name, load_image, save_png
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = [
+    "id", "path", "source", "x", "y", "diameter_px", "size_cat", "lighting_cat", "contrast_cat",
+    "h_mean", "h_std", "s_mean", "s_std", "v_mean", "v_std", "contrast", "split",
+]
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """The ``reference`` config section (defaults mirror the schema)."""
+
+    source: str = "hrsc"
+    folder: str | None = None
+    metadata_csv: str | None = None
+    tile: str | None = None
+    labels: str | None = None
+    window_px: int = 64
+    image_size: int = 64
+    size_bins: int = 6
+    lighting_bins: int = 3
+    contrast_bins: int = 3
+    heldout_fraction: float = 0.25
+    max_craters: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "ReferenceConfig":
+        return cls(**{k: v for k, v in (cfg or {}).items()})
+
+
+# ---------------------------------------------------------------------------- image statistics
+
+def image_statistics(image: np.ndarray) -> dict[str, float]:
+    """Mean/std of H, S, V (0-1 scale) and RMS contrast (std of V over its mean)."""
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float64) / 255.0
+    stats = {}
+    for channel, name in enumerate("hsv"):
+        stats[f"{name}_mean"] = float(hsv[..., channel].mean())
+        stats[f"{name}_std"] = float(hsv[..., channel].std())
+    stats["contrast"] = stats["v_std"] / max(stats["v_mean"], 1e-6)
+    return stats
+
+
+def _resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    pil = Image.fromarray(image)
+    side = min(pil.size)
+    left, top = (pil.size[0] - side) // 2, (pil.size[1] - side) // 2
+    pil = pil.crop((left, top, left + side, top + side))
+    return np.asarray(pil.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def _grey_if_colourless(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3 and np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]):
+        return image[..., 0]
+    return image
+
+
+# ---------------------------------------------------------------------------- labelled tile
+
+def load_crater_labels(path: str | os.PathLike, width: int, height: int) -> pd.DataFrame:
+    """Crater labels as columns x (pixel column), y (pixel row), diameter_px.
+
+    Accepts pycda's columns (``long`` = x, ``lat`` = y, ``diameter``) or ``x, y, diameter_px``.
+    A label whose centre is outside the image or whose diameter is not positive is an error.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MarsdiffError(f"{path}: cannot read crater labels ({err})") from None
+    renames = {"long": "x", "lat": "y", "diameter": "diameter_px"}
+    table = table.rename(columns={k: v for k, v in renames.items() if k in table.columns})
+    missing = [c for c in ("x", "y", "diameter_px") if c not in table.columns]
+    if missing:
+        raise MarsdiffError(f"{path}: crater labels lack column(s) {', '.join(missing)} (need long/lat/diameter or x/y/diameter_px)")
+    if table.empty:
+        raise MarsdiffError(f"{path}: crater labels file has no rows")
+    values = table[["x", "y", "diameter_px"]].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna().any(axis=1) | ~np.isfinite(values.to_numpy()).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise MarsdiffError(f"{path}: row {row + 2} has a non-numeric or missing x/y/diameter")
+    outside = (values.x < 0) | (values.x >= width) | (values.y < 0) | (values.y >= height)
+    if outside.any():
+        row = int(np.flatnonzero(outside.to_numpy())[0])
+        r = values.iloc[row]
+        raise MarsdiffError(
+            f"{path}: row {row + 2} label at x={r.x:g}, y={r.y:g} lies outside the {width}x{height} image"
+        )
+    if (values.diameter_px <= 0).any():
+        row = int(np.flatnonzero((values.diameter_px <= 0).to_numpy())[0])
+        raise MarsdiffError(f"{path}: row {row + 2} has a non-positive diameter")
+    return values.reset_index(drop=True)
+
+
+def crop_window(image: np.ndarray, x: float, y: float, window: int) -> np.ndarray:
+    """A ``window`` x ``window`` crop centred on (x, y), reflect-padded where it leaves the image."""
+    half = window // 2
+    cx, cy = int(round(x)), int(round(y))
+    pad = window
+    padded = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="reflect")
+    top, left = cy - half + pad, cx - half + pad
+    return padded[top: top + window, left: left + window].copy()
+
+
+def spread_subset(diameters: np.ndarray, count: int) -> np.ndarray:
+    """Indices of ``count`` craters spread evenly over the size ranking (for tiny test runs)."""
+    order = np.argsort(diameters, kind="stable")
+    picks = np.linspace(0, len(order) - 1, count).round().astype(int)
+    return np.sort(order[np.unique(picks)])
+
+
+def tile_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+    """Crop every labelled crater of the tile into ``images_dir``; one record per crop."""
+    if cfg.tile or cfg.labels:
+        if not (cfg.tile and cfg.labels):
+            raise MarsdiffError("reference.tile and reference.labels must be given together")
+        tile_path, labels_path = Path(cfg.tile), Path(cfg.labels)
+        source = tile_path.name
+    else:
+        tile_path, labels_path = assets.hrsc_tile_and_labels()
+        source = "hrsc_nanedi_vallis"
+    tile = load_image(tile_path, mode="L")
+    labels = load_crater_labels(labels_path, width=tile.shape[1], height=tile.shape[0])
+    if cfg.window_px > min(tile.shape):
+        raise MarsdiffError(f"reference.window_px={cfg.window_px} is larger than the tile {tile_path} ({tile.shape[1]}x{tile.shape[0]})")
+    if cfg.max_craters is not None and cfg.max_craters < len(labels):
+        labels = labels.iloc[spread_subset(labels.diameter_px.to_numpy(), cfg.max_craters)].reset_index(drop=True)
+    log.info("cropping %d craters from %s (window %d px -> %d px)", len(labels), tile_path, cfg.window_px, cfg.image_size)
+    records = []
+    for index, crater in enumerate(labels.itertuples(index=False)):
+        crop = _resize_square(crop_window(tile, crater.x, crater.y, cfg.window_px), cfg.image_size)
+        crater_id = f"crater_{index:04d}"
+        save_png(images_dir / f"{crater_id}.png", crop)
+        records.append({
+            "id": crater_id, "path": f"images/{crater_id}.png", "source": source,
+            "x": float(crater.x), "y": float(crater.y), "diameter_px": float(crater.diameter_px),
+            **image_statistics(crop),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+# ---------------------------------------------------------------------------- image folders
+
+CATEGORY_AXES = {"size": "size_cat", "lighting": "lighting_cat", "contrast": "contrast_cat"}
+
+
+def _folder_categories(relative: Path) -> dict[str, str]:
+    """Categories from an image's folders: ``by_<axis>/<value>/...`` or ``<value>/...``."""
+    parts = relative.parts[:-1]
+    if parts and parts[0].startswith("by_") and len(parts) >= 2:
+        axis = parts[0][3:]
+        return {CATEGORY_AXES.get(axis, f"{axis}_cat"): parts[1]}
+    return {"category": parts[0]}
+
+
+def _safe_id(relative: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(relative.with_suffix("").parts))
+
+
+def scan_image_folder(root: Path) -> list[Path]:
+    """Image files below ``root`` (relative paths), checking the tree is a category tree."""
+    if not root.is_dir():
+        raise MarsdiffError(f"reference.folder {root} is not a directory")
+    images: list[Path] = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        here = Path(directory)
+        visible = sorted(f for f in files if not f.startswith("."))
+        if here != root and not visible and not subdirs:
+            raise MarsdiffError(f"{here}: empty category folder (no images)")
+        for name in visible:
+            path = here / name
+            if here == root:
+                if name.lower().endswith(".csv"):
+                    continue
+                raise MarsdiffError(f"{path}: images must sit in category sub-folders of {root}, not at its top level")
+            if not is_image_name(name):
+                raise MarsdiffError(f"{path}: not an image file (expected one of png, jpg, tif, bmp, pgm, webp)")
+            images.append(path.relative_to(root))
+    if not images:
+        raise MarsdiffError(f"reference.folder {root} contains no images")
+    return images
+
+
+def folder_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+    if not cfg.folder:
+        raise MarsdiffError("reference.source is 'folder' but reference.folder is not set")
+    root = Path(cfg.folder)
+    relatives = scan_image_folder(root)
+    log.info("reading %d images from %s", len(relatives), root)
+    records, seen = [], set()
+    for relative in relatives:
+        image = _grey_if_colourless(_resize_square(load_image(root / relative, mode="RGB"), cfg.image_size))
+        image_id = _safe_id(relative)
+        if image_id in seen:
+            raise MarsdiffError(f"{root / relative}: id {image_id} collides with another image; rename one")
+        seen.add(image_id)
+        save_png(images_dir / f"{image_id}.png", image)
+        records.append({
+            "id": image_id, "path": f"images/{image_id}.png", "source": str(relative),
+            **_folder_categories(relative), **image_statistics(image),
+        })
+    table = pd.DataFrame.from_records(records)
+    if cfg.metadata_csv:
+        table = _join_metadata(table, Path(cfg.metadata_csv))
+    return table
+
+
+def _join_metadata(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    try:
+        meta = pd.read_csv(csv_path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MarsdiffError(f"{csv_path}: cannot read metadata CSV ({err})") from None
+    if "file" not in meta.columns:
+        raise MarsdiffError(f"{csv_path}: metadata CSV needs a 'file' column (image path relative to reference.folder)")
+    meta = meta.assign(source=meta["file"].astype(str).map(lambda p: str(Path(p)))).drop(columns="file")
+    unknown = sorted(set(meta["source"]) - set(table["source"]))
+    if unknown:
+        raise MarsdiffError(f"{csv_path}: metadata names {len(unknown)} file(s) not in the folder, e.g. {unknown[0]}")
+    clash = [c for c in meta.columns if c in ("id", "path", "split")]
+    if clash:
+        raise MarsdiffError(f"{csv_path}: metadata column(s) {', '.join(clash)} are reserved")
+    keep = [c for c in table.columns if c not in meta.columns or c == "source"]
+    return table[keep].merge(meta, on="source", how="left")
+
+
+# ---------------------------------------------------------------------------- manifest
+
+def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
+    """Fill size/lighting/contrast categories not given by the source, then the split."""
+    table = table.copy()
+    if "diameter_px" not in table.columns:
+        table["diameter_px"] = np.nan
+    for column in ("x", "y"):
+        if column not in table.columns:
+            table[column] = np.nan
+    if "size_cat" not in table.columns or table["size_cat"].isna().all():
+        diameters = pd.to_numeric(table["diameter_px"], errors="coerce")
+        if diameters.notna().all():
+            table["size_cat"] = size_categories(diameters.to_numpy(), min(cfg.size_bins, len(table)))
+        else:
+            table["size_cat"] = table.get("category", pd.Series("all", index=table.index))
+    if "lighting_cat" not in table.columns or table["lighting_cat"].isna().all():
+        table["lighting_cat"] = lighting_categories(table["v_mean"].to_numpy(), min(cfg.lighting_bins, len(table)))
+    if "contrast_cat" not in table.columns or table["contrast_cat"].isna().all():
+        table["contrast_cat"] = contrast_categories(table["contrast"].to_numpy(), min(cfg.contrast_bins, len(table)))
+    for column in ("size_cat", "lighting_cat", "contrast_cat"):
+        if table[column].isna().any():
+            first = table.loc[table[column].isna(), "source"].iloc[0]
+            raise MarsdiffError(f"image {first} has no {column}: put it in a by_{column[:-4]}/<value>/ folder or give it in the metadata CSV")
+    table["split"] = stratified_split(table["size_cat"], cfg.heldout_fraction, cfg.seed)
+    extra = [c for c in table.columns if c not in MANIFEST_COLUMNS]
+    return table[MANIFEST_COLUMNS + extra]
+
+
+def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
+    """Build the reference set into ``out_dir`` (images/ + manifest.csv) and return the manifest.
+
+    The directory appears only when complete; a failure leaves the previous one untouched.
+    """
+    cfg = ReferenceConfig.from_dict(cfg_dict)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        images_dir = staging / "images"
+        images_dir.mkdir()
+        if cfg.source == "hrsc":
+            table = tile_records(cfg, images_dir)
+        elif cfg.source == "folder":
+            table = folder_records(cfg, images_dir)
+        else:
+            raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
+        manifest = assign_categories(table, cfg)
+        manifest.to_csv(staging / "manifest.csv", index=False, float_format="%.6g")
+        write_contact_sheet(staging / "contact_sheet.png", manifest, staging)
+    counts = manifest.groupby(["size_cat", "split"]).size().unstack(fill_value=0)
+    log.info("reference set: %d images\n%s", len(manifest), counts.to_string())
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
+    """The manifest as a DataFrame, optionally one split; clear error when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise MarsdiffError(f"{path}: reference manifest not found (run the prepare_reference stage)")
+    table = pd.read_csv(path, dtype={"id": str})
+    missing = [c for c in ("id", "path", "size_cat", "split") if c not in table.columns]
+    if missing:
+        raise MarsdiffError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    if split is not None:
+        table = table[table["split"] == split].reset_index(drop=True)
+    return table
+
+
+def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row: int = 8) -> None:
+    """One row of example crops per size category, smallest craters on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = sorted(manifest["size_cat"].unique(), key=_category_sort_key)
+    fig, axes = plt.subplots(len(categories), per_row, figsize=(per_row * 1.1, len(categories) * 1.2), squeeze=False)
+    rng = np.random.default_rng(0)
+    for row, category in enumerate(categories):
+        members = manifest[manifest["size_cat"] == category]
+        picks = members.iloc[rng.permutation(len(members))[:per_row]]
+        for col in range(per_row):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(picks):
+                image = np.asarray(Image.open(root / picks.iloc[col]["path"]))
+                ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            if col == 0:
+                ax.set_ylabel(category, fontsize=7)
+    fig.suptitle("Reference craters by size category", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _category_sort_key(name: str):
+    match = re.match(r"s(\d+)_", str(name))
+    return (0, int(match.group(1)), "") if match else (1, 0, str(name))
+
+
+__all__ = [
+    "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "read_manifest", "crop_window",
+    "load_crater_labels", "image_statistics", "scan_image_folder", "equal_count_bins",
+]

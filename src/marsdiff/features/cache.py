@@ -1,0 +1,118 @@
+"""Feature cache keyed by image content and extractor identity.
+
+One ``<cache_dir>/<extractor key>.npz`` per extractor configuration holds the SHA-256 of every
+image file seen so far and its feature vector. Re-extracting a set computes only the images whose
+bytes are new; the cache lives outside Snakemake's outputs so a re-run of the rule reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from marsdiff.data.images import load_image
+from marsdiff.errors import MarsdiffError
+from marsdiff.features.base import FeatureExtractor
+from marsdiff.io.atomic import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int
+    misses: int
+
+
+class FeatureCache:
+    def __init__(self, cache_dir: str | os.PathLike, extractor: FeatureExtractor):
+        self.path = Path(cache_dir) / f"{extractor.name}-{extractor.cache_key()}.npz"
+        self.dim = extractor.dim
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                digests, features = stored["digests"], stored["features"]
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("ignoring unreadable feature cache %s (%s); it will be rebuilt", self.path, err)
+            return
+        if features.ndim != 2 or features.shape[1] != self.dim or len(digests) != len(features):
+            log.warning("ignoring feature cache %s with unexpected shape %s", self.path, features.shape)
+            return
+        self.vectors = {str(d): features[i] for i, d in enumerate(digests)}
+
+    def save(self) -> None:
+        digests = np.array(sorted(self.vectors), dtype="U64")
+        features = np.stack([self.vectors[d] for d in digests]) if len(digests) else np.zeros((0, self.dim), np.float32)
+        with atomic_path(self.path, suffix=".npz") as tmp:
+            np.savez(tmp, digests=digests, features=features.astype(np.float32))
+
+
+def extract_with_cache(paths: Sequence[str | os.PathLike], extractor: FeatureExtractor,
+                       cache_dir: str | os.PathLike | None, progress: bool = True) -> tuple[np.ndarray, CacheStats]:
+    """Features of the image files ``paths`` (in order), computing only uncached contents."""
+    digests = [content_digest(p) for p in paths]
+    cache = FeatureCache(cache_dir, extractor) if cache_dir is not None else None
+    known = cache.vectors if cache is not None else {}
+    todo = sorted({d: p for d, p in zip(digests, paths) if d not in known}.items())
+    if todo:
+        log.info("%s: extracting %d new image(s), %d cached", extractor.name, len(todo), len(paths) - len(todo))
+        fresh = extractor.extract([load_image(p, mode="RGB") for _, p in todo], progress=progress)
+        if not np.all(np.isfinite(fresh)):
+            raise MarsdiffError(f"{extractor.name} produced non-finite features (check the weights)")
+        new_vectors = {d: fresh[i] for i, (d, _) in enumerate(todo)}
+        if cache is not None:
+            cache.vectors.update(new_vectors)
+            cache.save()
+        known = {**known, **new_vectors}
+    else:
+        log.info("%s: all %d image(s) cached", extractor.name, len(paths))
+    features = np.stack([known[d] for d in digests]) if digests else np.zeros((0, extractor.dim), np.float32)
+    return features.astype(np.float32), CacheStats(hits=len(paths) - len(todo), misses=len(todo))
+
+
+def write_feature_set(features: np.ndarray, ids: Sequence[str], npy_path: str | os.PathLike) -> Path:
+    """Write ``<name>.npy`` and ``<name>.ids.txt`` (ids in row order) atomically; return the ids path."""
+    npy_path = Path(npy_path)
+    if len(ids) != len(features):
+        raise ValueError(f"{len(ids)} ids for {len(features)} feature rows")
+    ids_path = ids_path_for(npy_path)
+    with atomic_path(npy_path, suffix=".npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
+    write_text(ids_path, "".join(f"{i}\n" for i in ids))
+    return ids_path
+
+
+def ids_path_for(npy_path: str | os.PathLike) -> Path:
+    npy_path = Path(npy_path)
+    return npy_path.with_name(npy_path.stem + ".ids.txt")
+
+
+def read_feature_set(npy_path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Features and ids of a feature set; clear error when missing or inconsistent."""
+    npy_path = Path(npy_path)
+    ids_path = ids_path_for(npy_path)
+    for path in (npy_path, ids_path):
+        if not path.is_file():
+            raise MarsdiffError(f"{path}: feature file not found (run the extract_features stage)")
+    try:
+        features = np.load(npy_path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise MarsdiffError(f"{npy_path}: unreadable feature array ({err})") from None
+    ids = ids_path.read_text().splitlines()
+    if features.ndim != 2 or len(ids) != len(features):
+        raise MarsdiffError(f"{npy_path}: {features.shape} features do not match {len(ids)} ids in {ids_path}")
+    return features, ids
