@@ -1,0 +1,72 @@
+"""The RBF kernel and its bandwidth, shared by MMD, GP information gain and Vendi.
+
+``k(x, y) = exp(-||x - y||^2 / (2 sigma^2))`` with ``k(x, x) = 1``. The bandwidth ``sigma`` is
+either a fixed positive number or the median heuristic: the median Euclidean distance between
+distinct rows of a feature set (the reference set inside a :class:`RewardModel`, so the reward's
+scale does not drift as the policy changes). Every reward result records the bandwidth it used
+and where it came from (``"fixed"`` or ``"median"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+
+#: Above this many rows the median heuristic uses a fixed random subset (distances are O(m^2)).
+MEDIAN_MAX_ROWS = 4000
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Pairwise squared Euclidean distances (float64, clipped at 0; exact 0 on the diagonal of a vs a)."""
+    same = b is None
+    b = a if same else b
+    d2 = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
+    np.maximum(d2, 0.0, out=d2)
+    if same:
+        np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+def check_bandwidth(bandwidth: float) -> float:
+    try:
+        value = float(bandwidth)
+    except (TypeError, ValueError):
+        raise MarsdiffError(f"kernel bandwidth must be a positive number or 'median', got {bandwidth!r}") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise MarsdiffError(f"kernel bandwidth must be a positive finite number, got {value}")
+    return value
+
+
+def rbf_kernel(a: np.ndarray, b: np.ndarray | None, bandwidth: float) -> np.ndarray:
+    """RBF kernel matrix between the rows of ``a`` and ``b`` (``b=None``: ``a`` with itself)."""
+    sigma = check_bandwidth(bandwidth)
+    return np.exp(squared_distances(a, b) / (-2.0 * sigma * sigma))
+
+
+def median_heuristic(features: np.ndarray, seed: int = 0) -> float:
+    """Median Euclidean distance over pairs i < j of rows; raises if it is 0 (identical features)."""
+    if len(features) < 2:
+        raise MarsdiffError("the median-heuristic bandwidth needs at least 2 feature rows")
+    if len(features) > MEDIAN_MAX_ROWS:
+        rows = np.random.default_rng(seed).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
+        features = features[np.sort(rows)]
+    upper = np.triu_indices(len(features), k=1)
+    median = float(np.sqrt(np.median(squared_distances(features)[upper])))
+    if not median > 0.0:
+        raise MarsdiffError(
+            "median-heuristic bandwidth is 0: at least half of the feature pairs are identical "
+            "(all-identical inputs?); set reward.bandwidth to a fixed number"
+        )
+    return median
+
+
+def resolve_bandwidth(bandwidth: float | str, features: np.ndarray, scale: float = 1.0) -> tuple[float, str]:
+    """``(sigma, source)``: a fixed number as given, or ``scale`` x the median heuristic on ``features``."""
+    if isinstance(bandwidth, str):
+        if bandwidth != "median":
+            raise MarsdiffError(f"kernel bandwidth must be a positive number or 'median', got {bandwidth!r}")
+        return check_bandwidth(check_bandwidth(scale) * median_heuristic(features)), "median"
+    return check_bandwidth(bandwidth), "fixed"

@@ -1,0 +1,69 @@
+"""The catalogue of reward terms: a kind name from the config -> a reward object.
+
+Every term object has ``value(X)`` (a result dataclass with ``.reward``, higher = better) and
+``leave_one_out(X)`` (per-image credit ``reward(X) - reward(X without x_a)``), and caches what
+depends on the reference only. Kinds:
+
+==============================  ==========================================  ==================
+kind                            reward                                      options
+==============================  ==========================================  ==================
+mmd                             -MMD^2, RBF kernel, shared bandwidth        estimator, scale
+cmmd                            -CMMD (biased, unit norm, sigma 10, x1000)  (none)
+information_gain                +0.5 log det(I + K_xx/s^2)                  noise_var
+conditional_information_gain    +IG(X | reference)                          noise_var
+frechet                         -FD between Gaussian fits                   (none)
+vendi                           +order-1 Vendi score                        (none)
+==============================  ==========================================  ==================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.rewards.frechet import Frechet
+from marsdiff.rewards.information import InformationGain
+from marsdiff.rewards.mmd import CMMD_BANDWIDTH, CMMD_SCALE, MMD
+from marsdiff.rewards.vendi import Vendi
+
+TERM_OPTIONS: dict[str, dict[str, Any]] = {
+    "mmd": {"estimator": "unbiased", "scale": 1.0},
+    "cmmd": {},
+    "information_gain": {"noise_var": 0.1},
+    "conditional_information_gain": {"noise_var": 0.1},
+    "frechet": {},
+    "vendi": {},
+}
+TERM_KINDS = tuple(TERM_OPTIONS)
+#: Kinds whose kernel uses the shared reward bandwidth (cmmd fixes its own; frechet has none).
+BANDWIDTH_KINDS = ("mmd", "information_gain", "conditional_information_gain", "vendi")
+
+
+def term_options(kind: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The kind's options with defaults filled in; unknown kinds or options are errors."""
+    if kind not in TERM_OPTIONS:
+        raise MarsdiffError(f"unknown reward kind {kind!r}; choose one of {', '.join(TERM_KINDS)}")
+    allowed = TERM_OPTIONS[kind]
+    options = {key: value for key, value in (options or {}).items() if value is not None}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise MarsdiffError(f"reward kind {kind!r} has no option(s) {unknown}; it takes {sorted(allowed) or 'none'}")
+    return {**allowed, **options}
+
+
+def build_term(kind: str, reference: np.ndarray, bandwidth: float, options: dict[str, Any] | None = None):
+    """A reward object of ``kind`` against ``reference`` with a resolved (numeric) bandwidth."""
+    opts = term_options(kind, options)
+    if kind == "mmd":
+        return MMD(reference, bandwidth, opts["estimator"], opts["scale"])
+    if kind == "cmmd":
+        return MMD(reference, CMMD_BANDWIDTH, "biased", CMMD_SCALE, unit_norm=True)
+    if kind == "information_gain":
+        return InformationGain(reference, bandwidth, opts["noise_var"])
+    if kind == "conditional_information_gain":
+        return InformationGain(reference, bandwidth, opts["noise_var"], conditional=True)
+    if kind == "frechet":
+        return Frechet(reference)
+    return Vendi(reference, bandwidth)
