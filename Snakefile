@@ -2,12 +2,16 @@
 # Stages read like a table of contents; helpers live in workflow/rules/common.smk.
 from snakemake.utils import min_version, validate
 
+from marsdiff.config import check_config
+
 min_version("9.20")
 
 
 configfile: "config/config.yaml"
 
 
+# One-line message naming the bad key first, then Snakemake's own validation (fills defaults).
+check_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 validate(config, schema="workflow/schemas/config.schema.yaml")
 
 

@@ -8,7 +8,8 @@ LOGS = Path("logs")
 BENCH = Path("benchmarks-out")
 REFERENCE_DIR = RESULTS / "reference"
 FEATURES_DIR = RESULTS / "features"
-LIBRARY = Path("src/marsdiff")
+# Library code lives beside the Snakefile, whatever the working directory.
+LIBRARY = Path(workflow.basedir) / "src" / "marsdiff"
 EXTRACTOR_CHOICES = ("mobilenet_v2", "clip", "resnet18")
 
 

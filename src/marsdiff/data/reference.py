@@ -177,6 +177,7 @@ def tile_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- image folders
 
+UNSPECIFIED = "unspecified"
 CATEGORY_AXES = {"size": "size_cat", "lighting": "lighting_cat", "contrast": "contrast_cat"}
 
 
@@ -281,9 +282,8 @@ def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame
     if "contrast_cat" not in table.columns or table["contrast_cat"].isna().all():
         table["contrast_cat"] = contrast_categories(table["contrast"].to_numpy(), min(cfg.contrast_bins, len(table)))
     for column in ("size_cat", "lighting_cat", "contrast_cat"):
-        if table[column].isna().any():
-            first = table.loc[table[column].isna(), "source"].iloc[0]
-            raise MarsdiffError(f"image {first} has no {column}: put it in a by_{column[:-4]}/<value>/ folder or give it in the metadata CSV")
+        # Images filed under another axis (by_lighting/...) carry no value on this one.
+        table[column] = table[column].fillna(UNSPECIFIED)
     table["split"] = stratified_split(table["size_cat"], cfg.heldout_fraction, cfg.seed)
     extra = [c for c in table.columns if c not in MANIFEST_COLUMNS]
     return table[MANIFEST_COLUMNS + extra]

@@ -1,0 +1,91 @@
+"""The workflow configuration: loading, schema validation with defaults, one-line errors.
+
+The schema is ``workflow/schemas/config.schema.yaml``. The Snakefile calls :func:`check_config`
+at parse time (before Snakemake's own validation, whose message is a page long), and the CLI
+uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from marsdiff.errors import MarsdiffError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise MarsdiffError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise MarsdiffError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+
+
+def _key_path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def describe_error(error) -> str:
+    """One line naming the offending key for a jsonschema ValidationError."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        prefix = f"{where}." if error.absolute_path else ""
+        return f"config key {prefix}{unknown[0]}: unknown key (allowed here: {', '.join(allowed)})"
+    if error.validator == "type":
+        return f"config key {where}: expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
+    if error.validator == "enum":
+        return f"config key {where}: {error.instance!r} is not one of {error.validator_value}"
+    return f"config key {where}: {error.message}"
+
+
+def check_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Validate ``config`` in place, filling schema defaults; MarsdiffError names the first bad key."""
+    import jsonschema
+
+    schema = _read_yaml(Path(schema_path))
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
+    if errors:
+        raise MarsdiffError(describe_error(errors[0]))
+    _fill_defaults(config, schema)
+    return config
+
+
+def _fill_defaults(instance: Any, schema: dict) -> None:
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in instance and "default" in subschema:
+            instance[key] = copy.deepcopy(subschema["default"])
+        if key in instance:
+            _fill_defaults(instance[key], subschema)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a config file (default: the embedded one), deep-merge ``overrides``, validate."""
+    config = _read_yaml(Path(path) if path else DEFAULT_CONFIG) or {}
+    if not isinstance(config, dict):
+        raise MarsdiffError(f"{path}: config must be a mapping of sections")
+    if overrides:
+        config = deep_merge(config, overrides)
+    return check_config(config)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,46 @@
+"""Shared fixtures: the repository root, the default reference set (built once), and a helper
+that runs Snakemake in a scratch working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def default_reference(tmp_path_factory):
+    """The default HRSC reference set, built once per test session."""
+    from marsdiff.data.reference import prepare_reference
+
+    out = tmp_path_factory.mktemp("reference") / "reference"
+    manifest = prepare_reference({}, out)
+    return out, manifest
+
+
+def make_workdir(path: Path) -> Path:
+    """A scratch working directory holding the default config, as a user's would."""
+    (path / "config").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "config" / "config.yaml", path / "config" / "config.yaml")
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
