@@ -1,0 +1,218 @@
+"""The Stable Diffusion backend: a diffusers SD pipeline driven by marsdiff's recording sampler.
+
+Owns loading (``model.stable_diffusion.pretrained``: a hub id from the local Hugging Face cache
+or a local directory; never a download unless ``allow_download`` is set), the prompt set (one
+prompt per line of ``prompt_file``, each line one category the sampler can draw), prompt
+encoding (computed once), classifier-free guidance inside :meth:`predict`, precision (fp16/bf16
+on a GPU, float32 on a CPU) and VAE decoding. The denoising chain itself is the shared DDIM
+sampler of :mod:`marsdiff.diffusion.sampler`; the pipeline's own ``__call__`` is never used.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from marsdiff.diffusion.backends import DiffusionBackend, latents_to_uint8, module_digest, resolve_device
+from marsdiff.errors import MarsdiffError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PACKAGED_PROMPTS = "prompts_craters.txt"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def read_prompts(prompt_file: str | os.PathLike | None = None) -> list[str]:
+    """Prompts of ``prompt_file`` (default: the packaged crater prompts); '#' lines are comments."""
+    if prompt_file is None:
+        text = importlib.resources.files("marsdiff").joinpath("assets", PACKAGED_PROMPTS).read_text()
+        source = f"marsdiff/assets/{PACKAGED_PROMPTS}"
+    else:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise MarsdiffError(f"model.stable_diffusion.prompt_file: {path} not found")
+        text, source = path.read_text(), str(path)
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise MarsdiffError(f"{source}: no prompts (one prompt per line, '#' starts a comment)")
+    if len(set(prompts)) != len(prompts):
+        raise MarsdiffError(f"{source}: duplicate prompts (each line is a category and must be unique)")
+    return prompts
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto': float16 on CUDA, float32 on CPU. Half precision is never used on a CPU (slow, and
+    the log-prob reproduction the RL stages rely on is only guaranteed in float32 there)."""
+    if device.type != "cuda":
+        if name not in ("auto", "float32"):
+            log.warning("model.stable_diffusion.dtype %s ignored on %s: using float32", name, device)
+        return torch.float32
+    if name == "auto":
+        return torch.float16
+    if name not in _DTYPES:
+        raise MarsdiffError(f"model.stable_diffusion.dtype: {name!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _is_local_reference(pretrained: str) -> bool:
+    # A hub id is "org/name"; anything that exists on disk or looks like a path is local.
+    return os.path.exists(pretrained) or pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
+
+
+def load_pipeline_components(pretrained: str, dtype: torch.dtype, allow_download: bool = False):
+    """Load the SD pipeline (without safety checker) from a local directory or the HF cache."""
+    from diffusers import StableDiffusionPipeline
+
+    pretrained = os.path.expanduser(str(pretrained))
+    local = _is_local_reference(pretrained)
+    if local and not (Path(pretrained) / "model_index.json").is_file():
+        raise MarsdiffError(
+            f"model.stable_diffusion.pretrained: {pretrained} is not a diffusers pipeline directory (no model_index.json)"
+        )
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            pretrained,
+            torch_dtype=dtype,
+            local_files_only=local or not allow_download,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError, EnvironmentError) as err:
+        if local:
+            raise MarsdiffError(f"model.stable_diffusion.pretrained: cannot load {pretrained} ({type(err).__name__}: {err})") from None
+        raise MarsdiffError(
+            f"model.stable_diffusion.pretrained: '{pretrained}' is not in the local Hugging Face cache and marsdiff "
+            f"downloads nothing; fetch it once (`huggingface-cli download {pretrained}`), point pretrained at a local "
+            f"directory, or set model.stable_diffusion.allow_download: true"
+        ) from None
+    return pipe
+
+
+class StableDiffusionBackend(DiffusionBackend):
+    """A latent-diffusion backend: prompts are the conditions, CFG happens in :meth:`predict`."""
+
+    kind = "stable_diffusion"
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        tokenizer: Any,
+        scheduler_config: Mapping[str, Any],
+        prompts: list[str],
+        guidance_scale: float = 5.0,
+        resolution: int = 512,
+        device: torch.device | str = "auto",
+        dtype: torch.dtype | None = None,
+        negative_prompt: str = "",
+        source: str = "",
+    ):
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        dtype = dtype or resolve_dtype("auto", device)
+        super().__init__(device, dtype)
+        self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.text_encoder = text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self._scheduler_config = dict(scheduler_config)
+        self.prompts = list(prompts)
+        self.guidance_scale = float(guidance_scale)
+        self.source = source
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if resolution % self.vae_scale_factor:
+            raise MarsdiffError(
+                f"model.stable_diffusion.resolution: {resolution} is not a multiple of the VAE factor {self.vae_scale_factor}"
+            )
+        self.resolution = int(resolution)
+        side = self.resolution // self.vae_scale_factor
+        self._latent_shape = (int(self.unet.config.in_channels), side, side)
+        self.prompt_embeds = self._encode(self.prompts)
+        self.negative_embeds = self._encode([negative_prompt])
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.model_dtype)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self._latent_shape
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self._scheduler_config)
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.unet
+
+    def conditions(self) -> list[str]:
+        return list(self.prompts)
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        cond = self.prompt_embeds[condition.to(self.device)]
+        x = latents.to(self.model_dtype)
+        t = timestep.to(self.device)
+        if self.guidance_scale == 1.0:
+            return self.unet(x, t, encoder_hidden_states=cond).sample.float()
+        uncond = self.negative_embeds.expand(cond.shape[0], -1, -1)
+        # One UNet call on [uncond; cond], as the diffusers pipelines do.
+        out = self.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        out_uncond, out_cond = out.float().chunk(2)
+        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        scaled = latents.to(self.model_dtype) / self.vae.config.scaling_factor
+        return latents_to_uint8(self.vae.decode(scaled).sample)
+
+    def model_hash(self) -> str:
+        if self._model_hash is None:
+            # The UNet is the policy; VAE and text encoder are frozen parts of the same checkpoint.
+            self._model_hash = module_digest(self.unet, self.vae, self.text_encoder)
+        return self._model_hash
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "pretrained": self.source,
+            "guidance_scale": self.guidance_scale,
+            "resolution": self.resolution,
+            "prompts": self.prompts,
+        }
+
+
+def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
+    """Build the backend from the ``model.stable_diffusion`` config section."""
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
+    pretrained = str(cfg.get("pretrained") or DEFAULT_PRETRAINED)
+    pipe = load_pipeline_components(pretrained, dtype, allow_download=bool(cfg.get("allow_download", False)))
+    prompts = read_prompts(cfg.get("prompt_file"))
+    log.info("stable diffusion %s on %s (%s), %d prompts", pretrained, device, dtype, len(prompts))
+    return StableDiffusionBackend(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler_config=dict(pipe.scheduler.config),
+        prompts=prompts,
+        guidance_scale=float(cfg.get("guidance_scale", 5.0)),
+        resolution=int(cfg.get("resolution", 512)),
+        device=device,
+        dtype=dtype,
+        negative_prompt=str(cfg.get("negative_prompt", "")),
+        source=pretrained,
+    )

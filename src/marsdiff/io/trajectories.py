@@ -1,0 +1,400 @@
+"""The HDF5 trajectory store: one file per sampling round, and the replay buffer that reads it.
+
+A file holds, per image, the whole denoising chain x_T .. x_0, the per-step Gaussian
+log-probabilities (convention :data:`~marsdiff.diffusion.scheduler_logprob.LOG_PROB_CONVENTION`),
+the conditioning action and its log-probability, and the seed. The layout and attributes are
+documented in ``docs/trajectories.md``; :data:`FORMAT_VERSION` changes whenever they change.
+
+Writing goes through :func:`write_trajectories` (a temporary file renamed on success, so a
+crash never leaves a file at the target). :func:`open_trajectories` detects foreign, truncated
+and incomplete files with a one-line :class:`~marsdiff.errors.MarsdiffError`.
+:class:`TransitionBuffer` yields shuffled minibatches of single transitions (image, step)
+from any number of round files while holding only a bounded block of images in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_path
+
+FORMAT_NAME = "marsdiff-trajectories"
+FORMAT_VERSION = 1
+# Must equal marsdiff.diffusion.scheduler_logprob.LOG_PROB_CONVENTION; repeated here so that
+# reading a file never imports torch.
+LOG_PROB_CONVENTION = "mean_per_dim_nats"
+LATENT_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("gzip", "lzf", "none")
+
+# Datasets every complete file has, with their per-image leading dimension (None: per step).
+_PER_IMAGE = ("latents", "log_prob", "condition", "condition_log_prob", "seed", "image_index")
+_PER_STEP = ("timesteps", "prev_timesteps", "std")
+
+
+@dataclass
+class TrajectoryHeader:
+    """Everything fixed for a round file before the first image is written."""
+
+    num_images: int
+    timesteps: np.ndarray  # (T,) int64, descending
+    prev_timesteps: np.ndarray  # (T,) int64 (-1: the clean image)
+    std: np.ndarray  # (T,) float32 sigma_t of each step
+    latent_shape: tuple[int, int, int]
+    condition_names: Sequence[str]
+    config_hash: str
+    model_hash: str
+    backend: str
+    scheduler_config: dict[str, Any]
+    round_index: int = 0
+    latent_dtype: str = "float32"
+    compression: str = "gzip"
+    compression_level: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(len(self.timesteps))
+
+
+class TrajectoryWriter:
+    """Fills an open file image by image (in any batch sizes); see :func:`write_trajectories`."""
+
+    def __init__(self, handle: h5py.File, header: TrajectoryHeader):
+        if header.latent_dtype not in LATENT_DTYPES:
+            raise MarsdiffError(f"sampling.store.dtype: {header.latent_dtype!r} is not one of {LATENT_DTYPES}")
+        if header.compression not in COMPRESSIONS:
+            raise MarsdiffError(f"sampling.store.compression: {header.compression!r} is not one of {COMPRESSIONS}")
+        self.handle, self.header = handle, header
+        self.written = 0
+        n, steps, shape = header.num_images, header.num_steps, tuple(header.latent_shape)
+        filters: dict[str, Any] = {}
+        if header.compression == "gzip":
+            # Byte-shuffle groups exponent bytes together: floats compress noticeably better.
+            filters = {"compression": "gzip", "compression_opts": int(header.compression_level), "shuffle": True}
+        elif header.compression == "lzf":
+            filters = {"compression": "lzf", "shuffle": True}
+        # One chunk = one image's whole chain: the replay buffer reads whole images.
+        handle.create_dataset(
+            "latents", shape=(n, steps + 1, *shape), dtype=header.latent_dtype, chunks=(1, steps + 1, *shape), **filters
+        )
+        rows = max(1, min(n, 4096))
+        handle.create_dataset("log_prob", shape=(n, steps), dtype="float32", chunks=(rows, steps), **filters)
+        for name, dtype in (("condition", "int64"), ("condition_log_prob", "float32"), ("seed", "int64"), ("image_index", "int64")):
+            handle.create_dataset(name, shape=(n,), dtype=dtype)
+        handle.create_dataset("timesteps", data=np.asarray(header.timesteps, dtype=np.int64))
+        handle.create_dataset("prev_timesteps", data=np.asarray(header.prev_timesteps, dtype=np.int64))
+        handle.create_dataset("std", data=np.asarray(header.std, dtype=np.float32))
+        handle.create_dataset(
+            "condition_names", data=np.array(list(header.condition_names), dtype=object), dtype=h5py.string_dtype()
+        )
+        dims = int(np.prod(shape))
+        attrs = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "log_prob_convention": LOG_PROB_CONVENTION,
+            "log_prob_dims": dims,
+            "latent_dtype": header.latent_dtype,
+            "latent_shape": json.dumps(list(shape)),
+            "num_images": n,
+            "num_steps": steps,
+            "round": int(header.round_index),
+            "config_hash": header.config_hash,
+            "model_hash": header.model_hash,
+            "backend": header.backend,
+            "scheduler_config": json.dumps(header.scheduler_config, sort_keys=True, default=str),
+            "extra": json.dumps(header.extra, sort_keys=True, default=str),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": False,
+        }
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+
+    def write(
+        self,
+        latents: np.ndarray,
+        log_prob: np.ndarray,
+        condition: np.ndarray,
+        condition_log_prob: np.ndarray,
+        seed: np.ndarray,
+        image_index: np.ndarray | None = None,
+    ) -> None:
+        """Append a batch of images: latents (B, T+1, C, H, W), log_prob (B, T), the rest (B,)."""
+        batch = int(latents.shape[0])
+        start, stop = self.written, self.written + batch
+        if stop > self.header.num_images:
+            raise ValueError(f"writing images {start}..{stop} into a file declared for {self.header.num_images}")
+        expected = (self.header.num_steps + 1, *self.header.latent_shape)
+        if tuple(latents.shape[1:]) != expected:
+            raise ValueError(f"latents shape {latents.shape[1:]} != {expected}")
+        h = self.handle
+        h["latents"][start:stop] = np.asarray(latents).astype(self.header.latent_dtype, copy=False)
+        h["log_prob"][start:stop] = np.asarray(log_prob, dtype=np.float32)
+        h["condition"][start:stop] = np.asarray(condition, dtype=np.int64)
+        h["condition_log_prob"][start:stop] = np.asarray(condition_log_prob, dtype=np.float32)
+        h["seed"][start:stop] = np.asarray(seed, dtype=np.int64)
+        index = np.arange(start, stop) if image_index is None else np.asarray(image_index, dtype=np.int64)
+        h["image_index"][start:stop] = index
+        self.written = stop
+
+    def finish(self) -> None:
+        if self.written != self.header.num_images:
+            raise MarsdiffError(
+                f"trajectory file got {self.written} of {self.header.num_images} declared images; not saved"
+            )
+        self.handle.attrs["complete"] = True
+
+
+@contextlib.contextmanager
+def write_trajectories(path: str | os.PathLike, header: TrajectoryHeader) -> Iterator[TrajectoryWriter]:
+    """Open a writer; the file appears at ``path`` only after every declared image is written."""
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as handle:
+            writer = TrajectoryWriter(handle, header)
+            yield writer
+            writer.finish()
+
+
+class TrajectoryFile:
+    """A validated, read-only round file. Arrays are read lazily (only what is asked for)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MarsdiffError(f"{self.path}: trajectory file not found")
+        try:
+            self.handle = h5py.File(self.path, "r")
+        except OSError as err:
+            reason = str(err).split("(")[0].strip() or type(err).__name__
+            raise MarsdiffError(f"{self.path}: not a readable HDF5 file, truncated or corrupt ({reason})") from None
+        try:
+            self._validate()
+        except BaseException:
+            self.handle.close()
+            raise
+
+    def _validate(self) -> None:
+        attrs = self.handle.attrs
+        if attrs.get("format") != FORMAT_NAME:
+            raise MarsdiffError(f"{self.path}: not a marsdiff trajectory file (HDF5 attribute format != {FORMAT_NAME!r})")
+        version = int(attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise MarsdiffError(
+                f"{self.path}: trajectory format version {version}, this marsdiff reads {FORMAT_VERSION}; re-run sampling"
+            )
+        if attrs.get("log_prob_convention") != LOG_PROB_CONVENTION:
+            raise MarsdiffError(f"{self.path}: log-prob convention {attrs.get('log_prob_convention')!r} != {LOG_PROB_CONVENTION!r}")
+        if not bool(attrs.get("complete", False)):
+            raise MarsdiffError(f"{self.path}: incomplete trajectory file (the writer did not finish); re-run sampling")
+        missing = [name for name in (*_PER_IMAGE, *_PER_STEP, "condition_names") if name not in self.handle]
+        if missing:
+            raise MarsdiffError(f"{self.path}: trajectory file lacks datasets {missing}")
+        n, steps = self.num_images, self.num_steps
+        for name in _PER_IMAGE:
+            if self.handle[name].shape[0] != n:
+                raise MarsdiffError(f"{self.path}: dataset {name} has {self.handle[name].shape[0]} rows, expected {n}")
+        if self.handle["latents"].shape[1] != steps + 1 or self.handle["log_prob"].shape[1] != steps:
+            raise MarsdiffError(f"{self.path}: latents/log_prob do not match num_steps={steps}")
+
+    # --- metadata ---------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {key: _plain(value) for key, value in self.handle.attrs.items()}
+
+    @property
+    def num_images(self) -> int:
+        return int(self.handle.attrs["num_images"])
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.handle.attrs["num_steps"])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(json.loads(self.handle.attrs["latent_shape"]))
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return json.loads(self.handle.attrs["scheduler_config"])
+
+    @property
+    def condition_names(self) -> list[str]:
+        return [s.decode() if isinstance(s, bytes) else str(s) for s in self.handle["condition_names"][()]]
+
+    def array(self, name: str) -> np.ndarray:
+        """A whole small dataset (per-image or per-step vectors, log_prob)."""
+        return self._read(name, ())
+
+    def image_latents(self, index: int) -> np.ndarray:
+        """One image's chain x_T .. x_0, shape (T+1, C, H, W), in the stored dtype."""
+        return self._read("latents", index)
+
+    def _read(self, name: str, selection: Any) -> np.ndarray:
+        try:
+            return self.handle[name][selection]
+        except (OSError, KeyError) as err:
+            raise MarsdiffError(f"{self.path}: cannot read {name} (corrupt or truncated file: {err})") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.handle.close()
+
+    def __enter__(self) -> "TrajectoryFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_trajectories(path: str | os.PathLike) -> TrajectoryFile:
+    """Open and validate a round file (raises MarsdiffError for foreign/truncated/incomplete files)."""
+    return TrajectoryFile(path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class TransitionBatch:
+    """A minibatch of single transitions x_t -> x_{t-1}, as numpy arrays (float32 latents)."""
+
+    latents: np.ndarray  # x_t, (B, C, H, W)
+    next_latents: np.ndarray  # x_{t-1}
+    timestep: np.ndarray  # (B,) int64
+    prev_timestep: np.ndarray
+    step_index: np.ndarray  # position in the chain, 0 = first denoising step
+    condition: np.ndarray
+    log_prob: np.ndarray  # stored (old-policy) log-prob, LOG_PROB_CONVENTION units
+    file_index: np.ndarray  # which path of the buffer
+    image_index: np.ndarray  # image row inside that file (joins rewards/advantages)
+
+    def __len__(self) -> int:
+        return int(self.timestep.shape[0])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["TransitionBatch"]) -> "TransitionBatch":
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__})
+
+    def take(self, rows: np.ndarray | slice) -> "TransitionBatch":
+        return TransitionBatch(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
+
+
+class TransitionBuffer:
+    """Replay buffer over round files: shuffled minibatches of (image, step) transitions.
+
+    Images of all files are visited in a random order, ``block_images`` at a time; every
+    transition of a block is shuffled and cut into minibatches (a remainder carries over to the
+    next block, so all batches but the last have ``batch_size`` rows). Memory is bounded by one
+    block whatever the number of files: nothing else is loaded. With ``block_images`` at least
+    the total number of images the shuffle is uniform over all transitions.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], block_images: int | None = None, max_block_bytes: int = 256 << 20):
+        if not paths:
+            raise MarsdiffError("replay buffer needs at least one trajectory file")
+        self.files = [open_trajectories(p) for p in paths]
+        first = self.files[0]
+        for other in self.files[1:]:
+            if other.latent_shape != first.latent_shape or other.num_steps != first.num_steps:
+                raise MarsdiffError(
+                    f"{other.path}: latent shape/steps {other.latent_shape}/{other.num_steps} differ from "
+                    f"{first.path} ({first.latent_shape}/{first.num_steps})"
+                )
+        per_image = (first.num_steps + 1) * int(np.prod(first.latent_shape)) * 4
+        self.block_images = int(block_images) if block_images else max(1, max_block_bytes // per_image)
+        # Small per-step / per-image vectors are read once (a few bytes per image).
+        self._meta = [
+            {name: f.array(name) for name in ("timesteps", "prev_timesteps", "condition", "log_prob")} for f in self.files
+        ]
+
+    @property
+    def num_transitions(self) -> int:
+        return sum(f.num_images * f.num_steps for f in self.files)
+
+    def minibatches(self, batch_size: int, seed: int = 0, drop_last: bool = False) -> Iterator[TransitionBatch]:
+        rng = np.random.default_rng(seed)
+        order = np.concatenate(
+            [np.stack([np.full(f.num_images, k), np.arange(f.num_images)], axis=1) for k, f in enumerate(self.files)]
+        )
+        order = order[rng.permutation(len(order))]
+        pending: TransitionBatch | None = None
+        for start in range(0, len(order), self.block_images):
+            block = self._load_block(order[start : start + self.block_images])
+            block = block.take(rng.permutation(len(block)))
+            if pending is not None:
+                block = TransitionBatch.concatenate([pending, block])
+                pending = None
+            full = (len(block) // batch_size) * batch_size
+            for lo in range(0, full, batch_size):
+                yield block.take(slice(lo, lo + batch_size))
+            if full < len(block):
+                pending = block.take(slice(full, len(block)))
+        if pending is not None and len(pending) and not drop_last:
+            yield pending
+
+    def _load_block(self, pairs: np.ndarray) -> TransitionBatch:
+        parts = []
+        # Read in file order (h5py and the OS cache like sequential chunk access).
+        for file_index, image_index in sorted(map(tuple, pairs.tolist())):
+            f, meta = self.files[file_index], self._meta[file_index]
+            chain = f.image_latents(image_index).astype(np.float32, copy=False)
+            steps = f.num_steps
+            parts.append(
+                TransitionBatch(
+                    latents=chain[:-1],
+                    next_latents=chain[1:],
+                    timestep=meta["timesteps"],
+                    prev_timestep=meta["prev_timesteps"],
+                    step_index=np.arange(steps),
+                    condition=np.full(steps, meta["condition"][image_index]),
+                    log_prob=meta["log_prob"][image_index],
+                    file_index=np.full(steps, file_index),
+                    image_index=np.full(steps, image_index),
+                )
+            )
+        return TransitionBatch.concatenate(parts)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> "TransitionBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def bytes_per_trajectory(path: str | os.PathLike) -> float:
+    """File size divided by the number of images (the benchmark's storage figure)."""
+    with open_trajectories(path) as f:
+        return os.path.getsize(path) / max(1, f.num_images)
+
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "LOG_PROB_CONVENTION",
+    "TrajectoryHeader",
+    "TrajectoryWriter",
+    "TrajectoryFile",
+    "TransitionBatch",
+    "TransitionBuffer",
+    "write_trajectories",
+    "open_trajectories",
+    "bytes_per_trajectory",
+]
