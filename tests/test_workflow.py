@@ -123,3 +123,18 @@ def test_check_config_fills_nested_defaults():
     config = check_config({"features": {"mobilenet_v2": {}}})
     assert config["features"]["mobilenet_v2"]["grid"] == 2
     assert config["reference"]["size_bins"] == 6
+
+
+def test_slurm_profile_names_real_rules_and_dry_runs(tmp_path):
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    listed = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    rules = set(listed.stdout.split())
+    for section in ("set-resources", "set-threads"):
+        unknown = set(profile[section]) - rules
+        assert not unknown, f"profiles/slurm {section} names rules that do not exist: {unknown}"
+    for rule, resources in profile["set-resources"].items():
+        assert not ("gpu" in resources and "gres" in resources), f"{rule}: gpu and gres are mutually exclusive"
+    result = run_snakemake(make_workdir(tmp_path), "-n", "--profile", str(REPO / "profiles/slurm"))
+    assert "prepare_reference" in result.stdout

@@ -24,8 +24,7 @@ def stage_params(cfg, *sections):
 
 def library_sources(*subpackages):
     """The library modules a rule's script runs, declared as inputs so code edits re-run it."""
-    files = [LIBRARY / "errors.py", LIBRARY / "stage.py"]
-    files += sorted(LIBRARY.joinpath("io").glob("*.py"))
+    files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "io" / "atomic.py"]
     for sub in subpackages:
         files += sorted(LIBRARY.joinpath(sub).rglob("*.py"))
     return [str(f) for f in files]
