@@ -80,7 +80,7 @@ def load_pipeline_components(pretrained: str, dtype: torch.dtype, allow_download
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             pretrained,
-            torch_dtype=dtype,
+            dtype=dtype,
             local_files_only=local or not allow_download,
             safety_checker=None,
             feature_extractor=None,

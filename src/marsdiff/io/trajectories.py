@@ -181,6 +181,8 @@ class TrajectoryFile:
         except BaseException:
             self.handle.close()
             raise
+        # Sizes stay known after close() (the buffer reports them once files are closed).
+        self._num_images, self._num_steps = int(self.handle.attrs["num_images"]), int(self.handle.attrs["num_steps"])
 
     def _validate(self) -> None:
         attrs = self.handle.attrs
@@ -198,7 +200,7 @@ class TrajectoryFile:
         missing = [name for name in (*_PER_IMAGE, *_PER_STEP, "condition_names") if name not in self.handle]
         if missing:
             raise MarsdiffError(f"{self.path}: trajectory file lacks datasets {missing}")
-        n, steps = self.num_images, self.num_steps
+        n, steps = int(attrs["num_images"]), int(attrs["num_steps"])
         for name in _PER_IMAGE:
             if self.handle[name].shape[0] != n:
                 raise MarsdiffError(f"{self.path}: dataset {name} has {self.handle[name].shape[0]} rows, expected {n}")
@@ -212,11 +214,11 @@ class TrajectoryFile:
 
     @property
     def num_images(self) -> int:
-        return int(self.handle.attrs["num_images"])
+        return self._num_images
 
     @property
     def num_steps(self) -> int:
-        return int(self.handle.attrs["num_steps"])
+        return self._num_steps
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
