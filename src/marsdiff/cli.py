@@ -1,0 +1,123 @@
+"""The ``marsdiff`` command line (``python -m marsdiff ...``): argparse subcommands.
+
+``doctor`` checks that the configured pipeline can run here and prints what it will do: the
+compute device, the trajectory length of the configured sampling, the feature vector shape of
+the configured extractor and one diversity-reward value on a small generated batch. Anything
+missing (base model, reference features, packages) ends with a one-line message naming the
+fix and exit status 1; a user error never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from marsdiff.errors import MarsdiffError
+
+DOCTOR_IMAGES = 4
+
+
+def _print_row(name: str, value: str) -> None:
+    print(f"{name:<22} {value}", flush=True)
+
+
+def _device_line() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        return f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB" + (f" (x{count})" if count > 1 else "")
+    return f"CPU only ({torch.get_num_threads()} torch threads); no CUDA GPU visible"
+
+
+def doctor(config_path: str | None, model_dir: str, results_dir: str, images: int = DOCTOR_IMAGES) -> int:
+    """Run the checks in order; later checks need earlier results. Returns the exit status."""
+    from marsdiff.config import load_config
+
+    started = time.perf_counter()
+    config = load_config(config_path)
+    sampling, model_cfg, features_cfg = config["sampling"], config["model"], config["features"]
+    _print_row("config", str(config_path or "config/config.yaml (embedded default)"))
+    _print_row("device", _device_line())
+    _print_row(
+        "trajectory length",
+        f"{sampling['steps']} denoising steps per image (DDIM eta={sampling['eta']}), "
+        f"{sampling['images_per_round']} images per round",
+    )
+
+    from marsdiff.diffusion.backends import load_backend
+    from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
+    from marsdiff.diffusion.scheduler_logprob import LOG_PROB_CONVENTION
+
+    backend = load_backend(model_cfg, model_dir=model_dir, device=sampling.get("device", "auto"))
+    _print_row(
+        "model",
+        f"{backend.kind}, latents {tuple(backend.latent_shape)}, {len(backend.conditions())} conditions, "
+        f"hash {backend.model_hash()}",
+    )
+    settings = SamplingSettings.from_config({**sampling, "batch_size": images})
+    batch = next(iter(RecordingSampler(backend, settings).sample(images, round_index=0)))
+    _print_row(
+        "sampled",
+        f"{images} images {batch.images.shape[1:]} uint8, log-probs ({LOG_PROB_CONVENTION}) "
+        f"{batch.log_prob.mean():.3f} mean per step",
+    )
+
+    from marsdiff.features import build_extractor, read_feature_set
+
+    name = features_cfg["extractors"][0]
+    extractor = build_extractor(name, features_cfg)
+    vectors = extractor.extract(list(batch.images))
+    _print_row("features", f"{name}: vectors of shape {tuple(vectors.shape[1:])} (batch {tuple(vectors.shape)})")
+
+    from marsdiff.rewards import mmd2
+
+    reference_path = Path(results_dir) / "features" / "reference" / f"{name}.npy"
+    if not reference_path.is_file():
+        raise MarsdiffError(
+            f"no reference features at {reference_path}: build them with `snakemake --cores 2 {reference_path}`"
+        )
+    reference, _ids = read_feature_set(reference_path)
+    result = mmd2(vectors, reference)
+    _print_row(
+        "diversity reward",
+        f"-MMD^2 = {result.reward:.5f} ({images} generated vs {result.n_reference} reference, "
+        f"RBF bandwidth {result.bandwidth:.3g} {result.bandwidth_source})",
+    )
+    _print_row("status", f"ok ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marsdiff", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    doc = sub.add_parser("doctor", help="check the environment and the configured pipeline; print what it will do")
+    doc.add_argument("--config", default=None, help="config file (default: the embedded config/config.yaml)")
+    doc.add_argument("--model-dir", default="results/models/base", help="pixel base model directory")
+    doc.add_argument("--results", default="results", help="results directory (reference features)")
+    doc.add_argument("--images", type=int, default=DOCTOR_IMAGES, help="images in the test batch (>= 2)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "doctor": lambda a: doctor(a.config, a.model_dir, a.results, max(2, a.images)),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MarsdiffError as err:
+        print(f"marsdiff {args.command}: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        print(f"marsdiff {args.command}: the package '{err.name}' is not installed (pip install -r requirements.txt)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"marsdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
