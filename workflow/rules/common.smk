@@ -46,7 +46,11 @@ def feature_targets():
 
 def reward_targets():
     """Targets of the reward-validation stage (workflow/rules/rewards.smk)."""
-    return []
+    validation = RESULTS / "validation"
+    ladders = config["reward"]["validation"]["ladders"]
+    return [str(validation / "ladder.csv"), str(validation / "validation.json")] + [
+        str(validation / f"ladder_{name}.png") for name in ladders
+    ]
 
 
 def model_targets():

@@ -29,7 +29,7 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim
-from marsdiff.rewards.kernels import resolve_bandwidth
+from marsdiff.rewards.kernels import resolve_bandwidth, squared_distances
 from marsdiff.rewards.terms import BANDWIDTH_KINDS, build_term, term_options
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,29 @@ class PerImageCredit:
 class RewardModel:
     """The configured reward against one reference feature set."""
 
-    def __init__(self, reference: Any, config: RewardConfig | dict[str, Any] | None = None):
+    def __init__(
+        self,
+        reference: Any,
+        config: RewardConfig | dict[str, Any] | None = None,
+        reference_sq_distances: np.ndarray | None = None,
+    ):
+        """``reference_sq_distances``: the reference rows' squared-distance matrix, when the caller
+        already has it (validation reuses it across bandwidths); computed here otherwise."""
         self.config = config if isinstance(config, RewardConfig) else RewardConfig.from_dict(config)
         self.reference = as_features(reference, "reference features", min_rows=3)
+        m = len(self.reference)
+        if reference_sq_distances is None:
+            reference_sq_distances = squared_distances(self.reference)
+        elif reference_sq_distances.shape != (m, m):
+            raise MarsdiffError(f"reference distance matrix has shape {reference_sq_distances.shape}, expected {(m, m)}")
+        self._sq_distances = reference_sq_distances
         self.bandwidth, self.bandwidth_source = resolve_bandwidth(
-            self.config.bandwidth, self.reference, self.config.bandwidth_scale
+            self.config.bandwidth, self.reference, self.config.bandwidth_scale, reference_sq_distances
         )
-        self.terms = {t.name: build_term(t.kind, self.reference, self.bandwidth, t.options) for t in self.config.terms}
+        self.terms = {
+            t.name: build_term(t.kind, self.reference, self.bandwidth, t.options, reference_sq_distances)
+            for t in self.config.terms
+        }
         self._baselines: dict[int, Baseline] = {}
 
     def _standardised_terms(self) -> list[TermConfig]:
@@ -175,8 +191,9 @@ class RewardModel:
         for _ in range(self.config.baseline_repeats if terms else 0):
             order = rng.permutation(m)
             subset, rest = self.reference[order[:n]], self.reference[order[n:]]
+            rest_distances = self._sq_distances[np.ix_(order[n:], order[n:])]
             for term in terms:
-                scorer = build_term(term.kind, rest, self.bandwidth, term.options)
+                scorer = build_term(term.kind, rest, self.bandwidth, term.options, rest_distances)
                 draws[term.name].append(scorer.value(subset).reward)
         mean = {name: float(np.mean(v)) for name, v in draws.items()}
         std = {name: float(np.std(v, ddof=1)) for name, v in draws.items()}

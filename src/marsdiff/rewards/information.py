@@ -76,7 +76,9 @@ class InformationGain:
         noise_var: float = 0.1,
         conditional: bool = False,
         bandwidth_scale: float = 1.0,
+        reference_kernel: np.ndarray | None = None,
     ):
+        """``reference_kernel``: the reference's own kernel matrix at this bandwidth, if precomputed."""
         self.noise_var = _check_noise(noise_var)
         self.conditional = bool(conditional)
         self.reference = None if reference is None else as_features(reference, "reference features", 2)
@@ -88,7 +90,7 @@ class InformationGain:
         if self.reference is not None:
             self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
         if self.conditional:
-            kyy = rbf_kernel(self.reference, None, self.bandwidth)
+            kyy = rbf_kernel(self.reference, None, self.bandwidth) if reference_kernel is None else reference_kernel.copy()
             kyy[np.diag_indices_from(kyy)] += self.noise_var
             self._chol_yy = _cholesky(kyy, "K_yy + s^2 I")
 

@@ -46,15 +46,26 @@ def rbf_kernel(a: np.ndarray, b: np.ndarray | None, bandwidth: float) -> np.ndar
     return np.exp(squared_distances(a, b) / (-2.0 * sigma * sigma))
 
 
-def median_heuristic(features: np.ndarray, seed: int = 0) -> float:
-    """Median Euclidean distance over pairs i < j of rows; raises if it is 0 (identical features)."""
+def kernel_from_sq_distances(sq_distances: np.ndarray, bandwidth: float) -> np.ndarray:
+    """RBF kernel from precomputed squared distances (lets callers reuse one distance matrix)."""
+    sigma = check_bandwidth(bandwidth)
+    return np.exp(sq_distances / (-2.0 * sigma * sigma))
+
+
+def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarray | None = None) -> float:
+    """Median Euclidean distance over pairs i < j of rows; raises if it is 0 (identical features).
+
+    ``sq_distances``: the rows' precomputed squared-distance matrix, if the caller has it.
+    """
     if len(features) < 2:
         raise MarsdiffError("the median-heuristic bandwidth needs at least 2 feature rows")
-    if len(features) > MEDIAN_MAX_ROWS:
-        rows = np.random.default_rng(seed).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
-        features = features[np.sort(rows)]
-    upper = np.triu_indices(len(features), k=1)
-    median = float(np.sqrt(np.median(squared_distances(features)[upper])))
+    if sq_distances is None:
+        if len(features) > MEDIAN_MAX_ROWS:
+            rows = np.random.default_rng(seed).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
+            features = features[np.sort(rows)]
+        sq_distances = squared_distances(features)
+    upper = np.triu_indices(len(sq_distances), k=1)
+    median = float(np.sqrt(np.median(sq_distances[upper])))
     if not median > 0.0:
         raise MarsdiffError(
             "median-heuristic bandwidth is 0: at least half of the feature pairs are identical "
@@ -63,10 +74,13 @@ def median_heuristic(features: np.ndarray, seed: int = 0) -> float:
     return median
 
 
-def resolve_bandwidth(bandwidth: float | str, features: np.ndarray, scale: float = 1.0) -> tuple[float, str]:
+def resolve_bandwidth(
+    bandwidth: float | str, features: np.ndarray, scale: float = 1.0, sq_distances: np.ndarray | None = None
+) -> tuple[float, str]:
     """``(sigma, source)``: a fixed number as given, or ``scale`` x the median heuristic on ``features``."""
     if isinstance(bandwidth, str):
         if bandwidth != "median":
             raise MarsdiffError(f"kernel bandwidth must be a positive number or 'median', got {bandwidth!r}")
-        return check_bandwidth(check_bandwidth(scale) * median_heuristic(features)), "median"
+        median = median_heuristic(features, sq_distances=sq_distances)
+        return check_bandwidth(check_bandwidth(scale) * median), "median"
     return check_bandwidth(bandwidth), "fixed"

@@ -62,7 +62,9 @@ class MMD:
         scale: float = 1.0,
         unit_norm: bool = False,
         bandwidth_scale: float = 1.0,
+        reference_kernel: np.ndarray | None = None,
     ):
+        """``reference_kernel``: the reference's own kernel matrix at this bandwidth, if precomputed."""
         if estimator not in ESTIMATORS:
             raise MarsdiffError(f"MMD estimator must be one of {ESTIMATORS}, got {estimator!r}")
         self.estimator = estimator
@@ -71,7 +73,7 @@ class MMD:
         ref = as_features(reference, "reference features", min_rows=2)
         self.reference = unit_normalise(ref, "reference features") if unit_norm else ref
         self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
-        kyy = rbf_kernel(self.reference, None, self.bandwidth)
+        kyy = rbf_kernel(self.reference, None, self.bandwidth) if reference_kernel is None else reference_kernel
         m = len(self.reference)
         if estimator == "unbiased":
             self._t_yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))

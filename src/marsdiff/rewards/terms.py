@@ -25,6 +25,7 @@ import numpy as np
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.frechet import Frechet
 from marsdiff.rewards.information import InformationGain
+from marsdiff.rewards.kernels import kernel_from_sq_distances
 from marsdiff.rewards.mmd import CMMD_BANDWIDTH, CMMD_SCALE, MMD
 from marsdiff.rewards.vendi import Vendi
 
@@ -53,17 +54,30 @@ def term_options(kind: str, options: dict[str, Any] | None) -> dict[str, Any]:
     return {**allowed, **options}
 
 
-def build_term(kind: str, reference: np.ndarray, bandwidth: float, options: dict[str, Any] | None = None):
-    """A reward object of ``kind`` against ``reference`` with a resolved (numeric) bandwidth."""
+def build_term(
+    kind: str,
+    reference: np.ndarray,
+    bandwidth: float,
+    options: dict[str, Any] | None = None,
+    reference_sq_distances: np.ndarray | None = None,
+):
+    """A reward object of ``kind`` against ``reference`` with a resolved (numeric) bandwidth.
+
+    ``reference_sq_distances`` (the reference rows' squared-distance matrix) saves recomputing
+    the reference kernel when many terms or baseline draws share one reference.
+    """
     opts = term_options(kind, options)
+    kyy = None
+    if reference_sq_distances is not None and kind in ("mmd", "conditional_information_gain"):
+        kyy = kernel_from_sq_distances(reference_sq_distances, bandwidth)
     if kind == "mmd":
-        return MMD(reference, bandwidth, opts["estimator"], opts["scale"])
+        return MMD(reference, bandwidth, opts["estimator"], opts["scale"], reference_kernel=kyy)
     if kind == "cmmd":
         return MMD(reference, CMMD_BANDWIDTH, "biased", CMMD_SCALE, unit_norm=True)
     if kind == "information_gain":
         return InformationGain(reference, bandwidth, opts["noise_var"])
     if kind == "conditional_information_gain":
-        return InformationGain(reference, bandwidth, opts["noise_var"], conditional=True)
+        return InformationGain(reference, bandwidth, opts["noise_var"], conditional=True, reference_kernel=kyy)
     if kind == "frechet":
         return Frechet(reference)
     return Vendi(reference, bandwidth)

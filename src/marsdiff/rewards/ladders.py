@@ -1,0 +1,97 @@
+"""Diversity ladders: sequences of feature sets of known, increasing diversity.
+
+Each ladder is built from a *pool* of real reference features and yields one set of ``n`` rows
+per level; a good diversity reward must increase with the level (rewards are oriented so that
+higher = better). The ladders:
+
+* ``copies``   - k distinct craters, each repeated to fill n rows, k = 1, 2, 4, ... n
+  (mode collapse up to n distinct real craters);
+* ``size`` / ``lighting`` / ``contrast`` - rows drawn evenly from k of the categories of that
+  manifest column (k random categories per draw), k = 1 ... all categories;
+* ``noise``    - a noise ladder in feature space: ``mu + t * eps`` with ``eps ~ N(0, S_pool)``
+  (pool mean and covariance), t = 0 (every row at the mean) ... 1 (the pool's spread).
+
+Category draws are without replacement while a category has enough rows, with replacement
+otherwise (only the one-category level of a small pool needs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+
+CATEGORY_COLUMNS = {"size": "size_cat", "lighting": "lighting_cat", "contrast": "contrast_cat"}
+LADDER_NAMES = ("copies", "size", "lighting", "contrast", "noise")
+NOISE_LEVELS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class LadderLevel:
+    level: float
+    features: np.ndarray
+
+
+def copies_levels(n: int) -> list[int]:
+    levels = [1]
+    while levels[-1] * 2 < n:
+        levels.append(levels[-1] * 2)
+    return levels + [n]
+
+
+def copies_ladder(pool: np.ndarray, n: int, rng: np.random.Generator) -> list[LadderLevel]:
+    if len(pool) < n:
+        raise MarsdiffError(f"copies ladder: the pool has {len(pool)} rows, fewer than the set size {n}")
+    order = rng.permutation(len(pool))
+    return [LadderLevel(k, pool[order[:k]][np.arange(n) % k]) for k in copies_levels(n)]
+
+
+def _draw(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(rows, size=count, replace=len(rows) < count)
+
+
+def category_ladder(
+    pool: np.ndarray, categories: np.ndarray, n: int, rng: np.random.Generator
+) -> list[LadderLevel]:
+    names = np.unique(categories)
+    if len(names) < 2:
+        raise MarsdiffError(f"category ladder needs at least 2 categories, the pool has {len(names)}")
+    levels = []
+    for k in range(1, len(names) + 1):
+        chosen = rng.choice(names, size=k, replace=False)
+        counts = np.full(k, n // k)
+        counts[rng.choice(k, size=n % k, replace=False)] += 1
+        rows = np.concatenate(
+            [_draw(np.flatnonzero(categories == name), int(c), rng) for name, c in zip(chosen, counts)]
+        )
+        levels.append(LadderLevel(k, pool[rows]))
+    return levels
+
+
+def noise_ladder(
+    pool: np.ndarray, n: int, rng: np.random.Generator, levels: tuple[float, ...] = NOISE_LEVELS
+) -> list[LadderLevel]:
+    mean = pool.mean(axis=0)
+    centred = pool - mean
+    # eps = G Z / sqrt(p - 1) with G standard normal has covariance Z^T Z / (p - 1) = S_pool exactly,
+    # without factorising a (possibly singular) d x d covariance.
+    eps = rng.standard_normal((n, len(pool))) @ centred / np.sqrt(len(pool) - 1)
+    return [LadderLevel(t, mean + t * eps) for t in levels]
+
+
+def build_ladder(
+    name: str, pool: np.ndarray, pool_meta, n: int, rng: np.random.Generator
+) -> list[LadderLevel]:
+    """The levels of ladder ``name`` drawn from ``pool`` (``pool_meta``: its manifest rows)."""
+    if name == "copies":
+        return copies_ladder(pool, n, rng)
+    if name == "noise":
+        return noise_ladder(pool, n, rng)
+    if name in CATEGORY_COLUMNS:
+        column = CATEGORY_COLUMNS[name]
+        if pool_meta is None or column not in pool_meta:
+            raise MarsdiffError(f"ladder {name!r} needs the manifest column {column!r}")
+        return category_ladder(pool, np.asarray(pool_meta[column].astype(str)), n, rng)
+    raise MarsdiffError(f"unknown diversity ladder {name!r}; choose from {', '.join(LADDER_NAMES)}")

@@ -1,0 +1,296 @@
+"""Validation of rewards on diversity ladders, its output files, and the gate training uses.
+
+For each bootstrap repeat the ``train`` rows of the reference set (the held-out split is for
+evaluation only) are split at random, stratified by size category, into a *pool* and a *target*
+half. Ladder sets of ``set_size`` rows are drawn from the pool (:mod:`marsdiff.rewards.ladders`)
+and every configured reward term plus the weighted ``combined`` reward is scored against the
+target half: the reward never sees the rows it is scored on as reference. Repeats give the
+intervals (2.5-97.5 percentiles).
+
+A reward passes a ladder when the Spearman rank correlation between level and mean reward per
+level is at least ``min_spearman`` (every reward is oriented higher = better, every ladder
+goes from less to more diverse). A reward is validated when it passes every ladder.
+Kernel rewards are also scored at each ``bandwidth_scales`` multiple of the median heuristic:
+the ``bandwidth_sweep`` section of validation.json, used to choose the default bandwidth.
+
+Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, value),
+``ladder_<name>.png`` (one panel per reward, mean with interval vs level) and
+``validation.json`` (see :func:`summarise`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_path, write_json
+from marsdiff.rewards.combined import RewardConfig, RewardModel
+from marsdiff.rewards.inputs import as_features
+from marsdiff.rewards.kernels import squared_distances
+from marsdiff.rewards.ladders import LADDER_NAMES, build_ladder
+from marsdiff.rewards.terms import BANDWIDTH_KINDS
+
+log = logging.getLogger(__name__)
+
+COMBINED = "combined"
+TRAIN_SPLIT = "train"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    min_spearman: float = 0.9
+    enforce: bool = True
+    set_size: int = 24
+    repeats: int = 20
+    ladders: tuple[str, ...] = ("copies", "size", "lighting", "noise")
+    bandwidth_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any] | None) -> "ValidationConfig":
+        section = dict(section or {})
+        default = cls()
+        config = cls(
+            min_spearman=float(section.get("min_spearman", default.min_spearman)),
+            enforce=bool(section.get("enforce", default.enforce)),
+            set_size=int(section.get("set_size", default.set_size)),
+            repeats=int(section.get("repeats", default.repeats)),
+            ladders=tuple(section.get("ladders", default.ladders)),
+            bandwidth_scales=tuple(float(s) for s in section.get("bandwidth_scales", default.bandwidth_scales)),
+            seed=int(section.get("seed", default.seed)),
+        )
+        unknown = sorted(set(config.ladders) - set(LADDER_NAMES))
+        if unknown:
+            raise MarsdiffError(f"reward.validation.ladders: unknown ladder(s) {unknown}; choose from {LADDER_NAMES}")
+        if config.set_size < 3 or config.repeats < 2:
+            raise MarsdiffError("reward.validation needs set_size >= 3 and repeats >= 2")
+        return config
+
+
+def train_reference(features: Any, ids: list[str], manifest: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Feature rows and manifest rows (same order) of the ``train`` split only."""
+    features = as_features(features, "reference features", min_rows=2)
+    if len(ids) != len(features):
+        raise MarsdiffError(f"reference features have {len(features)} rows but the ids file lists {len(ids)} ids")
+    for column in ("id", "split"):
+        if column not in manifest:
+            raise MarsdiffError(f"reference manifest has no {column!r} column")
+    meta = manifest.set_index(manifest["id"].astype(str))
+    missing = [i for i in ids if i not in meta.index]
+    if missing:
+        raise MarsdiffError(f"{len(missing)} feature ids are not in the manifest (first: {missing[0]})")
+    meta = meta.loc[list(ids)].reset_index(drop=True)
+    train = (meta["split"] == TRAIN_SPLIT).to_numpy()
+    if train.sum() < 8:
+        raise MarsdiffError(f"reward validation needs at least 8 'train' reference rows, found {int(train.sum())}")
+    return features[train], meta[train].reset_index(drop=True)
+
+
+def _split(meta: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random halves (pool, target), stratified by size category when the manifest has one."""
+    groups = meta["size_cat"].astype(str).to_numpy() if "size_cat" in meta else np.zeros(len(meta), dtype=str)
+    pool, target = [], []
+    for name in np.unique(groups):
+        rows = rng.permutation(np.flatnonzero(groups == name))
+        half = len(rows) // 2 + rng.integers(0, 2) * (len(rows) % 2)
+        pool.append(rows[:half])
+        target.append(rows[half:])
+    return np.sort(np.concatenate(pool)), np.sort(np.concatenate(target))
+
+
+def ladder_table(
+    features: np.ndarray, meta: pd.DataFrame, reward: RewardConfig, validation: ValidationConfig
+) -> pd.DataFrame:
+    """Every reward at every ladder level, repeat and bandwidth scale (long format)."""
+    primary = reward.bandwidth_scale
+    scales = sorted(set(validation.bandwidth_scales) | {primary})
+    if reward.bandwidth != "median":
+        scales = [primary]  # a fixed bandwidth is not swept
+    kernel_terms = {t.name for t in reward.terms if t.kind in BANDWIDTH_KINDS}
+    # other bandwidths only need the kernel terms and the weighted ones (for the combination)
+    swept = dataclasses.replace(reward, terms=tuple(t for t in reward.terms if t.name in kernel_terms or t.weight))
+    rows = []
+    for repeat in range(validation.repeats):
+        rng = np.random.default_rng([validation.seed, repeat])
+        pool_rows, target_rows = _split(meta, rng)
+        pool, pool_meta = features[pool_rows], meta.iloc[pool_rows].reset_index(drop=True)
+        ladders = {name: build_ladder(name, pool, pool_meta, validation.set_size, rng) for name in validation.ladders}
+        target = features[target_rows]
+        target_distances = squared_distances(target)
+        for scale in scales:
+            config = (reward if scale == primary else swept).with_bandwidth_scale(scale)
+            model = RewardModel(target, config, target_distances)
+            for ladder, levels in ladders.items():
+                for level in levels:
+                    result = model.score(level.features)
+                    values = {name: term.raw for name, term in result.terms.items()}
+                    values[COMBINED] = result.value
+                    for name, value in values.items():
+                        if scale == primary or name in kernel_terms or name == COMBINED:
+                            rows.append((ladder, level.level, repeat, name, scale, value))
+        log.info("ladder validation: repeat %d/%d done", repeat + 1, validation.repeats)
+    return pd.DataFrame(rows, columns=["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"])
+
+
+def _spearman(levels: np.ndarray, means: np.ndarray) -> float | None:
+    if len(levels) < 2 or np.ptp(means) == 0.0:
+        return None  # a reward constant across levels cannot be validated
+    rho = stats.spearmanr(levels, means).statistic
+    return None if not math.isfinite(rho) else float(rho)
+
+
+def summarise(table: pd.DataFrame, min_spearman: float, primary_scale: float) -> dict[str, Any]:
+    """Spearman rho per reward and ladder, pass/fail, and the bandwidth sweep."""
+    means = table.groupby(["bandwidth_scale", "reward", "ladder", "level"])["value"].mean().reset_index()
+    rewards: dict[str, Any] = {}
+    sweep: dict[str, dict[str, dict[str, float | None]]] = {}
+    for (scale, reward, ladder), group in means.groupby(["bandwidth_scale", "reward", "ladder"]):
+        rho = _spearman(group["level"].to_numpy(), group["value"].to_numpy())
+        sweep.setdefault(reward, {}).setdefault(f"{scale:g}", {})[ladder] = rho
+        if scale != primary_scale:
+            continue
+        entry = rewards.setdefault(reward, {"ladders": {}, "failures": []})
+        passed = rho is not None and rho >= min_spearman
+        entry["ladders"][ladder] = {
+            "spearman": rho,
+            "passed": passed,
+            "levels": group["level"].tolist(),
+            "mean": group["value"].tolist(),
+        }
+        if not passed:
+            why = "constant across levels" if rho is None else f"rho {rho:.3f} < {min_spearman}"
+            entry["failures"].append(f"{ladder}: {why}")
+    for entry in rewards.values():
+        entry["passed"] = not entry["failures"]
+    return {
+        "min_spearman": min_spearman,
+        "bandwidth_scale": primary_scale,
+        "rewards": rewards,
+        "bandwidth_sweep": {reward: by_scale for reward, by_scale in sweep.items() if len(by_scale) > 1},
+    }
+
+
+def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path: str | Path) -> None:
+    """One panel per reward: mean reward vs level with a 2.5-97.5 percentile interval over repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = table[(table["ladder"] == ladder) & (table["bandwidth_scale"] == summary["bandwidth_scale"])]
+    rewards = sorted(data["reward"].unique(), key=lambda name: (name == COMBINED, name))
+    columns = min(4, max(1, len(rewards)))
+    grid_rows = max(1, math.ceil(len(rewards) / columns))
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
+    for ax in axes.flat[len(rewards):]:
+        ax.axis("off")
+    for ax, reward in zip(axes.flat, rewards):
+        stats_by_level = data[data["reward"] == reward].groupby("level")["value"]
+        mean = stats_by_level.mean()
+        low, high = stats_by_level.quantile(0.025), stats_by_level.quantile(0.975)
+        ax.fill_between(mean.index, low, high, alpha=0.25)
+        ax.plot(mean.index, mean.values, "o-", ms=3)
+        verdict = summary["rewards"].get(reward, {}).get("ladders", {}).get(ladder, {})
+        rho = verdict.get("spearman")
+        label = "rho n/a" if rho is None else f"rho {rho:.2f}"
+        ax.set_title(f"{reward}\n{label} {'pass' if verdict.get('passed') else 'FAIL'}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if data.empty:
+        axes.flat[0].text(0.5, 0.5, f"ladder {ladder!r}: no data", ha="center")
+    fig.suptitle(f"diversity ladder '{ladder}': reward (higher = better) vs level", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def run_validation(
+    features: Any, meta: pd.DataFrame, reward_section: dict[str, Any] | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Ladder table and summary for train-split features (in memory; no files)."""
+    section = dict(reward_section or {})
+    reward = RewardConfig.from_dict(section)
+    validation = ValidationConfig.from_dict(section.get("validation"))
+    table = ladder_table(as_features(features, "reference features"), meta, reward, validation)
+    summary = summarise(table, validation.min_spearman, reward.bandwidth_scale)
+    summary.update(
+        set_size=validation.set_size,
+        repeats=validation.repeats,
+        ladders=list(validation.ladders),
+        n_train_reference=len(meta),
+        reward_terms={t.name: {"kind": t.kind, "weight": t.weight, "standardise": t.standardise} for t in reward.terms},
+        bandwidth=reward.bandwidth,
+    )
+    return table, summary
+
+
+def validate_rewards(
+    features_path: str | Path,
+    ids_path: str | Path,
+    manifest_path: str | Path,
+    reward_section: dict[str, Any] | None,
+    ladder_csv: str | Path,
+    validation_json: str | Path,
+    plot_paths: dict[str, str | Path],
+    extractor: str = "",
+) -> dict[str, Any]:
+    """The validate_rewards stage: read reference features, write ladder.csv, plots and validation.json."""
+    try:
+        features = np.load(features_path)
+        ids = Path(ids_path).read_text().split()
+        manifest = pd.read_csv(manifest_path)
+    except (OSError, ValueError) as err:
+        raise MarsdiffError(f"cannot read reward-validation inputs: {err}") from None
+    train_features, meta = train_reference(features, ids, manifest)
+    log.info("validating rewards on %d train reference rows (%s)", len(meta), extractor or "features")
+    table, summary = run_validation(train_features, meta, reward_section)
+    summary["extractor"] = extractor
+    with atomic_path(ladder_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    for ladder, path in plot_paths.items():
+        plot_ladder(table, ladder, summary, path)
+    write_json(validation_json, summary)
+    for name, entry in sorted(summary["rewards"].items()):
+        log.info("reward %-30s %s %s", name, "PASS" if entry["passed"] else "FAIL", "; ".join(entry["failures"]))
+    return summary
+
+
+def require_validated(validation_json_path: str | Path, reward_name: str, enforce: bool = True) -> dict[str, Any] | None:
+    """Raise MarsdiffError saying why unless ``reward_name`` passed every ladder (no-op check if not enforce).
+
+    Returns the reward's entry of validation.json (None when not enforced and it is unavailable).
+    Training calls this with ``reward_name="combined"`` for the configured combination.
+    """
+    path = Path(validation_json_path)
+    try:
+        summary = json.loads(path.read_text())
+        entry = summary["rewards"].get(reward_name)
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        if not enforce:
+            log.warning("reward validation unavailable (%s); continuing because enforce is false", err)
+            return None
+        raise MarsdiffError(f"cannot read reward validation {path}: {err}") from None
+    if entry is None:
+        known = ", ".join(sorted(summary["rewards"])) or "none"
+        message = f"reward {reward_name!r} was not validated in {path} (validated: {known})"
+    elif not entry.get("passed", False):
+        message = (
+            f"reward {reward_name!r} failed diversity-ladder validation "
+            f"(min Spearman {summary.get('min_spearman')}): {'; '.join(entry.get('failures', []))}"
+        )
+    else:
+        return entry
+    if enforce:
+        raise MarsdiffError(f"{message}; set reward.validation.enforce: false to use it anyway")
+    log.warning("%s; continuing because enforce is false", message)
+    return entry

@@ -1,0 +1,26 @@
+"""Snakemake adapter for rule validate_rewards: all logic is in marsdiff.rewards.validation."""
+
+from marsdiff.rewards.validation import validate_rewards
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        section = params_json(snakemake, "cfg")["reward"]
+        ladders = list(snakemake.params.ladders)
+        validate_rewards(
+            features_path=snakemake.input.features,
+            ids_path=snakemake.input.ids,
+            manifest_path=snakemake.input.manifest,
+            reward_section=section,
+            ladder_csv=snakemake.output.ladder,
+            validation_json=snakemake.output.validation,
+            plot_paths=dict(zip(ladders, snakemake.output.plots)),
+            extractor=snakemake.params.extractor,
+        )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
