@@ -1,0 +1,1 @@
+"""Diffusion models: the embedded pixel-space base model, backends and the recording sampler."""

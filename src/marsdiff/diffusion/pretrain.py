@@ -1,0 +1,449 @@
+"""Pre-training of the embedded pixel-space base model (stage ``pretrain_base``).
+
+Owns the training loop (AdamW, warm-up + cosine learning rate, min-SNR weighted epsilon loss,
+EMA weights), the sun-aware flip augmentation, a plain DDIM sampler for the preview grid, the
+labelled sample grid and :func:`pretrain_base`, which writes the model directory contract of
+:mod:`marsdiff.diffusion.pixel` atomically (nothing at the target unless every file is written).
+
+Augmentation. All reference craters come from one HRSC image, so they share one sun azimuth:
+the bright and shadowed crater walls lie along it. A mirror changes that azimuth unless the
+mirror line is parallel to the sun direction, so a left-right or top-bottom flip (or a 90 degree
+rotation) would teach the model lighting that never occurs. ``flip: auto`` measures the sun
+axis from the train images (:func:`sun_axis`) and uses the one pixel-grid mirror
+whose line lies within :data:`SUN_AXIS_TOLERANCE_DEG` of it; if none does, or the dipole is
+too weak to trust, no geometric augmentation is used. Intensity jitter is not used either: the
+brightness and contrast of the crops are categories the diversity rewards measure.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from marsdiff.diffusion.pixel import (
+    PREDICTION_TYPE,
+    VALUE_RANGE,
+    PixelConfig,
+    TrainSet,
+    build_noise_scheduler,
+    build_pixel_unet,
+    count_parameters,
+    load_train_set,
+    resolve_device,
+    save_pixel_model,
+    to_uint8,
+)
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SUN_AXIS_TOLERANCE_DEG = 15.0
+# Per-class sun axes agreeing less than this (mean resultant length): no trusted sun direction.
+MIN_AXIS_CONSISTENCY = 0.8
+# Direction (degrees, image coordinates: x = column to the right, y = row downwards) of the
+# line each pixel-grid mirror leaves fixed.
+MIRROR_LINES_DEG = {"top_bottom": 0.0, "transpose": 45.0, "left_right": 90.0, "antitranspose": 135.0}
+LOSS_COLUMNS = ("step", "loss", "lr")
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def sun_axis(images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[float, float]:
+    """(axis in degrees [0, 180), consistency in [0, 1]) of the illumination in crater crops.
+
+    The crops are centred on their craters, so the mean image of a size class is an average
+    crater: a dark lobe (the wall in shadow) and a bright lobe (the wall facing the sun) along
+    the sun direction, over terrain that averages to grey. Per class, the vector from the dark
+    to the bright lobe centroid (lobes weighted by the 4th power of their contrast, within the
+    central disc, so the strongest shading dominates over leftover terrain) gives the axis.
+    Classes are combined as axes (doubled angles); consistency is the mean resultant length of
+    the per-class axes, 1 when every class agrees.
+    """
+    x = images[:, 0].double()
+    size = x.shape[-1]
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    col, row = coords[None, :], coords[:, None]
+    central = torch.hypot(col, row) <= size / 4.0
+    if labels is None:
+        labels = torch.zeros(x.shape[0], dtype=torch.int64)
+    doubled = []
+    for cls in torch.unique(labels):
+        mean = x[labels == cls].mean(dim=0)
+        mean = mean - mean.median()
+        bright = mean.clamp(min=0).pow(4) * central
+        dark = (-mean).clamp(min=0).pow(4) * central
+        if bright.sum() <= 0 or dark.sum() <= 0:
+            continue
+        dx = float((bright * col).sum() / bright.sum() - (dark * col).sum() / dark.sum())
+        dy = float((bright * row).sum() / bright.sum() - (dark * row).sum() / dark.sum())
+        if dx == 0 and dy == 0:
+            continue
+        doubled.append(2.0 * math.atan2(dy, dx))
+    if not doubled:
+        return 0.0, 0.0
+    cx = float(np.mean(np.cos(doubled)))
+    cy = float(np.mean(np.sin(doubled)))
+    angle = math.degrees(math.atan2(cy, cx) / 2.0) % 180.0
+    return angle, math.hypot(cx, cy)
+
+
+def choose_flip(images: torch.Tensor, setting: str, labels: torch.Tensor | None = None) -> dict[str, Any]:
+    """The mirror to use (``setting`` unless 'auto') and the measured sun axis, for the metadata."""
+    angle, consistency = sun_axis(images, labels)
+    info = {"setting": setting, "sun_axis_deg": round(angle, 1), "axis_consistency": round(consistency, 3),
+            "tolerance_deg": SUN_AXIS_TOLERANCE_DEG}
+    if setting != "auto":
+        return {**info, "flip": setting}
+    chosen = "none"
+    if consistency >= MIN_AXIS_CONSISTENCY:
+        for name, line in MIRROR_LINES_DEG.items():
+            gap = abs((angle - line + 90.0) % 180.0 - 90.0)
+            if gap <= SUN_AXIS_TOLERANCE_DEG:
+                chosen = name
+    return {**info, "flip": chosen}
+
+
+def apply_mirror(images: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "left_right":
+        return images.flip(-1)
+    if name == "top_bottom":
+        return images.flip(-2)
+    if name == "transpose":
+        return images.transpose(-1, -2)
+    if name == "antitranspose":
+        return images.flip(-1, -2).transpose(-1, -2)
+    return images
+
+
+def augment(batch: torch.Tensor, flip: str, generator: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch with the sun-preserving mirror (or nothing)."""
+    if flip == "none":
+        return batch
+    chosen = torch.rand(batch.shape[0], generator=generator) < 0.5
+    return torch.where(chosen[:, None, None, None], apply_mirror(batch, flip), batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA and schedules
+
+
+class EMA:
+    """Exponential moving average of a model's weights with a warm-up.
+
+    The effective decay min(decay, (1 + n) / (10 + n)) keeps the average from being dominated
+    by the random initial weights when training runs only a few thousand steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for shadow, live in zip(self.model.parameters(), model.parameters()):
+            shadow.lerp_(live.detach(), 1.0 - decay)
+        for shadow, live in zip(self.model.buffers(), model.buffers()):
+            shadow.copy_(live)
+
+
+def learning_rate_at(step: int, cfg: PixelConfig) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak (step counts from 0)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.train_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights for an epsilon target (Hang et al. 2023): min(SNR, gamma) / SNR.
+
+    Down-weights the nearly clean timesteps, whose easy gradients otherwise dominate a short
+    run; gamma 0 gives plain MSE.
+    """
+    if gamma <= 0:
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
+    abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = abar / (1.0 - abar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(unet, scheduler, images, labels, noise, timesteps, gamma: float) -> torch.Tensor:
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    predicted = unet(noisy, timesteps, class_labels=labels).sample
+    per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
+    return (per_sample * loss_weights(scheduler, timesteps, gamma)).mean()
+
+
+@torch.no_grad()
+def fixed_batch_loss(unet, scheduler, images, labels, seed: int = 0, gamma: float = 0.0) -> float:
+    """Deterministic loss on given images (fixed noise and timesteps): for tests and reports."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=gen)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), generator=gen)
+    device = next(unet.parameters()).device
+    was_training = unet.training
+    unet.eval()
+    value = diffusion_loss(unet, scheduler, images.to(device), labels.to(device), noise.to(device),
+                           timesteps.to(device), gamma)
+    unet.train(was_training)
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainResult:
+    ema_unet: torch.nn.Module
+    scheduler: Any
+    loss_rows: list[tuple[int, float, float]]
+    flip: dict[str, Any]
+    seconds: float
+    device: str
+
+    def final_loss(self, window: int = 100) -> float:
+        tail = [row[1] for row in self.loss_rows[-window:]]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def _progress(total: int):
+    from tqdm.auto import tqdm
+
+    # A bar only on a terminal; log files get the periodic logging lines instead.
+    return tqdm(total=total, desc="pretrain_base", unit="step", disable=not sys.stderr.isatty(), leave=False)
+
+
+def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
+    """Train the class-conditional UNet on ``train``; returns the EMA model and the loss log."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    unet = build_pixel_unet(cfg, num_classes=len(train.class_names)).to(device).train()
+    scheduler = build_noise_scheduler(cfg)
+    ema = EMA(unet, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    flip = choose_flip(train.images, cfg.flip, train.labels)
+    log.info("training %d images in %d size classes %s; %d parameters; flip %s (sun axis %.0f deg, "
+             "consistency %.2f); device %s, %d threads", len(train), len(train.class_names),
+             train.class_counts(), count_parameters(unet), flip["flip"], flip["sun_axis_deg"],
+             flip["axis_consistency"], device, torch.get_num_threads())
+
+    # Batch order and flips on a CPU generator, noise on the training device: reproducible per device.
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    images, labels = train.images, train.labels
+    order = torch.randperm(len(train), generator=order_gen)
+    cursor = 0
+    rows: list[tuple[int, float, float]] = []
+    start = time.perf_counter()
+    running = 0.0
+    with _progress(cfg.train_steps) as bar:
+        for step in range(cfg.train_steps):
+            # Epoch-wise shuffling: every image is seen once per pass, even with a tiny set.
+            picks = []
+            while len(picks) < cfg.batch_size:
+                if cursor == len(order):
+                    order, cursor = torch.randperm(len(train), generator=order_gen), 0
+                take = min(cfg.batch_size - len(picks), len(order) - cursor)
+                picks.append(order[cursor:cursor + take])
+                cursor += take
+            index = torch.cat(picks) if len(picks) > 1 else picks[0]
+            batch = augment(images[index], flip["flip"], order_gen).to(device)
+            batch_labels = labels[index].to(device)
+            noise = torch.randn(batch.shape, generator=noise_gen, device=device)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch.shape[0],),
+                                      generator=noise_gen, device=device)
+            lr = learning_rate_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = diffusion_loss(unet, scheduler, batch, batch_labels, noise, timesteps, cfg.min_snr_gamma)
+            if not torch.isfinite(loss):
+                raise MarsdiffError(f"model.pixel: training diverged at step {step} (loss {float(loss)}); "
+                                    "lower model.pixel.learning_rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            optimizer.step()
+            ema.update(unet)
+            value = float(loss.detach())
+            rows.append((step + 1, value, lr))
+            running += value
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.train_steps:
+                count = (step % cfg.log_every) + 1
+                elapsed = time.perf_counter() - start
+                log.info("step %d/%d loss %.4f lr %.2e (%.3f s/step)", step + 1, cfg.train_steps,
+                         running / count, lr, elapsed / (step + 1))
+                running = 0.0
+    seconds = time.perf_counter() - start
+    return TrainResult(ema.model.eval(), scheduler, rows, flip, seconds, str(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and the preview grid
+
+
+@torch.no_grad()
+def ddim_sample(unet, scheduler, labels: torch.Tensor, steps: int, seed: int, image_size: int,
+                channels: int = 1, batch_size: int = 64) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) samples in [-1, 1], one per label, on the model's device."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for begin in range(0, len(labels), batch_size):
+        chunk = labels[begin:begin + batch_size].to(device)
+        x = torch.randn((len(chunk), channels, image_size, image_size), generator=gen, device=device)
+        for t in ddim.timesteps:
+            eps = unet(x, t, class_labels=chunk).sample
+            x = ddim.step(eps, t, x, eta=0.0).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def sample_grid(samples: np.ndarray, class_names: Sequence[str], reference: np.ndarray | None = None,
+                title: str = "", tile: int = 64) -> "Image.Image":
+    """A labelled grid: one row per class, generated tiles, then (optionally) real ones.
+
+    ``samples``: uint8 (n_classes, per_class, H, W); ``reference``: uint8 (n_classes, k, H, W)
+    with blank (all-zero) tiles allowed where a class has fewer real images.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n_classes, per_class = samples.shape[:2]
+    n_ref = 0 if reference is None else reference.shape[1]
+    pad, label_w, header_h, gap = 2, 110, 18, 12
+    width = label_w + per_class * (tile + pad) + (gap + n_ref * (tile + pad) if n_ref else 0)
+    height = header_h + n_classes * (tile + pad)
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title or "generated", fill=0, font=font)
+    ref_x0 = label_w + per_class * (tile + pad) + gap
+    if n_ref:
+        draw.text((ref_x0, 3), "real (train)", fill=0, font=font)
+
+    def paste(arr: np.ndarray, x: int, y: int) -> None:
+        canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.Resampling.NEAREST), (x, y))
+
+    for row, name in enumerate(class_names):
+        y = header_h + row * (tile + pad)
+        draw.text((4, y + tile // 2 - 6), str(name), fill=0, font=font)
+        for col in range(per_class):
+            paste(samples[row, col], label_w + col * (tile + pad), y)
+        for col in range(n_ref):
+            if reference[row, col].any():
+                paste(reference[row, col], ref_x0 + col * (tile + pad), y)
+    return canvas
+
+
+def reference_examples(train: TrainSet, per_class: int, seed: int) -> np.ndarray:
+    """uint8 (n_classes, per_class, H, W) real train images per class (zeros where too few)."""
+    rng = np.random.default_rng(seed)
+    size = train.images.shape[-1]
+    out = np.zeros((len(train.class_names), per_class, size, size), dtype=np.uint8)
+    labels = train.labels.numpy()
+    for cls in range(len(train.class_names)):
+        members = np.flatnonzero(labels == cls)
+        picks = rng.permutation(members)[:per_class]
+        if len(picks):
+            out[cls, :len(picks)] = to_uint8(train.images[torch.as_tensor(picks)])
+    return out
+
+
+def write_loss_csv(path: Path, rows: Sequence[tuple[int, float, float]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LOSS_COLUMNS)
+        for step, loss, lr in rows:
+            writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threads: int | None) -> dict[str, Any]:
+    import diffusers
+
+    return {
+        "backend": "pixel",
+        "image_size": cfg.image_size,
+        "channels": 1,
+        "class_names": list(train.class_names),
+        "num_classes": len(train.class_names),
+        "class_key": "size_cat",
+        "value_range": VALUE_RANGE,
+        "prediction_type": PREDICTION_TYPE,
+        "weights": "ema",
+        "train_config": cfg.as_dict(),
+        "seeds": {"train": cfg.seed, "noise": cfg.seed + 1, "grid": cfg.seed + 2},
+        "augmentation": result.flip,
+        "training": {
+            "images": len(train),
+            "class_counts": train.class_counts(),
+            "steps": len(result.loss_rows),
+            "final_loss": round(result.final_loss(), 6),
+            "seconds": round(result.seconds, 1),
+            "seconds_per_step": round(result.seconds / max(1, len(result.loss_rows)), 4),
+            "device": result.device,
+            "threads": threads,
+            "parameters": count_parameters(result.ema_unet),
+        },
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+    }
+
+
+def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | None,
+                  threads: int | None = None) -> dict[str, Any]:
+    """Train the base model on the manifest's train split and write the model directory.
+
+    Everything goes to a temporary directory that replaces ``out_dir`` only when all files are
+    written. Returns the metadata written to ``marsdiff_model.json``.
+    """
+    cfg = PixelConfig.from_dict(section)
+    if threads:
+        torch.set_num_threads(int(threads))
+    train = load_train_set(manifest, cfg.image_size)
+    result = train_pixel_model(train, cfg)
+    meta = model_metadata(cfg, train, result, threads)
+
+    start = time.perf_counter()
+    n_classes = len(train.class_names)
+    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
+    samples = ddim_sample(result.ema_unet, result.scheduler, labels, cfg.grid_sampling_steps,
+                          seed=cfg.seed + 2, image_size=cfg.image_size)
+    samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
+    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
+    title = f"generated: EMA weights, DDIM {cfg.grid_sampling_steps} steps, after {len(result.loss_rows)} training steps"
+    grid = sample_grid(samples_u8, train.class_names, reference, title=title)
+    log.info("sample grid: %d images in %.1f s", len(labels), time.perf_counter() - start)
+
+    with atomic_dir(out_dir) as tmp:
+        save_pixel_model(tmp, result.ema_unet, result.scheduler, meta)
+        write_loss_csv(tmp / "loss.csv", result.loss_rows)
+        grid.save(tmp / "samples.png", format="PNG")
+    log.info("base model written to %s (final loss %.4f, %.0f s training)", out_dir,
+             meta["training"]["final_loss"], result.seconds)
+    return meta
