@@ -55,7 +55,8 @@ def reward_targets():
 
 def model_targets():
     """Targets of the base-model stage (workflow/rules/model.smk)."""
-    return []
+    base = RESULTS / "models" / "base"
+    return [str(base / name) for name in ("marsdiff_model.json", "samples.png", "loss.csv")]
 
 
 def sampling_targets():
