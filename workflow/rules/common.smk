@@ -61,4 +61,5 @@ def model_targets():
 
 def sampling_targets():
     """Targets of the recorded-sampling stage (workflow/rules/rl.smk)."""
-    return []
+    round_dir = RESULTS / "runs" / config["sampling"]["experiment"] / "round_000"
+    return [str(round_dir / "trajectories.h5"), str(round_dir / "images"), str(round_dir / "samples.csv")]

@@ -301,3 +301,37 @@ __all__ = [
     "sample_round",
     "config_hash",
 ]
+
+
+def sample_round_from_config(
+    stage_config: Mapping[str, Any],
+    model_dir: str | os.PathLike | None,
+    trajectories_path: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    samples_csv: str | os.PathLike,
+    round_index: int = 0,
+) -> dict[str, Any]:
+    """The ``sample_round`` stage: ``stage_config`` holds the ``sampling`` and ``model`` sections."""
+    from marsdiff.diffusion.backends import BASE_MODEL_DIR, load_backend
+
+    if round_index != 0:
+        raise MarsdiffError(
+            f"round {round_index:03d}: sampling from a tuned policy needs the update_round stage, not built yet; "
+            "only round 000 (the base model) can be sampled"
+        )
+    sampling = dict(stage_config.get("sampling") or {})
+    model_cfg = dict(stage_config.get("model") or {})
+    backend = load_backend(model_cfg, model_dir=model_dir or BASE_MODEL_DIR, device=sampling.get("device", "auto"))
+    store = sampling.get("store") or {}
+    return sample_round(
+        backend,
+        SamplingSettings.from_config(sampling),
+        num_images=int(sampling.get("images_per_round", 64)),
+        trajectories_path=trajectories_path,
+        images_dir=images_dir,
+        samples_csv=samples_csv,
+        round_index=round_index,
+        stage_config=stage_config,
+        compression=str(store.get("compression", "gzip")),
+        compression_level=int(store.get("compression_level", 4)),
+    )
