@@ -61,7 +61,8 @@ class TermConfig:
 class RewardConfig:
     terms: tuple[TermConfig, ...]
     bandwidth: float | str = "median"
-    bandwidth_scale: float = 1.0
+    #: 0.5 x median: the most reliable ladder ordering on the default reference features (docs/rewards.md)
+    bandwidth_scale: float = 0.5
     baseline_repeats: int = 50
     seed: int = 0
     duplicate_factor: float = 0.25
@@ -86,7 +87,7 @@ class RewardConfig:
         config = cls(
             terms=tuple(terms),
             bandwidth=section.get("bandwidth", "median"),
-            bandwidth_scale=float(section.get("bandwidth_scale", 1.0)),
+            bandwidth_scale=float(section.get("bandwidth_scale", cls.bandwidth_scale)),
             baseline_repeats=int(section.get("baseline_repeats", 50)),
             seed=int(section.get("seed", 0)),
             duplicate_factor=float(section.get("duplicate_factor", 0.25)),

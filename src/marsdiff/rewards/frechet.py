@@ -71,7 +71,7 @@ class Frechet:
         self.reference_trace = float(np.trace(covariance))
         self.reference_sqrt = psd_sqrt(covariance, "reference covariance")
         if self.n_reference <= self.dim:
-            log.info(
+            log.debug(
                 "reference covariance is singular (%d rows <= %d dims): FD is dominated by sample-size bias",
                 self.n_reference,
                 self.dim,

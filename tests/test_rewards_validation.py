@@ -1,0 +1,126 @@
+"""Diversity ladders, the validate_rewards library function end to end, and require_validated."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.rewards.ladders import build_ladder, copies_levels
+from marsdiff.rewards.validation import require_validated, summarise, validate_rewards
+
+LADDERS = ["copies", "size", "lighting", "noise"]
+
+
+def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
+    """Features whose mean depends on size and lighting category; held-out rows are NaN."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_heldout
+    size = rng.integers(0, 3, n)
+    lighting = rng.integers(0, 2, n)
+    features = rng.normal(scale=0.5, size=(n, dim))
+    features[:, 0] += 2.0 * size
+    features[:, 1] += 2.0 * lighting
+    split = np.array(["train"] * n_train + ["heldout"] * n_heldout)
+    features[split == "heldout"] = np.nan  # validation must never read the held-out split
+    ids = [f"c{i:03d}" for i in range(n)]
+    manifest = pd.DataFrame(
+        {
+            "id": ids,
+            "split": split,
+            "size_cat": [f"s{v}" for v in size],
+            "lighting_cat": [["dark", "bright"][v] for v in lighting],
+            "contrast_cat": "low",
+            "diameter_px": 10.0,
+        }
+    )
+    np.save(tmp_path / "f.npy", features.astype(np.float32))
+    (tmp_path / "f.ids.txt").write_text("\n".join(ids) + "\n")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    return tmp_path
+
+
+def test_ladder_levels_have_the_promised_structure():
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(40, 3))
+    meta = pd.DataFrame({"size_cat": np.repeat(["a", "b", "c", "d"], 10)})
+    copies = build_ladder("copies", pool, meta, 12, rng)
+    assert [lvl.level for lvl in copies] == copies_levels(12) == [1, 2, 4, 8, 12]
+    assert [len(np.unique(lvl.features, axis=0)) for lvl in copies] == [1, 2, 4, 8, 12]
+    sizes = build_ladder("size", pool, meta, 12, rng)
+    for lvl in sizes:
+        rows = [int(np.flatnonzero((pool == f).all(1))[0]) for f in lvl.features]
+        assert len(set(meta["size_cat"].iloc[rows])) == lvl.level and len(lvl.features) == 12
+    noise = build_ladder("noise", pool, meta, 12, rng)
+    assert np.ptp(noise[0].features, axis=0).max() == 0.0  # t = 0: every row at the mean
+    spreads = [lvl.features.std(axis=0).sum() for lvl in noise]
+    assert spreads == sorted(spreads)
+    with pytest.raises(MarsdiffError, match="lighting_cat"):
+        build_ladder("lighting", pool, meta, 12, rng)
+
+
+def test_validate_rewards_end_to_end(tmp_path):
+    root = synthetic_reference(tmp_path)
+    out = tmp_path / "validation"
+    section = {
+        "baseline_repeats": 4,
+        "validation": {"repeats": 3, "set_size": 10, "bandwidth_scales": [0.5, 1.0], "ladders": LADDERS},
+    }
+    plots = {name: out / f"ladder_{name}.png" for name in LADDERS}
+    summary = validate_rewards(
+        root / "f.npy", root / "f.ids.txt", root / "manifest.csv", section,
+        out / "ladder.csv", out / "validation.json", plots, extractor="synthetic",
+    )
+    table = pd.read_csv(out / "ladder.csv")
+    assert list(table.columns) == ["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"]
+    assert set(table["ladder"]) == set(LADDERS) and table["value"].notna().all()
+    assert set(table["reward"]) == {"mmd", "information_gain", "conditional_information_gain", "cmmd",
+                                    "frechet", "vendi", "combined"}
+    assert all(path.stat().st_size > 0 for path in plots.values())
+    saved = json.loads((out / "validation.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["n_train_reference"] == 72 and saved["extractor"] == "synthetic"
+    # the mean of these features follows the categories, so MMD must rank every ladder correctly
+    for ladder in LADDERS:
+        assert saved["rewards"]["mmd"]["ladders"][ladder]["spearman"] >= 0.9, ladder
+    assert saved["rewards"]["mmd"]["passed"] and saved["rewards"]["combined"]["passed"]
+    assert set(saved["bandwidth_sweep"]["mmd"]) == {"0.5", "1"}
+    assert "frechet" not in saved["bandwidth_sweep"]  # no bandwidth, not swept
+    assert require_validated(out / "validation.json", "combined")["passed"]
+
+
+def write_summary(path, passed):
+    table = pd.DataFrame(
+        [("copies", lvl, r, "mmd", 1.0, (lvl if passed else -lvl) + 0.01 * r) for lvl in (1, 2, 4) for r in range(2)],
+        columns=["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"],
+    )
+    path.write_text(json.dumps(summarise(table, 0.9, 1.0)))
+    return path
+
+
+def test_require_validated(tmp_path):
+    good = write_summary(tmp_path / "good.json", passed=True)
+    bad = write_summary(tmp_path / "bad.json", passed=False)
+    assert require_validated(good, "mmd", enforce=True)["ladders"]["copies"]["spearman"] == pytest.approx(1.0)
+    with pytest.raises(MarsdiffError, match=r"'mmd' failed diversity-ladder validation .*copies: rho -1.000 < 0.9"):
+        require_validated(bad, "mmd", enforce=True)
+    assert require_validated(bad, "mmd", enforce=False)["passed"] is False
+    with pytest.raises(MarsdiffError, match="'vendi' was not validated .*validated: mmd"):
+        require_validated(good, "vendi", enforce=True)
+    with pytest.raises(MarsdiffError, match="cannot read reward validation"):
+        require_validated(tmp_path / "missing.json", "mmd", enforce=True)
+    assert require_validated(tmp_path / "missing.json", "mmd", enforce=False) is None
+
+
+def test_constant_reward_fails_with_reason(tmp_path):
+    table = pd.DataFrame(
+        [("noise", lvl, 0, "flat", 1.0, 3.0) for lvl in (0.0, 0.5, 1.0)],
+        columns=["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"],
+    )
+    summary = summarise(table, 0.9, 1.0)
+    assert summary["rewards"]["flat"]["failures"] == ["noise: constant across levels"]
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(summary))
+    with pytest.raises(MarsdiffError, match="constant across levels"):
+        require_validated(path, "flat")
