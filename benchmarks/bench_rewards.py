@@ -33,11 +33,15 @@ KINDS = ("mmd", "information_gain", "conditional_information_gain", "frechet", "
 SKIP = {("frechet", 1024): "O(n^2 d min(n,d)): one SVD per image", ("vendi", 1024): "O(n^4): one eigen-solve per image"}
 
 
-def reference_features() -> tuple[np.ndarray, str]:
-    import pandas as pd
+def load_config() -> dict:
     import yaml
 
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def reference_features(config: dict) -> tuple[np.ndarray, str]:
+    import pandas as pd
+
     extractor = config["features"]["extractors"][0]
     features_path = ROOT / "results" / "features" / "reference" / f"{extractor}.npy"
     manifest_path = ROOT / "results" / "reference" / "manifest.csv"
@@ -64,10 +68,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--naive-budget", type=int, default=64, help="max removals timed naively per row")
     args = parser.parse_args()
-    reference, source = reference_features()
+    config = load_config()
+    reference, source = reference_features(config)
     rng = np.random.default_rng(0)
-    bandwidth = median_heuristic(reference)
-    print(f"reference: {source}, {reference.shape[0]} x {reference.shape[1]}; median bandwidth {bandwidth:.4g}")
+    scale = float((config.get("reward") or {}).get("bandwidth_scale", 0.5))
+    bandwidth = scale * median_heuristic(reference)
+    print(f"reference: {source}, {reference.shape[0]} x {reference.shape[1]}; bandwidth {scale:g} x median = {bandwidth:.4g}")
     print(f"{'reward':30s} {'n':>5s} {'closed s':>10s} {'naive s':>10s} {'speed-up':>9s} {'max abs err':>12s}")
     jitter = 0.05 * reference.std()
     for n in args.sizes:

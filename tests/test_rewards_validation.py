@@ -124,3 +124,29 @@ def test_constant_reward_fails_with_reason(tmp_path):
     path.write_text(json.dumps(summary))
     with pytest.raises(MarsdiffError, match="constant across levels"):
         require_validated(path, "flat")
+
+
+def test_workflow_script_adapter(tmp_path):
+    """workflow/scripts/validate_rewards.py wires Snakemake's objects to the library function."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "validate_rewards.py"
+    spec = importlib.util.spec_from_file_location("validate_rewards_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = synthetic_reference(tmp_path)
+    out = tmp_path / "out"
+    section = {"reward": {"baseline_repeats": 3, "terms": {"mmd": {"kind": "mmd", "weight": 1.0}},
+                          "validation": {"repeats": 2, "set_size": 6, "ladders": ["copies"], "bandwidth_scales": [0.5]}}}
+    snakemake = SimpleNamespace(
+        input=SimpleNamespace(features=str(root / "f.npy"), ids=str(root / "f.ids.txt"), manifest=str(root / "manifest.csv")),
+        output=SimpleNamespace(ladder=str(out / "ladder.csv"), validation=str(out / "validation.json"),
+                               plots=[str(out / "ladder_copies.png")]),
+        params=SimpleNamespace(cfg=json.dumps(section), ladders=["copies"], extractor="synthetic"),
+        log=[str(tmp_path / "validate.log")],
+    )
+    module.main(snakemake)
+    assert json.loads((out / "validation.json").read_text())["rewards"]["mmd"]["passed"]
+    assert (out / "ladder_copies.png").exists() and "repeat 2/2" in (tmp_path / "validate.log").read_text()

@@ -30,7 +30,7 @@ import numpy as np
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim
 from marsdiff.rewards.kernels import resolve_bandwidth, squared_distances
-from marsdiff.rewards.terms import BANDWIDTH_KINDS, build_term, term_options
+from marsdiff.rewards.terms import build_term, term_options
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,3 @@ class RewardModel:
             if term.weight != 0.0:
                 combined += term.weight * per_term[term.name] / baseline.std.get(term.name, 1.0)
         return PerImageCredit(combined, per_term)
-
-    def uses_bandwidth(self) -> bool:
-        return any(t.kind in BANDWIDTH_KINDS for t in self.config.terms)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.combined import RewardModel
+from marsdiff.rewards.inputs import as_features
 from marsdiff.rewards.kernels import squared_distances
 
 
@@ -50,7 +51,7 @@ def per_image_table(
 ) -> pd.DataFrame:
     """The per-image reward table for one generated set (see the module docstring)."""
     credit = model.leave_one_out(generated)
-    x = np.asarray(generated.detach().cpu().numpy() if hasattr(generated, "detach") else generated, dtype=np.float64)
+    x = as_features(generated, "generated features", min_rows=3)
     n = len(x)
     ids = [str(i) for i in (ids if ids is not None else range(n))]
     if len(ids) != n:
