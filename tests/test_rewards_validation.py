@@ -73,7 +73,8 @@ def test_validate_rewards_end_to_end(tmp_path):
         out / "ladder.csv", out / "validation.json", plots, extractor="synthetic",
     )
     table = pd.read_csv(out / "ladder.csv")
-    assert list(table.columns) == ["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"]
+    assert list(table.columns) == ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value"]
+    assert (table["bandwidth"] > 0).all()
     assert set(table["ladder"]) == set(LADDERS) and table["value"].notna().all()
     assert set(table["reward"]) == {"mmd", "information_gain", "conditional_information_gain", "cmmd",
                                     "frechet", "vendi", "combined"}

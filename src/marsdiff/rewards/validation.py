@@ -13,7 +13,7 @@ goes from less to more diverse). A reward is validated when it passes every ladd
 Kernel rewards are also scored at each ``bandwidth_scales`` multiple of the median heuristic:
 the ``bandwidth_sweep`` section of validation.json, used to choose the default bandwidth.
 
-Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, value),
+Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, bandwidth, value),
 ``ladder_<name>.png`` (one panel per reward, mean with interval vs level) and
 ``validation.json`` (see :func:`summarise`).
 """
@@ -43,6 +43,9 @@ from marsdiff.rewards.terms import BANDWIDTH_KINDS
 log = logging.getLogger(__name__)
 
 COMBINED = "combined"
+#: ladder.csv columns; ``bandwidth`` is the kernel sigma of that repeat's target half
+#: (unused by frechet and cmmd, which has its own sigma = 10)
+TABLE_COLUMNS = ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value"]
 TRAIN_SPLIT = "train"
 
 
@@ -142,9 +145,9 @@ def ladder_table(
                     values[COMBINED] = result.value
                     for name, value in values.items():
                         if scale == primary or name in kernel_terms or name == COMBINED:
-                            rows.append((ladder, level.level, repeat, name, scale, value))
+                            rows.append((ladder, level.level, repeat, name, scale, result.bandwidth, value))
         log.info("ladder validation: repeat %d/%d done", repeat + 1, validation.repeats)
-    return pd.DataFrame(rows, columns=["ladder", "level", "repeat", "reward", "bandwidth_scale", "value"])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def _spearman(levels: np.ndarray, means: np.ndarray) -> float | None:
