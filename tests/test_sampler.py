@@ -230,3 +230,28 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
 def test_missing_base_model_names_the_command(tmp_path):
     with pytest.raises(MarsdiffError, match="pretrain_base"):
         load_pixel_backend(tmp_path / "models" / "base")
+
+
+@pytest.mark.slow
+def test_sample_round_rule_runs_round_000_and_reruns_on_sampling_change(tmp_path):
+    """The Snakemake rule on a tiny base model: outputs, nothing to do after, params trigger."""
+    import yaml
+
+    from conftest import make_workdir, run_snakemake
+    from test_doctor import write_tiny_pixel_model
+
+    workdir = make_workdir(tmp_path)
+    write_tiny_pixel_model(workdir / "results" / "models" / "base")
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["sampling"].update(steps=2, images_per_round=3, batch_size=3, experiment="tiny")
+    config_path.write_text(yaml.safe_dump(config))
+    target = "results/runs/tiny/round_000/samples.csv"
+    run_snakemake(workdir, target)
+    round_dir = workdir / "results" / "runs" / "tiny" / "round_000"
+    assert len(list((round_dir / "images").glob("*.png"))) == 3
+    assert (round_dir / "trajectories.h5").is_file()
+    assert "Nothing to be done" in run_snakemake(workdir, "-n", target).stdout
+    config["sampling"]["seed"] = 1
+    config_path.write_text(yaml.safe_dump(config))
+    assert "sample_round" in run_snakemake(workdir, "-n", target).stdout
