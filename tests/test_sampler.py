@@ -19,6 +19,7 @@ from marsdiff.diffusion.sampler import (
     SamplingSettings,
     condition_probabilities,
     sample_round,
+    scheduler_for_trajectories,
     transition_log_prob,
 )
 from marsdiff.diffusion.scheduler_logprob import (
@@ -225,6 +226,20 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
     with open_trajectories(out / "trajectories.h5") as f:
         assert f.num_images == 4 and f.num_steps == 2
         assert f.attrs["model_hash"] == backend.model_hash()
+        assert f.attrs["log_prob_convention"] == LOG_PROB_CONVENTION
+        # The trainer's path: rebuild the step distribution from the file, re-score a transition.
+        scheduler = scheduler_for_trajectories(f)
+        chain, stored = f.image_latents(2), f.array("log_prob")[2]
+        with torch.no_grad():
+            out_step = transition_log_prob(
+                backend,
+                scheduler,
+                torch.from_numpy(chain[:-1]),
+                torch.from_numpy(chain[1:]),
+                torch.from_numpy(f.array("timesteps")),
+                torch.full((2,), int(f.array("condition")[2])),
+            )
+        assert np.abs(out_step.log_prob.numpy() - stored).max() <= 1e-5
 
 
 def test_missing_base_model_names_the_command(tmp_path):

@@ -216,6 +216,28 @@ def transition_log_prob(
     return scheduler.step(model_output, timestep, latents_t, prev_sample=latents_prev)
 
 
+def scheduler_for_trajectories(trajectories: Any) -> DDIMLogProbScheduler:
+    """The exact step distribution a round file was sampled with (for the trainer's re-evaluation).
+
+    ``trajectories`` is an open :class:`marsdiff.io.trajectories.TrajectoryFile`. The scheduler
+    is rebuilt from the stored training config, eta and min_std, its grid set to the stored
+    number of steps and checked against the stored timesteps and sigmas.
+    """
+    stored = dict(trajectories.scheduler_config)
+    ours = stored.pop("marsdiff", None)
+    if not ours:
+        raise MarsdiffError(f"{trajectories.path}: no marsdiff scheduler settings stored")
+    scheduler = DDIMLogProbScheduler.from_config(stored, eta=float(ours["eta"]), min_std=float(ours["min_std"]))
+    timesteps = scheduler.set_timesteps(trajectories.num_steps)
+    if scheduler.config["alphas_cumprod_sha"] != ours["alphas_cumprod_sha"] or not np.array_equal(
+        timesteps.numpy(), trajectories.array("timesteps")
+    ):
+        raise MarsdiffError(f"{trajectories.path}: stored noise schedule cannot be rebuilt (different diffusers version?)")
+    if not np.allclose(scheduler.std(timesteps).numpy(), trajectories.array("std"), rtol=1e-6, atol=0):
+        raise MarsdiffError(f"{trajectories.path}: stored step sigmas differ from the rebuilt scheduler")
+    return scheduler
+
+
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """SHA-256 (16 hex) of a config mapping as sorted-key JSON (the stage's params text)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -298,6 +320,7 @@ __all__ = [
     "condition_probabilities",
     "image_seeds",
     "transition_log_prob",
+    "scheduler_for_trajectories",
     "sample_round",
     "config_hash",
 ]
