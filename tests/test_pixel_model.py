@@ -184,6 +184,20 @@ def test_tiny_training_run_decreases_loss(tmp_path):
     assert len(result.loss_rows) == 60 and result.loss_rows[-1][0] == 60
 
 
+def test_batches_have_batch_size_and_cover_the_set(tmp_path, monkeypatch):
+    train = load_train_set(write_reference(tmp_path / "reference"), 16)  # 12 train images
+    seen = []
+    real_loss = pretrain_mod.diffusion_loss
+
+    def recording_loss(unet, scheduler, images, labels, *rest):
+        seen.append(images.shape[0])
+        return real_loss(unet, scheduler, images, labels, *rest)
+
+    monkeypatch.setattr(pretrain_mod, "diffusion_loss", recording_loss)
+    train_pixel_model(train, PixelConfig.from_dict({**TINY, "train_steps": 3, "batch_size": 5}))
+    assert seen == [5, 5, 5]
+
+
 def test_stage_writes_the_contract(tmp_path):
     manifest = write_reference(tmp_path / "reference")
     out = tmp_path / "models" / "base"

@@ -2,6 +2,13 @@
 # The model directory contract (unet/, scheduler/, marsdiff_model.json) is documented in
 # src/marsdiff/diffusion/pixel.py and docs/base_model.md.
 BASE_MODEL_DIR = RESULTS / "models" / "base"
+PRETRAIN_MODULES = (
+    "diffusion/__init__.py",
+    "diffusion/pixel.py",
+    "diffusion/pretrain.py",
+    "data/__init__.py",
+    "data/images.py",
+)
 
 
 def _pixel_device(cfg):
@@ -13,7 +20,9 @@ rule pretrain_base:
     input:
         manifest=REFERENCE_DIR / "manifest.csv",
         images=REFERENCE_DIR / "images",
-        code=library_sources("diffusion") + [str(LIBRARY / "data" / "images.py")],
+        # Only the modules training imports: a sampler edit must not retrain (and so re-run every
+        # RL round downstream of) the base model.
+        code=library_sources() + [str(LIBRARY / m) for m in PRETRAIN_MODULES],
     output:
         unet=directory(BASE_MODEL_DIR / "unet"),
         scheduler=directory(BASE_MODEL_DIR / "scheduler"),

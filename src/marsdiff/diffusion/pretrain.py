@@ -257,13 +257,14 @@ def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
     with _progress(cfg.train_steps) as bar:
         for step in range(cfg.train_steps):
             # Epoch-wise shuffling: every image is seen once per pass, even with a tiny set.
-            picks = []
-            while len(picks) < cfg.batch_size:
+            picks, picked = [], 0
+            while picked < cfg.batch_size:
                 if cursor == len(order):
                     order, cursor = torch.randperm(len(train), generator=order_gen), 0
-                take = min(cfg.batch_size - len(picks), len(order) - cursor)
+                take = min(cfg.batch_size - picked, len(order) - cursor)
                 picks.append(order[cursor:cursor + take])
                 cursor += take
+                picked += take
             index = torch.cat(picks) if len(picks) > 1 else picks[0]
             batch = augment(images[index], flip["flip"], order_gen).to(device)
             batch_labels = labels[index].to(device)
