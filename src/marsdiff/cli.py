@@ -34,12 +34,28 @@ def _device_line() -> str:
     return f"CPU only ({torch.get_num_threads()} torch threads); no CUDA GPU visible"
 
 
+def _read_overlay(path: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise MarsdiffError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise MarsdiffError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise MarsdiffError(f"{path}: config must be a mapping of sections")
+    return data
+
+
 def doctor(config_path: str | None, model_dir: str, results_dir: str, images: int = DOCTOR_IMAGES) -> int:
     """Run the checks in order; later checks need earlier results. Returns the exit status."""
     from marsdiff.config import load_config
 
     started = time.perf_counter()
-    config = load_config(config_path)
+    # As Snakemake does with --configfile: the given file overlays the embedded default
+    # (config/sd15.yaml holds only what differs).
+    config = load_config(None, overrides=_read_overlay(config_path)) if config_path else load_config()
     sampling, model_cfg, features_cfg = config["sampling"], config["model"], config["features"]
     _print_row("config", str(config_path or "config/config.yaml (embedded default)"))
     _print_row("device", _device_line())
@@ -96,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marsdiff", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     doc = sub.add_parser("doctor", help="check the environment and the configured pipeline; print what it will do")
-    doc.add_argument("--config", default=None, help="config file (default: the embedded config/config.yaml)")
+    doc.add_argument(
+        "--config", default=None, help="config file laid over the embedded config/config.yaml (as snakemake --configfile)"
+    )
     doc.add_argument("--model-dir", default="results/models/base", help="pixel base model directory")
     doc.add_argument("--results", default="results", help="results directory (reference features)")
     doc.add_argument("--images", type=int, default=DOCTOR_IMAGES, help="images in the test batch (>= 2)")
