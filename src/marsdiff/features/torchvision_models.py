@@ -78,7 +78,7 @@ class ImageNetCNN(FeatureExtractor):
 class MobileNetV2Features(ImageNetCNN):
     name = "mobilenet_v2"
 
-    def __init__(self, weights: str | None = None, layer: int = 7, grid: int = 2, input_size: int = 128,
+    def __init__(self, weights: str | None = None, layer: int = 10, grid: int = 2, input_size: int = 128,
                  batch_size: int = 64, device: str = "auto"):
         import torchvision
 
