@@ -11,10 +11,6 @@ PRETRAIN_MODULES = (
 )
 
 
-def _pixel_device(cfg):
-    return ((cfg.get("model") or {}).get("pixel") or {}).get("device", "auto")
-
-
 rule pretrain_base:
     """Train the class-conditional pixel-space UNet on the reference train split."""
     input:
@@ -44,7 +40,7 @@ rule pretrain_base:
         mem_mb=4000,
         runtime="30m",
         # Ask the cluster for a GPU only when the config wants one (e.g. preset 'large').
-        gpu=1 if _pixel_device(config) == "cuda" else 0,
+        gpu=1 if config["model"]["pixel"]["device"] == "cuda" else 0,
     conda:
         "../envs/marsdiff.yaml"
     script:

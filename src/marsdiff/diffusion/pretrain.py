@@ -21,6 +21,7 @@ import copy
 import csv
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -442,6 +443,10 @@ def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | Non
     log.info("sample grid: %d images in %.1f s", len(labels), time.perf_counter() - start)
 
     with atomic_dir(out_dir) as tmp:
+        # mkdtemp creates the directory private (0700); give the model the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         save_pixel_model(tmp, result.ema_unet, result.scheduler, meta)
         write_loss_csv(tmp / "loss.csv", result.loss_rows)
         grid.save(tmp / "samples.png", format="PNG")
