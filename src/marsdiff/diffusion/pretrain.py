@@ -175,8 +175,9 @@ def learning_rate_at(step: int, cfg: PixelConfig) -> float:
 def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights for an epsilon target (Hang et al. 2023): min(SNR, gamma) / SNR.
 
-    Down-weights the nearly clean timesteps, whose easy gradients otherwise dominate a short
-    run; gamma 0 gives plain MSE.
+    Caps the weight of the nearly clean timesteps, whose gradients conflict with those of the
+    noisy ones and slow convergence (Hang et al.); gamma 0 gives plain MSE. On the cosine
+    schedule gamma 5 weights t < 20 by 2e-4..1e-2: see docs/base_model.md for the trade-off.
     """
     if gamma <= 0:
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
