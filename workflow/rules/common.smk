@@ -8,6 +8,8 @@ LOGS = Path("logs")
 BENCH = Path("benchmarks-out")
 REFERENCE_DIR = RESULTS / "reference"
 FEATURES_DIR = RESULTS / "features"
+BASE_MODEL_DIR = RESULTS / "models" / "base"
+RUNS_DIR = RESULTS / "runs"
 # Library code lives beside the Snakefile, whatever the working directory.
 LIBRARY = Path(workflow.basedir) / "src" / "marsdiff"
 EXTRACTOR_CHOICES = ("mobilenet_v2", "clip", "resnet18")
@@ -63,3 +65,26 @@ def sampling_targets():
     """Targets of the recorded-sampling stage (workflow/rules/rl.smk)."""
     round_dir = RESULTS / "runs" / config["sampling"]["experiment"] / "round_000"
     return [str(round_dir / "trajectories.h5"), str(round_dir / "images"), str(round_dir / "samples.csv")]
+
+
+def round_policy_inputs(wildcards):
+    """The policy a round samples: the base model for round 000, else round r-1's update.
+
+    The Stable Diffusion base model comes from the HF cache or a local directory, outside the
+    workflow, so round 000 then has no file inputs.
+    """
+    if wildcards.round != "000":
+        previous = f"round_{int(wildcards.round) - 1:03d}"
+        return {"policy": str(RUNS_DIR / wildcards.exp / previous / "policy")}
+    if config["model"]["backend"] != "pixel":
+        return {}
+    return {
+        "meta": str(BASE_MODEL_DIR / "marsdiff_model.json"),
+        "unet": str(BASE_MODEL_DIR / "unet"),
+        "scheduler": str(BASE_MODEL_DIR / "scheduler"),
+    }
+
+
+def sampling_gpus(cfg):
+    """Stable Diffusion wants a GPU; the pixel model only when the config asks for CUDA."""
+    return int(cfg["model"]["backend"] == "stable_diffusion" or cfg["sampling"].get("device") == "cuda")
