@@ -65,12 +65,19 @@ def test_doctor_full_check_prints_reward(tmp_path, capsys, small_config):
     write_tiny_pixel_model(tmp_path / "base")
     extractor = build_extractor("mobilenet_v2", config["features"])
     rng = np.random.default_rng(0)
-    reference = extractor.extract([rng.integers(0, 255, (16, 16), dtype=np.uint8) for _ in range(6)])
-    write_feature_set(reference, [f"ref{i}" for i in range(6)], tmp_path / "r/features/reference/mobilenet_v2.npy")
+    reference = extractor.extract([rng.integers(0, 255, (16, 16), dtype=np.uint8) for _ in range(12)])
+    write_feature_set(reference, [f"ref{i}" for i in range(12)], tmp_path / "r/features/reference/mobilenet_v2.npy")
+    # Only train rows count: the two held-out rows must not reach the reward.
+    manifest = tmp_path / "r/reference/manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("id,path,size_cat,split\n" + "".join(
+        f"ref{i},images/ref{i}.png,s1,{'heldout' if i < 2 else 'train'}\n" for i in range(12)
+    ))
     status = main(["doctor", "--config", str(path), "--model-dir", str(tmp_path / "base"), "--results", str(tmp_path / "r")])
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert "diversity reward" in out and "-MMD^2 =" in out and "status" in out
+    assert "diversity reward" in out and "combined" in out and "mmd" in out and "status" in out
+    assert "vs 10 train reference images" in out
 
 
 def test_doctor_bad_config_is_one_line(tmp_path):

@@ -34,28 +34,14 @@ def _device_line() -> str:
     return f"CPU only ({torch.get_num_threads()} torch threads); no CUDA GPU visible"
 
 
-def _read_overlay(path: str) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise MarsdiffError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise MarsdiffError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise MarsdiffError(f"{path}: config must be a mapping of sections")
-    return data
-
-
 def doctor(config_path: str | None, model_dir: str, results_dir: str, images: int = DOCTOR_IMAGES) -> int:
     """Run the checks in order; later checks need earlier results. Returns the exit status."""
-    from marsdiff.config import load_config
+    from marsdiff.config import load_overlaid_config
 
     started = time.perf_counter()
     # As Snakemake does with --configfile: the given file overlays the embedded default
     # (config/sd15.yaml holds only what differs).
-    config = load_config(None, overrides=_read_overlay(config_path)) if config_path else load_config()
+    config = load_overlaid_config(config_path)
     sampling, model_cfg, features_cfg = config["sampling"], config["model"], config["features"]
     _print_row("config", str(config_path or "config/config.yaml (embedded default)"))
     _print_row("device", _device_line())
@@ -90,19 +76,24 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
     vectors = extractor.extract(list(batch.images))
     _print_row("features", f"{name}: vectors of shape {tuple(vectors.shape[1:])} (batch {tuple(vectors.shape)})")
 
-    from marsdiff.rewards import mmd2
+    from marsdiff.data.reference import read_manifest
+    from marsdiff.rewards import RewardModel
 
     reference_path = Path(results_dir) / "features" / "reference" / f"{name}.npy"
     if not reference_path.is_file():
         raise MarsdiffError(
             f"no reference features at {reference_path}: build them with `snakemake --cores 2 {reference_path}`"
         )
-    reference, _ids = read_feature_set(reference_path)
-    result = mmd2(vectors, reference)
+    reference, ids = read_feature_set(reference_path)
+    # Rewards compare against the train split only; the held-out split is evaluation's.
+    train_ids = set(read_manifest(Path(results_dir) / "reference" / "manifest.csv", split="train")["id"])
+    reference = reference[[i for i, image_id in enumerate(ids) if image_id in train_ids]]
+    result = RewardModel(reference, config["reward"]).score(vectors)
+    terms = ", ".join(f"{t.name} {t.raw:.4g}" for t in result.terms.values() if t.weight != 0.0)
     _print_row(
         "diversity reward",
-        f"-MMD^2 = {result.reward:.5f} ({images} generated vs {result.n_reference} reference, "
-        f"RBF bandwidth {result.bandwidth:.3g} {result.bandwidth_source})",
+        f"combined {result.reward:.4f} (raw terms: {terms}; {images} generated vs {len(reference)} train "
+        f"reference images, RBF bandwidth {result.bandwidth:.3g} {result.bandwidth_source})",
     )
     _print_row("status", f"ok ({time.perf_counter() - started:.1f} s)")
     return 0

@@ -71,14 +71,25 @@ def _fill_defaults(instance: Any, schema: dict) -> None:
             _fill_defaults(instance[key], subschema)
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config file as a mapping of sections (an empty file is an empty mapping)."""
+    data = _read_yaml(Path(path)) or {}
+    if not isinstance(data, dict):
+        raise MarsdiffError(f"{path}: config must be a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Read a config file (default: the embedded one), deep-merge ``overrides``, validate."""
-    config = _read_yaml(Path(path) if path else DEFAULT_CONFIG) or {}
-    if not isinstance(config, dict):
-        raise MarsdiffError(f"{path}: config must be a mapping of sections")
+    config = read_config_file(path or DEFAULT_CONFIG)
     if overrides:
         config = deep_merge(config, overrides)
     return check_config(config)
+
+
+def load_overlaid_config(overlay: str | Path | None) -> dict:
+    """The embedded default with ``overlay`` deep-merged on top, as ``snakemake --configfile``."""
+    return load_config(None, overrides=read_config_file(overlay) if overlay else None)
 
 
 def deep_merge(base: dict, update: dict) -> dict:
