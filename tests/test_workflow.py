@@ -93,7 +93,7 @@ def test_default_dry_run_plans_every_stage(tmp_path):
 def test_tiny_end_to_end_run_and_rerun_triggers(tmp_path):
     workdir = make_workdir(tmp_path)
     tiny = ["--configfile", str(REPO / "tests" / "config" / "tiny.yaml")]
-    run_snakemake(workdir, FEATURES, *tiny)
+    run_snakemake(workdir, *tiny)
 
     manifest = pd.read_csv(workdir / "results/reference/manifest.csv")
     assert len(manifest) == 36
@@ -102,10 +102,14 @@ def test_tiny_end_to_end_run_and_rerun_triggers(tmp_path):
     ids = (workdir / "results/features/reference/mobilenet_v2.ids.txt").read_text().split()
     assert features.shape == (36, 256) and features.dtype == np.float32
     assert ids == manifest["id"].tolist()
-    assert (workdir / "logs/prepare_reference.log").stat().st_size > 0
-    assert (workdir / "benchmarks-out/prepare_reference.tsv").exists()
+    for produced in ("results/validation/validation.json", "results/models/base/samples.png",
+                     "results/runs/tiny/round_000/trajectories.h5", "results/runs/tiny/round_000/samples.csv"):
+        assert (workdir / produced).stat().st_size > 0, produced
+    for rule in ("prepare_reference", "extract_features/reference_mobilenet_v2", "validate_rewards", "pretrain_base"):
+        assert (workdir / "logs" / f"{rule}.log").stat().st_size > 0, rule
+        assert (workdir / "benchmarks-out" / f"{rule}.tsv").exists(), rule
 
-    assert planned_jobs(run_snakemake(workdir, FEATURES, "-n", *tiny)) == {}, "an unchanged re-run has nothing to do"
+    assert planned_jobs(run_snakemake(workdir, "-n", *tiny)) == {}, "an unchanged re-run has nothing to do"
 
     def plan_with(change: dict) -> dict[str, int]:
         override = tmp_path / "override.yaml"
@@ -113,10 +117,18 @@ def test_tiny_end_to_end_run_and_rerun_triggers(tmp_path):
         for section, values in change.items():
             merged.setdefault(section, {}).update(values)
         override.write_text(yaml.safe_dump(merged))
-        return planned_jobs(run_snakemake(workdir, FEATURES, "-n", "--configfile", str(override)))
+        jobs = planned_jobs(run_snakemake(workdir, "-n", "--configfile", str(override)))
+        jobs.pop("all", None)
+        return jobs
 
-    assert plan_with({"features": {"mobilenet_v2": {"input_size": 64, "grid": 1}}}) == {"extract_features": 1}
-    assert plan_with({"reference": {"seed": 5}}) == {"prepare_reference": 1, "extract_features": 1}
+    assert plan_with({"reward": {"duplicate_factor": 0.3}}) == {"validate_rewards": 1}
+    assert plan_with({"sampling": {"seed": 7}}) == {"sample_round": 1}
+    assert plan_with({"features": {"mobilenet_v2": {"input_size": 64, "grid": 1}}}) == {
+        "extract_features": 1, "validate_rewards": 1,
+    }
+    assert plan_with({"reference": {"seed": 5}}) == {
+        "prepare_reference": 1, "extract_features": 1, "validate_rewards": 1, "pretrain_base": 1, "sample_round": 1,
+    }
 
 
 def test_check_config_fills_nested_defaults():
