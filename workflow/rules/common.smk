@@ -24,11 +24,15 @@ def stage_params(cfg, *sections):
     return json.dumps({name: cfg.get(name) for name in sections}, sort_keys=True)
 
 
-def library_sources(*subpackages):
-    """The library modules a rule's script runs, declared as inputs so code edits re-run it."""
+def library_sources(*parts):
+    """The library modules a rule's script runs, declared as inputs so code edits re-run it.
+
+    Each part is a subpackage ("rewards": all its modules) or one module ("io/trajectories.py").
+    """
     files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "io" / "atomic.py"]
-    for sub in subpackages:
-        files += sorted(LIBRARY.joinpath(sub).rglob("*.py"))
+    for part in parts:
+        path = LIBRARY / part
+        files += [path] if part.endswith(".py") else sorted(path.rglob("*.py"))
     return [str(f) for f in files]
 
 

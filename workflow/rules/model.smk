@@ -1,14 +1,6 @@
 # Base diffusion model (stage pretrain_base); recorded sampling lives in rl.smk.
 # The model directory contract (unet/, scheduler/, marsdiff_model.json) is documented in
 # src/marsdiff/diffusion/pixel.py and docs/base_model.md.
-BASE_MODEL_DIR = RESULTS / "models" / "base"
-PRETRAIN_MODULES = (
-    "diffusion/__init__.py",
-    "diffusion/pixel.py",
-    "diffusion/pretrain.py",
-    "data/__init__.py",
-    "data/images.py",
-)
 
 
 rule pretrain_base:
@@ -18,7 +10,9 @@ rule pretrain_base:
         images=REFERENCE_DIR / "images",
         # Only the modules training imports: a sampler edit must not retrain (and so re-run every
         # RL round downstream of) the base model.
-        code=library_sources() + [str(LIBRARY / m) for m in PRETRAIN_MODULES],
+        code=library_sources(
+            "diffusion/__init__.py", "diffusion/pixel.py", "diffusion/pretrain.py", "data/__init__.py", "data/images.py"
+        ),
     output:
         unet=directory(BASE_MODEL_DIR / "unet"),
         scheduler=directory(BASE_MODEL_DIR / "scheduler"),

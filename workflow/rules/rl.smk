@@ -4,7 +4,7 @@ rule sample_round:
     """Sample one round with the recording DDIM sampler: chains, actions and log-probs."""
     input:
         unpack(round_policy_inputs),
-        code=library_sources("diffusion"),
+        code=library_sources("diffusion", "io/trajectories.py", "data/images.py"),
     output:
         trajectories=RUNS_DIR / "{exp}" / "round_{round}" / "trajectories.h5",
         images=directory(RUNS_DIR / "{exp}" / "round_{round}" / "images"),

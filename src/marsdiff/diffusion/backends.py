@@ -65,9 +65,16 @@ def latents_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class DiffusionBackend(ABC):
-    """What the sampler and trainer need from a model; latents are float32 on ``device``."""
+    """What the sampler and trainer need from a model; latents are float32 on ``device``.
+
+    Subclasses set ``unet`` (the network RL updates), ``_scheduler_config`` (the training noise
+    schedule, a diffusers scheduler config) and ``_latent_shape`` ((C, H, W) of one x_t).
+    """
 
     kind: str = "base"
+    unet: torch.nn.Module
+    _scheduler_config: dict[str, Any]
+    _latent_shape: tuple[int, int, int]
 
     def __init__(self, device: torch.device, model_dtype: torch.dtype):
         self.device = device
@@ -75,19 +82,19 @@ class DiffusionBackend(ABC):
         self._model_hash: str | None = None
 
     @property
-    @abstractmethod
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one latent x_t."""
+        return self._latent_shape
 
     @property
-    @abstractmethod
     def scheduler_config(self) -> dict[str, Any]:
-        """The training noise schedule (a diffusers scheduler config)."""
+        """The training noise schedule (a copy: callers may modify it)."""
+        return dict(self._scheduler_config)
 
     @property
-    @abstractmethod
     def policy(self) -> torch.nn.Module:
         """The network RL updates (the UNet); the trainer optimises its parameters."""
+        return self.unet
 
     @abstractmethod
     def conditions(self) -> list[str]:
@@ -156,18 +163,6 @@ class PixelBackend(DiffusionBackend):
         size = int(self.meta.get("image_size") or unet.config.sample_size)
         channels = int(self.meta.get("channels") or unet.config.in_channels)
         self._latent_shape = (channels, size, size)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self._latent_shape
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return dict(self._scheduler_config)
-
-    @property
-    def policy(self) -> torch.nn.Module:
-        return self.unet
 
     def conditions(self) -> list[str]:
         return list(self._class_names)

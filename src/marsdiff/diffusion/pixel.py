@@ -52,7 +52,7 @@ PIXEL_PRESETS: dict[str, dict[str, Any]] = {
         "block_out_channels": [32, 64, 64],
         "layers_per_block": 1,
         "attention": False,
-        "train_steps": 550,
+        "train_steps": 500,
         "batch_size": 32,
         "learning_rate": 1e-3,
         "warmup_steps": 100,
@@ -83,7 +83,7 @@ class PixelConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False
-    train_steps: int = 550
+    train_steps: int = 500
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100

@@ -146,18 +146,6 @@ class StableDiffusionBackend(DiffusionBackend):
         )
         return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.model_dtype)
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self._latent_shape
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return dict(self._scheduler_config)
-
-    @property
-    def policy(self) -> torch.nn.Module:
-        return self.unet
-
     def conditions(self) -> list[str]:
         return list(self.prompts)
 
