@@ -28,6 +28,7 @@ def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
     manifest = pd.DataFrame(
         {
             "id": ids,
+            "path": [f"images/{i}.png" for i in ids],
             "split": split,
             "size_cat": [f"s{v}" for v in size],
             "lighting_cat": [["dark", "bright"][v] for v in lighting],
@@ -69,7 +70,7 @@ def test_validate_rewards_end_to_end(tmp_path):
     }
     plots = {name: out / f"ladder_{name}.png" for name in LADDERS}
     summary = validate_rewards(
-        root / "f.npy", root / "f.ids.txt", root / "manifest.csv", section,
+        root / "f.npy", root / "manifest.csv", section,
         out / "ladder.csv", out / "validation.json", plots, extractor="synthetic",
     )
     table = pd.read_csv(out / "ladder.csv")

@@ -76,7 +76,7 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
     vectors = extractor.extract(list(batch.images))
     _print_row("features", f"{name}: vectors of shape {tuple(vectors.shape[1:])} (batch {tuple(vectors.shape)})")
 
-    from marsdiff.data.reference import read_manifest
+    from marsdiff.data.manifest import read_manifest
     from marsdiff.rewards import RewardModel
 
     reference_path = Path(results_dir) / "features" / "reference" / f"{name}.npy"

@@ -11,7 +11,8 @@ rule pretrain_base:
         # Only the modules training imports: a sampler edit must not retrain (and so re-run every
         # RL round downstream of) the base model.
         code=library_sources(
-            "diffusion/__init__.py", "diffusion/pixel.py", "diffusion/pretrain.py", "data/__init__.py", "data/images.py"
+            "diffusion/__init__.py", "diffusion/pixel.py", "diffusion/pretrain.py", "data/__init__.py", "data/images.py",
+            "data/manifest.py",
         ),
     output:
         unet=directory(BASE_MODEL_DIR / "unet"),

@@ -9,7 +9,7 @@ rule validate_rewards:
         features=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.npy",
         ids=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.ids.txt",
         manifest=REFERENCE_DIR / "manifest.csv",
-        code=library_sources("rewards"),
+        code=library_sources("rewards", "data/manifest.py", "io/feature_files.py"),
     output:
         ladder=RESULTS / "validation" / "ladder.csv",
         validation=RESULTS / "validation" / "validation.json",

@@ -10,7 +10,6 @@ def main(snakemake):
         ladders = list(snakemake.params.ladders)
         validate_rewards(
             features_path=snakemake.input.features,
-            ids_path=snakemake.input.ids,
             manifest_path=snakemake.input.manifest,
             reward_section=section,
             ladder_csv=snakemake.output.ladder,

@@ -26,15 +26,12 @@ from marsdiff.data.categories import (
     stratified_split,
 )
 from marsdiff.data.images import is_image_name, load_image, save_png
+from marsdiff.data.manifest import MANIFEST_COLUMNS
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = [
-    "id", "path", "source", "x", "y", "diameter_px", "size_cat", "lighting_cat", "contrast_cat",
-    "h_mean", "h_std", "s_mean", "s_std", "v_mean", "v_std", "contrast", "split",
-]
 
 
 @dataclass(frozen=True)
@@ -313,20 +310,6 @@ def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFram
     return manifest
 
 
-def read_manifest(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
-    """The manifest as a DataFrame, optionally one split; clear error when missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise MarsdiffError(f"{path}: reference manifest not found (run the prepare_reference stage)")
-    table = pd.read_csv(path, dtype={"id": str})
-    missing = [c for c in ("id", "path", "size_cat", "split") if c not in table.columns]
-    if missing:
-        raise MarsdiffError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
-    if split is not None:
-        table = table[table["split"] == split].reset_index(drop=True)
-    return table
-
-
 def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row: int = 8) -> None:
     """One row of example crops per size category, smallest craters on top."""
     import matplotlib
@@ -361,6 +344,6 @@ def _category_sort_key(name: str):
 
 
 __all__ = [
-    "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "read_manifest", "crop_window",
+    "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "crop_window",
     "load_crater_labels", "image_statistics", "scan_image_folder", "equal_count_bins",
 ]

@@ -299,20 +299,11 @@ def load_train_set(manifest_path: str | os.PathLike, image_size: int) -> TrainSe
     reference's categories. Raises MarsdiffError naming the culprit for a missing or malformed
     manifest, an empty train split or an unreadable image.
     """
-    import pandas as pd
-
     from marsdiff.data.images import load_image
+    from marsdiff.data.manifest import read_manifest
 
     manifest_path = Path(manifest_path)
-    if not manifest_path.is_file():
-        raise MarsdiffError(f"{manifest_path}: reference manifest not found (run the prepare_reference stage first)")
-    try:
-        table = pd.read_csv(manifest_path, dtype={"id": str, "path": str, "size_cat": str, "split": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise MarsdiffError(f"{manifest_path}: unreadable reference manifest ({err})") from None
-    missing = [c for c in ("id", "path", "split", "size_cat") if c not in table.columns]
-    if missing:
-        raise MarsdiffError(f"{manifest_path}: manifest lacks column(s) {', '.join(missing)}")
+    table = read_manifest(manifest_path)
     if table["size_cat"].isna().any():
         raise MarsdiffError(f"{manifest_path}: {int(table['size_cat'].isna().sum())} row(s) have no size_cat")
     class_names = size_class_order(table)

@@ -8,7 +8,8 @@ Public API::
 """
 
 from marsdiff.features.base import FeatureExtractor
-from marsdiff.features.cache import extract_with_cache, read_feature_set, write_feature_set
+from marsdiff.features.cache import extract_with_cache
+from marsdiff.io.feature_files import read_feature_set, write_feature_set
 from marsdiff.features.registry import EXTRACTORS, build_extractor
 from marsdiff.features.image_sets import extract_image_set, list_image_set
 

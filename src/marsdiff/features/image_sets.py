@@ -10,7 +10,8 @@ from pathlib import Path
 
 from marsdiff.data.images import is_image_name
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.cache import CacheStats, extract_with_cache, write_feature_set
+from marsdiff.features.cache import CacheStats, extract_with_cache
+from marsdiff.io.feature_files import write_feature_set
 from marsdiff.features.registry import build_extractor
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def list_image_set(source: str | os.PathLike) -> tuple[list[str], list[Path]]:
     directory (ids = file stems, sorted)."""
     source = Path(source)
     if source.is_file() and source.suffix == ".csv":
-        from marsdiff.data.reference import read_manifest
+        from marsdiff.data.manifest import read_manifest
 
         manifest = read_manifest(source)
         return manifest["id"].astype(str).tolist(), [source.parent / p for p in manifest["path"]]

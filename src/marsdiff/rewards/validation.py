@@ -250,7 +250,6 @@ def run_validation(
 
 def validate_rewards(
     features_path: str | Path,
-    ids_path: str | Path,
     manifest_path: str | Path,
     reward_section: dict[str, Any] | None,
     ladder_csv: str | Path,
@@ -258,13 +257,13 @@ def validate_rewards(
     plot_paths: dict[str, str | Path],
     extractor: str = "",
 ) -> dict[str, Any]:
-    """The validate_rewards stage: read reference features, write ladder.csv, plots and validation.json."""
-    try:
-        features = np.load(features_path)
-        ids = Path(ids_path).read_text().split()
-        manifest = pd.read_csv(manifest_path)
-    except (OSError, ValueError) as err:
-        raise MarsdiffError(f"cannot read reward-validation inputs: {err}") from None
+    """The validate_rewards stage: read reference features (and their ids file), write ladder.csv,
+    plots and validation.json."""
+    from marsdiff.data.manifest import read_manifest
+    from marsdiff.io.feature_files import read_feature_set
+
+    features, ids = read_feature_set(features_path)
+    manifest = read_manifest(manifest_path)
     train_features, meta = train_reference(features, ids, manifest)
     log.info("validating rewards on %d train reference rows (%s)", len(meta), extractor or "features")
     table, summary = run_validation(train_features, meta, reward_section)
