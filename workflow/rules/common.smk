@@ -29,7 +29,7 @@ def library_sources(*parts):
 
     Each part is a subpackage ("rewards": all its modules) or one module ("io/trajectories.py").
     """
-    files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "io" / "atomic.py"]
+    files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "devices.py", LIBRARY / "io" / "atomic.py"]
     for part in parts:
         path = LIBRARY / part
         files += [path] if part.endswith(".py") else sorted(path.rglob("*.py"))

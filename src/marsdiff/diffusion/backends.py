@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from marsdiff.diffusion.scheduler_logprob import DEFAULT_MIN_STD, DDIMLogProbScheduler
+from marsdiff.devices import resolve_device
 from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,6 @@ BASE_MODEL_DIR = Path("results/models/base")
 BASE_MODEL_META = "marsdiff_model.json"
 # The command that creates the base model, quoted in "missing model" errors.
 BUILD_BASE_MODEL_HINT = "build it with `snakemake --cores 2 pretrain_base`"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto' (or None) picks CUDA when available; 'cuda' without a GPU is a user error."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise MarsdiffError(f"device is {device!r} but no CUDA GPU is available (use 'auto' or 'cpu')")
-    return torch.device(device)
 
 
 def module_digest(*modules: torch.nn.Module) -> str:
@@ -140,7 +132,7 @@ class PixelBackend(DiffusionBackend):
         meta: Mapping[str, Any],
         device: str | torch.device | None = "auto",
     ):
-        device = device if isinstance(device, torch.device) else resolve_device(device)
+        device = resolve_device(device, "sampling.device")
         super().__init__(device, torch.float32)
         # The pixel model is small: float32 everywhere keeps log-probs reproducible.
         unet = unet.to(device)

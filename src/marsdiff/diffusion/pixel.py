@@ -152,14 +152,6 @@ class PixelConfig:
         return out
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MarsdiffError("model.pixel.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def _norm_groups(channels: tuple[int, ...]) -> int:
     """Largest GroupNorm group count (<= 32) that divides every level's width."""
     for groups in (32, 16, 8, 4, 2, 1):

@@ -40,10 +40,10 @@ from marsdiff.diffusion.pixel import (
     build_pixel_unet,
     count_parameters,
     load_train_set,
-    resolve_device,
     save_pixel_model,
     to_uint8,
 )
+from marsdiff.devices import resolve_device
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir
 
@@ -235,7 +235,7 @@ def _progress(total: int):
 
 def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
     """Train the class-conditional UNet on ``train``; returns the EMA model and the loss log."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "model.pixel.device")
     torch.manual_seed(cfg.seed)
     unet = build_pixel_unet(cfg, num_classes=len(train.class_names)).to(device).train()
     scheduler = build_noise_scheduler(cfg)

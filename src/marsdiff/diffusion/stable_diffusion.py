@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from marsdiff.diffusion.backends import DiffusionBackend, latents_to_uint8, module_digest, resolve_device
+from marsdiff.devices import resolve_device
+from marsdiff.diffusion.backends import DiffusionBackend, latents_to_uint8, module_digest
 from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class StableDiffusionBackend(DiffusionBackend):
         negative_prompt: str = "",
         source: str = "",
     ):
-        device = device if isinstance(device, torch.device) else resolve_device(device)
+        device = resolve_device(device, "model.stable_diffusion.device")
         dtype = dtype or resolve_dtype("auto", device)
         super().__init__(device, dtype)
         self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -184,7 +185,7 @@ class StableDiffusionBackend(DiffusionBackend):
 
 def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
     """Build the backend from the ``model.stable_diffusion`` config section."""
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg.get("device", "auto"), "model.stable_diffusion.device")
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
     pretrained = str(cfg.get("pretrained") or DEFAULT_PRETRAINED)
     pipe = load_pipeline_components(pretrained, dtype, allow_download=bool(cfg.get("allow_download", False)))

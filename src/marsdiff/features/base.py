@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from marsdiff.devices import resolve_device
+
 # Bump when preprocessing changes in a way that alters features for the same config.
 PREPROCESSING_VERSION = 1
 
@@ -25,18 +27,6 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from marsdiff.errors import MarsdiffError
-
-        raise MarsdiffError("features.device is 'cuda' but no CUDA GPU is available (use 'auto' or 'cpu')")
-    return device
 
 
 def as_rgb_batch(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -63,7 +53,7 @@ class FeatureExtractor(ABC):
 
     def __init__(self, batch_size: int = 64, device: str = "auto"):
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "features.device")
 
     @property
     @abstractmethod
