@@ -7,7 +7,6 @@ bytes are new; the cache lives outside Snakemake's outputs so a re-run of the ru
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,14 +17,10 @@ import numpy as np
 
 from marsdiff.data.images import load_image
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.base import FeatureExtractor
+from marsdiff.features.base import FeatureExtractor, file_digest
 from marsdiff.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def content_digest(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -64,7 +59,7 @@ class FeatureCache:
 def extract_with_cache(paths: Sequence[str | os.PathLike], extractor: FeatureExtractor,
                        cache_dir: str | os.PathLike | None, progress: bool = True) -> tuple[np.ndarray, CacheStats]:
     """Features of the image files ``paths`` (in order), computing only uncached contents."""
-    digests = [content_digest(p) for p in paths]
+    digests = [file_digest(p) for p in paths]
     cache = FeatureCache(cache_dir, extractor) if cache_dir is not None else None
     known = cache.vectors if cache is not None else {}
     todo = sorted({d: p for d, p in zip(digests, paths) if d not in known}.items())
