@@ -85,6 +85,25 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_to(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 grey (H, W) or RGB (H, W, 3) -> (size, size) by PIL's BOX filter (area averaging).
+
+    The one resampling path between image sizes: the pixel model's training set, the reference
+    set brought to the generator's output size and generated images brought down to the matched
+    scoring resolution all pass here, so both sides of a reward see the same pixels. BOX averages
+    every source pixel once, so crater rims do not alias. An image already at ``size`` is
+    returned unchanged (no re-encoding, bit-identical).
+    """
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise ValueError(f"resize_to expects a uint8 (H, W) or (H, W, 3) array, got {arr.dtype} {arr.shape}")
+    if size < 1:
+        raise ValueError(f"resize_to: size must be >= 1, got {size}")
+    if arr.shape[:2] == (size, size):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+
+
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8 grey (H, W) or RGB (H, W, 3) array as PNG, atomically."""
     arr = np.asarray(array)

@@ -263,15 +263,6 @@ def size_class_order(table) -> list[str]:
     return sorted(names, key=key)
 
 
-def downsample(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W) -> uint8 (size, size) by area averaging (no aliasing of crater rims)."""
-    from PIL import Image
-
-    if image.shape == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
-
-
 def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W) -> float32 (N, 1, H, W) in [-1, 1]."""
     return torch.from_numpy(images_uint8.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
@@ -291,7 +282,7 @@ def load_train_set(manifest_path: str | os.PathLike, image_size: int) -> TrainSe
     reference's categories. Raises MarsdiffError naming the culprit for a missing or malformed
     manifest, an empty train split or an unreadable image.
     """
-    from marsdiff.data.images import load_image
+    from marsdiff.data.images import load_image, resize_to
     from marsdiff.data.manifest import read_manifest
 
     manifest_path = Path(manifest_path)
@@ -304,7 +295,8 @@ def load_train_set(manifest_path: str | os.PathLike, image_size: int) -> TrainSe
         raise MarsdiffError(f"{manifest_path}: the train split is empty (no row with split == 'train')")
     root = manifest_path.parent
     index_of = {name: i for i, name in enumerate(class_names)}
-    pixels = np.stack([downsample(load_image(root / rel, mode="L"), image_size) for rel in train["path"]])
+    # resize_to is also how score_round's reference set is made: the reward sees what training saw
+    pixels = np.stack([resize_to(load_image(root / rel, mode="L"), image_size) for rel in train["path"]])
     labels = torch.tensor([index_of[str(c)] for c in train["size_cat"]], dtype=torch.int64)
     return TrainSet(to_model_range(pixels), labels, class_names, train["id"].astype(str).tolist())
 
