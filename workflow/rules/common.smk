@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from marsdiff.provenance import code_digest
+
 RESULTS = Path("results")
 LOGS = Path("logs")
 BENCH = Path("benchmarks-out")
@@ -12,6 +14,7 @@ BASE_MODEL_DIR = RESULTS / "models" / "base"
 RUNS_DIR = RESULTS / "runs"
 # Library code lives beside the Snakefile, whatever the working directory.
 LIBRARY = Path(workflow.basedir) / "src" / "marsdiff"
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 EXTRACTOR_CHOICES = ("mobilenet_v2", "clip", "resnet18")
 
 
@@ -22,6 +25,19 @@ def stage_params(cfg, *sections):
     own sections changes, never on key reordering or on other stages' settings.
     """
     return json.dumps({name: cfg.get(name) for name in sections}, sort_keys=True)
+
+
+def code_version(*parts):
+    """Digest of the behaviour of the code a rule runs: pass it as ``params: code=...``.
+
+    Each part is a library subpackage ("rewards": all its modules), a library module
+    ("io/trajectories.py", relative to src/marsdiff) or the rule's script
+    ("scripts/sample_round.py"); the stage glue (errors, stage, devices, io/atomic) and the
+    packages' __init__ files are always included. The digest follows the code's AST without
+    docstrings, so comment, docstring and layout edits re-run nothing, and it holds no paths or
+    times, so a moved or re-cloned project re-runs nothing (docs/workflow.md, re-run policy).
+    """
+    return code_digest(LIBRARY, SCRIPTS, parts)
 
 
 def library_sources(*parts):
