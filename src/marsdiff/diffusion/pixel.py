@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+# Presets live in a torch-free module: the workflow resolves image sizes at parse time.
+from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
 from marsdiff.errors import MarsdiffError
 
 MODEL_META_NAME = "marsdiff_model.json"
@@ -43,33 +45,6 @@ SCHEDULER_SUBDIR = "scheduler"
 VALUE_RANGE = "[-1, 1]"
 # The recording sampler and the RL log-probabilities assume an epsilon-predicting network.
 PREDICTION_TYPE = "epsilon"
-
-# Presets fill every field the user leaves null. "small" is sized for the CPU budget of the
-# default pipeline (<= 6 min on 2 cores); "large" is for a GPU or a patient CPU.
-PIXEL_PRESETS: dict[str, dict[str, Any]] = {
-    "small": {
-        "image_size": 32,
-        "block_out_channels": [32, 64, 64],
-        "layers_per_block": 1,
-        "attention": False,
-        "train_steps": 500,
-        "batch_size": 32,
-        "learning_rate": 1e-3,
-        "warmup_steps": 100,
-        "ema_decay": 0.995,
-    },
-    "large": {
-        "image_size": 64,
-        "block_out_channels": [64, 128, 128, 256],
-        "layers_per_block": 2,
-        "attention": True,
-        "train_steps": 20000,
-        "batch_size": 64,
-        "learning_rate": 3e-4,
-        "warmup_steps": 500,
-        "ema_decay": 0.999,
-    },
-}
 
 FLIP_CHOICES = ("auto", "none", "left_right", "top_bottom", "transpose", "antitranspose")
 

@@ -1,0 +1,37 @@
+"""Presets of the embedded pixel model (the ``model.pixel.preset`` choices), torch-free.
+
+They live apart from :mod:`marsdiff.diffusion.pixel` (which imports torch) because the workflow
+resolves the generator's output size at parse time (:mod:`marsdiff.data.resolution`), and
+parsing the Snakefile must not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Presets fill every field the user leaves null. "small" is sized for the CPU budget of the
+# default pipeline (<= 6 min on 2 cores); "large" is for a GPU or a patient CPU.
+PIXEL_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {
+        "image_size": 32,
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "attention": False,
+        "train_steps": 500,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.995,
+    },
+    "large": {
+        "image_size": 64,
+        "block_out_channels": [64, 128, 128, 256],
+        "layers_per_block": 2,
+        "attention": True,
+        "train_steps": 20000,
+        "batch_size": 64,
+        "learning_rate": 3e-4,
+        "warmup_steps": 500,
+        "ema_decay": 0.999,
+    },
+}
