@@ -27,14 +27,12 @@ from typing import Iterable
 
 from marsdiff.errors import MarsdiffError
 
-#: Modules every stage runs through its script (stage glue, errors, devices, atomic writes).
-COMMON_MODULES = ("__init__.py", "errors.py", "stage.py", "devices.py", "io/atomic.py")
-
 #: Digest -> the files it covers (relative names), filled by :func:`code_digest`; lets tests
-#: and ``marsdiff doctor``-style tools check which files a rule's ``code`` param follows.
+#: check which files a rule's ``code`` param follows.
 REGISTRY: dict[str, tuple[str, ...]] = {}
 
 DIGEST_CHARS = 16
+PACKAGE = "marsdiff"
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -47,8 +45,40 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _import_statements(tree: ast.AST) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
+    """Every import in a file, inside functions too (stages import heavy modules lazily):
+    ``(level, module, names)``, level 0 and names () for ``import a.b``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((0, alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", tuple(alias.name for alias in node.names)))
+    return tuple(found)
+
+
+def _marsdiff_names(statements, package: tuple[str, ...]) -> set[str]:
+    """Dotted names of marsdiff modules (or their attributes) imported by ``statements``.
+
+    ``package``: the file's package path inside marsdiff, for relative imports (empty for
+    workflow scripts, which have none).
+    """
+    names: set[str] = set()
+    for level, module, imported in statements:
+        if level:
+            if not package or level > len(package) + 1:
+                continue
+            base = (PACKAGE, *package[: len(package) - level + 1])
+            module = ".".join(base + ((module,) if module else ()))
+        if module.split(".")[0] != PACKAGE:
+            continue
+        names.add(module)
+        names.update(f"{module}.{name}" for name in imported)
+    return names
+
+
 @lru_cache(maxsize=None)
-def _behaviour_digest(path: str, size: int, mtime_ns: int) -> str:
+def _analyse(path: str, size: int, mtime_ns: int) -> tuple[str, tuple]:
     # size and mtime are part of the cache key only: a file edited while a long-lived process
     # (a test session) keeps this cache is parsed again.
     source = Path(path).read_bytes()
@@ -56,55 +86,86 @@ def _behaviour_digest(path: str, size: int, mtime_ns: int) -> str:
         tree = ast.parse(source, filename=path)
     except SyntaxError as err:
         raise MarsdiffError(f"{path}: cannot parse for the code version ({err.msg}, line {err.lineno})") from None
+    statements = _import_statements(tree)
     # ast.dump leaves out line/column attributes by default; comments never reach the AST.
-    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
+    digest = hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
+    return digest, statements
 
 
-def behaviour_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a Python file's AST without docstrings (comments and layout never count)."""
-    path = Path(path)
+def _stat_key(path: Path) -> tuple[str, int, int]:
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise MarsdiffError(f"{path}: code file not found (named in a rule's code_version)") from None
-    return _behaviour_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def behaviour_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a Python file's AST without docstrings (comments and layout never count)."""
+    return _analyse(*_stat_key(Path(path)))[0]
+
+
+def _module_file(library: Path, dotted: str) -> Path | None:
+    """The file of a dotted marsdiff module name, or None (an attribute, not a module)."""
+    relative = Path(*dotted.split(".")[1:])
+    package_init = library / relative / "__init__.py"
+    if package_init.is_file():
+        return package_init
+    module = (library / relative).with_suffix(".py")
+    return module if relative.parts and module.is_file() else None
 
 
 def resolve_parts(library: Path, scripts: Path, parts: Iterable[str]) -> list[tuple[str, Path]]:
-    """``(name, path)`` of the files behind code parts, sorted by name, without duplicates.
+    """``(name, path)`` of the files behind code parts and everything they import, sorted by name.
 
     A part is a subpackage of the library ("rewards": every module below it), a library module
-    ("io/trajectories.py"), or a workflow script ("scripts/prepare_reference.py"). The
-    ``__init__.py`` of every package on a module's import path is included, since importing the
-    module runs it, and so are :data:`COMMON_MODULES`.
+    ("io/trajectories.py") or a workflow script ("scripts/prepare_reference.py"). Every marsdiff
+    module these files import (at the top or inside functions, transitively) is added, and so is
+    the ``__init__.py`` of each package on the way, since importing a module runs them. Imports
+    by string (importlib) are not seen: name such modules as parts.
     """
+    library, scripts = Path(library), Path(scripts)
     files: dict[str, Path] = {}
+    todo: list[tuple[str, Path, tuple[str, ...]]] = []
 
-    def add_module(relative: Path) -> None:
-        path = library / relative
-        if not path.is_file():
-            raise MarsdiffError(f"code_version: {path} does not exist (part {relative.as_posix()!r})")
-        files[relative.as_posix()] = path
+    def add_library_file(path: Path) -> None:
+        relative = path.relative_to(library)
+        name = relative.as_posix()
+        if name in files:
+            return
+        files[name] = path
+        # A module's package, and a package's own __init__: both resolve "." to that package.
+        todo.append((name, path, relative.parts[:-1]))
         for parent in relative.parents:
             init = library / parent / "__init__.py"
-            if init.is_file():
-                files[(parent / "__init__.py").as_posix()] = init
+            if init.is_file() and init != path:
+                add_library_file(init)
 
-    for part in (*COMMON_MODULES, *parts):
+    for part in parts:
         if part.startswith("scripts/"):
             path = scripts / part[len("scripts/"):]
             if not path.is_file():
                 raise MarsdiffError(f"code_version: workflow script {path} does not exist")
             files[part] = path
+            todo.append((part, path, ()))
         elif part.endswith(".py"):
-            add_module(Path(part))
+            path = library / part
+            if not path.is_file():
+                raise MarsdiffError(f"code_version: {path} does not exist (part {part!r})")
+            add_library_file(path)
         else:
-            package = library / part
-            modules = sorted(package.rglob("*.py"))
+            modules = sorted((library / part).rglob("*.py"))
             if not modules:
-                raise MarsdiffError(f"code_version: {package} is not a subpackage with modules (part {part!r})")
+                raise MarsdiffError(f"code_version: {library / part} is not a subpackage with modules (part {part!r})")
             for module in modules:
-                add_module(module.relative_to(library))
+                add_library_file(module)
+
+    while todo:
+        _, path, package = todo.pop()
+        for dotted in _marsdiff_names(_analyse(*_stat_key(path))[1], package):
+            module = _module_file(library, dotted)
+            if module is not None:
+                add_library_file(module)
     return sorted(files.items())
 
 

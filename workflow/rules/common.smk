@@ -30,12 +30,12 @@ def stage_params(cfg, *sections):
 def code_version(*parts):
     """Digest of the behaviour of the code a rule runs: pass it as ``params: code=...``.
 
-    Each part is a library subpackage ("rewards": all its modules), a library module
-    ("io/trajectories.py", relative to src/marsdiff) or the rule's script
-    ("scripts/sample_round.py"); the stage glue (errors, stage, devices, io/atomic) and the
-    packages' __init__ files are always included. The digest follows the code's AST without
-    docstrings, so comment, docstring and layout edits re-run nothing, and it holds no paths or
-    times, so a moved or re-cloned project re-runs nothing (docs/workflow.md, re-run policy).
+    Parts are the roots: the rule's script ("scripts/sample_round.py"), a library subpackage
+    ("rewards") or module ("io/trajectories.py", relative to src/marsdiff). Every marsdiff
+    module they import, at the top or inside functions, is followed transitively; modules
+    loaded by string (importlib) must be named as parts. The digest follows the code's AST
+    without docstrings, so comment, docstring and layout edits re-run nothing, and it holds no
+    paths or times, so a moved or re-cloned project re-runs nothing (docs/workflow.md).
     """
     return code_digest(LIBRARY, SCRIPTS, parts)
 
