@@ -1,0 +1,33 @@
+"""Stage score_round: one round's rewards.csv and reward_summary.json (marsdiff.rewards.round_scoring)."""
+
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        # Imported inside the body so a missing package is reported like any other user error.
+        import torch
+
+        from marsdiff.rewards.round_scoring import score_round
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+        cfg = params_json(snakemake, "cfg")
+        score_round(
+            images_dir=snakemake.input.images,
+            samples_csv=snakemake.input.samples,
+            reference_features=snakemake.input.features,
+            manifest=snakemake.input.manifest,
+            validation_json=snakemake.input.validation,
+            reward_section=cfg["reward"],
+            features_cfg=cfg["features"],
+            resolution=int(snakemake.params.resolution),
+            rewards_csv=snakemake.output.rewards,
+            summary_json=snakemake.output.summary,
+            extractor=snakemake.params.extractor,
+        )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
