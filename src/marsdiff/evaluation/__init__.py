@@ -1,0 +1,60 @@
+"""Evaluation of generated crater images against the held-out reference split.
+
+Does RL make the model cover the real variety of craters better than turning up the sampling
+noise, without losing realism? This package answers with numbers, intervals and pictures, on
+feature matrices (float64) of generated images and of the held-out / train reference splits.
+
+Modules, one concept each:
+
+=================  ==========================================================================
+``settings``       :class:`EvaluationSettings` (every number an evaluation depends on, checked)
+``reference``      :class:`ReferenceSet`: held-out and train features and categories
+``distances``      exact Euclidean distances and k-NN radii (scikit-learn NearestNeighbors)
+``bootstrap``      counts-based percentile bootstrap, paired across models
+``metric``         :class:`Metric` (a statistic of counts) and its estimate with interval
+``fidelity``       Fréchet distance, KID, MMD^2 (+ split-half baseline)
+``manifold``       precision, recall (k = 3), density, coverage (k = 5)
+``diversity``      Vendi score, near-duplicate pairs
+``categories``     category classifier, KL of category histograms, per-category coverage
+``modes``          k-means mode coverage
+``memorisation``   distance to the nearest train crop vs the held-out crops' own
+``evaluate``       :func:`evaluate_models` / :func:`evaluate_feature_set`, real-vs-real baselines
+``results``        :class:`Evaluation` tables, written to / read from CSV
+``report``         comparison with the noise-knob baseline, verdicts, summary.md
+``plots``          t-SNE, reward curves, per-category coverage, sample grids, novel/redundant images
+=================  ==========================================================================
+
+Typical use in the ``evaluate`` stage::
+
+    reference = ReferenceSet.from_files(manifest_csv, reference_features_npy, settings.category_columns)
+    evaluation = evaluate_models({"base eta=1": x_base, "exp_mmd": x_tuned}, reference, settings)
+    evaluation.write("results/eval")          # metrics.csv, bootstrap.csv, ...
+    write_summary_markdown("results/report/summary.md", evaluation.metrics, ["exp_mmd"],
+                           ["base eta=1"], evaluation.replicates, evaluation.reference_summary)
+"""
+
+from marsdiff.evaluation.evaluate import REAL_MODEL, REAL_MODELS, SPLIT_HALF_MODEL, evaluate_feature_set, evaluate_models
+from marsdiff.evaluation.reference import ReferenceSet
+from marsdiff.evaluation.report import (
+    compare_to_baseline,
+    experiment_verdict,
+    summary_markdown,
+    write_summary_markdown,
+)
+from marsdiff.evaluation.results import Evaluation
+from marsdiff.evaluation.settings import EvaluationSettings
+
+__all__ = [
+    "REAL_MODEL",
+    "REAL_MODELS",
+    "SPLIT_HALF_MODEL",
+    "Evaluation",
+    "EvaluationSettings",
+    "ReferenceSet",
+    "compare_to_baseline",
+    "evaluate_feature_set",
+    "evaluate_models",
+    "experiment_verdict",
+    "summary_markdown",
+    "write_summary_markdown",
+]

@@ -1,0 +1,96 @@
+"""Memorisation check: are generated images closer to the training crops than new real crops are?
+
+For each generated image, the distance to its nearest **train** feature vector; for each
+held-out crop (real, never trained on), the same distance. The check compares medians:
+
+    ratio = median_j d(generated_j, train) / median_i d(heldout_i, train)
+
+A model that reproduces its training crops puts its images on top of them (ratio well below 1);
+one that makes new craters as a real survey would has a ratio about 1. Above 1 means the images
+are farther from every real crop than real crops are (often: less realistic; see precision).
+The check **passes** when ``ratio >= memorisation_min_ratio`` (0.8 by default). An exact copy of a
+train crop is at distance 0 (distances are exact, see :mod:`.distances`); the detail column also
+counts generated images closer to train than the closest held-out crop is.
+
+Bootstrap: the weighted median of the generated distances over the counts (the held-out median
+is fixed): plain percentile interval. The ``memorisation_pass`` row is 1 or 0; its interval
+spans the pass/fail values of the replicates (``[1, 1]``: every replicate passes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.evaluation.bootstrap import PERCENTILE
+from marsdiff.evaluation.distances import pairwise_distances
+from marsdiff.evaluation.metric import Metric
+
+
+def nearest_train_distance(features: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Distance from each row to its nearest train row (exact, chunked to bound memory)."""
+    chunk = max(1, 2_000_000 // max(1, len(train)))
+    return np.concatenate(
+        [pairwise_distances(features[start : start + chunk], train).min(axis=1) for start in range(0, len(features), chunk)]
+    )
+
+
+def weighted_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median of ``values`` repeated ``counts`` times, for each row of counts (lower median on ties,
+    averaged with the next value when the total count is even, like ``np.median``)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    cumulative = np.cumsum(counts[:, order], axis=1)
+    totals = cumulative[:, -1]
+    # 0-based ranks of the two middle elements of the expanded sample
+    lower_rank = np.floor((totals - 1) / 2.0)
+    upper_rank = np.ceil((totals - 1) / 2.0)
+    lower = np.array([sorted_values[np.searchsorted(c, r, side="right")] for c, r in zip(cumulative, lower_rank)])
+    upper = np.array([sorted_values[np.searchsorted(c, r, side="right")] for c, r in zip(cumulative, upper_rank)])
+    return 0.5 * (lower + upper)
+
+
+class MemorisationReference:
+    """Held-out crops' nearest-train distances, computed once."""
+
+    def __init__(self, heldout: np.ndarray, train: np.ndarray, min_ratio: float = 0.8):
+        self.train = train
+        self.min_ratio = float(min_ratio)
+        self.heldout_distances = nearest_train_distance(heldout, train)
+        self.heldout_median = float(np.median(self.heldout_distances))
+        if not self.heldout_median > 0.0:
+            raise MarsdiffError(
+                "half the held-out crops have an identical train crop (median distance 0): "
+                "the held-out and train splits share images, so memorisation cannot be checked"
+            )
+
+    def ratio(self, generated: np.ndarray) -> float:
+        """Median generated-to-train distance over the held-out crops' median."""
+        return float(np.median(nearest_train_distance(generated, self.train)) / self.heldout_median)
+
+    def metrics(self, generated: np.ndarray) -> list[Metric]:
+        distances = nearest_train_distance(generated, self.train)
+        closer_than_any_real = int(np.count_nonzero(distances < self.heldout_distances.min()))
+
+        def ratio(counts: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return weighted_median(distances, counts) / self.heldout_median
+
+        def passed(counts: np.ndarray) -> np.ndarray:
+            return (ratio(counts) >= self.min_ratio).astype(np.float64)
+
+        detail = (
+            f"median NN distance to train {np.median(distances):.4g} vs held-out {self.heldout_median:.4g}; "
+            f"{closer_than_any_real} generated closer to train than any held-out crop"
+        )
+        return [
+            Metric("memorisation_ratio", True, ratio, PERCENTILE, detail, value_range=(0.0, np.inf)),
+            Metric(
+                "memorisation_pass",
+                True,
+                passed,
+                PERCENTILE,
+                f"1 = pass: ratio >= {self.min_ratio:g}",
+                value_range=(0.0, 1.0),
+            ),
+        ]
