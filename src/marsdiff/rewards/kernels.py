@@ -65,7 +65,10 @@ def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarr
             features = features[np.sort(rows)]
         sq_distances = squared_distances(features)
     upper = np.triu_indices(len(sq_distances), k=1)
-    median = float(np.sqrt(np.median(sq_distances[upper])))
+    # The median of the distances, not the root of the median squared distance: with an even
+    # number of pairs the median averages the two middle values, and the mean of two squares
+    # is not the square of their mean.
+    median = float(np.median(np.sqrt(sq_distances[upper])))
     if not median > 0.0:
         raise MarsdiffError(
             "median-heuristic bandwidth is 0: at least half of the feature pairs are identical "
