@@ -38,6 +38,8 @@ def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
     )
     np.save(tmp_path / "f.npy", features.astype(np.float32))
     (tmp_path / "f.ids.txt").write_text("\n".join(ids) + "\n")
+    # What extract_features writes beside the features: the stage checks it names its extractor.
+    (tmp_path / "f.json").write_text(json.dumps({"extractor": "synthetic", "dim": dim, "dtype": "float32"}))
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     return tmp_path
 

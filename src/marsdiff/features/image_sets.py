@@ -40,6 +40,6 @@ def extract_image_set(source: str | os.PathLike, extractor_name: str, features_c
     ids, paths = list_image_set(source)
     extractor = build_extractor(extractor_name, features_cfg)
     features, stats = extract_with_cache(paths, extractor, features_cfg.get("cache_dir"), progress=progress)
-    write_feature_set(features, ids, out_npy)
+    write_feature_set(features, ids, out_npy, extractor=extractor)
     log.info("%s: wrote %s %s (cache hits %d, misses %d)", extractor_name, out_npy, features.shape, stats.hits, stats.misses)
     return stats

@@ -262,7 +262,8 @@ def validate_rewards(
     from marsdiff.data.manifest import read_manifest
     from marsdiff.io.feature_files import read_feature_set
 
-    features, ids = read_feature_set(features_path)
+    # The features must come from the extractor this stage was told about, at its dimension.
+    features, ids = read_feature_set(features_path, extractor=extractor or None)
     manifest = read_manifest(manifest_path)
     train_features, meta = train_reference(features, ids, manifest)
     log.info("validating rewards on %d train reference rows (%s)", len(meta), extractor or "features")
