@@ -21,7 +21,7 @@ Modules, one concept each:
 ``evaluate``       :func:`evaluate_models` / :func:`evaluate_feature_set`, real-vs-real baselines
 ``results``        :class:`Evaluation` tables, written to / read from CSV
 ``report``         comparison with the noise-knob baseline, verdicts, summary.md
-``plots``          t-SNE, reward curves, per-category coverage, sample grids, novel/redundant images
+``plots``          t-SNE, reward curves, category coverage, sample grids, novel/redundant images, intervals
 =================  ==========================================================================
 
 Typical use in the ``evaluate`` stage::
