@@ -33,6 +33,8 @@ def small_config(tmp_path):
     config["sampling"].update(steps=2, images_per_round=4)
     config["features"]["mobilenet_v2"].update(input_size=32, layer=3)
     config["features"]["cache_dir"] = str(tmp_path / "cache")
+    # the tiny test model generates 16 px images; the config must say so (matched resolution)
+    config["model"]["pixel"]["image_size"] = 16
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, config
@@ -58,26 +60,61 @@ def test_doctor_without_reference_features_exits_1(tmp_path, capsys, small_confi
     assert "no reference features" in err and "snakemake" in err and len(err.strip().splitlines()) == 1
 
 
-def test_doctor_full_check_prints_reward(tmp_path, capsys, small_config):
+def _write_reference(results, config, size):
+    """Reference features at ``size`` px (random 64 px crops box-downsampled) and a manifest."""
+    from marsdiff.data.images import resize_to
     from marsdiff.features import build_extractor, write_feature_set
 
-    path, config = small_config
-    write_tiny_pixel_model(tmp_path / "base")
     extractor = build_extractor("mobilenet_v2", config["features"])
     rng = np.random.default_rng(0)
-    reference = extractor.extract([rng.integers(0, 255, (16, 16), dtype=np.uint8) for _ in range(12)])
-    write_feature_set(reference, [f"ref{i}" for i in range(12)], tmp_path / "r/features/reference/mobilenet_v2.npy")
+    crops = [resize_to(rng.integers(0, 255, (64, 64), dtype=np.uint8), size) for _ in range(12)]
+    path = results / f"features/reference_{size}px/mobilenet_v2.npy"
+    write_feature_set(extractor.extract(crops), [f"ref{i}" for i in range(12)], path, extractor=extractor)
     # Only train rows count: the two held-out rows must not reach the reward.
-    manifest = tmp_path / "r/reference/manifest.csv"
+    manifest = results / "reference/manifest.csv"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("id,path,size_cat,split\n" + "".join(
         f"ref{i},images/ref{i}.png,s1,{'heldout' if i < 2 else 'train'}\n" for i in range(12)
     ))
+    return path
+
+
+def test_doctor_full_check_prints_reward(tmp_path, capsys, small_config):
+    path, config = small_config
+    write_tiny_pixel_model(tmp_path / "base")
+    _write_reference(tmp_path / "r", config, 16)
     status = main(["doctor", "--config", str(path), "--model-dir", str(tmp_path / "base"), "--results", str(tmp_path / "r")])
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "diversity reward" in out and "combined" in out and "mmd" in out and "status" in out
-    assert "vs 10 train reference images" in out
+    assert "vs 10 train reference images at 16 px" in out
+
+
+def test_doctor_reward_uses_the_matched_resolution(tmp_path, capsys, small_config):
+    """Reference features at the reference crop size (64 px) are not what a 16 px model is scored
+    against: the doctor asks for the reference at 16 px, the path score_round reads."""
+    from marsdiff.data.resolution import matched_size
+
+    path, config = small_config
+    assert matched_size(config) == 16
+    write_tiny_pixel_model(tmp_path / "base")
+    _write_reference(tmp_path / "r", config, 64)
+    status = main(["doctor", "--config", str(path), "--model-dir", str(tmp_path / "base"), "--results", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "at 16 px" in out
+    assert str(tmp_path / "r/features/reference_16px/mobilenet_v2.npy") in err and len(err.strip().splitlines()) == 1
+
+
+def test_doctor_refuses_a_model_smaller_than_the_configured_size(tmp_path, capsys, small_config):
+    path, config = small_config
+    config["model"]["pixel"]["image_size"] = 32
+    path.write_text(yaml.safe_dump(config))
+    write_tiny_pixel_model(tmp_path / "base")
+    status = main(["doctor", "--config", str(path), "--model-dir", str(tmp_path / "base"), "--results", str(tmp_path / "r")])
+    _, err = capsys.readouterr()
+    assert status == 1
+    assert "16 px" in err and "32 px" in err and "pretrain_base" in err and len(err.strip().splitlines()) == 1
 
 
 def test_doctor_bad_config_is_one_line(tmp_path):

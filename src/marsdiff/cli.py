@@ -2,7 +2,8 @@
 
 ``doctor`` checks that the configured pipeline can run here and prints what it will do: the
 compute device, the trajectory length of the configured sampling, the feature vector shape of
-the configured extractor and one diversity-reward value on a small generated batch. Anything
+the configured extractor and one diversity-reward value on a small generated batch, scored as
+score_round scores a round: both sides at the matched resolution. Anything
 missing (base model, reference features, packages) ends with a one-line message naming the
 fix and exit status 1; a user error never prints a traceback.
 """
@@ -51,7 +52,7 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
         f"{sampling['images_per_round']} images per round",
     )
 
-    from marsdiff.diffusion.backends import load_backend
+    from marsdiff.diffusion.loading import load_backend
     from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
     from marsdiff.diffusion.scheduler_logprob import LOG_PROB_CONVENTION
 
@@ -69,31 +70,47 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
         f"{batch.log_prob.mean():.3f} mean per step",
     )
 
-    from marsdiff.features import build_extractor, read_feature_set
+    from marsdiff.data.images import resize_to
+    from marsdiff.data.resolution import generator_size, matched_size
+    from marsdiff.features import build_extractor
 
+    # Generated and reference images meet the encoder at the matched resolution, exactly as
+    # score_round does: comparing 32 px samples with 64 px reference features would reward
+    # sharpness, not diversity (docs/rewards.md, "Matched resolution").
+    size = matched_size(config)
+    side = int(batch.images.shape[1])
+    if side < size:
+        raise MarsdiffError(
+            f"{model_dir}: the base model generates {side} px images but the config's model section resolves to "
+            f"{generator_size(model_cfg)} px; re-run pretrain_base or fix the model config"
+        )
     name = features_cfg["extractors"][0]
     extractor = build_extractor(name, features_cfg)
-    vectors = extractor.extract(list(batch.images))
-    _print_row("features", f"{name}: vectors of shape {tuple(vectors.shape[1:])} (batch {tuple(vectors.shape)})")
+    vectors = extractor.extract([resize_to(image, size) for image in batch.images])
+    _print_row(
+        "features",
+        f"{name}: vectors of shape {tuple(vectors.shape[1:])} (batch {tuple(vectors.shape)}) at {size} px"
+        + (f" (generated {side} px, box-downsampled)" if side != size else ""),
+    )
 
-    from marsdiff.data.manifest import read_manifest
     from marsdiff.rewards import RewardModel
+    from marsdiff.rewards.round_scoring import train_reference_features
 
-    reference_path = Path(results_dir) / "features" / "reference" / f"{name}.npy"
+    reference_path = Path(results_dir) / "features" / f"reference_{size}px" / f"{name}.npy"
     if not reference_path.is_file():
         raise MarsdiffError(
             f"no reference features at {reference_path}: build them with `snakemake --cores 2 {reference_path}`"
         )
-    reference, ids = read_feature_set(reference_path)
     # Rewards compare against the train split only; the held-out split is evaluation's.
-    train_ids = set(read_manifest(Path(results_dir) / "reference" / "manifest.csv", split="train")["id"])
-    reference = reference[[i for i, image_id in enumerate(ids) if image_id in train_ids]]
+    reference, _ = train_reference_features(
+        reference_path, Path(results_dir) / "reference" / "manifest.csv", extractor=name, expected_dim=extractor.dim
+    )
     result = RewardModel(reference, config["reward"]).score(vectors)
     terms = ", ".join(f"{t.name} {t.raw:.4g}" for t in result.terms.values() if t.weight != 0.0)
     _print_row(
         "diversity reward",
         f"combined {result.reward:.4f} (raw terms: {terms}; {images} generated vs {len(reference)} train "
-        f"reference images, RBF bandwidth {result.bandwidth:.3g} {result.bandwidth_source})",
+        f"reference images at {size} px, RBF bandwidth {result.bandwidth:.3g} {result.bandwidth_source})",
     )
     _print_row("status", f"ok ({time.perf_counter() - started:.1f} s)")
     return 0
