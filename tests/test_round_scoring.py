@@ -170,7 +170,8 @@ def test_rewards_csv_credit_is_the_exact_leave_one_out(world, tmp_path):
     extractor = build_extractor("mobilenet_v2", world["features_cfg"])
     features, _ = extract_with_cache([world["round"] / "images" / f for f in samples["file"]], extractor,
                                      world["features_cfg"]["cache_dir"], progress=False)
-    reference, ids = train_reference_features(world["reference_features"], world["reference"] / "manifest.csv")
+    reference, ids = train_reference_features(world["reference_features"], world["reference"] / "manifest.csv",
+                                              "mobilenet_v2", extractor.dim)
     assert len(reference) == N_REFERENCE - N_HELDOUT and not any(i in ids for i in ("c000", "c005"))
     model = RewardModel(reference, reward_section())
     credit = model.leave_one_out(features)
@@ -259,3 +260,16 @@ def test_missing_round_image_names_the_file(world, tmp_path):
     (round_dir / "images" / "r000_00002.png").unlink()
     with pytest.raises(MarsdiffError, match="r000_00002.png"):
         run_score(world, tmp_path / "out", round_dir=round_dir)
+
+
+def test_reference_features_of_another_extractor_setting_are_refused(world, tmp_path):
+    other = {**world["features_cfg"], "mobilenet_v2": {"input_size": 32, "layer": 7, "grid": 1}}
+    with pytest.raises(MarsdiffError, match="features") as err:
+        score_round(
+            images_dir=world["round"] / "images", samples_csv=world["round"] / "samples.csv",
+            reference_features=world["reference_features"], manifest=world["reference"] / "manifest.csv",
+            validation_json=write_validation(tmp_path / "validation.json", reward_section()),
+            reward_section=reward_section(), features_cfg=other, resolution=32,
+            rewards_csv=tmp_path / "rewards.csv", summary_json=tmp_path / "reward_summary.json",
+        )
+    assert "\n" not in str(err.value) and "reference_32px" in str(err.value)

@@ -53,6 +53,7 @@ rule extract_resized_features:
     output:
         features=FEATURES_DIR / "reference_{size}px" / "{extractor}.npy",
         ids=FEATURES_DIR / "reference_{size}px" / "{extractor}.ids.txt",
+        info=FEATURES_DIR / "reference_{size}px" / "{extractor}.json",
     params:
         cfg=stage_params(config, "features"),
         code=code_version(
@@ -84,6 +85,7 @@ rule score_round:
         samples=RUNS_DIR / "{exp}" / "round_{round}" / "samples.csv",
         features=RESIZED_FEATURES,
         ids=RESIZED_FEATURES.with_name(f"{SCORE_EXTRACTOR}.ids.txt"),
+        info=RESIZED_FEATURES.with_name(f"{SCORE_EXTRACTOR}.json"),
         manifest=REFERENCE_DIR / "manifest.csv",
         validation=RESULTS / "validation" / "validation.json",
     output:

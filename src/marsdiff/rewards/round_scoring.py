@@ -167,7 +167,7 @@ def _image_side(path: Path) -> int:
 
 
 def round_features(
-    paths: list[Path], extractor_name: str, features_cfg: Mapping[str, Any], resolution: int
+    paths: list[Path], extractor: Any, cache_dir: str | os.PathLike | None, resolution: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Features of generated images at ``resolution`` px through the feature cache.
 
@@ -179,14 +179,11 @@ def round_features(
     from marsdiff.data.images import load_image, resize_to, save_png
     from marsdiff.data.resolution import file_mode
     from marsdiff.features.cache import extract_with_cache
-    from marsdiff.features.registry import build_extractor
 
     sides = [_image_side(p) for p in paths]
     small = [(p, s) for p, s in zip(paths, sides) if s < resolution]
     if small:
         raise MarsdiffError(f"{small[0][0]}: generated image is {small[0][1]} px, below the matched resolution {resolution} px")
-    extractor = build_extractor(extractor_name, dict(features_cfg))
-    cache_dir = features_cfg.get("cache_dir")
     with tempfile.TemporaryDirectory(prefix="marsdiff-score-") as scratch:
         sources = []
         for path, side in zip(paths, sides):
@@ -198,7 +195,7 @@ def round_features(
             sources.append(target)
         features, stats = extract_with_cache(sources, extractor, cache_dir, progress=False)
     info = {
-        "extractor": extractor_name,
+        "extractor": extractor.name,
         "feature_dim": int(features.shape[1]),
         "generated_size": sorted(set(sides)),
         "resized": int(sum(s != resolution for s in sides)),
@@ -212,13 +209,17 @@ def round_features(
 
 
 def train_reference_features(
-    features_path: str | os.PathLike, manifest_path: str | os.PathLike
+    features_path: str | os.PathLike, manifest_path: str | os.PathLike,
+    extractor: str | None = None, expected_dim: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Rows of the (resized) reference features whose manifest split is ``train``, and their ids."""
+    """Rows of the (resized) reference features whose manifest split is ``train``, and their ids.
+
+    ``extractor`` / ``expected_dim``: refuse features another extractor (or setting) wrote.
+    """
     from marsdiff.data.manifest import read_manifest
     from marsdiff.io.feature_files import read_feature_set
 
-    features, ids = read_feature_set(features_path)
+    features, ids = read_feature_set(features_path, extractor=extractor, expected_dim=expected_dim)
     manifest = read_manifest(manifest_path)
     split = dict(zip(manifest["id"].astype(str), manifest["split"]))
     unknown = [i for i in ids if i not in split]
@@ -291,6 +292,7 @@ def score_round(
     """The score_round stage (see the module docstring). ``reward_section`` is the reward config
     the round is trained on (an experiment's override already merged in); ``features_cfg`` the
     ``features`` section; ``resolution`` the matched size the reference features were made at."""
+    from marsdiff.features.registry import build_extractor
     from marsdiff.io.atomic import atomic_path, write_json
 
     started = time.perf_counter()
@@ -299,8 +301,10 @@ def score_round(
     validation = check_validated(validation_json, reward_section)
     samples, paths = read_round_samples(samples_csv, images_dir)
     extractor = extractor or list(features_cfg.get("extractors") or ["mobilenet_v2"])[0]
-    reference, reference_ids = train_reference_features(reference_features, manifest)
-    features, feature_info = round_features(paths, extractor, features_cfg, int(resolution))
+    encoder = build_extractor(extractor, dict(features_cfg))
+    # both sides from the same extractor setting, or the distances mean nothing
+    reference, reference_ids = train_reference_features(reference_features, manifest, extractor, encoder.dim)
+    features, feature_info = round_features(paths, encoder, features_cfg.get("cache_dir"), int(resolution))
     model = RewardModel(reference, RewardConfig.from_dict(reward_section))
     table, result = score_features(model, features, samples, reference_ids)
     summary = _summary(model, result, table)
