@@ -1,8 +1,11 @@
 # marsdiff: RL fine-tuning of diffusion models toward diverse synthetic Mars craters.
 # Stages read like a table of contents; helpers live in workflow/rules/common.smk.
+import sys
+
 from snakemake.utils import min_version, validate
 
 from marsdiff.config import check_config
+from marsdiff.errors import MarsdiffError
 
 min_version("9.20")
 
@@ -10,8 +13,12 @@ min_version("9.20")
 configfile: "config/config.yaml"
 
 
-# One-line message naming the bad key first, then Snakemake's own validation (fills defaults).
-check_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+# One-line message naming the bad key first (no traceback), then Snakemake's own validation
+# (fills defaults). Parse-time errors leave every existing result untouched.
+try:
+    check_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+except MarsdiffError as err:
+    sys.exit(f"marsdiff error: {err}")
 validate(config, schema="workflow/schemas/config.schema.yaml")
 
 

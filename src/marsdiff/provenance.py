@@ -23,7 +23,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from marsdiff.errors import MarsdiffError
 
@@ -33,6 +33,11 @@ REGISTRY: dict[str, tuple[str, ...]] = {}
 
 DIGEST_CHARS = 16
 PACKAGE = "marsdiff"
+
+#: model.pixel keys that shape only the base model's preview grid (stage preview_base) or its
+#: log cadence: they never change the trained weights, so they never retrain the base model.
+PIXEL_PREVIEW_KEYS = ("grid_samples_per_class", "grid_reference_per_class", "grid_sampling_steps")
+PIXEL_LOGGING_KEYS = ("log_every",)
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -190,8 +195,16 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def combine_digests(named: Iterable[tuple[str, str]]) -> str:
+    """One short digest over ``(name, digest)`` pairs, independent of their order."""
+    combined = hashlib.sha256()
+    for name, digest in sorted(named):
+        combined.update(f"{name}\0{digest}\n".encode())
+    return combined.hexdigest()[:DIGEST_CHARS]
+
+
 class ContentDigests:
-    """SHA-256 of files, cached on disk under (resolved path, size, mtime_ns, inode).
+    """SHA-256 of files, cached on disk under (resolved path, size, mtime, ctime, inode).
 
     The cache is only a shortcut: an entry is trusted while the file's stat is unchanged, and an
     entry is not stored while the file is younger than :attr:`RACY_SECONDS` (a write in the same
@@ -212,32 +225,36 @@ class ContentDigests:
             except (OSError, ValueError):
                 self._entries = {}  # a damaged cache is rebuilt, never trusted
 
-    def file(self, path: str | os.PathLike) -> str:
+    def file(self, path: str | os.PathLike, check: Callable[[Path], object] | None = None, kind: str = "file") -> str:
+        """SHA-256 of ``path``; on a cache miss ``check(path)`` runs first (it raises on bad
+        content), so a cached entry also means "checked, unchanged since". ``kind`` names the
+        check in the cache key: the same file checked as an image and read as a table are two
+        entries."""
         path = Path(path)
         try:
             stat = path.stat()
         except OSError as err:
             raise MarsdiffError(f"{path}: cannot read ({err.strerror})") from None
-        key = str(path.resolve())
-        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        key = f"{kind}:{path.resolve()}"
+        # ctime too: unlike mtime it cannot be set back (os.utime), so a rewrite is always seen.
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         entry = self._entries.get(key)
-        if entry and entry[:3] == stamp:
-            return entry[3]
+        if entry and entry[:4] == stamp:
+            return entry[4]
+        if check is not None:
+            check(path)
         try:
             digest = _file_sha256(path)
         except OSError as err:
             raise MarsdiffError(f"{path}: cannot read ({err.strerror})") from None
-        if time.time() - stat.st_mtime_ns / 1e9 > self.RACY_SECONDS:
+        if time.time() - max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9 > self.RACY_SECONDS:
             self._entries[key] = stamp + [digest]
             self._dirty = True
         return digest
 
     def files(self, named: Iterable[tuple[str, str | os.PathLike]]) -> str:
         """One digest over ``(name, path)`` pairs: names (e.g. paths inside a folder) and contents."""
-        combined = hashlib.sha256()
-        for name, path in sorted(named, key=lambda pair: pair[0]):
-            combined.update(f"{name}\0{self.file(path)}\n".encode())
-        return combined.hexdigest()[:DIGEST_CHARS]
+        return combine_digests((name, self.file(path)) for name, path in named)
 
     def save(self) -> None:
         """Write the cache atomically (concurrent parses in cluster jobs may race; last one wins)."""

@@ -28,7 +28,7 @@ def stage_params(cfg, *sections):
 
 
 def code_version(*parts):
-    """Digest of the behaviour of the code a rule runs: pass it as ``params: code=...``.
+    """Digest of the behaviour of the code behind a stage; pass it as ``params: code=...``.
 
     Parts are the roots: the rule's script ("scripts/sample_round.py"), a library subpackage
     ("rewards") or module ("io/trajectories.py", relative to src/marsdiff). Every marsdiff
@@ -40,11 +40,141 @@ def code_version(*parts):
     return code_digest(LIBRARY, SCRIPTS, parts)
 
 
-def library_sources(*parts):
-    """The library modules a rule's script runs, declared as inputs so code edits re-run it.
+def untracked(value):
+    """A param Snakemake passes to the script but never compares between runs.
 
-    Each part is a subpackage ("rewards": all its modules) or one module ("io/trajectories.py").
+    For settings that do not change a stage's output (batch size, device, cache folder, log
+    cadence) and for where user data lives (its content is tracked by a digest param instead).
+    Snakemake leaves params computed from a job's threads out of its params trigger, so the
+    value comes back from a function of ``threads``.
     """
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return lambda wildcards, threads: text
+
+
+def directory_input(path):
+    """A directory input whose time stamp is ignored (its content is tracked by a small file).
+
+    Copies (cp -r, rsync without -t, unpacking an archive) reset a folder's time stamp and no
+    checksum can stand in for a directory, so a plain directory input re-runs its consumers
+    after a copy. The producing rule writes a small file that changes with the folder's content
+    (images.csv lists every image's sha256; marsdiff_model.json comes with every training), and
+    consumers list that file as an ordinary input beside this one.
+    """
+    return ancient(path)
+
+
+def stop_on_user_error(compute, *args):
+    """``compute(*args)``; a MarsdiffError stops the parse with its one line (no traceback)."""
+    import sys
+
+    from marsdiff.errors import MarsdiffError
+
+    try:
+        return compute(*args)
+    except MarsdiffError as err:
+        print(f"marsdiff error: {err}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+_CONTENT_DIGESTS = None
+
+
+def content_digests():
+    """The shared stat-keyed cache of user-data digests (.snakemake/marsdiff/, per working dir)."""
+    global _CONTENT_DIGESTS
+    if _CONTENT_DIGESTS is None:
+        from marsdiff.provenance import ContentDigests
+
+        _CONTENT_DIGESTS = ContentDigests(Path(".snakemake") / "marsdiff" / "content-digests.json")
+    return _CONTENT_DIGESTS
+
+
+def reference_data_version(cfg):
+    """Check the data the reference section names and return a digest of its content.
+
+    Runs at parse time: bad input (missing folder, labels outside the tile, an undecodable
+    image, ...) stops the workflow with one line before Snakemake deletes any old output.
+    """
+    from marsdiff.data.reference import check_reference_inputs
+
+    digests = content_digests()
+    version = stop_on_user_error(check_reference_inputs, cfg["reference"], digests)
+    digests.save()
+    return version
+
+
+def reference_params(cfg, stage):
+    """The reference keys one stage's output depends on (``images``: prepare_reference,
+    ``appearance``: categorize_reference). Data locations are left out: their content is the
+    ``data`` param."""
+    from marsdiff.data.reference import APPEARANCE_KEYS, LOCATION_KEYS
+
+    section = cfg["reference"]
+    if stage == "appearance":
+        keys = APPEARANCE_KEYS
+    else:
+        keys = [k for k in section if k not in APPEARANCE_KEYS and k not in LOCATION_KEYS]
+    return json.dumps({"reference": {k: section.get(k) for k in keys}}, sort_keys=True)
+
+
+def reference_locations(cfg):
+    from marsdiff.data.reference import LOCATION_KEYS
+
+    return {"reference": {k: cfg["reference"].get(k) for k in LOCATION_KEYS}}
+
+
+# Option keys of the extractors that name files: their content is tracked, not their path.
+EXTRACTOR_FILE_KEYS = {"mobilenet_v2": ("weights",), "resnet18": ("weights",), "clip": ("pretrained", "model_config")}
+
+
+def extractor_params(cfg, name):
+    """What one extractor's features depend on: its own options, weight files by content.
+
+    Batch size, device, cache folder and the list of other extractors change no feature value
+    (the feature cache reuses vectors across them too), so they are not part of it.
+    """
+    options = dict(cfg["features"].get(name) or {})
+    for key in EXTRACTOR_FILE_KEYS.get(name, ()):
+        value = options.get(key)
+        if value and Path(value).is_file():
+            options[key] = f"sha256:{content_digests().file(value)}"
+    content_digests().save()
+    return json.dumps({"extractor": name, "options": options}, sort_keys=True)
+
+
+def pretrain_params(cfg):
+    """The resolved model.pixel training keys (preset values filled in): what the weights depend
+    on, whatever preset name produced them. Preview-grid and logging keys are left out
+    (preview_base draws the grid); pretrain_settings passes those to the script untracked."""
+    from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
+    from marsdiff.provenance import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
+
+    section = dict(cfg["model"].get("pixel") or {})
+    preset = PIXEL_PRESETS.get(section.pop("preset", None) or "small", {})
+    resolved = {**preset, **{k: (preset.get(k) if v is None else v) for k, v in section.items()}}
+    training = {k: v for k, v in resolved.items() if k not in PIXEL_PREVIEW_KEYS + PIXEL_LOGGING_KEYS}
+    return json.dumps({"model": {"pixel": training}}, sort_keys=True)
+
+
+def pretrain_settings(cfg):
+    """model.pixel keys the training script needs that change no weight: the preset's name
+    (recorded in the model's metadata) and the log cadence."""
+    from marsdiff.provenance import PIXEL_LOGGING_KEYS
+
+    section = cfg["model"].get("pixel") or {}
+    return {"preset": section.get("preset") or "small", **{k: section.get(k) for k in PIXEL_LOGGING_KEYS}}
+
+
+def preview_params(cfg):
+    from marsdiff.provenance import PIXEL_PREVIEW_KEYS
+
+    section = cfg["model"].get("pixel") or {}
+    return json.dumps({"model": {"pixel": {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}}}, sort_keys=True)
+
+
+def library_sources(*parts):
+    """Deprecated (absolute paths and time stamps re-ran copied projects): use code_version."""
     files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "devices.py", LIBRARY / "io" / "atomic.py"]
     for part in parts:
         path = LIBRARY / part
@@ -56,8 +186,11 @@ def extractor_names(cfg):
     return list(cfg["features"]["extractors"])
 
 
+EXTRACTOR_PARAMS = {name: stop_on_user_error(extractor_params, config, name) for name in extractor_names(config)}
+
+
 def reference_targets():
-    return [str(REFERENCE_DIR / "manifest.csv"), str(REFERENCE_DIR / "contact_sheet.png")]
+    return [str(REFERENCE_DIR / name) for name in ("images", "images.csv", "manifest.csv", "contact_sheet.png")]
 
 
 def feature_targets():

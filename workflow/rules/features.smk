@@ -1,14 +1,19 @@
 rule extract_features:
     """Feature vectors of the reference set for one extractor (content-keyed cache)."""
     input:
-        manifest=REFERENCE_DIR / "manifest.csv",
-        images=REFERENCE_DIR / "images",
-        code=library_sources("features", "data"),
+        # images.csv lists every image's sha256: it carries changes of the folder, whose own
+        # time stamp is ignored (a copied project keeps its features).
+        manifest=REFERENCE_DIR / "images.csv",
+        images=directory_input(REFERENCE_DIR / "images"),
     output:
         features=FEATURES_DIR / "reference" / "{extractor}.npy",
         ids=FEATURES_DIR / "reference" / "{extractor}.ids.txt",
+        info=FEATURES_DIR / "reference" / "{extractor}.json",
     params:
-        cfg=stage_params(config, "features"),
+        extractor=lambda wildcards: EXTRACTOR_PARAMS.get(wildcards.extractor) or extractor_params(config, wildcards.extractor),
+        # batch size, device and cache folder change no feature value
+        cfg=untracked(stage_params(config, "features")),
+        code=code_version("scripts/extract_features.py"),
     log:
         LOGS / "extract_features" / "reference_{extractor}.log",
     benchmark:
@@ -19,6 +24,7 @@ rule extract_features:
     resources:
         mem_mb=6000,
         runtime="30m",
+        gpu=int(config["features"].get("device") == "cuda"),
     conda:
         "../envs/marsdiff.yaml"
     script:

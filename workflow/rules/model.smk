@@ -1,31 +1,24 @@
-# Base diffusion model (stage pretrain_base); recorded sampling lives in rl.smk.
-# The model directory contract (unet/, scheduler/, marsdiff_model.json) is documented in
-# src/marsdiff/diffusion/pixel.py and docs/base_model.md.
+# Base diffusion model: pretrain_base trains it, preview_base draws its sample grid (so grid
+# settings never retrain it); recorded sampling lives in rl.smk. The model directory contract
+# (unet/, scheduler/, marsdiff_model.json) is documented in src/marsdiff/diffusion/pixel.py and
+# docs/base_model.md.
 
 
 rule pretrain_base:
     """Train the class-conditional pixel-space UNet on the reference train split."""
     input:
-        manifest=REFERENCE_DIR / "manifest.csv",
-        images=REFERENCE_DIR / "images",
-        # Only the modules training imports: a sampler edit must not retrain (and so re-run every
-        # RL round downstream of) the base model.
-        code=library_sources(
-            "diffusion/__init__.py", "diffusion/pixel.py", "diffusion/pretrain.py", "data/__init__.py", "data/images.py",
-            "data/manifest.py",
-        ),
+        # training reads ids, paths, size categories and the split: images.csv, not manifest.csv
+        index=REFERENCE_DIR / "images.csv",
+        images=directory_input(REFERENCE_DIR / "images"),
     output:
         unet=directory(BASE_MODEL_DIR / "unet"),
         scheduler=directory(BASE_MODEL_DIR / "scheduler"),
         meta=BASE_MODEL_DIR / "marsdiff_model.json",
         loss=BASE_MODEL_DIR / "loss.csv",
-        samples=report(
-            BASE_MODEL_DIR / "samples.png",
-            caption="../report/base_samples.rst",
-            category="2. Base model",
-        ),
     params:
-        cfg=stage_params(config, "model"),
+        cfg=pretrain_params(config),
+        settings=untracked(pretrain_settings(config)),
+        code=code_version("scripts/pretrain_base.py"),
     log:
         LOGS / "pretrain_base.log",
     benchmark:
@@ -35,8 +28,42 @@ rule pretrain_base:
         mem_mb=4000,
         runtime="30m",
         # Ask the cluster for a GPU only when the config wants one (e.g. preset 'large').
-        gpu=1 if config["model"]["pixel"]["device"] == "cuda" else 0,
+        gpu=int(config["model"]["pixel"]["device"] == "cuda"),
     conda:
         "../envs/marsdiff.yaml"
     script:
         "../scripts/pretrain_base.py"
+
+
+rule preview_base:
+    """samples.png: generated samples per size class beside real train crops."""
+    input:
+        # marsdiff_model.json is rewritten by every training: it carries changes of the weights
+        meta=BASE_MODEL_DIR / "marsdiff_model.json",
+        unet=directory_input(BASE_MODEL_DIR / "unet"),
+        scheduler=directory_input(BASE_MODEL_DIR / "scheduler"),
+        index=REFERENCE_DIR / "images.csv",
+        images=directory_input(REFERENCE_DIR / "images"),
+    output:
+        samples=report(
+            BASE_MODEL_DIR / "samples.png",
+            caption="../report/base_samples.rst",
+            category="2. Base model",
+        ),
+    params:
+        cfg=preview_params(config),
+        device=untracked(config["model"]["pixel"]["device"]),
+        code=code_version("scripts/preview_base.py"),
+    log:
+        LOGS / "preview_base.log",
+    benchmark:
+        BENCH / "preview_base.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="20m",
+        gpu=int(config["model"]["pixel"]["device"] == "cuda"),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/preview_base.py"

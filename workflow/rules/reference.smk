@@ -1,17 +1,29 @@
+# The reference set in two stages (src/marsdiff/data/reference.py): prepare_reference writes the
+# images and images.csv (sizes and split: all that training reads); categorize_reference adds
+# the lighting and contrast categories into manifest.csv, so changing those retrains nothing.
+#
+# The user's data (tile + labels, or folder + metadata CSV) is checked and digested when the
+# Snakefile is parsed: bad input stops the run with one line before Snakemake deletes any old
+# output, and prepare_reference re-runs when the data's content changes, never because files
+# were touched, copied or moved (docs/workflow.md, "Re-run policy").
+REFERENCE_DATA = reference_data_version(config)
+
+
 rule prepare_reference:
-    """Crop every labelled crater (or read an image-folder tree) into the reference set."""
-    input:
-        code=library_sources("data"),
+    """Crop every labelled crater (or read an image-folder tree) into the reference images."""
     output:
-        manifest=REFERENCE_DIR / "manifest.csv",
         images=directory(REFERENCE_DIR / "images"),
+        index=REFERENCE_DIR / "images.csv",
         contact_sheet=report(
             REFERENCE_DIR / "contact_sheet.png",
             caption="../report/reference_contact_sheet.rst",
             category="1. Reference set",
         ),
     params:
-        cfg=stage_params(config, "reference"),
+        cfg=reference_params(config, "images"),
+        data=REFERENCE_DATA,
+        locations=untracked(reference_locations(config)),
+        code=code_version("scripts/prepare_reference.py"),
     log:
         LOGS / "prepare_reference.log",
     benchmark:
@@ -24,3 +36,25 @@ rule prepare_reference:
         "../envs/marsdiff.yaml"
     script:
         "../scripts/prepare_reference.py"
+
+
+rule categorize_reference:
+    """manifest.csv: images.csv plus lighting and contrast categories (seconds; runs locally)."""
+    localrule: True
+    input:
+        index=REFERENCE_DIR / "images.csv",
+    output:
+        manifest=REFERENCE_DIR / "manifest.csv",
+    params:
+        cfg=reference_params(config, "appearance"),
+        code=code_version("scripts/categorize_reference.py"),
+    log:
+        LOGS / "categorize_reference.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime="5m",
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/categorize_reference.py"

@@ -8,8 +8,8 @@ rule validate_rewards:
     input:
         features=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.npy",
         ids=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.ids.txt",
+        info=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.json",
         manifest=REFERENCE_DIR / "manifest.csv",
-        code=library_sources("rewards", "data/manifest.py", "io/feature_files.py"),
     output:
         ladder=RESULTS / "validation" / "ladder.csv",
         validation=RESULTS / "validation" / "validation.json",
@@ -24,6 +24,7 @@ rule validate_rewards:
         cfg=stage_params(config, "reward"),
         ladders=config["reward"]["validation"]["ladders"],
         extractor=extractor_names(config)[0],
+        code=code_version("scripts/validate_rewards.py"),
     log:
         LOGS / "validate_rewards.log",
     benchmark:

@@ -1,15 +1,14 @@
-"""Stage prepare_reference: build results/reference/ (images, manifest.csv, contact sheet)."""
+"""Stage prepare_reference: results/reference/images/, images.csv and the contact sheet."""
 
-from pathlib import Path
-
-from marsdiff.data.reference import prepare_reference
+from marsdiff.data.reference import build_reference_images
 from marsdiff.stage import params_json, run_stage
 
 
 def main(snakemake):
     def body():
-        cfg = params_json(snakemake, "cfg")["reference"]
-        prepare_reference(cfg, Path(snakemake.output.manifest).parent)
+        # Where the data lives comes untracked; its content is the rule's `data` param.
+        cfg = {**params_json(snakemake, "cfg")["reference"], **params_json(snakemake, "locations")["reference"]}
+        build_reference_images(cfg, snakemake.output.images, snakemake.output.index, snakemake.output.contact_sheet)
 
     run_stage(snakemake, body)
 

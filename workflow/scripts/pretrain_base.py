@@ -10,12 +10,14 @@ def main(snakemake):
         # Imported inside the body so a missing package is reported like any other user error.
         from marsdiff.diffusion.pretrain import pretrain_base
 
-        cfg = params_json(snakemake, "cfg")["model"]
+        # Tracked training keys plus the untracked preset name and log cadence.
+        section = {**params_json(snakemake, "cfg")["model"]["pixel"], **params_json(snakemake, "settings")}
         pretrain_base(
-            snakemake.input.manifest,
+            snakemake.input.index,
             Path(snakemake.output.meta).parent,
-            (cfg or {}).get("pixel"),
+            section,
             threads=snakemake.threads,
+            preview=False,  # stage preview_base draws samples.png
         )
 
     run_stage(snakemake, body)

@@ -1,12 +1,24 @@
 """Building the reference set: crater crops from a labelled tile, or a user's image folders.
 
-Output (written atomically as one directory): ``images/<id>.png`` and ``manifest.csv`` with one
-row per image. Manifest columns are listed in :data:`MANIFEST_COLUMNS`; ``split`` is 'train' or
-'heldout' (the held-out split is read only by evaluation).
+Two workflow stages write it, so that a change to the appearance categories does not rebuild
+what training reads:
+
+- ``prepare_reference`` (:func:`build_reference_images`): ``images/<id>.png``, ``images.csv``
+  (one row per image: id, path, source, position and diameter, image statistics, ``size_cat``,
+  ``split``, and the ``sha256`` of the PNG) and ``contact_sheet.png``. Training reads only this.
+- ``categorize_reference`` (:func:`write_manifest`): ``manifest.csv`` = images.csv plus
+  ``lighting_cat`` and ``contrast_cat``; columns in :data:`MANIFEST_COLUMNS` (then extra ones).
+  ``split`` is 'train' or 'heldout' (the held-out split is read only by evaluation).
+
+:func:`check_reference_inputs` validates the user's tile, labels, folder and metadata CSV
+without writing anything and returns a digest of their content; the workflow calls it when the
+Snakefile is parsed, so bad input stops the run before Snakemake deletes any previous output.
+:func:`prepare_reference` runs both stages into one directory (library use and tests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -26,12 +38,21 @@ from marsdiff.data.categories import (
     stratified_split,
 )
 from marsdiff.data.images import is_image_name, load_image, save_png
-from marsdiff.data.manifest import MANIFEST_COLUMNS
+from marsdiff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_dir
+from marsdiff.io.atomic import atomic_dir, atomic_path
+from marsdiff.provenance import ContentDigests, combine_digests
 
 log = logging.getLogger(__name__)
 
+IMAGE_INDEX_NAME = "images.csv"
+MANIFEST_NAME = "manifest.csv"
+CONTACT_SHEET_NAME = "contact_sheet.png"
+#: Keys naming where the user's data lives; the data's content is tracked instead (a digest),
+#: so moving the data and updating the path re-runs nothing.
+LOCATION_KEYS = ("folder", "metadata_csv", "tile", "labels")
+#: Keys only categorize_reference reads: training never sees lighting or contrast categories.
+APPEARANCE_KEYS = ("lighting_bins", "contrast_bins")
 
 
 @dataclass(frozen=True)
@@ -142,20 +163,41 @@ def spread_subset(diameters: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[np.unique(picks)])
 
 
-def tile_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
-    """Crop every labelled crater of the tile into ``images_dir``; one record per crop."""
+def _tile_source(cfg: ReferenceConfig) -> tuple[Path, Path, str]:
+    """``(tile, labels, source name)``: the user's tile or the HRSC tile shipped by pycda."""
     if cfg.tile or cfg.labels:
         if not (cfg.tile and cfg.labels):
             raise MarsdiffError("reference.tile and reference.labels must be given together")
         tile_path, labels_path = Path(cfg.tile), Path(cfg.labels)
-        source = tile_path.name
-    else:
-        tile_path, labels_path = assets.hrsc_tile_and_labels()
-        source = "hrsc_nanedi_vallis"
+        for key, path in (("reference.tile", tile_path), ("reference.labels", labels_path)):
+            if not path.is_file():
+                raise MarsdiffError(f"{key}: {path} is not a file")
+        return tile_path, labels_path, tile_path.name
+    tile_path, labels_path = assets.hrsc_tile_and_labels()
+    return tile_path, labels_path, "hrsc_nanedi_vallis"
+
+
+def _image_dimensions(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header; a file PIL cannot open gets load_image's error."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError):
+        load_image(path)  # raises the one-line error naming the file
+        raise
+
+
+def _check_window(cfg: ReferenceConfig, tile_path: Path, width: int, height: int) -> None:
+    if cfg.window_px > min(width, height):
+        raise MarsdiffError(f"reference.window_px={cfg.window_px} is larger than the tile {tile_path} ({width}x{height})")
+
+
+def tile_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+    """Crop every labelled crater of the tile into ``images_dir``; one record per crop."""
+    tile_path, labels_path, source = _tile_source(cfg)
     tile = load_image(tile_path, mode="L")
     labels = load_crater_labels(labels_path, width=tile.shape[1], height=tile.shape[0])
-    if cfg.window_px > min(tile.shape):
-        raise MarsdiffError(f"reference.window_px={cfg.window_px} is larger than the tile {tile_path} ({tile.shape[1]}x{tile.shape[0]})")
+    _check_window(cfg, tile_path, tile.shape[1], tile.shape[0])
     if cfg.max_craters is not None and cfg.max_craters < len(labels):
         labels = labels.iloc[spread_subset(labels.diameter_px.to_numpy(), cfg.max_craters)].reset_index(drop=True)
     log.info("cropping %d craters from %s (window %d px -> %d px)", len(labels), tile_path, cfg.window_px, cfg.image_size)
@@ -216,31 +258,49 @@ def scan_image_folder(root: Path) -> list[Path]:
     return images
 
 
-def folder_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
-    if not cfg.folder:
-        raise MarsdiffError("reference.source is 'folder' but reference.folder is not set")
-    root = Path(cfg.folder)
-    relatives = scan_image_folder(root)
-    log.info("reading %d images from %s", len(relatives), root)
-    records, seen = [], set()
+def folder_ids(root: Path, relatives: list[Path]) -> list[str]:
+    """The image ids (file paths made safe), refusing two files that map to one id."""
+    ids, seen = [], set()
     for relative in relatives:
-        image = _grey_if_colourless(_resize_square(load_image(root / relative, mode="RGB"), cfg.image_size))
         image_id = _safe_id(relative)
         if image_id in seen:
             raise MarsdiffError(f"{root / relative}: id {image_id} collides with another image; rename one")
         seen.add(image_id)
+        ids.append(image_id)
+    return ids
+
+
+def _folder_root(cfg: ReferenceConfig) -> Path:
+    if not cfg.folder:
+        raise MarsdiffError("reference.source is 'folder' but reference.folder is not set")
+    return Path(cfg.folder)
+
+
+def folder_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+    root = _folder_root(cfg)
+    relatives = scan_image_folder(root)
+    ids = folder_ids(root, relatives)
+    meta = read_metadata(Path(cfg.metadata_csv), relatives) if cfg.metadata_csv else None
+    log.info("reading %d images from %s", len(relatives), root)
+    records = []
+    for relative, image_id in zip(relatives, ids):
+        image = _grey_if_colourless(_resize_square(load_image(root / relative, mode="RGB"), cfg.image_size))
         save_png(images_dir / f"{image_id}.png", image)
         records.append({
             "id": image_id, "path": f"images/{image_id}.png", "source": str(relative),
             **_folder_categories(relative), **image_statistics(image),
         })
     table = pd.DataFrame.from_records(records)
-    if cfg.metadata_csv:
-        table = _join_metadata(table, Path(cfg.metadata_csv))
+    if meta is not None:
+        keep = [c for c in table.columns if c not in meta.columns or c == "source"]
+        table = table[keep].merge(meta, on="source", how="left")
     return table
 
 
-def _join_metadata(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+def read_metadata(csv_path: Path, relatives: list[Path]) -> pd.DataFrame:
+    """The metadata CSV keyed by ``source`` (image path relative to the folder), checked."""
+    if not csv_path.is_file():
+        raise MarsdiffError(f"reference.metadata_csv: {csv_path} is not a file")
     try:
         meta = pd.read_csv(csv_path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -248,20 +308,58 @@ def _join_metadata(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
     if "file" not in meta.columns:
         raise MarsdiffError(f"{csv_path}: metadata CSV needs a 'file' column (image path relative to reference.folder)")
     meta = meta.assign(source=meta["file"].astype(str).map(lambda p: str(Path(p)))).drop(columns="file")
-    unknown = sorted(set(meta["source"]) - set(table["source"]))
+    unknown = sorted(set(meta["source"]) - {str(r) for r in relatives})
     if unknown:
         raise MarsdiffError(f"{csv_path}: metadata names {len(unknown)} file(s) not in the folder, e.g. {unknown[0]}")
-    clash = [c for c in meta.columns if c in ("id", "path", "split")]
+    clash = [c for c in meta.columns if c in ("id", "path", "split", "sha256")]
     if clash:
         raise MarsdiffError(f"{csv_path}: metadata column(s) {', '.join(clash)} are reserved")
-    keep = [c for c in table.columns if c not in meta.columns or c == "source"]
-    return table[keep].merge(meta, on="source", how="left")
+    return meta
+
+
+# ---------------------------------------------------------------------------- input check
+
+def check_reference_inputs(cfg_dict: dict, digests: ContentDigests | None = None) -> str:
+    """Validate the data the ``reference`` section names, write nothing; return its content digest.
+
+    Everything prepare_reference would refuse about its input (missing or unreadable files,
+    labels outside the tile, images at the folder's top level, id collisions, metadata naming
+    unknown files, undecodable images) is refused here with the same one-line error. Images
+    are decoded only when ``digests`` has not seen them unchanged before. The digest covers the
+    files' content and their names inside the folder, not where the folder lives.
+    """
+    cfg = ReferenceConfig.from_dict(cfg_dict)
+    digests = digests or ContentDigests()
+    named: list[tuple[str, str]] = []
+    if cfg.source == "hrsc":
+        tile_path, labels_path, source = _tile_source(cfg)
+        width, height = _image_dimensions(tile_path)
+        load_crater_labels(labels_path, width=width, height=height)
+        _check_window(cfg, tile_path, width, height)
+        named.append((f"tile/{source}", digests.file(tile_path, check=_check_image, kind="image")))
+        named.append(("labels", digests.file(labels_path)))
+    elif cfg.source == "folder":
+        root = _folder_root(cfg)
+        relatives = scan_image_folder(root)
+        folder_ids(root, relatives)
+        for relative in relatives:
+            named.append((f"folder/{relative.as_posix()}", digests.file(root / relative, check=_check_image, kind="image")))
+        if cfg.metadata_csv:
+            read_metadata(Path(cfg.metadata_csv), relatives)
+            named.append(("metadata", digests.file(cfg.metadata_csv)))
+    else:
+        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
+    return combine_digests(named)
+
+
+def _check_image(path: Path) -> None:
+    load_image(path)
 
 
 # ---------------------------------------------------------------------------- manifest
 
-def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
-    """Fill size/lighting/contrast categories not given by the source, then the split."""
+def assign_size_and_split(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
+    """Fill the size category (unless the source gave it) and the stratified split."""
     table = table.copy()
     if "diameter_px" not in table.columns:
         table["diameter_px"] = np.nan
@@ -274,37 +372,99 @@ def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame
             table["size_cat"] = size_categories(diameters.to_numpy(), min(cfg.size_bins, len(table)))
         else:
             table["size_cat"] = table.get("category", pd.Series("all", index=table.index))
+    # Images filed under another axis (by_lighting/...) carry no size.
+    table["size_cat"] = table["size_cat"].fillna(UNSPECIFIED)
+    table["split"] = stratified_split(table["size_cat"], cfg.heldout_fraction, cfg.seed)
+    return table
+
+
+def assign_appearance(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
+    """Fill the lighting and contrast categories the source did not give; manifest column order."""
+    table = table.copy()
     if "lighting_cat" not in table.columns or table["lighting_cat"].isna().all():
         table["lighting_cat"] = lighting_categories(table["v_mean"].to_numpy(), min(cfg.lighting_bins, len(table)))
     if "contrast_cat" not in table.columns or table["contrast_cat"].isna().all():
         table["contrast_cat"] = contrast_categories(table["contrast"].to_numpy(), min(cfg.contrast_bins, len(table)))
-    for column in ("size_cat", "lighting_cat", "contrast_cat"):
-        # Images filed under another axis (by_lighting/...) carry no value on this one.
+    for column in ("lighting_cat", "contrast_cat"):
         table[column] = table[column].fillna(UNSPECIFIED)
-    table["split"] = stratified_split(table["size_cat"], cfg.heldout_fraction, cfg.seed)
     extra = [c for c in table.columns if c not in MANIFEST_COLUMNS]
     return table[MANIFEST_COLUMNS + extra]
 
 
-def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Build the reference set into ``out_dir`` (images/ + manifest.csv) and return the manifest.
+def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
+    """Every category and the split (both stages at once)."""
+    return assign_appearance(assign_size_and_split(table, cfg), cfg)
 
-    The directory appears only when complete; a failure leaves the previous one untouched.
+
+def _index_columns(table: pd.DataFrame) -> list[str]:
+    first = [c for c in MANIFEST_COLUMNS if c in table.columns]
+    return first + [c for c in table.columns if c not in first]
+
+
+def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+    """Write the images into ``images_dir``; the image index (sizes and split, no appearance)."""
+    if cfg.source == "hrsc":
+        table = tile_records(cfg, images_dir)
+    elif cfg.source == "folder":
+        table = folder_records(cfg, images_dir)
+    else:
+        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
+    table = assign_size_and_split(table, cfg)
+    # The index changes whenever an image does: downstream stages that skip the image folder's
+    # time stamp (a copied project) still see content changes through this small file.
+    table["sha256"] = [hashlib.sha256((images_dir / Path(rel).name).read_bytes()).hexdigest() for rel in table["path"]]
+    return table[_index_columns(table)]
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def build_reference_images(cfg_dict: dict, images_dir: str | os.PathLike, index_csv: str | os.PathLike,
+                           contact_sheet: str | os.PathLike) -> pd.DataFrame:
+    """Stage prepare_reference: ``images/``, ``images.csv`` and the contact sheet, each atomic."""
+    cfg = ReferenceConfig.from_dict(cfg_dict)
+    index_csv = Path(index_csv)
+    with atomic_dir(images_dir) as staging:
+        table = _build_images(cfg, staging)
+    _write_csv(table, index_csv)
+    write_contact_sheet(Path(contact_sheet), table, index_csv.parent)
+    counts = table.groupby(["size_cat", "split"]).size().unstack(fill_value=0)
+    log.info("reference set: %d images\n%s", len(table), counts.to_string())
+    return table
+
+
+def read_image_index(path: str | os.PathLike) -> pd.DataFrame:
+    """images.csv with category-like columns kept as text (folder names such as '1' stay '1')."""
+    text = {c: str for c in ("id", "path", "source", "size_cat", "lighting_cat", "contrast_cat", "split", "category", "sha256")}
+    read_manifest(path)  # the clear errors for a missing or malformed file
+    return pd.read_csv(path, dtype=text)
+
+
+def write_manifest(index_csv: str | os.PathLike, cfg_dict: dict, manifest_csv: str | os.PathLike) -> pd.DataFrame:
+    """Stage categorize_reference: ``manifest.csv`` = images.csv + lighting and contrast categories."""
+    manifest = assign_appearance(read_image_index(index_csv), ReferenceConfig.from_dict(cfg_dict))
+    _write_csv(manifest, Path(manifest_csv))
+    return manifest
+
+
+def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
+    """Build the whole reference set into ``out_dir`` (both stages) and return the manifest.
+
+    The directory appears only when complete; a failure leaves a previous one untouched.
+    (In the workflow the two stages write their declared outputs; Snakemake removes a job's old
+    outputs before it starts, which is why the Snakefile checks the input at parse time.)
     """
     cfg = ReferenceConfig.from_dict(cfg_dict)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as staging:
         images_dir = staging / "images"
         images_dir.mkdir()
-        if cfg.source == "hrsc":
-            table = tile_records(cfg, images_dir)
-        elif cfg.source == "folder":
-            table = folder_records(cfg, images_dir)
-        else:
-            raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
-        manifest = assign_categories(table, cfg)
-        manifest.to_csv(staging / "manifest.csv", index=False, float_format="%.6g")
-        write_contact_sheet(staging / "contact_sheet.png", manifest, staging)
+        table = _build_images(cfg, images_dir)
+        _write_csv(table, staging / IMAGE_INDEX_NAME)
+        manifest = write_manifest(staging / IMAGE_INDEX_NAME, cfg_dict, staging / MANIFEST_NAME)
+        write_contact_sheet(staging / CONTACT_SHEET_NAME, manifest, staging)
     counts = manifest.groupby(["size_cat", "split"]).size().unstack(fill_value=0)
     log.info("reference set: %d images\n%s", len(manifest), counts.to_string())
     return manifest
@@ -344,6 +504,7 @@ def _category_sort_key(name: str):
 
 
 __all__ = [
-    "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "crop_window",
+    "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "build_reference_images", "write_manifest",
+    "check_reference_inputs", "crop_window",
     "load_crater_labels", "image_statistics", "scan_image_folder", "equal_count_bins",
 ]

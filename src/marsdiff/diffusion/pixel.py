@@ -42,6 +42,7 @@ from marsdiff.errors import MarsdiffError
 MODEL_META_NAME = "marsdiff_model.json"
 UNET_SUBDIR = "unet"
 SCHEDULER_SUBDIR = "scheduler"
+SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name for UNet weights
 VALUE_RANGE = "[-1, 1]"
 # The recording sampler and the RL log-probabilities assume an epsilon-predicting network.
 PREDICTION_TYPE = "epsilon"
@@ -309,7 +310,14 @@ def load_pixel_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     for sub in (UNET_SUBDIR, SCHEDULER_SUBDIR):
         if not (path / sub).is_dir():
             raise MarsdiffError(f"{path / sub}: missing from the model directory")
-    unet = UNet2DModel.from_pretrained(path / UNET_SUBDIR, torch_dtype=torch.float32)
+    # Weights load from safetensors only: a pickled .bin runs code on load, and diffusers
+    # would silently fall back to one when the .safetensors file is missing.
+    weights = path / UNET_SUBDIR / SAFETENSORS_WEIGHTS
+    if not weights.is_file():
+        found = sorted(p.name for p in (path / UNET_SUBDIR).iterdir() if p.is_file())
+        raise MarsdiffError(f"{weights}: UNet weights file missing (found: {', '.join(found) or 'nothing'}); "
+                            "marsdiff loads safetensors only, rerun pretrain_base")
+    unet = UNet2DModel.from_pretrained(path / UNET_SUBDIR, torch_dtype=torch.float32, use_safetensors=True)
     unet.to(device).eval()
     scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_SUBDIR)
     return unet, scheduler, meta

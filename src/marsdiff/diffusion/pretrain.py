@@ -46,6 +46,7 @@ from marsdiff.diffusion.pixel import (
 from marsdiff.devices import resolve_device
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir
+from marsdiff.provenance import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ MIN_AXIS_CONSISTENCY = 0.8
 # line each pixel-grid mirror leaves fixed.
 MIRROR_LINES_DEG = {"top_bottom": 0.0, "transpose": 45.0, "left_right": 90.0, "antitranspose": 135.0}
 LOSS_COLUMNS = ("step", "loss", "lr")
+# Keys that never change the trained model (preview grid, log cadence): the workflow does not
+# retrain when they change, and the model's metadata does not record them.
+PREVIEW_KEYS, LOGGING_KEYS = PIXEL_PREVIEW_KEYS, PIXEL_LOGGING_KEYS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +404,8 @@ def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threa
         "value_range": VALUE_RANGE,
         "prediction_type": PREDICTION_TYPE,
         "weights": "ema",
-        "train_config": cfg.as_dict(),
+        # Training keys only: the preview grid is drawn (and re-drawn) by its own stage.
+        "train_config": {k: v for k, v in cfg.as_dict().items() if k not in PREVIEW_KEYS + LOGGING_KEYS},
         "seeds": {"train": cfg.seed, "noise": cfg.seed + 1, "grid": cfg.seed + 2},
         "augmentation": result.flip,
         "training": {
@@ -418,12 +423,28 @@ def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threa
     }
 
 
+def preview_grid(unet, scheduler, train: TrainSet, cfg: PixelConfig, steps_trained: int) -> "Image.Image":
+    """samples.png: EMA samples per size class (DDIM eta 0, fixed seed), then real train crops."""
+    start = time.perf_counter()
+    n_classes = len(train.class_names)
+    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
+    samples = ddim_sample(unet, scheduler, labels, cfg.grid_sampling_steps,
+                          seed=cfg.seed + 2, image_size=cfg.image_size)
+    samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
+    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
+    title = f"generated: EMA weights, DDIM {cfg.grid_sampling_steps} steps, after {steps_trained} training steps"
+    grid = sample_grid(samples_u8, train.class_names, reference, title=title)
+    log.info("sample grid: %d images in %.1f s", len(labels), time.perf_counter() - start)
+    return grid
+
+
 def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | None,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, preview: bool = True) -> dict[str, Any]:
     """Train the base model on the manifest's train split and write the model directory.
 
     Everything goes to a temporary directory that replaces ``out_dir`` only when all files are
-    written. Returns the metadata written to ``marsdiff_model.json``.
+    written. ``preview``: also draw samples.png (the workflow leaves it to stage preview_base,
+    so preview settings never retrain). Returns the metadata written to ``marsdiff_model.json``.
     """
     cfg = PixelConfig.from_dict(section)
     if threads:
@@ -431,26 +452,37 @@ def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | Non
     train = load_train_set(manifest, cfg.image_size)
     result = train_pixel_model(train, cfg)
     meta = model_metadata(cfg, train, result, threads)
-
-    start = time.perf_counter()
-    n_classes = len(train.class_names)
-    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
-    samples = ddim_sample(result.ema_unet, result.scheduler, labels, cfg.grid_sampling_steps,
-                          seed=cfg.seed + 2, image_size=cfg.image_size)
-    samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
-    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
-    title = f"generated: EMA weights, DDIM {cfg.grid_sampling_steps} steps, after {len(result.loss_rows)} training steps"
-    grid = sample_grid(samples_u8, train.class_names, reference, title=title)
-    log.info("sample grid: %d images in %.1f s", len(labels), time.perf_counter() - start)
+    grid = preview_grid(result.ema_unet, result.scheduler, train, cfg, len(result.loss_rows)) if preview else None
 
     with atomic_dir(out_dir) as tmp:
-        # mkdtemp creates the directory private (0700); give the model the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
         save_pixel_model(tmp, result.ema_unet, result.scheduler, meta)
         write_loss_csv(tmp / "loss.csv", result.loss_rows)
-        grid.save(tmp / "samples.png", format="PNG")
+        if grid is not None:
+            grid.save(tmp / "samples.png", format="PNG")
     log.info("base model written to %s (final loss %.4f, %.0f s training)", out_dir,
              meta["training"]["final_loss"], result.seconds)
     return meta
+
+
+def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | None, out_png: str | Path,
+                  threads: int | None = None, device: str = "auto") -> None:
+    """Stage preview_base: samples.png of a trained model directory.
+
+    The model's own training keys (image size, seed) come from its metadata; ``section`` (the
+    ``model.pixel`` config) gives the grid settings.
+    """
+    from marsdiff.diffusion.pixel import load_pixel_model
+    from marsdiff.io.atomic import atomic_path
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    grid_settings = {k: v for k, v in (section or {}).items() if k in PREVIEW_KEYS and v is not None}
+    unet, scheduler, meta = load_pixel_model(model_dir, resolve_device(device, "model.pixel.device"))
+    cfg = PixelConfig.from_dict({**meta.get("train_config", {}), **grid_settings})
+    train = load_train_set(manifest, cfg.image_size)
+    if list(train.class_names) != list(meta.get("class_names", train.class_names)):
+        raise MarsdiffError(f"{manifest}: size classes {train.class_names} differ from the model's "
+                            f"{meta.get('class_names')} (retrain the base model)")
+    grid = preview_grid(unet, scheduler, train, cfg, int(meta.get("training", {}).get("steps", 0)))
+    with atomic_path(out_png, suffix=".png") as tmp:
+        grid.save(tmp, format="PNG")

@@ -1,0 +1,15 @@
+"""Stage categorize_reference: manifest.csv = images.csv + lighting and contrast categories."""
+
+from marsdiff.data.reference import write_manifest
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        write_manifest(snakemake.input.index, params_json(snakemake, "cfg")["reference"], snakemake.output.manifest)
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
