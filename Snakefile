@@ -30,6 +30,7 @@ include: "workflow/rules/reference.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/rewards.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/score.smk"
 include: "workflow/rules/rl.smk"
 
 
@@ -41,4 +42,4 @@ rule all:
         feature_targets(),
         reward_targets(),
         model_targets(),
-        sampling_targets(),
+        rl_targets(),

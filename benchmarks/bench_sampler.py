@@ -57,7 +57,7 @@ def ddpm_config():
 
 
 def make_backend(size: int):
-    from marsdiff.diffusion.backends import PixelBackend
+    from marsdiff.diffusion.pixel_backend import PixelBackend
 
     meta = {"backend": "pixel", "image_size": size, "channels": 1, "class_names": [f"c{i}" for i in range(CLASSES)]}
     return PixelBackend(build_unet(size), ddpm_config(), meta, device="cpu")
@@ -160,9 +160,7 @@ def hdf5_sizes(batch, steps: int) -> list[tuple[str, str, float]]:
                 path = Path(tmp) / f"{dtype}_{compression}.h5"
                 header = TrajectoryHeader(
                     num_images=len(batch.seed),
-                    timesteps=np.arange(steps)[::-1],
-                    prev_timesteps=np.arange(steps)[::-1] - 1,
-                    std=np.ones(steps),
+                    num_steps=steps,
                     latent_shape=batch.latents.shape[2:],
                     condition_names=[f"c{i}" for i in range(CLASSES)],
                     config_hash="bench",
@@ -173,7 +171,7 @@ def hdf5_sizes(batch, steps: int) -> list[tuple[str, str, float]]:
                     compression=compression,
                 )
                 with write_trajectories(path, header) as writer:
-                    writer.write(batch.latents, batch.log_prob, batch.condition, batch.condition_log_prob, batch.seed)
+                    writer.write(**{k: v for k, v in vars(batch).items() if k != "images"})
                 rows.append((dtype, compression, bytes_per_trajectory(path)))
     return rows
 

@@ -13,19 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from marsdiff.diffusion.backends import PixelBackend, load_pixel_backend
-from marsdiff.diffusion.sampler import (
-    RecordingSampler,
-    SamplingSettings,
-    condition_probabilities,
-    sample_round,
-    scheduler_for_trajectories,
-    transition_log_prob,
-)
+from marsdiff.diffusion.pixel_backend import PixelBackend, load_pixel_backend
+from marsdiff.diffusion.plan import condition_probabilities
+from marsdiff.diffusion.rescoring import scheduler_for_trajectories, transition_log_prob
+from marsdiff.diffusion.round_files import write_round
+from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
 from marsdiff.diffusion.scheduler_logprob import (
     LOG_PROB_CONVENTION,
     DDIMLogProbScheduler,
     gaussian_log_prob,
+    power_timesteps,
     total_nats,
 )
 from marsdiff.errors import MarsdiffError
@@ -74,7 +71,9 @@ def test_recorded_shapes_and_actions(recorded):
     assert batch.log_prob.shape == (5, 6) and np.isfinite(batch.log_prob).all()
     assert batch.images.shape == (5, 16, 16) and batch.images.dtype == np.uint8
     assert set(batch.condition.tolist()) <= {0, 1, 2}
-    np.testing.assert_allclose(batch.condition_log_prob, math.log(1 / 3), rtol=1e-6)
+    np.testing.assert_allclose(batch.plan_log_prob["condition"], math.log(1 / 3), rtol=1e-6)
+    # Without a schedule knob every image follows the scheduler's grid.
+    assert (batch.timesteps == sampler.timesteps.numpy()[None]).all()
     assert len(set(batch.seed.tolist())) == 5
 
 
@@ -86,7 +85,6 @@ def test_reevaluation_reproduces_stored_log_probs_in_shuffled_minibatches(record
     order = np.random.default_rng(0).permutation(len(rows))
     scheduler = backend.make_scheduler(eta=1.0)  # a fresh scheduler, as the trainer builds it
     scheduler.set_timesteps(steps)
-    timesteps = sampler.timesteps.numpy()
     for chunk in np.array_split(order, 4):  # mixed images and timesteps per minibatch
         i = np.array([rows[r][0] for r in chunk])
         k = np.array([rows[r][1] for r in chunk])
@@ -96,13 +94,65 @@ def test_reevaluation_reproduces_stored_log_probs_in_shuffled_minibatches(record
                 scheduler,
                 torch.from_numpy(batch.latents[i, k]),
                 torch.from_numpy(batch.latents[i, k + 1]),
-                torch.from_numpy(timesteps[k]),
+                torch.from_numpy(batch.timesteps[i, k]),
                 torch.from_numpy(batch.condition[i]),
+                prev_timestep=torch.from_numpy(batch.prev_timesteps[i, k]),
+                eta=torch.from_numpy(batch.eta[i]),
             )
         diff = np.abs(out.log_prob.numpy() - batch.log_prob[i, k])
         assert diff.max() <= 1e-5, diff.max()
         ratio = torch.exp(out.log_prob - torch.from_numpy(batch.log_prob[i, k]))
         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+
+
+class PerImageSchedule:
+    """A plan with a different eta and timestep spacing per image (as the scheduler policy draws)."""
+
+    mode, action_names = "test", ()
+
+    def plan(self, generators):
+        from marsdiff.diffusion.plan import GenerationPlan
+
+        b = len(generators)
+        return GenerationPlan(
+            condition=torch.arange(b) % 3,
+            knobs={"eta": torch.linspace(0.3, 1.4, b), "timestep_power": torch.linspace(0.5, 2.5, b)},
+            actions=torch.zeros(b, 0),
+            log_prob={"condition": torch.zeros(b), "knobs": torch.zeros(b)},
+        )
+
+    def describe(self):
+        return {}
+
+
+def test_per_image_schedules_are_recorded_and_reproduced(backend):
+    sampler = RecordingSampler(backend, SamplingSettings(steps=5, batch_size=4, seed=1), PerImageSchedule())
+    batch = next(iter(sampler.sample(4)))
+    grids, prev = power_timesteps(1000, 5, torch.linspace(0.5, 2.5, 4))
+    np.testing.assert_array_equal(batch.timesteps, grids.numpy())
+    np.testing.assert_array_equal(batch.prev_timesteps, prev.numpy())
+    assert len({tuple(row) for row in batch.timesteps.tolist()}) == 4  # every image its own grid
+    np.testing.assert_allclose(batch.eta, np.linspace(0.3, 1.4, 4), rtol=1e-6)
+    # Larger eta, larger sigma on the same (first) step: the knob reaches the chain.
+    assert batch.std[-1, 0] > batch.std[0, 0]
+    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler.set_timesteps(5)
+    i = np.repeat(np.arange(4), 5)
+    k = np.tile(np.arange(5), 4)
+    with torch.no_grad():
+        out = transition_log_prob(
+            backend, scheduler, torch.from_numpy(batch.latents[i, k]), torch.from_numpy(batch.latents[i, k + 1]),
+            torch.from_numpy(batch.timesteps[i, k]), torch.from_numpy(batch.condition[i]),
+            prev_timestep=torch.from_numpy(batch.prev_timesteps[i, k]), eta=torch.from_numpy(batch.eta[i]),
+        )
+    assert np.abs(out.log_prob.numpy() - batch.log_prob[i, k]).max() <= 1e-5
+
+
+def test_power_timesteps_are_strictly_decreasing_and_trailing_at_one():
+    grids, prev = power_timesteps(1000, 50, torch.tensor([0.25, 1.0, 4.0]))
+    assert (grids[:, :-1] > grids[:, 1:]).all() and (grids >= 0).all() and (grids <= 999).all()
+    np.testing.assert_array_equal(grids[1].numpy(), np.arange(999, 0, -20))  # diffusers' "trailing"
+    assert (prev[:, -1] == -1).all() and (prev[:, :-1] == grids[:, 1:]).all()
 
 
 def test_sigma_positive_on_every_step_including_the_last(backend):
@@ -211,9 +261,8 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
     from marsdiff.io.trajectories import open_trajectories
 
     out = tmp_path / "round_000"
-    sample_round(
-        backend,
-        SamplingSettings(steps=2, batch_size=3),
+    write_round(
+        RecordingSampler(backend, SamplingSettings(steps=2, batch_size=3)),
         num_images=4,
         trajectories_path=out / "trajectories.h5",
         images_dir=out / "images",
@@ -229,15 +278,16 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
         assert f.attrs["log_prob_convention"] == LOG_PROB_CONVENTION
         # The trainer's path: rebuild the step distribution from the file, re-score a transition.
         scheduler = scheduler_for_trajectories(f)
-        chain, stored = f.image_latents(2), f.array("log_prob")[2]
+        chain, stored = f.image_latents(2), f.array("log_prob/denoise")[2]
         with torch.no_grad():
             out_step = transition_log_prob(
                 backend,
                 scheduler,
                 torch.from_numpy(chain[:-1]),
                 torch.from_numpy(chain[1:]),
-                torch.from_numpy(f.array("timesteps")),
+                torch.from_numpy(f.array("timesteps")[2]),
                 torch.full((2,), int(f.array("condition")[2])),
+                prev_timestep=torch.from_numpy(f.array("prev_timesteps")[2]),
             )
         assert np.abs(out_step.log_prob.numpy() - stored).max() <= 1e-5
 
@@ -245,28 +295,3 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
 def test_missing_base_model_names_the_command(tmp_path):
     with pytest.raises(MarsdiffError, match="pretrain_base"):
         load_pixel_backend(tmp_path / "models" / "base")
-
-
-@pytest.mark.slow
-def test_sample_round_rule_runs_round_000_and_reruns_on_sampling_change(tmp_path):
-    """The Snakemake rule on a tiny base model: outputs, nothing to do after, params trigger."""
-    import yaml
-
-    from conftest import make_workdir, run_snakemake
-    from test_doctor import write_tiny_pixel_model
-
-    workdir = make_workdir(tmp_path)
-    write_tiny_pixel_model(workdir / "results" / "models" / "base")
-    config_path = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["sampling"].update(steps=2, images_per_round=3, batch_size=3, experiment="tiny")
-    config_path.write_text(yaml.safe_dump(config))
-    target = "results/runs/tiny/round_000/samples.csv"
-    run_snakemake(workdir, target)
-    round_dir = workdir / "results" / "runs" / "tiny" / "round_000"
-    assert len(list((round_dir / "images").glob("*.png"))) == 3
-    assert (round_dir / "trajectories.h5").is_file()
-    assert "Nothing to be done" in run_snakemake(workdir, "-n", target).stdout
-    config["sampling"]["seed"] = 1
-    config_path.write_text(yaml.safe_dump(config))
-    assert "sample_round" in run_snakemake(workdir, "-n", target).stdout

@@ -24,13 +24,16 @@ SHAPE = (1, 8, 8)
 STEPS = 5
 
 
+GRID = np.arange(STEPS)[::-1] * 200
+PREV = np.r_[np.arange(STEPS - 1)[::-1] * 200, -1]
+
+
 def header(n: int, **overrides) -> TrajectoryHeader:
     fields = dict(
         num_images=n,
-        timesteps=np.arange(STEPS)[::-1] * 200,
-        prev_timesteps=np.r_[np.arange(STEPS - 1)[::-1] * 200, -1],
-        std=np.linspace(0.9, 0.01, STEPS),
+        num_steps=STEPS,
         latent_shape=SHAPE,
+        action_names=("eta", "timestep_power"),
         condition_names=["small", "large"],
         config_hash="cfg123",
         model_hash="model456",
@@ -46,17 +49,29 @@ def fake_round(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {
         "latents": rng.standard_normal((n, STEPS + 1, *SHAPE)).astype(np.float32),
         "log_prob": rng.standard_normal((n, STEPS)).astype(np.float32),
+        "timesteps": np.tile(GRID, (n, 1)),
+        "prev_timesteps": np.tile(PREV, (n, 1)),
+        "std": rng.uniform(0.01, 1.0, (n, STEPS)).astype(np.float32),
         "condition": rng.integers(0, 2, n),
-        "condition_log_prob": np.full(n, np.log(0.5), dtype=np.float32),
         "seed": rng.integers(0, 2**62, n),
+        "eta": rng.uniform(0.1, 1.5, n).astype(np.float32),
+        "guidance_scale": np.ones(n, dtype=np.float32),
+        "noise_scale": np.ones(n, dtype=np.float32),
+        "actions": rng.standard_normal((n, 2)).astype(np.float32),
+        "plan_log_prob": {"condition": np.full(n, np.log(0.5), dtype=np.float32),
+                          "knobs": rng.standard_normal(n).astype(np.float32)},
     }
+
+
+def _sliced(data: dict, rows) -> dict:
+    return {k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows]) for k, v in data.items()}
 
 
 def write_round(path, n: int, seed: int = 0, batch: int = 3, **overrides) -> dict[str, np.ndarray]:
     data = fake_round(n, seed)
     with write_trajectories(path, header(n, **overrides)) as writer:
         for lo in range(0, n, batch):
-            writer.write(**{k: v[lo : lo + batch] for k, v in data.items()})
+            writer.write(**_sliced(data, slice(lo, lo + batch)))
     return data
 
 
@@ -73,9 +88,18 @@ def test_round_trip(tmp_path):
         assert f.condition_names == ["small", "large"]
         for i in range(7):
             np.testing.assert_array_equal(f.image_latents(i), data["latents"][i])
-        for name in ("log_prob", "condition", "condition_log_prob", "seed"):
+        np.testing.assert_array_equal(f.array("log_prob/denoise"), data["log_prob"])
+        for name in ("condition", "knobs"):
+            np.testing.assert_array_equal(f.array(f"log_prob/{name}"), data["plan_log_prob"][name])
+        for name in ("condition", "seed", "timesteps", "prev_timesteps", "std", "actions"):
             np.testing.assert_array_equal(f.array(name), data[name])
+        for name in ("eta", "guidance_scale", "noise_scale"):
+            np.testing.assert_array_equal(f.array(f"knobs/{name}"), data[name])
         np.testing.assert_array_equal(f.array("image_index"), np.arange(7))
+        assert f.action_names == ["eta", "timestep_power"]
+        units = {name: f.handle[f"log_prob/{name}"].attrs["unit"] for name in ("denoise", "condition", "knobs")}
+        assert units == {"denoise": "mean_per_dim_nats", "condition": "nats", "knobs": "nats"}
+        assert f.handle["latents"].fletcher32 and f.handle["log_prob/denoise"].fletcher32
         chunks = f.handle["latents"].chunks
         assert chunks == (1, STEPS + 1, *SHAPE), "one chunk per image"
         assert f.handle["latents"].compression == "gzip"
@@ -93,7 +117,7 @@ def test_failed_write_leaves_no_file(tmp_path):
     path = tmp_path / "trajectories.h5"
     with pytest.raises(RuntimeError):
         with write_trajectories(path, header(4)) as writer:
-            writer.write(**{k: v[:2] for k, v in fake_round(4).items()})
+            writer.write(**_sliced(fake_round(4), slice(0, 2)))
             raise RuntimeError("sampler crashed")
     assert list(tmp_path.iterdir()) == []
 
@@ -102,7 +126,7 @@ def test_incomplete_write_is_refused_and_leaves_no_file(tmp_path):
     path = tmp_path / "trajectories.h5"
     with pytest.raises(MarsdiffError, match="2 of 4"):
         with write_trajectories(path, header(4)) as writer:
-            writer.write(**{k: v[:2] for k, v in fake_round(4).items()})
+            writer.write(**_sliced(fake_round(4), slice(0, 2)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -116,7 +140,24 @@ def test_truncated_file_is_detected(tmp_path):
         open_trajectories(path)
 
 
-@pytest.mark.parametrize("kind", ["foreign_hdf5", "not_hdf5", "empty", "incomplete", "old_version"])
+def test_flipped_byte_in_a_chunk_is_a_checksum_error(tmp_path):
+    path = tmp_path / "trajectories.h5"
+    write_round(path, 3, compression="none")
+    with h5py.File(path, "r") as f:
+        offset = f["latents"].id.get_chunk_info(1).byte_offset
+    with open(path, "r+b") as handle:
+        handle.seek(offset + 40)
+        byte = handle.read(1)
+        handle.seek(offset + 40)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with open_trajectories(path) as f:
+        np.testing.assert_array_equal(f.image_latents(0).shape, (STEPS + 1, *SHAPE))  # other chunks still read
+        with pytest.raises(MarsdiffError, match="checksum") as info:
+            f.image_latents(1)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["foreign_hdf5", "not_hdf5", "empty", "incomplete", "old_version", "future_version"])
 def test_foreign_or_broken_files_are_detected(tmp_path, kind):
     path = tmp_path / "trajectories.h5"
     if kind == "foreign_hdf5":
@@ -134,9 +175,12 @@ def test_foreign_or_broken_files_are_detected(tmp_path, kind):
         with h5py.File(path, "r+") as f:
             if kind == "incomplete":
                 f.attrs["complete"] = False
+            elif kind == "old_version":
+                f.attrs["format_version"] = FORMAT_VERSION - 1
             else:
                 f.attrs["format_version"] = FORMAT_VERSION + 1
-        pattern = "incomplete" if kind == "incomplete" else "format version"
+        pattern = {"incomplete": "incomplete", "old_version": "an older trajectory format",
+                   "future_version": "an unknown trajectory format"}[kind]
     with pytest.raises(MarsdiffError, match=pattern) as info:
         open_trajectories(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
@@ -166,10 +210,26 @@ def test_buffer_yields_every_transition_once_shuffled(tmp_path):
             np.testing.assert_array_equal(b.next_latents[j], data["latents"][key[1], key[2] + 1])
             assert b.log_prob[j] == data["log_prob"][key[1], key[2]]
             assert b.condition[j] == data["condition"][key[1]]
+            assert b.eta[j] == data["eta"][key[1]]
             assert b.timestep[j] == (STEPS - 1 - key[2]) * 200
             steps_in_order.append(key[2])
     assert len(seen) == buffer.num_transitions
     assert steps_in_order != sorted(steps_in_order), "transitions are shuffled"
+
+
+def test_buffer_step_subsets_select_each_images_steps(tmp_path):
+    """DDPO's timestep fraction: only the chosen steps of each image come out, with their grid."""
+    path = tmp_path / "r.h5"
+    data = fake_round(3)
+    data["timesteps"] = np.array([[900, 700, 500, 300, 100], [800, 600, 400, 200, 0], [999, 750, 500, 250, 1]])
+    with write_trajectories(path, header(3)) as writer:
+        writer.write(**data)
+    chosen = {(0, 0): np.array([1, 3]), (0, 1): np.array([0]), (0, 2): np.array([2, 3, 4])}
+    with TransitionBuffer([path]) as buffer:
+        batch = next(buffer.minibatches(batch_size=100, seed=0, steps=chosen))
+    got = sorted(zip(batch.image_index.tolist(), batch.step_index.tolist(), batch.timestep.tolist()))
+    expected = sorted((i, k, int(data["timesteps"][i, k])) for (_, i), ks in chosen.items() for k in ks)
+    assert got == expected
 
 
 def test_buffer_rejects_mismatched_rounds(tmp_path):

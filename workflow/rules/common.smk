@@ -214,21 +214,52 @@ def model_targets():
     return [str(base / name) for name in ("marsdiff_model.json", "samples.png", "loss.csv")]
 
 
-def sampling_targets():
-    """Targets of the recorded-sampling stage (workflow/rules/rl.smk)."""
-    round_dir = RESULTS / "runs" / config["sampling"]["experiment"] / "round_000"
-    return [str(round_dir / "trajectories.h5"), str(round_dir / "images"), str(round_dir / "samples.csv")]
+def experiment_names(cfg):
+    return sorted(cfg.get("experiments") or {})
 
 
-def round_policy_inputs(wildcards):
-    """The policy a round samples: the base model for round 000, else round r-1's update.
+def experiment_rounds(cfg, exp):
+    """Round labels 000 .. rounds-1 of one experiment (ascending: Snakemake walks long chains
+    without recursion when every round is requested in order)."""
+    from marsdiff.rl.experiments import experiment_settings
 
-    The Stable Diffusion base model comes from the HF cache or a local directory, outside the
-    workflow, so round 000 then has no file inputs.
-    """
-    if wildcards.round != "000":
-        previous = f"round_{int(wildcards.round) - 1:03d}"
-        return {"policy": str(RUNS_DIR / wildcards.exp / previous / "policy")}
+    return [f"{r:03d}" for r in range(experiment_settings(cfg["experiments"], exp, cfg["sampling"])["rounds"])]
+
+
+def rl_targets():
+    """Targets of the RL stage (workflow/rules/rl.smk): every round's metrics in order, each
+    experiment's metrics table and reward curve, and its final policy."""
+    targets = []
+    for exp in experiment_names(config):
+        rounds = experiment_rounds(config, exp)
+        targets += [str(RUNS_DIR / exp / f"round_{r}" / "metrics.json") for r in rounds]
+        targets += [str(RUNS_DIR / exp / "metrics.csv"), str(RUNS_DIR / exp / "reward_curve.png")]
+    return targets
+
+
+def rl_params(cfg, exp):
+    """What a round of ``exp`` depends on: its own resolved settings, the sampling setup and the
+    backend's section (the pixel model itself is a file input). Other experiments' settings,
+    the sampling batch size (images do not depend on it) and the unused backend's keys are left
+    out, so editing them re-runs no round."""
+    from marsdiff.rl.experiments import experiment_settings
+
+    # Shared values are resolved into the experiment's settings; the batch size changes no image.
+    sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "store")}
+    model = {"backend": cfg["model"]["backend"]}
+    if cfg["model"]["backend"] == "stable_diffusion":
+        model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
+    else:
+        model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
+    return json.dumps(
+        {"experiments": {exp: experiment_settings(cfg["experiments"], exp, cfg["sampling"])}, "sampling": sampling, "model": model},
+        sort_keys=True,
+    )
+
+
+def base_model_inputs():
+    """The pixel base model's files (Stable Diffusion loads from the HF cache or a local
+    directory outside the workflow: no file inputs)."""
     if config["model"]["backend"] != "pixel":
         return {}
     return {
@@ -236,6 +267,23 @@ def round_policy_inputs(wildcards):
         "unet": str(BASE_MODEL_DIR / "unet"),
         "scheduler": str(BASE_MODEL_DIR / "scheduler"),
     }
+
+
+def previous_policy(wildcards):
+    """Round r samples (and update r starts from) the policy written by round r-1's update;
+    round 000 starts from the experiment's initial policy, built from the config."""
+    if wildcards.round == "000":
+        return {}
+    previous = f"round_{int(wildcards.round) - 1:03d}"
+    return {"policy": str(RUNS_DIR / wildcards.exp / previous / "policy")}
+
+
+def round_policy_inputs(wildcards):
+    return {**base_model_inputs(), **previous_policy(wildcards)}
+
+
+def experiment_metrics(wildcards):
+    return [str(RUNS_DIR / wildcards.exp / f"round_{r}" / "metrics.json") for r in experiment_rounds(config, wildcards.exp)]
 
 
 def sampling_gpus(cfg):

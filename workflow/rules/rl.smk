@@ -1,19 +1,26 @@
-# Per-round recorded sampling and RL updates. Round 000 samples the base model; round r > 0
-# samples the policy written by update_round for round r-1 (stage not built yet).
+# The RL round loop (docs/rl.md): round r samples with the policy of round r-1 (round 000: the
+# experiment's initial policy on the base model), score_round (score.smk) rewards it, and
+# update_round turns it into policy r. Only configured experiment names match {exp}.
+import re
+
+EXPERIMENT_PATTERN = "|".join(re.escape(name) for name in experiment_names(config)) or "no-experiment-configured"
+RL_CODE = ("rl", "diffusion", "io/trajectories.py")
+
+
 rule sample_round:
-    """Sample one round with the recording DDIM sampler: chains, actions and log-probs."""
+    """Sample one round with the recording sampler: chains, plan actions and every log-prob."""
     input:
         unpack(round_policy_inputs),
-        code=library_sources("diffusion", "io/trajectories.py", "data/images.py"),
     output:
         trajectories=RUNS_DIR / "{exp}" / "round_{round}" / "trajectories.h5",
         images=directory(RUNS_DIR / "{exp}" / "round_{round}" / "images"),
         samples=RUNS_DIR / "{exp}" / "round_{round}" / "samples.csv",
     wildcard_constraints:
         round=r"\d{3}",
-        exp=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+        exp=EXPERIMENT_PATTERN,
     params:
-        cfg=stage_params(config, "sampling", "model"),
+        cfg=lambda wildcards: rl_params(config, wildcards.exp),
+        code=code_version(*RL_CODE, "scripts/sample_round.py"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "sample_round.log",
     benchmark:
@@ -27,3 +34,63 @@ rule sample_round:
         "../envs/marsdiff.yaml"
     script:
         "../scripts/sample_round.py"
+
+
+rule update_round:
+    """One PPO/TRPO update on a scored round: policy r, optimiser + RNG state, metrics.json."""
+    input:
+        unpack(round_policy_inputs),
+        trajectories=RUNS_DIR / "{exp}" / "round_{round}" / "trajectories.h5",
+        rewards=RUNS_DIR / "{exp}" / "round_{round}" / "rewards.csv",
+        summary=RUNS_DIR / "{exp}" / "round_{round}" / "reward_summary.json",
+    output:
+        policy=directory(RUNS_DIR / "{exp}" / "round_{round}" / "policy"),
+        metrics=RUNS_DIR / "{exp}" / "round_{round}" / "metrics.json",
+    wildcard_constraints:
+        round=r"\d{3}",
+        exp=EXPERIMENT_PATTERN,
+    params:
+        cfg=lambda wildcards: rl_params(config, wildcards.exp),
+        code=code_version(*RL_CODE, "scripts/update_round.py"),
+    log:
+        LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",
+    benchmark:
+        BENCH / "runs" / "{exp}" / "round_{round}" / "update_round.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime="2h",
+        gpu=sampling_gpus(config),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/update_round.py"
+
+
+rule plot_experiment:
+    """An experiment's metrics across rounds: metrics.csv and the reward curve."""
+    input:
+        experiment_metrics,
+    output:
+        table=RUNS_DIR / "{exp}" / "metrics.csv",
+        curve=report(
+            RUNS_DIR / "{exp}" / "reward_curve.png",
+            caption="../report/reward_curve.rst",
+            category="3. RL",
+            labels={"experiment": "{exp}", "figure": "reward curve"},
+        ),
+    wildcard_constraints:
+        exp=EXPERIMENT_PATTERN,
+    params:
+        code=code_version("rl/curves.py", "scripts/plot_experiment.py"),
+    log:
+        LOGS / "runs" / "{exp}" / "plot_experiment.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime="5m",
+        gpu=0,
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/plot_experiment.py"

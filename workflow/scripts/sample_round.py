@@ -1,4 +1,4 @@
-"""Stage sample_round: recorded sampling of one round into trajectories.h5, images/, samples.csv."""
+"""Stage sample_round: one round of an experiment into trajectories.h5, images/, samples.csv."""
 
 from pathlib import Path
 
@@ -10,17 +10,18 @@ def main(snakemake):
         # Imported inside the body so a missing package is reported like any other user error.
         import torch
 
-        from marsdiff.diffusion.sampler import sample_round_from_config
+        from marsdiff.rl.rounds import sample_round_stage
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         meta = getattr(snakemake.input, "meta", None)
-        sample_round_from_config(
+        policy = getattr(snakemake.input, "policy", None)
+        sample_round_stage(
             params_json(snakemake, "cfg"),
-            model_dir=Path(meta).parent if meta else None,
-            trajectories_path=snakemake.output.trajectories,
-            images_dir=snakemake.output.images,
-            samples_csv=snakemake.output.samples,
+            experiment_name=snakemake.wildcards["exp"],
             round_index=int(snakemake.wildcards["round"]),
+            model_dir=str(Path(meta).parent) if meta else None,
+            previous_policy=policy,
+            out_dir=Path(snakemake.output.trajectories).parent,
         )
 
     run_stage(snakemake, body)

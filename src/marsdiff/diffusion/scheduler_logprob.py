@@ -16,6 +16,10 @@ are ``log_prob * dims`` (:func:`total_nats`). Averaging is the DDPO convention: 
 and a KL target of 0.01 are meant in these units, and the numbers stay O(1) whatever the latent
 size, so float32 storage and re-evaluation agree to ~1e-7.
 
+Per-image schedules: ``eta`` and the previous timestep may be given per row (tensors of shape
+(N,)), so one batch can mix images with different noise levels and timestep grids
+(:func:`power_timesteps`). Without them the scheduler's own ``eta`` and grid apply.
+
 Why ``min_std``: with ``set_alpha_to_one`` (the default of a DDPM config) the last step has
 abar_prev = 1, so sigma_t = 0 and the log-probability is undefined; the step after t = 0 has the
 same problem whenever abar_prev = abar_t. The floor keeps every step a proper Gaussian. The mean
@@ -186,27 +190,49 @@ class DDIMLogProbScheduler:
             self._device_tables[device] = (self.alphas_cumprod.to(device), self._prev_of.to(device))
         return self._device_tables[device]
 
-    def std(self, timestep: torch.Tensor | int, batch: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
+    def std(
+        self,
+        timestep: torch.Tensor | int,
+        batch: int = 1,
+        device: torch.device | str = "cpu",
+        prev_timestep: torch.Tensor | None = None,
+        eta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """sigma_t (after the ``min_std`` floor) for each timestep, shape (N,)."""
         t = _as_timesteps(timestep, batch, torch.device(device))
-        _, _, std, _ = self._coefficients(t)
+        _, _, std, _ = self._coefficients(t, prev_timestep, eta)
         return std
 
-    def _coefficients(self, t: torch.Tensor):
-        self._require_timesteps()
-        alphas, prev_of = self._tables(t.device)
-        prev = prev_of[t]
+    def _coefficients(self, t: torch.Tensor, prev: torch.Tensor | None = None, eta: torch.Tensor | None = None):
+        alphas = self.alphas_cumprod.to(t.device)
+        if prev is None:
+            self._require_timesteps()
+            alphas, prev_of = self._tables(t.device)
+            prev = prev_of[t]
+        else:
+            prev = prev.to(device=t.device, dtype=torch.long)
         abar_t = alphas[t]
         abar_prev = torch.where(prev >= 0, alphas[prev.clamp(min=0)], torch.full_like(abar_t, self.final_alpha_cumprod))
         variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
-        raw_std = self.eta * variance.clamp(min=0).sqrt()
+        eta_t = self.eta if eta is None else eta.to(device=t.device, dtype=torch.float32)
+        raw_std = eta_t * variance.clamp(min=0).sqrt()
         std = raw_std.clamp(min=self.min_std)
         return abar_t, abar_prev, std, raw_std
 
-    def mean_std(self, model_output: torch.Tensor, timestep: torch.Tensor | int, sample: torch.Tensor):
-        """The step's Gaussian: (mean, std (N,), x0_hat). Differentiable w.r.t. ``model_output``."""
+    def mean_std(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | int,
+        sample: torch.Tensor,
+        prev_timestep: torch.Tensor | None = None,
+        eta: torch.Tensor | None = None,
+    ):
+        """The step's Gaussian: (mean, std (N,), x0_hat). Differentiable w.r.t. ``model_output``.
+
+        ``prev_timestep`` and ``eta`` (shape (N,)) override the grid's previous timestep and the
+        scheduler's eta per row (per-image schedules)."""
         t = _as_timesteps(timestep, sample.shape[0], sample.device)
-        abar_t, abar_prev, std, raw_std = self._coefficients(t)
+        abar_t, abar_prev, std, raw_std = self._coefficients(t, prev_timestep, eta)
         view = (-1,) + (1,) * (sample.ndim - 1)
         abar_t, abar_prev, raw_std_b = abar_t.view(view), abar_prev.view(view), raw_std.view(view)
         model_output = model_output.to(sample.dtype)
@@ -236,6 +262,8 @@ class DDIMLogProbScheduler:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         sample_dtype: torch.dtype | None = None,
+        prev_timestep: torch.Tensor | None = None,
+        eta: torch.Tensor | None = None,
     ) -> DDIMLogProbStepOutput:
         """One step x_t -> x_{t-1}.
 
@@ -244,7 +272,7 @@ class DDIMLogProbScheduler:
         ``generator``); ``sample_dtype`` rounds it to the storage dtype before scoring so the
         stored chain is exactly the chain that was taken.
         """
-        mean, std, x0 = self.mean_std(model_output, timestep, sample)
+        mean, std, x0 = self.mean_std(model_output, timestep, sample, prev_timestep, eta)
         if prev_sample is None:
             if noise is None:
                 noise = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device="cpu").to(sample.device)
@@ -253,6 +281,30 @@ class DDIMLogProbScheduler:
                 prev_sample = prev_sample.to(sample_dtype).to(sample.dtype)
         log_prob = gaussian_log_prob(prev_sample, mean, std)
         return DDIMLogProbStepOutput(prev_sample, mean, std, log_prob, x0)
+
+
+def power_timesteps(num_train_timesteps: int, num_steps: int, power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image timestep grids t_k = T * ((n - k) / n) ** power - 1, k = 0 .. n-1.
+
+    ``power`` (shape (B,)) is the schedule knob: 1 is diffusers' "trailing" spacing, > 1 spends
+    more steps at low noise (fine detail), < 1 more at high noise (layout). Grids are made
+    strictly decreasing integers (rounding can collide near t = 0) and end above -1.
+    Returns (timesteps, prev_timesteps), both (B, n) int64; the last previous timestep is -1.
+    """
+    T, n = int(num_train_timesteps), int(num_steps)
+    if not 1 <= n <= T:
+        raise ValueError(f"num_steps must be in 1..{T}, got {n}")
+    power = torch.as_tensor(power, dtype=torch.float64).reshape(-1, 1)
+    if bool((power <= 0).any()) or not bool(torch.isfinite(power).all()):
+        raise ValueError("timestep power must be finite and > 0")
+    fraction = (n - torch.arange(n, dtype=torch.float64)) / n
+    grid = (torch.floor(T * fraction.pow(power)).long() - 1).clamp(min=0)
+    # Strictly decreasing: t_k - (n-1-k) must be non-increasing in k; take a reverse running max.
+    slack = grid - (n - 1 - torch.arange(n))
+    slack = torch.flip(torch.cummax(torch.flip(slack, [1]), dim=1).values, [1])
+    grid = (slack + (n - 1 - torch.arange(n))).clamp(max=T - 1)
+    prev = torch.cat([grid[:, 1:], torch.full((grid.shape[0], 1), -1, dtype=torch.long)], dim=1)
+    return grid, prev
 
 
 def _as_timesteps(timestep: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:

@@ -6,6 +6,7 @@ prompt per line of ``prompt_file``, each line one category the sampler can draw)
 encoding (computed once), classifier-free guidance inside :meth:`predict`, precision (fp16/bf16
 on a GPU, float32 on a CPU) and VAE decoding. The denoising chain itself is the shared DDIM
 sampler of :mod:`marsdiff.diffusion.sampler`; the pipeline's own ``__call__`` is never used.
+Guidance may be set per image (the scheduler policy's ``guidance_scale`` knob).
 """
 
 from __future__ import annotations
@@ -150,17 +151,27 @@ class StableDiffusionBackend(DiffusionBackend):
     def conditions(self) -> list[str]:
         return list(self.prompts)
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        condition: torch.Tensor,
+        guidance_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         cond = self.prompt_embeds[condition.to(self.device)]
         x = latents.to(self.model_dtype)
         t = timestep.to(self.device)
-        if self.guidance_scale == 1.0:
-            return self.unet(x, t, encoder_hidden_states=cond).sample.float()
+        if guidance_scale is None:
+            if self.guidance_scale == 1.0:
+                return self.unet(x, t, encoder_hidden_states=cond).sample.float()
+            scale = torch.full((x.shape[0],), self.guidance_scale, device=self.device)
+        else:
+            scale = guidance_scale.to(device=self.device, dtype=torch.float32)
         uncond = self.negative_embeds.expand(cond.shape[0], -1, -1)
         # One UNet call on [uncond; cond], as the diffusers pipelines do.
         out = self.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.float().chunk(2)
-        return out_uncond + self.guidance_scale * (out_cond - out_uncond)
+        return out_uncond + scale.view(-1, 1, 1, 1) * (out_cond - out_uncond)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:

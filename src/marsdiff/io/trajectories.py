@@ -1,12 +1,14 @@
 """The HDF5 trajectory store: one file per sampling round, and the replay buffer that reads it.
 
-A file holds, per image, the whole denoising chain x_T .. x_0, the per-step Gaussian
-log-probabilities (convention :data:`~marsdiff.diffusion.scheduler_logprob.LOG_PROB_CONVENTION`),
-the conditioning action and its log-probability, and the seed. The layout and attributes are
+A file holds, per image, the whole denoising chain x_T .. x_0 on the image's own timestep grid,
+one log-probability dataset per action type (denoising steps in
+:data:`~marsdiff.diffusion.scheduler_logprob.LOG_PROB_CONVENTION`, the generation plan's
+condition and knobs in nats), the plan's raw actions and knob values, and the seed. The layout and attributes are
 documented in ``docs/trajectories.md``; :data:`FORMAT_VERSION` changes whenever they change.
 
 Writing goes through :func:`write_trajectories` (a temporary file renamed on success, so a
-crash never leaves a file at the target). :func:`open_trajectories` detects foreign, truncated
+crash never leaves a file at the target; every dataset carries a fletcher32 checksum).
+:func:`open_trajectories` detects foreign, truncated
 and incomplete files with a one-line :class:`~marsdiff.errors.MarsdiffError`.
 :class:`TransitionBuffer` yields shuffled minibatches of single transitions (image, step)
 from any number of round files while holding only a bounded block of images in memory.
@@ -29,16 +31,25 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path
 
 FORMAT_NAME = "marsdiff-trajectories"
-FORMAT_VERSION = 1
+# 2: per-image timestep grids, sigmas and knobs; one log-prob dataset per action type with its
+# unit; the generation policy's raw actions; fletcher32 checksums on every dataset.
+FORMAT_VERSION = 2
 # Must equal marsdiff.diffusion.scheduler_logprob.LOG_PROB_CONVENTION; repeated here so that
 # reading a file never imports torch.
 LOG_PROB_CONVENTION = "mean_per_dim_nats"
 LATENT_DTYPES = ("float32", "float16")
 COMPRESSIONS = ("gzip", "lzf", "none")
+# Log-prob datasets (group log_prob/) and their units. denoise: one value per step; the others
+# one per image (the generation plan of marsdiff.diffusion.plan).
+LOG_PROB_UNITS = {"denoise": LOG_PROB_CONVENTION, "condition": "nats", "knobs": "nats"}
+# Per-image generation knobs stored in group knobs/ (see marsdiff.diffusion.plan.KNOB_NAMES).
+STORED_KNOBS = ("eta", "guidance_scale", "noise_scale")
 
-# Datasets every complete file has, with their per-image leading dimension (None: per step).
-_PER_IMAGE = ("latents", "log_prob", "condition", "condition_log_prob", "seed", "image_index")
-_PER_STEP = ("timesteps", "prev_timesteps", "std")
+# Datasets every complete file has (per image: first dimension N).
+_PER_IMAGE = (
+    "latents", "condition", "seed", "image_index", "timesteps", "prev_timesteps", "std", "actions",
+    *(f"log_prob/{name}" for name in LOG_PROB_UNITS), *(f"knobs/{name}" for name in STORED_KNOBS),
+)
 
 
 @dataclass
@@ -46,24 +57,21 @@ class TrajectoryHeader:
     """Everything fixed for a round file before the first image is written."""
 
     num_images: int
-    timesteps: np.ndarray  # (T,) int64, descending
-    prev_timesteps: np.ndarray  # (T,) int64 (-1: the clean image)
-    std: np.ndarray  # (T,) float32 sigma_t of each step
+    num_steps: int
     latent_shape: tuple[int, int, int]
     condition_names: Sequence[str]
     config_hash: str
     model_hash: str
     backend: str
     scheduler_config: dict[str, Any]
+    action_names: Sequence[str] = ()
+    mode: str = "base"
+    policy_hash: str = ""
     round_index: int = 0
     latent_dtype: str = "float32"
     compression: str = "gzip"
     compression_level: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_steps(self) -> int:
-        return int(len(self.timesteps))
 
 
 class TrajectoryWriter:
@@ -77,23 +85,34 @@ class TrajectoryWriter:
         self.handle, self.header = handle, header
         self.written = 0
         n, steps, shape = header.num_images, header.num_steps, tuple(header.latent_shape)
-        filters: dict[str, Any] = {}
+        # Fletcher32 on every dataset: a flipped byte in a chunk fails the read instead of
+        # feeding the trainer silently wrong numbers.
+        filters: dict[str, Any] = {"fletcher32": True}
         if header.compression == "gzip":
             # Byte-shuffle groups exponent bytes together: floats compress noticeably better.
-            filters = {"compression": "gzip", "compression_opts": int(header.compression_level), "shuffle": True}
+            filters.update(compression="gzip", compression_opts=int(header.compression_level), shuffle=True)
         elif header.compression == "lzf":
-            filters = {"compression": "lzf", "shuffle": True}
+            filters.update(compression="lzf", shuffle=True)
         # One chunk = one image's whole chain: the replay buffer reads whole images.
         handle.create_dataset(
             "latents", shape=(n, steps + 1, *shape), dtype=header.latent_dtype, chunks=(1, steps + 1, *shape), **filters
         )
         rows = max(1, min(n, 4096))
-        handle.create_dataset("log_prob", shape=(n, steps), dtype="float32", chunks=(rows, steps), **filters)
-        for name, dtype in (("condition", "int64"), ("condition_log_prob", "float32"), ("seed", "int64"), ("image_index", "int64")):
-            handle.create_dataset(name, shape=(n,), dtype=dtype)
-        handle.create_dataset("timesteps", data=np.asarray(header.timesteps, dtype=np.int64))
-        handle.create_dataset("prev_timesteps", data=np.asarray(header.prev_timesteps, dtype=np.int64))
-        handle.create_dataset("std", data=np.asarray(header.std, dtype=np.float32))
+        per_step = {"timesteps": "int64", "prev_timesteps": "int64", "std": "float32", "log_prob/denoise": "float32"}
+        for name, dtype in per_step.items():
+            handle.create_dataset(name, shape=(n, steps), dtype=dtype, chunks=(rows, steps), **filters)
+        per_image = {"condition": "int64", "seed": "int64", "image_index": "int64", "log_prob/condition": "float32",
+                     "log_prob/knobs": "float32", **{f"knobs/{k}": "float32" for k in STORED_KNOBS}}
+        for name, dtype in per_image.items():
+            handle.create_dataset(name, shape=(n,), dtype=dtype, chunks=(rows,), fletcher32=True)
+        k = len(header.action_names)
+        if k:
+            handle.create_dataset("actions", shape=(n, k), dtype="float32", chunks=(rows, k), fletcher32=True)
+        else:  # no plan actions (base / LoRA modes): an empty dataset has no chunk to checksum
+            handle.create_dataset("actions", shape=(n, 0), dtype="float32")
+        handle["actions"].attrs["names"] = json.dumps(list(header.action_names))
+        for name, unit in LOG_PROB_UNITS.items():
+            handle[f"log_prob/{name}"].attrs["unit"] = unit
         handle.create_dataset(
             "condition_names", data=np.array(list(header.condition_names), dtype=object), dtype=h5py.string_dtype()
         )
@@ -108,6 +127,8 @@ class TrajectoryWriter:
             "num_images": n,
             "num_steps": steps,
             "round": int(header.round_index),
+            "mode": header.mode,
+            "policy_hash": header.policy_hash,
             "config_hash": header.config_hash,
             "model_hash": header.model_hash,
             "backend": header.backend,
@@ -119,16 +140,14 @@ class TrajectoryWriter:
         for key, value in attrs.items():
             handle.attrs[key] = value
 
-    def write(
-        self,
-        latents: np.ndarray,
-        log_prob: np.ndarray,
-        condition: np.ndarray,
-        condition_log_prob: np.ndarray,
-        seed: np.ndarray,
-        image_index: np.ndarray | None = None,
-    ) -> None:
-        """Append a batch of images: latents (B, T+1, C, H, W), log_prob (B, T), the rest (B,)."""
+    def write(self, **arrays: np.ndarray) -> None:
+        """Append a batch of B images. Keyword arrays (numpy):
+
+        latents (B, T+1, C, H, W); timesteps, prev_timesteps, std, log_prob (B, T) (log_prob:
+        denoising, LOG_PROB_CONVENTION); condition, seed, image_index (B,); actions (B, K);
+        plan_log_prob {"condition", "knobs"} -> (B,) nats; eta, guidance_scale, noise_scale (B,).
+        """
+        latents = np.asarray(arrays["latents"])
         batch = int(latents.shape[0])
         start, stop = self.written, self.written + batch
         if stop > self.header.num_images:
@@ -136,14 +155,24 @@ class TrajectoryWriter:
         expected = (self.header.num_steps + 1, *self.header.latent_shape)
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"latents shape {latents.shape[1:]} != {expected}")
+        plan_log_prob = arrays.get("plan_log_prob") or {}
         h = self.handle
-        h["latents"][start:stop] = np.asarray(latents).astype(self.header.latent_dtype, copy=False)
-        h["log_prob"][start:stop] = np.asarray(log_prob, dtype=np.float32)
-        h["condition"][start:stop] = np.asarray(condition, dtype=np.int64)
-        h["condition_log_prob"][start:stop] = np.asarray(condition_log_prob, dtype=np.float32)
-        h["seed"][start:stop] = np.asarray(seed, dtype=np.int64)
-        index = np.arange(start, stop) if image_index is None else np.asarray(image_index, dtype=np.int64)
-        h["image_index"][start:stop] = index
+        h["latents"][start:stop] = latents.astype(self.header.latent_dtype, copy=False)
+        for name in ("timesteps", "prev_timesteps", "std"):
+            h[name][start:stop] = np.asarray(arrays[name]).reshape(batch, self.header.num_steps)
+        h["log_prob/denoise"][start:stop] = np.asarray(arrays["log_prob"], dtype=np.float32)
+        for name in ("condition", "knobs"):
+            h[f"log_prob/{name}"][start:stop] = np.asarray(plan_log_prob.get(name, np.zeros(batch)), dtype=np.float32)
+        for name in ("condition", "seed"):
+            h[name][start:stop] = np.asarray(arrays[name], dtype=np.int64)
+        index = arrays.get("image_index")
+        h["image_index"][start:stop] = np.arange(start, stop) if index is None else np.asarray(index, dtype=np.int64)
+        for name in STORED_KNOBS:
+            h[f"knobs/{name}"][start:stop] = np.asarray(arrays[name], dtype=np.float32)
+        actions = np.asarray(arrays.get("actions", np.zeros((batch, 0))), dtype=np.float32).reshape(batch, -1)
+        if actions.shape[1] != len(self.header.action_names):
+            raise ValueError(f"{actions.shape[1]} actions per image, header names {len(self.header.action_names)}")
+        h["actions"][start:stop] = actions
         self.written = stop
 
     def finish(self) -> None:
@@ -190,22 +219,28 @@ class TrajectoryFile:
             raise MarsdiffError(f"{self.path}: not a marsdiff trajectory file (HDF5 attribute format != {FORMAT_NAME!r})")
         version = int(attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
+            age = "an older" if 0 <= version < FORMAT_VERSION else "an unknown"
             raise MarsdiffError(
-                f"{self.path}: trajectory format version {version}, this marsdiff reads {FORMAT_VERSION}; re-run sampling"
+                f"{self.path}: {age} trajectory format (version {version}; this marsdiff reads {FORMAT_VERSION}); "
+                "re-run sample_round for this round"
             )
         if attrs.get("log_prob_convention") != LOG_PROB_CONVENTION:
             raise MarsdiffError(f"{self.path}: log-prob convention {attrs.get('log_prob_convention')!r} != {LOG_PROB_CONVENTION!r}")
         if not bool(attrs.get("complete", False)):
             raise MarsdiffError(f"{self.path}: incomplete trajectory file (the writer did not finish); re-run sampling")
-        missing = [name for name in (*_PER_IMAGE, *_PER_STEP, "condition_names") if name not in self.handle]
+        missing = [name for name in (*_PER_IMAGE, "condition_names") if name not in self.handle]
         if missing:
             raise MarsdiffError(f"{self.path}: trajectory file lacks datasets {missing}")
         n, steps = int(attrs["num_images"]), int(attrs["num_steps"])
         for name in _PER_IMAGE:
             if self.handle[name].shape[0] != n:
                 raise MarsdiffError(f"{self.path}: dataset {name} has {self.handle[name].shape[0]} rows, expected {n}")
-        if self.handle["latents"].shape[1] != steps + 1 or self.handle["log_prob"].shape[1] != steps:
+        if self.handle["latents"].shape[1] != steps + 1 or self.handle["log_prob/denoise"].shape[1] != steps:
             raise MarsdiffError(f"{self.path}: latents/log_prob do not match num_steps={steps}")
+        for name, unit in LOG_PROB_UNITS.items():
+            stored = _plain(self.handle[f"log_prob/{name}"].attrs.get("unit"))
+            if stored != unit:
+                raise MarsdiffError(f"{self.path}: log_prob/{name} is in {stored!r}, expected {unit!r}")
 
     # --- metadata ---------------------------------------------------------------------------
     @property
@@ -229,6 +264,14 @@ class TrajectoryFile:
         return json.loads(self.handle.attrs["scheduler_config"])
 
     @property
+    def action_names(self) -> list[str]:
+        return list(json.loads(_plain(self.handle["actions"].attrs["names"])))
+
+    @property
+    def mode(self) -> str:
+        return str(_plain(self.handle.attrs["mode"]))
+
+    @property
     def condition_names(self) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else str(s) for s in self.handle["condition_names"][()]]
 
@@ -244,7 +287,10 @@ class TrajectoryFile:
         try:
             return self.handle[name][selection]
         except (OSError, KeyError) as err:
-            raise MarsdiffError(f"{self.path}: cannot read {name} (corrupt or truncated file: {err})") from None
+            reason = " ".join(str(err).split())
+            if "fletcher32" in reason.lower() or "checksum" in reason.lower() or "filter" in reason.lower():
+                reason = f"checksum mismatch: the file is corrupt ({reason})"
+            raise MarsdiffError(f"{self.path}: cannot read {name} ({reason})") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -280,6 +326,8 @@ class TransitionBatch:
     prev_timestep: np.ndarray
     step_index: np.ndarray  # position in the chain, 0 = first denoising step
     condition: np.ndarray
+    eta: np.ndarray  # (B,) the image's noise level (per-image schedules)
+    guidance_scale: np.ndarray  # (B,) the image's guidance scale
     log_prob: np.ndarray  # stored (old-policy) log-prob, LOG_PROB_CONVENTION units
     file_index: np.ndarray  # which path of the buffer
     image_index: np.ndarray  # image row inside that file (joins rewards/advantages)
@@ -320,14 +368,33 @@ class TransitionBuffer:
         self.block_images = int(block_images) if block_images else max(1, max_block_bytes // per_image)
         # Small per-step / per-image vectors are read once (a few bytes per image).
         self._meta = [
-            {name: f.array(name) for name in ("timesteps", "prev_timesteps", "condition", "log_prob")} for f in self.files
+            {
+                name: f.array(path)
+                for name, path in (
+                    ("timesteps", "timesteps"), ("prev_timesteps", "prev_timesteps"), ("condition", "condition"),
+                    ("log_prob", "log_prob/denoise"), ("eta", "knobs/eta"), ("guidance_scale", "knobs/guidance_scale"),
+                )
+            }
+            for f in self.files
         ]
 
     @property
     def num_transitions(self) -> int:
         return sum(f.num_images * f.num_steps for f in self.files)
 
-    def minibatches(self, batch_size: int, seed: int = 0, drop_last: bool = False) -> Iterator[TransitionBatch]:
+    @property
+    def num_steps(self) -> int:
+        return self.files[0].num_steps
+
+    def minibatches(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        drop_last: bool = False,
+        steps: dict[tuple[int, int], np.ndarray] | None = None,
+    ) -> Iterator[TransitionBatch]:
+        """Shuffled minibatches; ``steps`` maps (file index, image index) to the step indices to
+        use for that image (DDPO's timestep fraction), default every step."""
         rng = np.random.default_rng(seed)
         order = np.concatenate(
             [np.stack([np.full(f.num_images, k), np.arange(f.num_images)], axis=1) for k, f in enumerate(self.files)]
@@ -335,7 +402,7 @@ class TransitionBuffer:
         order = order[rng.permutation(len(order))]
         pending: TransitionBatch | None = None
         for start in range(0, len(order), self.block_images):
-            block = self._load_block(order[start : start + self.block_images])
+            block = self._load_block(order[start : start + self.block_images], steps)
             block = block.take(rng.permutation(len(block)))
             if pending is not None:
                 block = TransitionBatch.concatenate([pending, block])
@@ -348,24 +415,27 @@ class TransitionBuffer:
         if pending is not None and len(pending) and not drop_last:
             yield pending
 
-    def _load_block(self, pairs: np.ndarray) -> TransitionBatch:
+    def _load_block(self, pairs: np.ndarray, steps: dict[tuple[int, int], np.ndarray] | None) -> TransitionBatch:
         parts = []
         # Read in file order (h5py and the OS cache like sequential chunk access).
         for file_index, image_index in sorted(map(tuple, pairs.tolist())):
             f, meta = self.files[file_index], self._meta[file_index]
             chain = f.image_latents(image_index).astype(np.float32, copy=False)
-            steps = f.num_steps
+            chosen = np.arange(f.num_steps) if steps is None else np.asarray(steps[(file_index, image_index)], dtype=np.int64)
+            count = len(chosen)
             parts.append(
                 TransitionBatch(
-                    latents=chain[:-1],
-                    next_latents=chain[1:],
-                    timestep=meta["timesteps"],
-                    prev_timestep=meta["prev_timesteps"],
-                    step_index=np.arange(steps),
-                    condition=np.full(steps, meta["condition"][image_index]),
-                    log_prob=meta["log_prob"][image_index],
-                    file_index=np.full(steps, file_index),
-                    image_index=np.full(steps, image_index),
+                    latents=chain[chosen],
+                    next_latents=chain[chosen + 1],
+                    timestep=meta["timesteps"][image_index][chosen],
+                    prev_timestep=meta["prev_timesteps"][image_index][chosen],
+                    step_index=chosen,
+                    condition=np.full(count, meta["condition"][image_index]),
+                    eta=np.full(count, meta["eta"][image_index], dtype=np.float32),
+                    guidance_scale=np.full(count, meta["guidance_scale"][image_index], dtype=np.float32),
+                    log_prob=meta["log_prob"][image_index][chosen],
+                    file_index=np.full(count, file_index),
+                    image_index=np.full(count, image_index),
                 )
             )
         return TransitionBatch.concatenate(parts)

@@ -1,0 +1,27 @@
+"""Per-image random streams: every image of a round has its own seed and CPU generator.
+
+An image then depends only on (sampling seed, round, image index), never on the batch it was
+drawn in or the device, and a re-run of a killed round reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def image_seeds(seed: int, round_index: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per-image seeds (int63) from (seed, round, image index): stable under any batching."""
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty(len(indices), dtype=np.int64)
+    for j, index in enumerate(indices):
+        state = np.random.SeedSequence([int(seed), int(round_index), int(index)]).generate_state(1, dtype=np.uint64)
+        out[j] = int(state[0] >> np.uint64(1))
+    return out
+
+
+def image_generators(seeds: Sequence[int] | np.ndarray) -> list[torch.Generator]:
+    """One CPU generator per image seed."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]

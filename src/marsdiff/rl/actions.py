@@ -1,0 +1,172 @@
+"""The actions an update learns from, one class per family, behind one small interface.
+
+* :class:`DenoiseActions` (LoRA mode): the denoising transitions x_t -> x_{t-1} of a round,
+  re-scored through the adapted UNet (unit: mean_per_dim_nats);
+* :class:`PlanActions` (scheduler and diversity modes): one plan action per image (knobs, and
+  the condition when it is learnt), re-scored by the generation policy (unit: nats).
+
+Both give ``minibatches(epoch)``, ``subsample(count, seed)``, ``evaluate(batch)`` (new
+log-probs with gradient, stored log-probs, advantages), ``entropy(batch)`` and
+``kl_to_base(batch, scored)``: what PPO (:mod:`marsdiff.rl.ppo`) and TRPO
+(:mod:`marsdiff.rl.trpo`) need, and nothing mode-specific.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from marsdiff.diffusion.rescoring import scheduler_for_trajectories, transition_log_prob
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.trajectories import LOG_PROB_CONVENTION, TransitionBatch, TransitionBuffer, open_trajectories
+from marsdiff.rl.lora import set_adapter_enabled
+
+
+@dataclass
+class Scored:
+    """One minibatch scored under the current parameters."""
+
+    new_log_prob: torch.Tensor  # with gradient
+    old_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    mean: torch.Tensor | None = None  # denoising steps: the Gaussian's mean (for KL / FVP)
+    std: torch.Tensor | None = None
+
+
+def _fraction_of_steps(num_images: int, num_steps: int, fraction: float, seed: int) -> dict[tuple[int, int], np.ndarray]:
+    """DDPO's timestep fraction: each image trains on a seeded random subset of its steps."""
+    count = max(1, int(round(fraction * num_steps)))
+    rng = np.random.default_rng(seed)
+    return {(0, i): np.sort(rng.choice(num_steps, size=count, replace=False)) for i in range(num_images)}
+
+
+class DenoiseActions:
+    unit = LOG_PROB_CONVENTION
+
+    def __init__(self, policy, trajectories_path, advantages: np.ndarray, minibatch_size: int,
+                 timestep_fraction: float = 1.0, seed: int = 0):
+        self.policy = policy
+        self.buffer = TransitionBuffer([trajectories_path])
+        self.file = self.buffer.files[0]
+        self.scheduler = scheduler_for_trajectories(self.file)
+        self.advantages = np.asarray(advantages, dtype=np.float32)
+        n, steps = self.file.num_images, self.file.num_steps
+        if self.advantages.shape != (n, steps):
+            raise MarsdiffError(f"advantages shape {self.advantages.shape} != (images, steps) {(n, steps)}")
+        if not 0.0 < timestep_fraction <= 1.0:
+            raise MarsdiffError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        self.minibatch_size = int(minibatch_size)
+        self.steps = None if timestep_fraction >= 1.0 else _fraction_of_steps(n, steps, timestep_fraction, seed)
+        self.seed = seed
+
+    @property
+    def num_actions(self) -> int:
+        if self.steps is None:
+            return self.file.num_images * self.file.num_steps
+        return sum(len(v) for v in self.steps.values())
+
+    def minibatches(self, epoch: int) -> Iterator[TransitionBatch]:
+        yield from self.buffer.minibatches(self.minibatch_size, seed=self.seed * 1000 + epoch, steps=self.steps)
+
+    def subsample(self, count: int, seed: int) -> TransitionBatch:
+        """``count`` transitions drawn uniformly (TRPO's Fisher-vector-product subsample)."""
+        batch = next(self.buffer.minibatches(self.num_actions, seed=seed, steps=self.steps))
+        rows = np.random.default_rng(seed).permutation(len(batch))[: max(1, min(count, len(batch)))]
+        return batch.take(np.sort(rows))
+
+    def _gaussian(self, batch: TransitionBatch):
+        tensor = torch.as_tensor
+        return transition_log_prob(
+            self.policy.backend, self.scheduler, tensor(batch.latents), tensor(batch.next_latents), tensor(batch.timestep),
+            tensor(batch.condition), prev_timestep=tensor(batch.prev_timestep), eta=tensor(batch.eta),
+            guidance_scale=tensor(batch.guidance_scale) if self.policy.backend.kind == "stable_diffusion" else None,
+        )
+
+    def evaluate(self, batch: TransitionBatch) -> Scored:
+        out = self._gaussian(batch)
+        device = out.log_prob.device
+        advantages = torch.as_tensor(self.advantages[batch.image_index, batch.step_index], device=device)
+        return Scored(out.log_prob, torch.as_tensor(batch.log_prob, device=device), advantages, out.mean, out.std)
+
+    def entropy(self, batch: TransitionBatch) -> torch.Tensor | None:
+        return None  # sigma is fixed by the schedule: no learnable spread
+
+    def kl_to_base(self, batch: TransitionBatch, scored: Scored) -> torch.Tensor:
+        """KL(pi_theta || pi_base) per transition, mean over dimensions: ||mu - mu_base||^2 / (2 sigma^2)."""
+        unet = self.policy.backend.unet
+        set_adapter_enabled(unet, False)
+        try:
+            with torch.no_grad():
+                base_mean = self._gaussian(batch).mean
+        finally:
+            set_adapter_enabled(unet, True)
+        return gaussian_mean_kl(scored.mean, base_mean, scored.std)
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+def gaussian_mean_kl(mean: torch.Tensor, other_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-row KL between N(mean, std^2 I) and N(other_mean, std^2 I), averaged over dimensions."""
+    view = (-1,) + (1,) * (mean.ndim - 1)
+    return ((mean - other_mean) / std.view(view)).pow(2).flatten(1).mean(dim=1) * 0.5
+
+
+class PlanActions:
+    unit = "nats"
+
+    def __init__(self, policy, trajectories_path, advantages: np.ndarray, minibatch_size: int, seed: int = 0):
+        self.policy = policy
+        self.generation = policy.generation
+        with open_trajectories(trajectories_path) as f:
+            if tuple(f.action_names) != tuple(self.generation.action_names):
+                raise MarsdiffError(
+                    f"{trajectories_path}: actions {f.action_names} were not drawn by this policy ({self.generation.action_names})"
+                )
+            self.condition = torch.as_tensor(f.array("condition")).long()
+            self.actions = torch.as_tensor(f.array("actions")).float()
+            old = torch.as_tensor(f.array("log_prob/knobs")).float()
+            if self.generation.learn_conditions:
+                old = old + torch.as_tensor(f.array("log_prob/condition")).float()
+            self.old_log_prob = old
+        self.advantages = torch.as_tensor(np.asarray(advantages, dtype=np.float32))
+        if self.advantages.shape != self.condition.shape:
+            raise MarsdiffError(f"advantages shape {tuple(self.advantages.shape)} != images {tuple(self.condition.shape)}")
+        self.minibatch_size = int(minibatch_size)
+        self.seed = seed
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.condition.shape[0])
+
+    def minibatches(self, epoch: int) -> Iterator[np.ndarray]:
+        order = np.random.default_rng(self.seed * 1000 + epoch).permutation(self.num_actions)
+        for lo in range(0, len(order), self.minibatch_size):
+            yield order[lo : lo + self.minibatch_size]
+
+    def subsample(self, count: int, seed: int) -> np.ndarray:
+        return np.sort(np.random.default_rng(seed).permutation(self.num_actions)[: max(1, min(count, self.num_actions))])
+
+    def evaluate(self, rows: np.ndarray) -> Scored:
+        rows_t = torch.as_tensor(rows, dtype=torch.long)
+        new = self.generation.trainable_log_prob(self.condition[rows_t], self.actions[rows_t])
+        return Scored(new, self.old_log_prob[rows_t], self.advantages[rows_t])
+
+    def entropy(self, rows: np.ndarray) -> torch.Tensor:
+        return self.generation.entropy(self.condition[torch.as_tensor(rows, dtype=torch.long)])
+
+    def kl_to_base(self, rows: np.ndarray, scored: Scored) -> torch.Tensor | None:
+        return None  # the base model has no plan distribution to stay close to
+
+    def distributions(self, rows: np.ndarray) -> tuple[Any, torch.Tensor | None]:
+        """The current knob distribution of the rows and the condition log-probs (if learnt)."""
+        condition = self.condition[torch.as_tensor(rows, dtype=torch.long)]
+        knob_dist = self.generation.head.dist(condition)
+        cond = self.generation.condition_log_probs() if self.generation.learn_conditions else None
+        return knob_dist, cond
+
+    def close(self) -> None:
+        pass

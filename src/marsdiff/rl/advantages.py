@@ -1,0 +1,131 @@
+"""Advantages from per-image credit: group normalisation, clipping, and the optional value head.
+
+The reward of an image is its exact leave-one-out credit in the round's set reward
+(``rewards.csv``, column ``credit``). Credit is only comparable between images generated under
+the same condition (a large crater and a small one add diversity in different ways), so it is
+normalised within condition groups: (credit - group mean) / group std. A group with fewer than
+``min_group_size`` images is normalised with the batch statistics instead (DDPO's fallback for
+prompts with few samples). Advantages are clipped to +-``clip``.
+
+Value head (optional, ``advantages.value_head``): the reward is terminal (one credit per image
+after the last step), so the per-step TD errors are delta_k = gamma V(s_{k+1}) - V(s_k) and
+delta_{T-1} = R - V(s_{T-1}), and GAE sums them with weights (gamma lambda)^j. The value of a
+state is a learned table V(condition, step) (state aggregation: the latent itself is not
+looked at). With gamma = lambda = 1 this is exactly R - V(condition, k): a per-step baseline;
+lambda < 1 bootstraps from later steps' values. The table moves toward the observed returns
+with rate ``value_lr`` after each round and is saved with the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from marsdiff.errors import MarsdiffError
+
+
+@dataclass(frozen=True)
+class AdvantageSettings:
+    clip: float = 5.0
+    min_group_size: int = 4
+    value_head: bool = False
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    value_lr: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "AdvantageSettings":
+        cfg = dict(cfg or {})
+        settings = cls(**{k: type(getattr(cls, k))(v) for k, v in cfg.items() if k in cls.__dataclass_fields__})
+        if settings.clip <= 0:
+            raise MarsdiffError(f"advantages.clip must be > 0, got {settings.clip}")
+        if not 0 <= settings.gamma <= 1 or not 0 <= settings.gae_lambda <= 1:
+            raise MarsdiffError("advantages.gamma and advantages.gae_lambda must be in [0, 1]")
+        return settings
+
+
+def _standardise(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return (values - mean) / std if std > 1e-12 else np.zeros_like(values)
+
+
+def group_advantages(credit: np.ndarray, groups: np.ndarray, settings: AdvantageSettings) -> np.ndarray:
+    """Per-image advantages: credit normalised within groups (batch fallback), clipped."""
+    credit = np.asarray(credit, dtype=np.float64)
+    groups = np.asarray(groups)
+    if credit.ndim != 1 or len(credit) != len(groups):
+        raise MarsdiffError(f"advantages: {credit.shape} credits for {groups.shape} group labels")
+    if len(credit) < 2:
+        raise MarsdiffError("advantages: a round needs at least 2 images to normalise credit")
+    if not np.all(np.isfinite(credit)):
+        raise MarsdiffError("advantages: non-finite credit in rewards.csv")
+    batch_mean, batch_std = float(credit.mean()), float(credit.std())
+    out = np.empty_like(credit)
+    for group in np.unique(groups):
+        rows = groups == group
+        if rows.sum() >= settings.min_group_size:
+            out[rows] = _standardise(credit[rows], float(credit[rows].mean()), float(credit[rows].std()))
+        else:
+            out[rows] = _standardise(credit[rows], batch_mean, batch_std)
+    return np.clip(out, -settings.clip, settings.clip)
+
+
+def gae_advantages(reward: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """GAE for a terminal reward. ``reward`` (N,), ``values`` (N, T) = V(s_k) before step k.
+
+    Returns (advantages (N, T), returns (N, T) = advantages + values).
+    """
+    reward = np.asarray(reward, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    n, steps = values.shape
+    next_values = np.concatenate([values[:, 1:], np.zeros((n, 1))], axis=1)
+    rewards = np.zeros((n, steps))
+    rewards[:, -1] = reward
+    # The last step ends the episode: no bootstrap after it.
+    deltas = rewards + gamma * next_values * (np.arange(steps) < steps - 1) - values
+    advantages = np.zeros((n, steps))
+    running = np.zeros(n)
+    for k in range(steps - 1, -1, -1):
+        running = deltas[:, k] + gamma * lam * running
+        advantages[:, k] = running
+    return advantages, advantages + values
+
+
+class ValueTable:
+    """V(condition, step): the value head of the denoising chain (see the module docstring)."""
+
+    def __init__(self, num_conditions: int, num_steps: int, table: np.ndarray | None = None):
+        self.table = np.zeros((num_conditions, num_steps)) if table is None else np.asarray(table, dtype=np.float64)
+        if self.table.shape != (num_conditions, num_steps):
+            raise MarsdiffError(f"value table shape {self.table.shape} != {(num_conditions, num_steps)}")
+
+    def values(self, condition: np.ndarray) -> np.ndarray:
+        return self.table[np.asarray(condition, dtype=np.int64)]
+
+    def update(self, condition: np.ndarray, returns: np.ndarray, lr: float) -> float:
+        """Move each visited (condition, step) toward its mean return; returns the value loss before."""
+        condition = np.asarray(condition, dtype=np.int64)
+        loss = float(np.mean((self.values(condition) - returns) ** 2))
+        for c in np.unique(condition):
+            rows = condition == c
+            self.table[c] += lr * (returns[rows].mean(axis=0) - self.table[c])
+        return loss
+
+
+def step_advantages(credit: np.ndarray, condition: np.ndarray, num_steps: int, settings: AdvantageSettings,
+                    value_table: ValueTable | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Advantages per (image, step) for the denoising actions, shape (N, T).
+
+    Without a value head every step of an image shares its group-normalised advantage (DDPO).
+    With it, GAE on the normalised credit against the value table, then clipped.
+    """
+    normalised = group_advantages(credit, condition, settings)
+    if not settings.value_head:
+        return np.repeat(normalised[:, None], num_steps, axis=1), {}
+    if value_table is None:
+        raise MarsdiffError("advantages.value_head is on but no value table was given")
+    values = value_table.values(condition)
+    advantages, returns = gae_advantages(normalised, values, settings.gamma, settings.gae_lambda)
+    value_loss = value_table.update(condition, returns, settings.value_lr)
+    return np.clip(advantages, -settings.clip, settings.clip), {"value_loss": value_loss}

@@ -1,0 +1,171 @@
+"""The policy of one round: what the sampler of round r+1 loads and what update_round writes.
+
+One object whatever the mode (:data:`MODES`):
+
+* ``lora_unet``: a LoRA adapter on the UNet (:mod:`marsdiff.rl.lora`); generation plan fixed
+  by the config (:class:`~marsdiff.diffusion.plan.FixedGeneration`);
+* ``scheduler_policy``: per-image eta / timestep spacing / guidance
+  (:class:`~marsdiff.rl.generation_policies.KnobPolicy`, conditions fixed);
+* ``diversity_policy``: a learnable class/prompt choice plus eta and initial-noise temperature.
+
+Directory layout (``results/runs/{exp}/round_{r}/policy/``): ``policy.json`` (mode, the base
+model's hash, the generation-plan settings, round), ``generation.safetensors`` (the plan's
+parameters, knob modes), ``lora/`` (the adapter, LoRA mode), ``value.safetensors`` (the value
+table, when the value head is on). Never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from marsdiff.diffusion.backends import DiffusionBackend
+from marsdiff.diffusion.plan import FixedGeneration
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_path, write_json
+from marsdiff.rl import lora as lora_io
+from marsdiff.rl.generation_policies import (
+    DIVERSITY_KNOBS,
+    DIVERSITY_POLICY,
+    SCHEDULER_POLICY,
+    KnobPolicy,
+    scheduler_knobs,
+)
+
+LORA_UNET = "lora_unet"
+MODES = (LORA_UNET, SCHEDULER_POLICY, DIVERSITY_POLICY)
+POLICY_JSON = "policy.json"
+GENERATION_WEIGHTS = "generation.safetensors"
+VALUE_WEIGHTS = "value.safetensors"
+LORA_DIR = "lora"
+
+
+class RoundPolicy:
+    """A backend adapted by one mode's policy, with save/load and the trainable parameters."""
+
+    def __init__(self, mode: str, backend: DiffusionBackend, generation, base_model_hash: str,
+                 lora_settings: lora_io.LoraSettings | None = None, value_table: np.ndarray | None = None):
+        if mode not in MODES:
+            raise MarsdiffError(f"mode: unknown mode {mode!r} (use one of {', '.join(MODES)})")
+        self.mode = mode
+        self.backend = backend
+        self.generation = generation
+        self.base_model_hash = base_model_hash
+        self.lora_settings = lora_settings
+        self.value_table = value_table
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def initial(cls, mode: str, backend: DiffusionBackend, experiment: Mapping[str, Any]) -> "RoundPolicy":
+        """The policy that samples round 000: the base model plus the mode's initial plan/adapter."""
+        base_hash = backend.model_hash()
+        names = backend.conditions()
+        class_distribution = experiment.get("class_distribution", "uniform")
+        knobs = {"eta": float(experiment.get("eta", 1.0))}
+        policy_cfg = dict(experiment.get("policy") or {})
+        if mode == LORA_UNET:
+            settings = lora_io.LoraSettings.from_config(experiment.get("lora"), backend.kind)
+            lora_io.attach_lora(backend.unet, settings)
+            return cls(mode, backend, FixedGeneration(names, class_distribution, knobs), base_hash, lora_settings=settings)
+        if mode not in MODES:
+            raise MarsdiffError(f"mode: unknown mode {mode!r} (use one of {', '.join(MODES)})")
+        knob_names = scheduler_knobs(backend.kind) if mode == SCHEDULER_POLICY else list(DIVERSITY_KNOBS)
+        overrides = {k: dict(v or {}) for k, v in dict(policy_cfg.get("knobs") or {}).items()}
+        # The eta knob starts at the experiment's eta unless the user set its init.
+        overrides["eta"] = {"init": knobs["eta"], **overrides.get("eta", {})}
+        generation = KnobPolicy(
+            mode, names, knob_names, class_distribution=class_distribution,
+            distribution=str(policy_cfg.get("distribution", "gaussian")), init_std=float(policy_cfg.get("init_std", 0.3)),
+            knob_overrides={k: v for k, v in overrides.items() if k in knob_names},
+            learn_conditions=mode == DIVERSITY_POLICY,
+        )
+        return cls(mode, backend, generation, base_hash)
+
+    @classmethod
+    def load(cls, policy_dir: str | os.PathLike, backend: DiffusionBackend) -> "RoundPolicy":
+        """Load a saved round policy onto ``backend`` (which must be the base model it was trained on)."""
+        from safetensors.torch import load_file
+
+        policy_dir = Path(policy_dir)
+        meta_path = policy_dir / POLICY_JSON
+        if not meta_path.is_file():
+            raise MarsdiffError(f"{policy_dir}: not a marsdiff policy (missing {POLICY_JSON})")
+        meta = json.loads(meta_path.read_text())
+        base_hash = backend.model_hash()
+        if meta.get("base_model_hash") != base_hash:
+            raise MarsdiffError(
+                f"{meta_path}: policy trained on base model {meta.get('base_model_hash')}, this base model is {base_hash}"
+            )
+        mode = meta.get("mode")
+        value = None
+        if (policy_dir / VALUE_WEIGHTS).is_file():
+            value = load_file(str(policy_dir / VALUE_WEIGHTS))["table"].double().numpy()
+        if mode == LORA_UNET:
+            settings = lora_io.load_lora(backend.unet, policy_dir / LORA_DIR)
+            g = meta["generation"]
+            generation = FixedGeneration(backend.conditions(), g.get("class_distribution", "uniform"), g.get("knobs"))
+            return cls(mode, backend, generation, base_hash, lora_settings=settings, value_table=value)
+        if mode not in MODES:
+            raise MarsdiffError(f"{meta_path}: unknown mode {mode!r}")
+        settings = dict(meta["generation"])
+        if settings.get("condition_names") != backend.conditions():
+            raise MarsdiffError(f"{meta_path}: policy conditions differ from the model's {backend.conditions()}")
+        generation = KnobPolicy(**settings)
+        weights = policy_dir / GENERATION_WEIGHTS
+        if not weights.is_file():
+            raise MarsdiffError(f"{weights}: policy weights missing (safetensors)")
+        generation.load_state_dict(load_file(str(weights)))
+        return cls(mode, backend, generation, base_hash, value_table=value)
+
+    # --- what the trainer needs -----------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        if self.mode == LORA_UNET:
+            return lora_io.lora_parameters(self.backend.unet)
+        return [p for p in self.generation.parameters() if p.requires_grad]
+
+    def generation_settings(self) -> dict[str, Any]:
+        if isinstance(self.generation, KnobPolicy):
+            return dict(self.generation.settings)
+        return {"class_distribution": self.generation.probabilities.tolist(), "knobs": dict(self.generation.knobs)}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor (hashing and equality checks)."""
+        if self.mode == LORA_UNET:
+            return lora_io.lora_state_dict(self.backend.unet)
+        return {k: v.detach().cpu() for k, v in self.generation.state_dict().items()}
+
+    def policy_hash(self) -> str:
+        digest = hashlib.sha256(self.mode.encode())
+        for name, tensor in sorted(self.state_tensors().items()):
+            digest.update(name.encode())
+            digest.update(tensor.float().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def save(self, policy_dir: str | os.PathLike, round_index: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Write the policy files into ``policy_dir`` (the caller makes the directory atomic)."""
+        from safetensors.torch import save_file
+
+        policy_dir = Path(policy_dir)
+        policy_dir.mkdir(parents=True, exist_ok=True)
+        if self.mode == LORA_UNET:
+            lora_io.save_lora(self.backend.unet, self.lora_settings, policy_dir / LORA_DIR)
+        else:
+            with atomic_path(policy_dir / GENERATION_WEIGHTS, suffix=".safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in self.state_tensors().items()}, str(tmp))
+        if self.value_table is not None:
+            with atomic_path(policy_dir / VALUE_WEIGHTS, suffix=".safetensors") as tmp:
+                save_file({"table": torch.as_tensor(self.value_table, dtype=torch.float64)}, str(tmp))
+        write_json(policy_dir / POLICY_JSON, {
+            "mode": self.mode,
+            "base_model_hash": self.base_model_hash,
+            "round": int(round_index),
+            "policy_hash": self.policy_hash(),
+            "generation": self.generation_settings(),
+            **dict(extra or {}),
+        })

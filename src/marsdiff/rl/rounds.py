@@ -1,0 +1,208 @@
+"""The round loop's stages: sample round r with policy r-1, update it into policy r, collect metrics.
+
+    round 000: sample with the experiment's initial policy (base model + the mode's initial
+               plan or a zero LoRA adapter); score; update -> round_000/policy
+    round r:   sample with round_{r-1}/policy; score; update -> round_r/policy
+
+The update restores the optimiser and RNG state saved beside policy r-1
+(:mod:`marsdiff.rl.checkpoint`) and checks that the round's trajectories were sampled by
+exactly that policy (its hash is stored in the trajectory file), so a round killed anywhere
+re-runs from its inputs and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from marsdiff.diffusion.loading import load_backend
+from marsdiff.diffusion.round_files import write_round
+from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
+from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import atomic_dir, write_json
+from marsdiff.rl.actions import DenoiseActions, PlanActions
+from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
+from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
+from marsdiff.rl.policy import LORA_UNET, RoundPolicy
+
+log = logging.getLogger(__name__)
+
+POLICY_SUBDIR = "policy"
+
+
+def round_sampling_settings(sampling: Mapping[str, Any], experiment: Mapping[str, Any]) -> SamplingSettings:
+    """The experiment's chain (steps, eta, seed, class distribution) on the shared sampling setup."""
+    merged = {**dict(sampling), "steps": experiment["steps"], "eta": experiment["eta"], "seed": experiment["seed"],
+              "class_distribution": experiment["class_distribution"]}
+    return SamplingSettings.from_config(merged)
+
+
+def build_policy(model_cfg: Mapping[str, Any], experiment: Mapping[str, Any], model_dir: str | os.PathLike | None,
+                 previous_policy: str | os.PathLike | None, device: str = "auto") -> RoundPolicy:
+    """The policy that samples the next round: the initial one, or the saved policy of round r-1."""
+    backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir is not None else load_backend(model_cfg, device=device)
+    if previous_policy is None:
+        return RoundPolicy.initial(experiment["mode"], backend, experiment)
+    policy = RoundPolicy.load(previous_policy, backend)
+    if policy.mode != experiment["mode"]:
+        raise MarsdiffError(f"{previous_policy}: a {policy.mode} policy, but the experiment's mode is {experiment['mode']}")
+    return policy
+
+
+def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experiment: Mapping[str, Any], round_index: int,
+                        out_dir: str | os.PathLike, stage_config: Mapping[str, Any] | None = None,
+                        compression: str = "gzip", compression_level: int = 4) -> dict[str, Any]:
+    """Sample one round with ``policy``: out_dir/trajectories.h5, images/, samples.csv."""
+    out_dir = Path(out_dir)
+    sampler = RecordingSampler(policy.backend, settings, policy.generation)
+    return write_round(
+        sampler, int(experiment["images_per_round"]), out_dir / "trajectories.h5", out_dir / "images",
+        out_dir / "samples.csv", round_index=round_index, stage_config=stage_config, policy_hash=policy.policy_hash(),
+        compression=compression, compression_level=compression_level,
+    )
+
+
+def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-image credit in image_index order (rewards.csv of score_round) and its statistics."""
+    import pandas as pd
+
+    table = pd.read_csv(rewards_csv)
+    for column in ("image_index", "credit"):
+        if column not in table:
+            raise MarsdiffError(f"{rewards_csv}: no {column!r} column (written by score_round?)")
+    credit = np.full(num_images, np.nan)
+    index = table["image_index"].to_numpy(dtype=np.int64)
+    if index.min() < 0 or index.max() >= num_images or len(np.unique(index)) != num_images:
+        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once")
+    credit[index] = table["credit"].to_numpy(dtype=np.float64)
+    return credit, {"credit_mean": float(np.mean(credit)), "credit_std": float(np.std(credit))}
+
+
+def make_optimiser(policy: RoundPolicy, experiment: Mapping[str, Any]) -> torch.optim.Optimizer:
+    opt = dict(experiment["optimiser"])
+    return torch.optim.AdamW(
+        policy.trainable_parameters(), lr=float(opt.get("lr", 3e-4)), weight_decay=float(opt.get("weight_decay", 0.0)),
+        betas=tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
+    )
+
+
+def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int,
+                        trajectories: str | os.PathLike, credit: np.ndarray,
+                        previous_policy: str | os.PathLike | None, out_policy: str | os.PathLike,
+                        progress: bool = True) -> dict[str, Any]:
+    """One RL update of ``policy`` on a scored round; writes policy r (+ trainer state) atomically."""
+    from marsdiff.io.trajectories import open_trajectories
+
+    started = time.perf_counter()
+    with open_trajectories(trajectories) as f:
+        stored_hash, num_images, num_steps = str(f.attrs.get("policy_hash", "")), f.num_images, f.num_steps
+        condition = f.array("condition")
+        num_conditions = len(f.condition_names)
+    if stored_hash != policy.policy_hash():
+        raise MarsdiffError(
+            f"{trajectories}: sampled by policy {stored_hash or '?'}, but the policy to update is {policy.policy_hash()}; "
+            "re-run sample_round for this round"
+        )
+    if len(credit) != num_images:
+        raise MarsdiffError(f"{len(credit)} credits for {num_images} images in {trajectories}")
+    torch.manual_seed(int(experiment["seed"]) * 1000 + round_index)
+    optimiser = make_optimiser(policy, experiment)
+    if previous_policy is not None:
+        load_trainer_state(previous_policy, optimiser)
+    adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
+    metrics: dict[str, Any] = {}
+    seed = int(experiment["seed"]) * 1000 + round_index
+    algorithm = experiment["algorithm"]
+    minibatch = int((experiment.get(algorithm) or {}).get("minibatch_size", 32))
+    if policy.mode == LORA_UNET:
+        value_table = None
+        if adv_settings.value_head:
+            value_table = ValueTable(num_conditions, num_steps, policy.value_table)
+        advantages, extra = step_advantages(credit, condition, num_steps, adv_settings, value_table)
+        metrics.update(extra)
+        if value_table is not None:
+            policy.value_table = value_table.table
+        fraction = float((experiment.get(algorithm) or {}).get("timestep_fraction", 1.0))
+        actions = DenoiseActions(policy, trajectories, advantages, minibatch, fraction, seed)
+    else:
+        advantages = group_advantages(credit, condition, adv_settings)
+        actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
+    try:
+        if algorithm == "ppo":
+            from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
+
+            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")), progress)
+            metrics.update(summarise_updates(rows))
+        else:
+            from marsdiff.rl.trpo import TRPOSettings, trpo_update
+
+            metrics.update(trpo_update(actions, policy.trainable_parameters(), TRPOSettings.from_config(experiment.get("trpo"))))
+    finally:
+        actions.close()
+    metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages))})
+    with atomic_dir(out_policy) as tmp:
+        policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": algorithm})
+        save_trainer_state(tmp, optimiser)
+    metrics["update_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round_index: int,
+                      reward_summary: Mapping[str, Any], credit_stats: Mapping[str, float],
+                      update: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics.json of one round (a row of the experiment's metrics.csv)."""
+    return {
+        "experiment": experiment_name,
+        "algorithm": experiment["algorithm"],
+        "mode": experiment["mode"],
+        "round": round_index,
+        "set_reward": float(reward_summary.get("set_reward", float("nan"))),
+        **{k: float(v) for k, v in credit_stats.items()},
+        **{k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in update.items()},
+    }
+
+
+def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
+                       previous_policy: str | None, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Stage sample_round. ``cfg`` holds the model, sampling and experiments sections."""
+    from marsdiff.rl.experiments import experiment_settings
+
+    experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
+    if round_index >= experiment["rounds"]:
+        raise MarsdiffError(f"experiment {experiment_name} has {experiment['rounds']} rounds; round {round_index:03d} is not one")
+    sampling = dict(cfg.get("sampling") or {})
+    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
+    store = sampling.get("store") or {}
+    return sample_policy_round(
+        policy, round_sampling_settings(sampling, experiment), experiment, round_index, out_dir, stage_config=cfg,
+        compression=str(store.get("compression", "gzip")), compression_level=int(store.get("compression_level", 4)),
+    )
+
+
+def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
+                       previous_policy: str | None, trajectories: str, rewards_csv: str, reward_summary: str,
+                       out_policy: str, metrics_json: str) -> dict[str, Any]:
+    """Stage update_round: the RL update of one round, its policy, trainer state and metrics.json."""
+    from marsdiff.io.trajectories import open_trajectories
+    from marsdiff.rl.experiments import experiment_settings
+
+    experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
+    sampling = dict(cfg.get("sampling") or {})
+    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
+    with open_trajectories(trajectories) as f:
+        num_images = f.num_images
+    credit, credit_stats = read_credit(rewards_csv, num_images)
+    summary = json.loads(Path(reward_summary).read_text())
+    update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy)
+    row = round_metrics_row(experiment_name, experiment, round_index, summary, credit_stats, update)
+    write_json(metrics_json, row)
+    log.info("%s round %03d: set reward %.4f, %s", experiment_name, round_index, row["set_reward"],
+             ", ".join(f"{k} {row[k]:.4g}" for k in ("clip_fraction", "approx_kl", "grad_norm") if k in row))
+    return row
