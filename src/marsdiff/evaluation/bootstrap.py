@@ -22,9 +22,11 @@ Two interval rules (``PERCENTILE`` / ``BIAS_SHIFTED``):
 * ``PERCENTILE``: the ``(1-c)/2`` and ``(1+c)/2`` quantiles of the replicates (Efron).
 * ``BIAS_SHIFTED``: for metrics that a resample with repeated images moves systematically
   (a resample holds only about 63 % distinct images, so coverage, recall, mode counts and Vendi
-  drop, and Fréchet distance and KL rise with the extra noise), the plain percentile interval
-  can miss its own point estimate. The interval is then the replicates' spread around their
-  median, moved onto the point estimate: ``[v + q_lo - q_50, v + q_hi - q_50]``.
+  drop, and Fréchet distance and KL rise with the extra noise), or whose point estimate is
+  computed differently from its replicates (KID: subset average vs full-set U-statistic), the
+  plain percentile interval can miss its own point estimate. The interval is then the
+  replicates' spread around their median, moved onto the point estimate:
+  ``[v + q_lo - q_50, v + q_hi - q_50]``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def bias_shifted_interval(point: float, replicates: np.ndarray, confidence: floa
     if values.size == 0 or not np.isfinite(point):
         return Interval(float("nan"), float("nan"), BIAS_SHIFTED)
     low, middle, high = np.quantile(values, [(1.0 - confidence) / 2.0, 0.5, (1.0 + confidence) / 2.0])
-    return Interval(float(point + low - middle), float(point + high - middle), BIAS_SHIFTED)
+    # (low - middle) <= 0 <= (high - middle): adding them first keeps the point inside exactly
+    return Interval(float(point + (low - middle)), float(point + (high - middle)), BIAS_SHIFTED)
 
 
 def interval(point: float, replicates: np.ndarray, confidence: float, method: str) -> Interval:

@@ -45,7 +45,7 @@ from marsdiff.evaluation.results import (
     REPLICATE_COLUMNS,
     Evaluation,
 )
-from marsdiff.evaluation.settings import EvaluationSettings
+from marsdiff.evaluation.settings import EvaluationSettings, require_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class PreparedReference:
     def __init__(self, reference: ReferenceSet, settings: EvaluationSettings):
         self.reference = reference
         self.settings = settings
+        reference.require_category_columns(settings.category_columns)
         heldout = reference.heldout
         self.heldout_distances = pairwise_distances(heldout)
         self.bandwidth = settings.bandwidth_scale * median_pairwise_distance(self.heldout_distances)
@@ -74,7 +75,6 @@ class PreparedReference:
         self.kid = KIDReference(heldout, settings.kid_subsets, settings.kid_subset_size, settings.seed)
         self.mmd = MMDReference(heldout, self.bandwidth, self.heldout_distances)
         self.memorisation = MemorisationReference(heldout, reference.train, settings.memorisation_min_ratio)
-        reference.require_category_columns(settings.category_columns)
         self.classifiers = {
             column: CategoryClassifier(
                 column,
@@ -159,6 +159,8 @@ def evaluate_models(
     if reserved:
         raise MarsdiffError(f"model name(s) {reserved} are reserved for the real-vs-real baselines")
     features = {str(name): reference.check_generated(values, str(name)) for name, values in generated.items()}
+    for name, x in features.items():  # before the reference-side work, so a bad k fails fast
+        require_neighbours(settings.k_precision_recall, len(x), "k_precision_recall", f"generated images of {name!r}")
     prepared = PreparedReference(reference, settings)
 
     metric_rows, replicate_frames, coverage_frames, share_frames = [], [], [], []

@@ -21,10 +21,12 @@ baseline splits the held-out set into random halves (:func:`split_half_mmd2`).
 
 Bootstrap: a resample repeats some images. The U-statistics (KID replicates, MMD^2) skip the
 pairs of an image with its own copies, exactly as the unbiased estimator skips i == j, so a
-repeated image never looks like a perfect near-duplicate pair and the replicates stay unbiased
-(plain percentile interval; KID's replicates use the full-set U-statistic, whose expectation is
-the subset average). FD's replicates are weighted means and covariances; the extra noise of a
-resample inflates FD, so FD uses the bias-shifted interval.
+repeated image never looks like a perfect near-duplicate pair and the replicates stay unbiased:
+MMD^2 uses the plain percentile interval. KID's replicates are the full-set U-statistic, whose
+expectation is the subset average; the point estimate (the subset average) carries the subsets'
+own noise on top, so KID's interval is the replicates' spread centred on it (bias-shifted).
+FD's replicates are weighted means and covariances; the extra noise of a resample inflates FD,
+so FD uses the bias-shifted interval too.
 """
 
 from __future__ import annotations
@@ -178,9 +180,10 @@ class KIDReference:
             "KID",
             higher_is_better=False,
             # Replicates: the full-set U-statistic, whose expectation over subsets is the
-            # paper's subset average (the point estimate).
+            # paper's subset average (the point estimate). The two differ by the subsets' own
+            # noise, so the replicates' spread is centred on the point (bias-shifted).
             statistic=lambda counts: weighted_unbiased_mmd2(kxx, kxy, self.t_yy, counts),
-            interval_method=PERCENTILE,
+            interval_method=BIAS_SHIFTED,
             detail=(
                 f"cubic polynomial kernel; mean of {self.subsets} subsets of {size}, "
                 f"subset std {subset_values.std(ddof=1) if self.subsets > 1 else 0.0:.3g}"
