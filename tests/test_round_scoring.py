@@ -146,6 +146,20 @@ def test_resized_reference_never_upsamples(world, tmp_path):
     assert not (tmp_path / "at_128px" / "manifest.csv").exists()
 
 
+def test_resized_manifest_carries_the_digests_of_the_resized_images(world, tmp_path):
+    """images.csv lists each image's sha256; the resized manifest lists the resized files' own,
+    so the workflow can follow the resized folder through it."""
+    from marsdiff.features.base import file_digest
+
+    ref = world["reference"]
+    index = pd.read_csv(ref / "manifest.csv")
+    index["sha256"] = [file_digest(ref / p) for p in index["path"]]
+    index.to_csv(ref / "images.csv", index=False)
+    resized = write_resized_reference(ref / "images.csv", tmp_path / "at_16px", 16)
+    assert list(resized["sha256"]) == [file_digest(tmp_path / "at_16px" / p) for p in resized["path"]]
+    assert pd.read_csv(tmp_path / "at_16px" / "manifest.csv")["sha256"].tolist() == list(resized["sha256"])
+
+
 def test_matched_size_follows_the_generator():
     from marsdiff.diffusion.pixel import PixelConfig
 

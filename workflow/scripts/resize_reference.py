@@ -10,7 +10,7 @@ def main(snakemake):
     def body():
         # The size is the path's wildcard: the output names what it holds, so no param is needed.
         write_resized_reference(
-            snakemake.input.manifest, Path(snakemake.output.manifest).parent, int(snakemake.wildcards["size"])
+            snakemake.input.index, Path(snakemake.output.manifest).parent, int(snakemake.wildcards["size"])
         )
 
     run_stage(snakemake, body)

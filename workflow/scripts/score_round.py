@@ -11,19 +11,18 @@ def main(snakemake):
         from marsdiff.rewards.round_scoring import score_round
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
-        cfg = params_json(snakemake, "cfg")
         score_round(
             images_dir=snakemake.input.images,
             samples_csv=snakemake.input.samples,
             reference_features=snakemake.input.features,
-            manifest=snakemake.input.manifest,
+            manifest=snakemake.input.index,
             validation_json=snakemake.input.validation,
-            reward_section=cfg["reward"],
-            features_cfg=cfg["features"],
+            reward_section=params_json(snakemake, "reward")["reward"],
+            features_cfg=params_json(snakemake, "features")["features"],
             resolution=int(snakemake.params.resolution),
             rewards_csv=snakemake.output.rewards,
             summary_json=snakemake.output.summary,
-            extractor=snakemake.params.extractor,
+            extractor=params_json(snakemake, "extractor")["extractor"],
         )
 
     run_stage(snakemake, body)

@@ -87,14 +87,18 @@ def file_mode(path: str | os.PathLike) -> str:
 def write_resized_reference(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, size: int):
     """The reference set brought down to ``size`` px: ``out_dir/images/*.png`` + ``out_dir/manifest.csv``.
 
-    Same rows, ids and columns as the source manifest, ``path`` pointing at the resized PNGs
-    (relative to the new manifest, same file names). Pixels: ``resize_to(load_image(f), size)``,
-    grey files loaded as grey exactly as ``load_train_set`` does, so the pixel model's training
-    images and this set are bit-identical. An image smaller than ``size`` is an error (the
-    matched size never upsamples). Returns the new manifest.
+    ``manifest_path``: the reference's images.csv (what training reads) or manifest.csv. The new
+    manifest has the same rows, ids and columns, ``path`` pointing at the resized PNGs (relative
+    to it, same file names) and, when the source has a ``sha256`` column, the digests of the
+    resized PNGs (so the file changes whenever the folder's content does: the workflow tracks
+    the folder through it). Pixels: ``resize_to(load_image(f), size)``, grey files loaded as
+    grey exactly as ``load_train_set`` does, so the pixel model's training images and this set
+    are bit-identical. An image smaller than ``size`` is an error (the matched size never
+    upsamples). Returns the new manifest.
     """
     from marsdiff.data.images import load_image, resize_to, save_png
     from marsdiff.data.manifest import read_manifest
+    from marsdiff.features.base import file_digest
     from marsdiff.io.atomic import atomic_dir, atomic_path
 
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
@@ -107,6 +111,7 @@ def write_resized_reference(manifest_path: str | os.PathLike, out_dir: str | os.
     if len(set(names)) != len(names):
         raise MarsdiffError(f"{manifest_path}: image file names are not unique; the resized set keeps one folder")
     root = manifest_path.parent
+    digests = []
     with atomic_dir(out_dir / "images") as tmp_images:
         for rel, name in zip(table["path"], names):
             source = root / rel
@@ -115,8 +120,11 @@ def write_resized_reference(manifest_path: str | os.PathLike, out_dir: str | os.
             if min(height, width) < size:
                 raise MarsdiffError(f"{source}: reference image is {width}x{height} px, smaller than the matched size {size} px")
             save_png(Path(tmp_images) / name, resize_to(image, int(size)))
+            digests.append(file_digest(Path(tmp_images) / name))
     resized = table.copy()
     resized["path"] = [f"images/{name}" for name in names]
+    if "sha256" in resized:
+        resized["sha256"] = digests
     with atomic_path(out_dir / "manifest.csv") as tmp:
         resized.to_csv(tmp, index=False)
     log.info("resized %d reference images to %d px into %s", len(resized), size, out_dir)
