@@ -26,8 +26,10 @@ term, weight 0 included), ``nn_id, nn_distance, duplicate`` (nearest other gener
 
 ``reward_summary.json``: ``set_reward``, ``terms`` (kind, weight, standardise, raw,
 standardised, baseline mean/std at this n for z-scored terms), ``bandwidth``, ``n_images``,
-``n_reference_train``, ``extractor``, ``resolution``, duplicate/novel thresholds and counts,
-``validation`` (what was checked) and the feature-cache hits and misses.
+``n_reference_train``, ``extractor``, ``resolution``, duplicate/novel thresholds and counts and
+``validation`` (what was checked). Both files depend only on the inputs: feature-cache hits and
+timings go to the log, so a re-scored round that changed nothing leaves byte-identical files
+and re-runs nothing downstream.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class RoundScore:
     table: pd.DataFrame
     result: CombinedResult
     summary: dict[str, Any]
+    #: feature-cache hits and misses of the round's images (logged, not written)
+    cache: dict[str, int]
 
 
 # ---------------------------------------------------------------------------- validation gate
@@ -312,15 +316,16 @@ def score_round(
         extractor=extractor,
         resolution={"matched": int(resolution), "generated": feature_info["generated_size"], "resized_images": feature_info["resized"]},
         feature_dim=feature_info["feature_dim"],
-        feature_cache={"hits": feature_info["cache_hits"], "misses": feature_info["cache_misses"]},
         validation=validation,
     )
     with atomic_path(rewards_csv) as tmp:
         table.to_csv(tmp, index=False)
     write_json(summary_json, summary)
+    cache = {"hits": feature_info["cache_hits"], "misses": feature_info["cache_misses"]}
     log.info(
-        "scored %d images at %d px: set reward %.4f, credit %.3g..%.3g, %d duplicate, %d novel (%.1f s)",
+        "scored %d images at %d px: set reward %.4f, credit %.3g..%.3g, %d duplicate, %d novel "
+        "(feature cache: %d hits, %d misses; %.1f s)",
         len(table), resolution, result.value, summary["credit"]["min"], summary["credit"]["max"],
-        summary["n_duplicate"], summary["n_novel"], time.perf_counter() - started,
+        summary["n_duplicate"], summary["n_novel"], cache["hits"], cache["misses"], time.perf_counter() - started,
     )
-    return RoundScore(table, result, summary)
+    return RoundScore(table, result, summary, cache)
