@@ -6,7 +6,7 @@ feature matrices (float64) of generated images and of the held-out / train refer
 
 Modules, one concept each:
 
-=================  ==========================================================================
+=================  ========================================================================================
 ``settings``       :class:`EvaluationSettings` (every number an evaluation depends on, checked)
 ``reference``      :class:`ReferenceSet`: held-out and train features and categories
 ``distances``      exact Euclidean distances and k-NN radii (scikit-learn NearestNeighbors)
@@ -22,7 +22,7 @@ Modules, one concept each:
 ``results``        :class:`Evaluation` tables, written to / read from CSV
 ``report``         comparison with the noise-knob baseline, verdicts, summary.md
 ``plots``          t-SNE, reward curves, category coverage, sample grids, novel/redundant images, intervals
-=================  ==========================================================================
+=================  ========================================================================================
 
 Typical use in the ``evaluate`` stage::
 

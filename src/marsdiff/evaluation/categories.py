@@ -127,7 +127,9 @@ class CategoryClassifier:
             splitter = KFold(FOLDS, shuffle=True, random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            predicted = cross_val_predict(self._new_pipeline().pipeline, self._train_features, self._train_labels, cv=splitter)
+            predicted = cross_val_predict(
+                self._new_pipeline().pipeline, self._train_features, self._train_labels, cv=splitter
+            )
         return np.searchsorted(self.classes, np.asarray(predicted).astype(str))
 
     def kl_metric(self, predictions: np.ndarray, pseudocount: float) -> Metric:

@@ -128,7 +128,8 @@ class PreparedReference:
             ("near_duplicate_threshold", self.duplicate_threshold, f"{settings.near_duplicate_fraction:g} x the above"),
             ("heldout_median_distance_to_train", self.memorisation.heldout_median, "memorisation denominator"),
             ("n_modes", settings.n_modes, f"k-means cluster sizes {int(sizes.min())}..{int(sizes.max())} held-out crops"),
-            ("bootstrap_replicates", settings.bootstrap_replicates, f"seed {settings.seed}, confidence {settings.confidence:g}"),
+            ("bootstrap_replicates", settings.bootstrap_replicates,
+             f"seed {settings.seed}, confidence {settings.confidence:g}"),
         ]
         table = [dict(quantity=q, value=float(v), ci_low=np.nan, ci_high=np.nan, detail=d) for q, v, d in rows]
         for column, clf in self.classifiers.items():

@@ -287,7 +287,8 @@ def plot_extremes_by_credit(
     n = min(n, len(images))
     order = np.argsort(-credit, kind="stable")
     rows = (("most novel\n(highest\ncredit)", order[:n]), ("most\nredundant\n(lowest\ncredit)", order[::-1][:n]))
-    fig, axes = plt.subplots(2, n, figsize=(cell_inches * n + 1.8, 2 * cell_inches + 1.2), layout="constrained", squeeze=False)
+    figsize = (cell_inches * n + 1.8, 2 * cell_inches + 1.2)
+    fig, axes = plt.subplots(2, n, figsize=figsize, layout="constrained", squeeze=False)
     for row, (label, chosen) in enumerate(rows):
         for column, index in enumerate(chosen):
             ax = axes[row][column]
@@ -348,6 +349,9 @@ def plot_metric_intervals(
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = [m for m in models if m in handles]
-    fig.legend([handles[m] for m in labels], labels, loc="outside lower center", ncols=min(len(models), 4), fontsize="small", title="model")
+    fig.legend(
+        [handles[m] for m in labels], labels, loc="outside lower center", ncols=min(len(models), 4),
+        fontsize="small", title="model",
+    )
     fig.suptitle(title)
     return _save(fig, path, dpi)

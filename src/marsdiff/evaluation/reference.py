@@ -91,7 +91,9 @@ class ReferenceSet:
         rows = manifest.set_index(manifest["id"].astype(str))
         unknown = [i for i in ids if i not in rows.index]
         if unknown:
-            raise MarsdiffError(f"{features_path}: {len(unknown)} feature ids are not in the manifest (first: {unknown[0]})")
+            raise MarsdiffError(
+                f"{features_path}: {len(unknown)} feature ids are not in the manifest (first: {unknown[0]})"
+            )
         rows = rows.loc[list(ids)].reset_index(drop=True)
         split = rows["split"].astype(str).to_numpy()
         heldout, train = split == HELDOUT_SPLIT, split == TRAIN_SPLIT

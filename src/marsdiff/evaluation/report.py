@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
@@ -208,7 +207,8 @@ def experiment_verdict(comparison: pd.DataFrame, confidence: float = 0.95) -> st
         for label, part in (("clearly better", better), ("clearly worse", worse)):
             chosen = part[part["metric"].map(aspect_of) == aspect]
             if not chosen.empty:
-                lines.append(f"- {aspect.capitalize()}, {label} on " + "; ".join(_describe(r) for _, r in chosen.iterrows()) + ".")
+                described = "; ".join(_describe(r) for _, r in chosen.iterrows())
+                lines.append(f"- {aspect.capitalize()}, {label} on {described}.")
     if not unclear.empty:
         lines.append(
             "- No clear difference (interval includes 0, or no interval) on "
@@ -219,9 +219,8 @@ def experiment_verdict(comparison: pd.DataFrame, confidence: float = 0.95) -> st
         passed = memorisation["verdict"].iloc[0] == CHECK_PASSES
         ratio = comparison.loc[comparison["metric"] == "memorisation_ratio", "value"]
         ratio_text = f" (ratio {format_number(ratio.iloc[0])})" if not ratio.empty else ""
-        lines.append(
-            f"- Memorisation check {'passes' if passed else '**fails**: images sit closer to train crops than new real crops do'}{ratio_text}."
-        )
+        outcome = "passes" if passed else "**fails**: images sit closer to train crops than new real crops do"
+        lines.append(f"- Memorisation check {outcome}{ratio_text}.")
     lines.append(f"- Overall: {_overall(better, worse)}")
     return "\n".join(lines)
 
