@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from marsdiff.evaluation import EvaluationSettings, ReferenceSet  # noqa: E402
 from marsdiff.evaluation.bootstrap import bootstrap_counts  # noqa: E402
-from marsdiff.evaluation.evaluate import PreparedReference, _real_draws  # noqa: E402
+from marsdiff.evaluation.evaluate import PreparedReference, real_draw_baseline  # noqa: E402
 from marsdiff.evaluation.metric import estimate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def main() -> None:
             estimate(metric, counts, settings.confidence)
             timings[metric.name] = time.perf_counter() - started
         started = time.perf_counter()
-        _real_draws(prepared, m, "real")
+        real_draw_baseline(prepared, m, "real")
         real = time.perf_counter() - started
         rows.append({"M": m, "distances+setup": setup, **timings, "model total": setup + sum(timings.values()),
                      f"real baseline ({settings.baseline_repeats} draws, once per M)": real})

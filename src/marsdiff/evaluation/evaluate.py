@@ -184,7 +184,7 @@ def evaluate_models(
 
     for n in sorted({len(x) for x in features.values()}):
         name = REAL_MODEL if len({len(x) for x in features.values()}) == 1 else f"{REAL_MODEL} (N={n})"
-        rows, coverage = _real_draws(prepared, n, name)
+        rows, coverage = real_draw_baseline(prepared, n, name)
         metric_rows += rows
         coverage_frames += coverage
     metric_rows.append(_split_half_row(prepared))
@@ -237,7 +237,7 @@ def _replicate_frame(model: str, e: MetricEstimate) -> pd.DataFrame:
     )
 
 
-def _real_draws(prepared: PreparedReference, n: int, name: str) -> tuple[list[dict], list[pd.DataFrame]]:
+def real_draw_baseline(prepared: PreparedReference, n: int, name: str) -> tuple[list[dict], list[pd.DataFrame]]:
     """Random draws of n train crops scored like a model: mean and middle interval over draws."""
     settings, reference = prepared.settings, prepared.reference
     n_train = len(reference.train)
