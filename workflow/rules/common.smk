@@ -262,10 +262,11 @@ def base_model_inputs():
     directory outside the workflow: no file inputs)."""
     if config["model"]["backend"] != "pixel":
         return {}
+    # marsdiff_model.json is rewritten by every training: it carries the folders' changes.
     return {
         "meta": str(BASE_MODEL_DIR / "marsdiff_model.json"),
-        "unet": str(BASE_MODEL_DIR / "unet"),
-        "scheduler": str(BASE_MODEL_DIR / "scheduler"),
+        "unet": directory_input(str(BASE_MODEL_DIR / "unet")),
+        "scheduler": directory_input(str(BASE_MODEL_DIR / "scheduler")),
     }
 
 
@@ -274,8 +275,9 @@ def previous_policy(wildcards):
     round 000 starts from the experiment's initial policy, built from the config."""
     if wildcards.round == "000":
         return {}
-    previous = f"round_{int(wildcards.round) - 1:03d}"
-    return {"policy": str(RUNS_DIR / wildcards.exp / previous / "policy")}
+    previous = RUNS_DIR / wildcards.exp / f"round_{int(wildcards.round) - 1:03d}"
+    # metrics.json is written with the policy by every update: it carries the folder's changes.
+    return {"policy": directory_input(str(previous / "policy")), "policy_metrics": str(previous / "metrics.json")}
 
 
 def round_policy_inputs(wildcards):
