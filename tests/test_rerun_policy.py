@@ -1,0 +1,253 @@
+"""The re-run policy (docs/workflow.md): a stage re-runs when its own output-changing config
+values, its input data or its code's behaviour change, and for nothing else.
+
+A finished tiny run of the reference, feature, reward-validation and base-model stages lives in
+a copy of the project (Snakefile, workflow/, src/, profiles/) with the user's own tile and
+labels; each test dry-runs a change on it (or on a copy of it) and asserts the exact set of
+planned jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, SNAKEMAKE
+from test_workflow import planned_jobs
+
+pytestmark = pytest.mark.slow
+
+TARGETS = [
+    "results/reference/manifest.csv",
+    "results/reference/contact_sheet.png",
+    "results/validation/validation.json",
+    "results/models/base/samples.png",
+]
+REFERENCE_CHAIN = {
+    "prepare_reference": 1, "categorize_reference": 1, "extract_features": 1, "validate_rewards": 1,
+    "pretrain_base": 1, "preview_base": 1,
+}
+
+
+def snakemake(project, *args, check=True):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=project, capture_output=True, text=True,
+                            timeout=900, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def configs(project, *extra):
+    return ["--configfile", str(REPO / "tests" / "config" / "tiny.yaml"), str(project / "config" / "data.yaml"), *map(str, extra)]
+
+
+def plan(project, change=None, tmp_path=None, targets=TARGETS):
+    extra = []
+    if change:
+        override = tmp_path / "change.yaml"
+        override.write_text(yaml.safe_dump(change))
+        extra.append(override)
+    jobs = planned_jobs(snakemake(project, "-n", *targets, *configs(project, *extra)))
+    jobs.pop("all", None)
+    return jobs
+
+
+def copy_project(source, target):
+    """Copy without time stamps (as cp -r does) and give everything a random time of the last
+    days: nothing about the copy's times or place may look like a change."""
+    shutil.copytree(source, target, copy_function=shutil.copy, symlinks=True)
+    rng = np.random.default_rng(1)
+    now = time.time()
+    for path in sorted(target.rglob("*")):
+        stamp = now - float(rng.uniform(0, 3 * 86400))
+        os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return target
+
+
+def make_project(root):
+    project = root / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for part in ("workflow", "profiles", "config"):
+        shutil.copytree(REPO / part, project / part, ignore=ignore)
+    shutil.copytree(REPO / "src" / "marsdiff", project / "src" / "marsdiff", ignore=ignore)
+    shutil.copy(REPO / "Snakefile", project / "Snakefile")
+    return project
+
+
+def results_fingerprint(project):
+    """Content and time stamp of every result file (to prove nothing was deleted or rewritten)."""
+    out = {}
+    for path in sorted((project / "results").rglob("*")):
+        if path.is_file():
+            out[str(path.relative_to(project))] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run on the user's own tile and labels (the HRSC tile, copied)."""
+    from marsdiff.data.assets import hrsc_tile_and_labels
+
+    project = make_project(tmp_path_factory.mktemp("rerun"))
+    tile, labels = hrsc_tile_and_labels()
+    (project / "data").mkdir()
+    shutil.copy(tile, project / "data" / "tile.pgm")
+    shutil.copy(labels, project / "data" / "labels.csv")
+    (project / "config" / "data.yaml").write_text(
+        yaml.safe_dump({"reference": {"tile": "data/tile.pgm", "labels": "data/labels.csv"}})
+    )
+    snakemake(project, *TARGETS, *configs(project))
+    assert plan(project) == {}, "a finished run has nothing to do"
+    return project
+
+
+@pytest.fixture
+def copied(finished, tmp_path):
+    return copy_project(finished, tmp_path / "copy")
+
+
+CONFIG_CHANGES = [
+    ("appearance categories retrain nothing", {"reference": {"contrast_bins": 2}},
+     {"categorize_reference": 1, "validate_rewards": 1}),
+    ("lighting categories", {"reference": {"lighting_bins": 2}}, {"categorize_reference": 1, "validate_rewards": 1}),
+    ("size categories", {"reference": {"size_bins": 2}}, REFERENCE_CHAIN),
+    ("crop window", {"reference": {"window_px": 48}}, REFERENCE_CHAIN),
+    ("split seed", {"reference": {"seed": 5}}, REFERENCE_CHAIN),
+    ("preview grid only", {"model": {"pixel": {"grid_samples_per_class": 3, "grid_sampling_steps": 3}}},
+     {"preview_base": 1}),
+    ("log cadence", {"model": {"pixel": {"log_every": 1}}}, {}),
+    ("a training key", {"model": {"pixel": {"train_steps": 5}}}, {"pretrain_base": 1, "preview_base": 1}),
+    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": 0.995}}}, {}),
+    ("the unused backend", {"model": {"stable_diffusion": {"guidance_scale": 3.0, "resolution": 256}}}, {}),
+    ("feature batch size, device, cache", {"features": {"batch_size": 7, "device": "cpu", "cache_dir": "elsewhere"}}, {}),
+    ("an extractor option", {"features": {"mobilenet_v2": {"grid": 1}}}, {"extract_features": 1, "validate_rewards": 1}),
+    ("a reward setting", {"reward": {"duplicate_factor": 0.3}}, {"validate_rewards": 1}),
+    ("sampling", {"sampling": {"seed": 7}}, {}),
+]
+
+
+@pytest.mark.parametrize("change,planned", [case[1:] for case in CONFIG_CHANGES], ids=[case[0] for case in CONFIG_CHANGES])
+def test_a_config_change_reruns_exactly_the_stages_it_touches(finished, tmp_path, change, planned):
+    assert plan(finished, change, tmp_path) == planned
+
+
+def test_a_copied_touched_and_moved_project_has_nothing_to_do(copied, tmp_path):
+    # every file of the copy (results, code, scripts, data, metadata) has a new random time
+    assert plan(copied) == {}
+    # the user's data moved elsewhere, the config following it
+    shutil.move(copied / "data", tmp_path / "moved-data")
+    (copied / "config" / "data.yaml").write_text(yaml.safe_dump(
+        {"reference": {"tile": str(tmp_path / "moved-data" / "tile.pgm"), "labels": str(tmp_path / "moved-data" / "labels.csv")}}
+    ))
+    assert plan(copied) == {}
+
+
+def test_new_user_data_reruns_the_reference_chain(copied):
+    labels = copied / "data" / "labels.csv"
+    labels.write_text(labels.read_text() + "850.5,850.5,30.0\n")
+    assert plan(copied) == REFERENCE_CHAIN
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:-1]))  # back as it was
+    assert plan(copied) == {}
+
+
+def test_comments_and_docstrings_rerun_nothing_behaviour_does(copied):
+    kernels = copied / "src" / "marsdiff" / "rewards" / "kernels.py"
+    script = copied / "workflow" / "scripts" / "categorize_reference.py"
+    original_kernels, original_script = kernels.read_text(), script.read_text()
+    kernels.write_text("# A comment at the top.\n" + original_kernels.replace(
+        '"""The RBF kernel and its bandwidth', '"""The RBF (Gaussian) kernel and its bandwidth'))
+    script.write_text(original_script.replace('"""Stage categorize_reference:', '"""Stage categorize_reference (edited):')
+                      + "# trailing comment\n")
+    assert plan(copied) == {}
+
+    kernels.write_text(original_kernels.replace("MEDIAN_MAX_ROWS = 4000", "MEDIAN_MAX_ROWS = 4001"))
+    assert plan(copied) == {"validate_rewards": 1}
+    kernels.write_text(original_kernels)
+    script.write_text(original_script + "_EDITED = True\n")
+    assert plan(copied) == {"categorize_reference": 1, "validate_rewards": 1}
+
+
+def _one_line_error(result):
+    text = result.stdout + result.stderr
+    errors = [line for line in text.splitlines() if "marsdiff error" in line]
+    assert result.returncode != 0
+    assert "Traceback" not in text
+    assert len(errors) == 1, text[-2000:]
+    return errors[0]
+
+
+def test_bad_reference_input_is_refused_before_anything_is_deleted(copied):
+    before = results_fingerprint(copied)
+    labels = copied / "data" / "labels.csv"
+    labels.write_text(labels.read_text() + "5000,20,6\n")
+    result = snakemake(copied, *TARGETS, *configs(copied), check=False)
+    rows = len(labels.read_text().splitlines())
+    assert _one_line_error(result) == (
+        f"marsdiff error: data/labels.csv: row {rows} label at x=5000, y=20 lies outside the 1700x1700 image"
+    )
+    assert results_fingerprint(copied) == before, "previous results untouched"
+
+    (copied / "config" / "data.yaml").write_text(yaml.safe_dump({"reference": {"tile": "data/tlie.pgm", "labels": "data/labels.csv"}}))
+    result = snakemake(copied, *TARGETS, *configs(copied), check=False)
+    assert _one_line_error(result) == "marsdiff error: reference.tile: data/tlie.pgm is not a file"
+    assert results_fingerprint(copied) == before
+
+
+# ---------------------------------------------------------------------------- folder source
+
+def _image(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((40, 40), value, np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """The reference stages only, on a folder tree with a metadata CSV."""
+    project = make_project(tmp_path_factory.mktemp("folder"))
+    root = project / "craters"
+    for i in range(6):
+        _image(root / "by_size" / "small" / f"a{i}.png", 20 + 10 * i)
+        _image(root / "by_size" / "large" / f"b{i}.png", 120 + 10 * i)
+    (root / "meta.csv").write_text("file,diameter_px\nby_size/small/a0.png,12.5\n")
+    (project / "config" / "data.yaml").write_text(yaml.safe_dump(
+        {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32}}
+    ))
+    snakemake(project, "results/reference/manifest.csv", *configs(project))
+    return project
+
+
+def test_folder_content_not_its_times_decides(folder_run, tmp_path):
+    project = copy_project(folder_run, tmp_path / "copy")
+    targets = ["results/reference/manifest.csv"]
+    assert plan(project, targets=targets) == {}
+    _image(project / "craters" / "by_size" / "small" / "a9.png", 250)
+    assert plan(project, targets=targets) == {"prepare_reference": 1, "categorize_reference": 1}
+    (project / "craters" / "by_size" / "small" / "a9.png").unlink()
+    assert plan(project, targets=targets) == {}
+    (project / "craters" / "meta.csv").write_text("file,diameter_px\nby_size/small/a0.png,14.0\n")
+    assert plan(project, targets=targets) == {"prepare_reference": 1, "categorize_reference": 1}
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda root: (root / "by_size" / "small" / "notes.txt").write_text("x"), r"craters/by_size/small/notes\.txt: not an image file"),
+    (lambda root: (root / "by_size" / "small" / "a1.png").write_bytes(b"\x89PNG broken"), r"craters/by_size/small/a1\.png: "),
+    (lambda root: _image(root / "loose.png", 9), r"craters/loose\.png: images must sit in category sub-folders"),
+    (lambda root: (root / "meta.csv").write_text("file,diameter_px\nby_size/small/zz.png,1\n"), r"meta\.csv: metadata names 1 file\(s\) not in the folder"),
+])
+def test_bad_folder_input_is_refused_before_anything_is_deleted(folder_run, tmp_path, breakage, message):
+    project = copy_project(folder_run, tmp_path / "copy")
+    before = results_fingerprint(project)
+    breakage(project / "craters")
+    result = snakemake(project, "results/reference/manifest.csv", *configs(project), check=False)
+    assert re.search(message, _one_line_error(result))
+    assert results_fingerprint(project) == before
