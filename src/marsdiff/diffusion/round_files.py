@@ -41,10 +41,13 @@ def write_round(
     round_index: int = 0,
     stage_config: Mapping[str, Any] | None = None,
     policy_hash: str = "",
+    mode: str | None = None,
     compression: str = "gzip",
     compression_level: int = 4,
 ) -> dict[str, Any]:
-    """Sample ``num_images`` with ``sampler`` and write the round's three outputs."""
+    """Sample ``num_images`` with ``sampler`` and write the round's three outputs.
+
+    ``mode`` names what RL trains in this run (default: the generation policy's own mode)."""
     from tqdm import tqdm
 
     from marsdiff.data.images import save_png
@@ -65,7 +68,7 @@ def write_round(
         backend=backend.kind,
         scheduler_config={**backend.scheduler_config, "marsdiff": sampler.scheduler.config},
         action_names=tuple(policy.action_names),
-        mode=policy.mode,
+        mode=mode or policy.mode,
         policy_hash=policy_hash,
         round_index=round_index,
         latent_dtype=settings.store_dtype,

@@ -36,11 +36,25 @@ class Scored:
     std: torch.Tensor | None = None
 
 
-def _fraction_of_steps(num_images: int, num_steps: int, fraction: float, seed: int) -> dict[tuple[int, int], np.ndarray]:
-    """DDPO's timestep fraction: each image trains on a seeded random subset of its steps."""
-    count = max(1, int(round(fraction * num_steps)))
+def trainable_steps(std: np.ndarray, min_std: float, fraction: float, seed: int) -> dict[tuple[int, int], np.ndarray]:
+    """The steps each image trains on: those whose sigma is above the ``min_std`` floor, then
+    DDPO's timestep fraction of them (a seeded random subset).
+
+    A floored step's sample is x_{t-1} = mu + min_std * noise: the "action" is the floor's noise,
+    not a choice of the policy, and its score (x - mu) / sigma^2 carries that noise with weight
+    1 / min_std^2. Trained on, it drowns the other steps' signal (measured on the tiny test
+    model: no learning at all until these steps were left out).
+    """
+    std = np.asarray(std)
     rng = np.random.default_rng(seed)
-    return {(0, i): np.sort(rng.choice(num_steps, size=count, replace=False)) for i in range(num_images)}
+    steps = {}
+    for i in range(std.shape[0]):
+        candidates = np.flatnonzero(std[i] > min_std * (1 + 1e-4))
+        if len(candidates) == 0:
+            raise MarsdiffError(f"image {i}: every step sits at the sigma floor (min_std {min_std}); raise eta or steps")
+        count = max(1, int(round(fraction * len(candidates))))
+        steps[(0, i)] = np.sort(rng.choice(candidates, size=count, replace=False))
+    return steps
 
 
 class DenoiseActions:
@@ -59,13 +73,11 @@ class DenoiseActions:
         if not 0.0 < timestep_fraction <= 1.0:
             raise MarsdiffError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
         self.minibatch_size = int(minibatch_size)
-        self.steps = None if timestep_fraction >= 1.0 else _fraction_of_steps(n, steps, timestep_fraction, seed)
+        self.steps = trainable_steps(self.file.array("std"), self.scheduler.min_std, timestep_fraction, seed)
         self.seed = seed
 
     @property
     def num_actions(self) -> int:
-        if self.steps is None:
-            return self.file.num_images * self.file.num_steps
         return sum(len(v) for v in self.steps.values())
 
     def minibatches(self, epoch: int) -> Iterator[TransitionBatch]:

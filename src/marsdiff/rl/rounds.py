@@ -65,7 +65,7 @@ def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experim
     return write_round(
         sampler, int(experiment["images_per_round"]), out_dir / "trajectories.h5", out_dir / "images",
         out_dir / "samples.csv", round_index=round_index, stage_config=stage_config, policy_hash=policy.policy_hash(),
-        compression=compression, compression_level=compression_level,
+        mode=policy.mode, compression=compression, compression_level=compression_level,
     )
 
 
@@ -132,7 +132,10 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         fraction = float((experiment.get(algorithm) or {}).get("timestep_fraction", 1.0))
         actions = DenoiseActions(policy, trajectories, advantages, minibatch, fraction, seed)
     else:
-        advantages = group_advantages(credit, condition, adv_settings)
+        # When the condition is itself an action (diversity policy), normalising within condition
+        # groups would erase exactly the signal of which condition pays: use batch statistics.
+        groups = np.zeros_like(condition) if policy.generation.learn_conditions else condition
+        advantages = group_advantages(credit, groups, adv_settings)
         actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
     try:
         if algorithm == "ppo":
