@@ -218,6 +218,13 @@ def experiment_names(cfg):
     return sorted(cfg.get("experiments") or {})
 
 
+def experiment_pattern(cfg):
+    """Wildcard constraint of {exp}: only configured experiment names match."""
+    import re
+
+    return "|".join(re.escape(name) for name in experiment_names(cfg)) or "no-experiment-configured"
+
+
 def experiment_rounds(cfg, exp):
     """Round labels 000 .. rounds-1 of one experiment (ascending: Snakemake walks long chains
     without recursion when every round is requested in order)."""
@@ -246,13 +253,15 @@ def rl_params(cfg, exp):
 
     # Shared values are resolved into the experiment's settings; the batch size changes no image.
     sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "store")}
+    # The reward reaches sampling and updates only through rewards.csv (score_round's output).
+    settings = {k: v for k, v in experiment_settings(cfg["experiments"], exp, cfg["sampling"]).items() if k != "reward"}
     model = {"backend": cfg["model"]["backend"]}
     if cfg["model"]["backend"] == "stable_diffusion":
         model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
     else:
         model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
     return json.dumps(
-        {"experiments": {exp: experiment_settings(cfg["experiments"], exp, cfg["sampling"])}, "sampling": sampling, "model": model},
+        {"experiments": {exp: settings}, "sampling": sampling, "model": model},
         sort_keys=True,
     )
 
@@ -291,3 +300,96 @@ def experiment_metrics(wildcards):
 def sampling_gpus(cfg):
     """Stable Diffusion wants a GPU; the pixel model only when the config asks for CUDA."""
     return int(cfg["model"]["backend"] == "stable_diffusion" or cfg["sampling"].get("device") == "cuda")
+
+
+# ---------------------------------------------------------------------------- evaluation
+# Helpers of workflow/rules/evaluate.smk. The evaluated models (base, the noise-knob grid, each
+# experiment's final policy, every k-th round) come from the config alone, checked when the
+# Snakefile is parsed: a bad evaluation setting stops with one line before anything runs.
+EVAL_DIR = RESULTS / "eval"
+EVAL_SAMPLES = EVAL_DIR / "samples"
+EVAL_PLOTS = EVAL_DIR / "plots"
+REPORT_DIR = RESULTS / "report"
+EVAL_TABLES = ("metrics.csv", "bootstrap.csv", "category_coverage.csv", "category_shares.csv", "reference.csv")
+
+
+def evaluation_plan(cfg):
+    from marsdiff.evalset.models import check_evaluation
+
+    return stop_on_user_error(check_evaluation, cfg)
+
+
+EVAL_MODELS = evaluation_plan(config)
+EVAL_MODEL = {model["name"]: model for model in EVAL_MODELS}
+
+
+def evaluation_settings(cfg):
+    from marsdiff.evalset.models import evaluation_section, evaluation_steps
+
+    return {**evaluation_section(cfg), "steps": evaluation_steps(cfg)}
+
+
+def generation_params(cfg, name):
+    """What one evaluated model's images depend on: its spec (knobs, or experiment and round: the
+    policy's content is an input), M, the evaluation seed and steps, the chain's floor and the
+    backend. The grid's other points, the metric and plot settings and the batch size are left
+    out, so editing them re-draws no image."""
+    section = evaluation_settings(cfg)
+    model = {"backend": cfg["model"]["backend"]}
+    if cfg["model"]["backend"] == "stable_diffusion":
+        model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
+    else:
+        model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
+    sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "eta")}
+    return json.dumps(
+        {"model_spec": EVAL_MODEL[name], "images": section["images"], "seed": section["seed"],
+         "steps": section["steps"], "sampling": sampling, "model": model},
+        sort_keys=True,
+    )
+
+
+def evaluation_sample_inputs(wildcards):
+    """The base model, plus the policy folder (and its round's metrics.json, which carries the
+    folder's changes) for an RL policy."""
+    model = EVAL_MODEL[wildcards.model]
+    inputs = dict(base_model_inputs())
+    if model["experiment"] is not None:
+        round_dir = RUNS_DIR / model["experiment"] / f"round_{model['round']:03d}"
+        inputs["policy"] = directory_input(str(round_dir / "policy"))
+        inputs["policy_metrics"] = str(round_dir / "metrics.json")
+    return inputs
+
+
+def evaluation_credit_models():
+    """Models whose most novel / redundant images are drawn: the base model and final policies."""
+    return [m["name"] for m in EVAL_MODELS if m["kind"] in ("base", "final")]
+
+
+def evaluation_rewards(cfg):
+    """The reward each credit figure uses: the experiment's (override merged), the top-level one for base."""
+    from marsdiff.rl.experiments import reward_config
+
+    rewards = {}
+    for name in evaluation_credit_models():
+        exp = EVAL_MODEL[name]["experiment"]
+        rewards[name] = reward_config(cfg["reward"], cfg["experiments"][exp] or {}) if exp else dict(cfg["reward"])
+    return rewards
+
+
+def evaluation_figures():
+    """Figure name -> path (the reward curves only when experiments ran)."""
+    figures = {name: EVAL_PLOTS / f"{name}.png" for name in ("tsne", "sample_grid", "category_coverage", "metric_intervals")}
+    if experiment_names(config):
+        figures["reward_curves"] = EVAL_PLOTS / "reward_curves.png"
+    for name in evaluation_credit_models():
+        figures[f"novel_redundant_{name}"] = EVAL_PLOTS / f"novel_redundant_{name}.png"
+    return figures
+
+
+def evaluation_targets():
+    """Targets of the evaluation and report stages (workflow/rules/evaluate.smk)."""
+    return (
+        [str(EVAL_DIR / name) for name in EVAL_TABLES]
+        + [str(path) for path in evaluation_figures().values()]
+        + [str(REPORT_DIR / name) for name in ("summary.md", "summary.html", "comparison.csv")]
+    )

@@ -1,9 +1,7 @@
 # The RL round loop (docs/rl.md): round r samples with the policy of round r-1 (round 000: the
 # experiment's initial policy on the base model), score_round (score.smk) rewards it, and
 # update_round turns it into policy r. Only configured experiment names match {exp}.
-import re
-
-EXPERIMENT_PATTERN = "|".join(re.escape(name) for name in experiment_names(config)) or "no-experiment-configured"
+EXPERIMENT_PATTERN = experiment_pattern(config)
 RL_CODE = ("rl", "diffusion", "io/trajectories.py")
 
 

@@ -2,8 +2,6 @@
 # features, and per-round rewards. Generated and reference images must meet the encoder at one
 # size (docs/rewards.md, "Scoring a round ... at matched resolution"): min(generator output size,
 # reference crop size), resolved from the config alone (no torch) when the Snakefile is parsed.
-import re
-
 from marsdiff.data.resolution import matched_size
 from marsdiff.rl.experiments import reward_config
 
@@ -15,7 +13,7 @@ SCORE_REWARDS = {
     exp: json.dumps({"reward": reward_config(config["reward"], config["experiments"][exp] or {})}, sort_keys=True)
     for exp in experiment_names(config)
 }
-SCORE_EXPERIMENTS = "|".join(re.escape(exp) for exp in SCORE_REWARDS) or "no-experiment-configured"
+SCORE_EXPERIMENTS = experiment_pattern(config)
 
 
 rule resize_reference:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -120,14 +121,26 @@ def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet: torch.nn.Module, settings: LoraSettings, out_dir: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
+    """Write the adapter with diffusers' own LoRA writer (weights + the LoraConfig as safetensors
+    metadata), so ``pipe.load_lora_weights(out_dir)`` restores rank and alpha exactly."""
+    from diffusers import StableDiffusionPipeline
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = settings.peft_config().to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    layers = {key.removeprefix("unet."): value for key, value in lora_state_dict(unet).items()}
     with atomic_path(out_dir / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-        save_file(lora_state_dict(unet), str(tmp), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config, default=str)})
+        # The writer names the file itself: write into a scratch directory beside the target.
+        scratch = tmp.with_suffix(".d")
+        try:
+            StableDiffusionPipeline.save_lora_weights(
+                save_directory=str(scratch), unet_lora_layers=layers, unet_lora_adapter_metadata=config,
+                weight_name=WEIGHTS_NAME, safe_serialization=True,
+            )
+            os.replace(scratch / WEIGHTS_NAME, tmp)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     write_json(out_dir / CONFIG_NAME, {"marsdiff": {"rank": settings.rank, "alpha": settings.alpha,
                                                    "dropout": settings.dropout, "target_modules": settings.target_modules,
                                                    "init_seed": settings.init_seed}, "peft": config})

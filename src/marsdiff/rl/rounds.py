@@ -168,8 +168,16 @@ def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round
         "round": round_index,
         "set_reward": float(reward_summary.get("set_reward", float("nan"))),
         **{k: float(v) for k, v in credit_stats.items()},
-        **{k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in update.items()},
+        **{k: _json_number(v) for k, v in update.items()},
     }
+
+
+def _json_number(value: Any) -> Any:
+    """Floats for JSON; NaN (a diagnostic the mode does not have) becomes null."""
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        value = float(value)
+        return None if np.isnan(value) else value
+    return value
 
 
 def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
