@@ -33,14 +33,17 @@ EXPECTED = {
     "extract_features": ("gpu-v100", "v100:1", 16000, 60, 4),
     "extract_resized_features": ("gpu-v100", "v100:1", 16000, 60, 4),
     "score_round": ("gpu-v100", "v100:1", 16000, 60, 4),
-    "evaluate": ("gpu-v100", "v100:1", 32000, 240, 8),
+    "extract_sample_features": ("gpu-v100", "v100:1", 16000, 60, 4),
+    "evaluate": ("cpu", None, 16000, 120, 4),
+    "plot_evaluation": ("cpu", None, 4000, 30, 1),
+    "generate_samples": ("gpu-h100", "h100:1", 32000, 240, 8),
     "pretrain_base": ("gpu-h100", "h100:1", 32000, 240, 8),
     "preview_base": ("gpu-h100", "h100:1", 16000, 30, 4),
     "sample_round": ("gpu-h100", "h100:1", 32000, 240, 8),
     "update_round": ("gpu-h100", "h100:1", 64000, 480, 8),
 }
-# Rules the RL and evaluation work adds; their profile entries exist before the rules do.
-NOT_YET_IN_THE_WORKFLOW_OK = {"evaluate", "report_summary"}
+# Rules whose profile entries may exist before the rules do (work in progress elsewhere).
+NOT_YET_IN_THE_WORKFLOW_OK = {"evaluate", "plot_evaluation", "report_summary", "generate_samples", "extract_sample_features"}
 
 RULES_PROBE = """
 import json, sys

@@ -446,6 +446,8 @@ def write_manifest(index_csv: str | os.PathLike, cfg_dict: dict, manifest_csv: s
     """Stage categorize_reference: ``manifest.csv`` = images.csv + lighting and contrast categories."""
     manifest = assign_appearance(read_image_index(index_csv), ReferenceConfig.from_dict(cfg_dict))
     _write_csv(manifest, Path(manifest_csv))
+    for column in ("lighting_cat", "contrast_cat"):
+        log.info("%s: %s", column, manifest[column].value_counts().sort_index().to_dict())
     return manifest
 
 
