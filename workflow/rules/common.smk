@@ -173,15 +173,6 @@ def preview_params(cfg):
     return json.dumps({"model": {"pixel": {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}}}, sort_keys=True)
 
 
-def library_sources(*parts):
-    """Deprecated (absolute paths and time stamps re-ran copied projects): use code_version."""
-    files = [LIBRARY / "errors.py", LIBRARY / "stage.py", LIBRARY / "devices.py", LIBRARY / "io" / "atomic.py"]
-    for part in parts:
-        path = LIBRARY / part
-        files += [path] if part.endswith(".py") else sorted(path.rglob("*.py"))
-    return [str(f) for f in files]
-
-
 def extractor_names(cfg):
     return list(cfg["features"]["extractors"])
 
