@@ -235,26 +235,32 @@ def rl_targets():
     return targets
 
 
-def rl_params(cfg, exp):
-    """What a round of ``exp`` depends on: its own resolved settings, the sampling setup and the
-    backend's section (the pixel model itself is a file input). Other experiments' settings,
-    the sampling batch size (images do not depend on it) and the unused backend's keys are left
-    out, so editing them re-runs no round."""
+# What sampling a round reads of its experiment (the update-only keys reach later rounds through
+# the previous policy's files). Neither stage reads `rounds` (a longer run keeps its finished
+# rounds) nor `reward` (it reaches the loop only through score_round's rewards.csv).
+SAMPLE_KEYS = ("name", "mode", "steps", "eta", "seed", "class_distribution", "images_per_round", "lora", "policy")
+UPDATE_SKIPS = ("rounds", "reward")
+
+
+def rl_params(cfg, exp, stage):
+    """The params of one RL stage ("sample" or "update") of ``exp``: only the experiment keys
+    that stage reads, the shared sampling setup and the backend's section (the pixel model
+    itself is a file input). Other experiments, the sampling batch size (images do not depend
+    on it) and the unused backend's keys are left out, so editing them re-runs no round."""
     from marsdiff.rl.experiments import experiment_settings
 
-    # Shared values are resolved into the experiment's settings; the batch size changes no image.
+    settings = experiment_settings(cfg["experiments"], exp, cfg["sampling"])
+    if stage == "sample":
+        settings = {k: v for k, v in settings.items() if k in SAMPLE_KEYS}
+    else:
+        settings = {k: v for k, v in settings.items() if k not in UPDATE_SKIPS}
     sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "store")}
-    # The reward reaches sampling and updates only through rewards.csv (score_round's output).
-    settings = {k: v for k, v in experiment_settings(cfg["experiments"], exp, cfg["sampling"]).items() if k != "reward"}
     model = {"backend": cfg["model"]["backend"]}
     if cfg["model"]["backend"] == "stable_diffusion":
         model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
     else:
         model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
-    return json.dumps(
-        {"experiments": {exp: settings}, "sampling": sampling, "model": model},
-        sort_keys=True,
-    )
+    return json.dumps({"experiments": {exp: settings}, "sampling": sampling, "model": model}, sort_keys=True)
 
 
 def base_model_inputs():

@@ -17,7 +17,7 @@ rule sample_round:
         round=r"\d{3}",
         exp=EXPERIMENT_PATTERN,
     params:
-        cfg=lambda wildcards: rl_params(config, wildcards.exp),
+        cfg=lambda wildcards: rl_params(config, wildcards.exp, "sample"),
         code=code_version(*RL_CODE, "scripts/sample_round.py"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "sample_round.log",
@@ -48,7 +48,7 @@ rule update_round:
         round=r"\d{3}",
         exp=EXPERIMENT_PATTERN,
     params:
-        cfg=lambda wildcards: rl_params(config, wildcards.exp),
+        cfg=lambda wildcards: rl_params(config, wildcards.exp, "update"),
         code=code_version(*RL_CODE, "scripts/update_round.py"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",

@@ -186,8 +186,6 @@ def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     from marsdiff.rl.experiments import experiment_settings
 
     experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
-    if round_index >= experiment["rounds"]:
-        raise MarsdiffError(f"experiment {experiment_name} has {experiment['rounds']} rounds; round {round_index:03d} is not one")
     sampling = dict(cfg.get("sampling") or {})
     policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
     store = sampling.get("store") or {}
