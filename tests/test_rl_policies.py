@@ -169,3 +169,31 @@ def test_policy_json_names_mode_and_base_model(tmp_path):
     meta = json.loads((tmp_path / "policy" / "policy.json").read_text())
     assert meta["mode"] == "diversity_policy" and meta["base_model_hash"] == tiny_pixel_backend().model_hash()
     assert meta["round"] == 0 and meta["policy_hash"] == policy.policy_hash()
+
+
+def test_kl_to_base_is_the_closed_form_gaussian_kl(tmp_path):
+    from marsdiff.diffusion.rescoring import transition_log_prob
+
+    _, policy, path = sampled_round("lora_unet", tmp_path)
+    actions = actions_for(policy, path)
+    batch = next(iter(actions.minibatches(0)))
+    scored = actions.evaluate(batch)
+    assert float(actions.kl_to_base(batch, scored).abs().max()) == 0.0  # B = 0: the adapter is the base
+    with torch.no_grad():
+        for name, p in policy.backend.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    scored = actions.evaluate(batch)
+    kl = actions.kl_to_base(batch, scored)
+    base = tiny_pixel_backend()  # an independent copy of the base model, no adapter at all
+    t = torch.as_tensor
+    with torch.no_grad():
+        base_out = transition_log_prob(base, actions.scheduler, t(batch.latents), t(batch.next_latents), t(batch.timestep),
+                                       t(batch.condition), prev_timestep=t(batch.prev_timestep), eta=t(batch.eta))
+    std = scored.std.view(-1, 1, 1, 1).expand_as(scored.mean)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(scored.mean.detach(), std), torch.distributions.Normal(base_out.mean, std)
+    ).flatten(1).mean(1)
+    assert float(kl.max()) > 0
+    torch.testing.assert_close(kl.detach(), expected, rtol=1e-4, atol=1e-8)
+    actions.close()
