@@ -1,16 +1,19 @@
-"""The Snakemake workflow: schema errors, lint, cheap parsing, a tiny end-to-end run of the
-reference and feature stages, and re-runs triggered exactly by the stage a change touches."""
+"""The Snakemake workflow: schema errors, lint, cheap parsing, and a tiny end-to-end run of
+every stage that a copied project then finds complete (the re-run policy: test_rerun_policy.py;
+the SLURM profile: test_slurm_profile.py)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import REPO, make_workdir, run_snakemake
 from marsdiff.config import check_config, load_config
@@ -62,6 +65,8 @@ def test_workflow_stops_on_a_bad_config_with_the_key_named(tmp_path):
     result = run_snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
     assert result.returncode != 0
     assert "config key features.batch_size: expected integer" in result.stdout + result.stderr
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "batch_size" in line]
+    assert errors == ["marsdiff error: config key features.batch_size: expected integer, got str 'many'"], errors
 
 
 def test_lint_passes():
@@ -90,8 +95,11 @@ def test_default_dry_run_plans_every_stage(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_run_and_rerun_triggers(tmp_path):
-    workdir = make_workdir(tmp_path)
+def test_tiny_end_to_end_run_then_a_copied_project_has_nothing_to_do(tmp_path):
+    """Every stage on the tiny config; then the finished run, copied without its time stamps
+    (as cp -r or a fresh clone plus copied results gives), dry-runs to nothing. The re-run
+    policy itself is tested stage by stage in test_rerun_policy.py."""
+    workdir = make_workdir(tmp_path / "run")
     tiny = ["--configfile", str(REPO / "tests" / "config" / "tiny.yaml")]
     run_snakemake(workdir, *tiny)
 
@@ -102,51 +110,34 @@ def test_tiny_end_to_end_run_and_rerun_triggers(tmp_path):
     ids = (workdir / "results/features/reference/mobilenet_v2.ids.txt").read_text().split()
     assert features.shape == (36, 256) and features.dtype == np.float32
     assert ids == manifest["id"].tolist()
-    for produced in ("results/validation/validation.json", "results/models/base/samples.png",
-                     "results/runs/tiny/round_000/trajectories.h5", "results/runs/tiny/round_000/samples.csv"):
+    for produced in ("results/validation/validation.json", "results/models/base/samples.png"):
         assert (workdir / produced).stat().st_size > 0, produced
-    for rule in ("prepare_reference", "extract_features/reference_mobilenet_v2", "validate_rewards", "pretrain_base"):
+    rounds = sorted((workdir / "results/runs").glob("*/round_000/trajectories.h5"))
+    assert rounds and all(path.stat().st_size > 0 for path in rounds)
+    for rule in ("prepare_reference", "categorize_reference", "extract_features/reference_mobilenet_v2",
+                 "validate_rewards", "pretrain_base", "preview_base"):
         assert (workdir / "logs" / f"{rule}.log").stat().st_size > 0, rule
+    for rule in ("prepare_reference", "validate_rewards", "pretrain_base", "preview_base"):
         assert (workdir / "benchmarks-out" / f"{rule}.tsv").exists(), rule
 
     assert planned_jobs(run_snakemake(workdir, "-n", *tiny)) == {}, "an unchanged re-run has nothing to do"
 
-    def plan_with(change: dict) -> dict[str, int]:
-        override = tmp_path / "override.yaml"
-        merged = yaml.safe_load((REPO / "tests/config/tiny.yaml").read_text())
-        for section, values in change.items():
-            merged.setdefault(section, {}).update(values)
-        override.write_text(yaml.safe_dump(merged))
-        jobs = planned_jobs(run_snakemake(workdir, "-n", "--configfile", str(override)))
-        jobs.pop("all", None)
-        return jobs
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, copy_function=shutil.copy, symlinks=True)  # new time stamps
+    scramble_times(copy)
+    assert planned_jobs(run_snakemake(copy, "-n", *tiny)) == {}, "a copied finished run has nothing to do"
 
-    assert plan_with({"reward": {"duplicate_factor": 0.3}}) == {"validate_rewards": 1}
-    assert plan_with({"sampling": {"seed": 7}}) == {"sample_round": 1}
-    assert plan_with({"features": {"mobilenet_v2": {"input_size": 64, "grid": 1}}}) == {
-        "extract_features": 1, "validate_rewards": 1,
-    }
-    assert plan_with({"reference": {"seed": 5}}) == {
-        "prepare_reference": 1, "extract_features": 1, "validate_rewards": 1, "pretrain_base": 1, "sample_round": 1,
-    }
+
+def scramble_times(root):
+    """Give every file and folder below ``root`` a random time stamp of the last few days."""
+    rng = np.random.default_rng(0)
+    now = time.time()
+    for path in sorted(root.rglob("*")):
+        stamp = now - float(rng.uniform(0, 3 * 86400))
+        os.utime(path, (stamp, stamp), follow_symlinks=False)
 
 
 def test_check_config_fills_nested_defaults():
     config = check_config({"features": {"mobilenet_v2": {}}})
     assert config["features"]["mobilenet_v2"]["grid"] == 2
     assert config["reference"]["size_bins"] == 6
-
-
-def test_slurm_profile_names_real_rules_and_dry_runs(tmp_path):
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    listed = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--list-rules"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    rules = set(listed.stdout.split())
-    for section in ("set-resources", "set-threads"):
-        unknown = set(profile[section]) - rules
-        assert not unknown, f"profiles/slurm {section} names rules that do not exist: {unknown}"
-    for rule, resources in profile["set-resources"].items():
-        assert not ("gpu" in resources and "gres" in resources), f"{rule}: gpu and gres are mutually exclusive"
-    result = run_snakemake(make_workdir(tmp_path), "-n", "--profile", str(REPO / "profiles/slurm"))
-    assert "prepare_reference" in result.stdout
