@@ -8,7 +8,6 @@ credit spread, beside the update diagnostics (approximate KL, clip fraction).
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -78,10 +77,3 @@ def write_experiment_curves(metrics_paths: Sequence[str | os.PathLike], table_cs
     algorithm = f" ({table['algorithm'].iloc[0]}, {table['mode'].iloc[0]})" if "algorithm" in table else ""
     plot_reward_curve(table, curve_png, title=f"{name}{algorithm}" if name else None)
     return table
-
-
-def reward_change(table: pd.DataFrame) -> float:
-    """Set reward of the last round minus the first (NaN with one round)."""
-    if len(table) < 2:
-        return math.nan
-    return float(table["set_reward"].iloc[-1] - table["set_reward"].iloc[0])
