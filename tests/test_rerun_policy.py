@@ -120,7 +120,7 @@ CONFIG_CHANGES = [
     ("appearance categories retrain nothing", {"reference": {"contrast_bins": 2}},
      {"categorize_reference": 1, "validate_rewards": 1}),
     ("lighting categories", {"reference": {"lighting_bins": 2}}, {"categorize_reference": 1, "validate_rewards": 1}),
-    ("size categories", {"reference": {"size_bins": 2}}, REFERENCE_CHAIN),
+    ("held-out share", {"reference": {"heldout_fraction": 0.3}}, REFERENCE_CHAIN),
     ("crop window", {"reference": {"window_px": 48}}, REFERENCE_CHAIN),
     ("split seed", {"reference": {"seed": 5}}, REFERENCE_CHAIN),
     ("preview grid only", {"model": {"pixel": {"grid_samples_per_class": 3, "grid_sampling_steps": 3}}},
