@@ -20,6 +20,7 @@ import ast
 import hashlib
 import json
 import os
+import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -262,8 +263,10 @@ class ContentDigests:
             return
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._entries, sort_keys=True))
+            # a unique name: cluster jobs on several hosts may save at once (same pid possible)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", suffix=".tmp", dir=self.cache_path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(self._entries, sort_keys=True))
             os.replace(tmp, self.cache_path)
             self._dirty = False
         except OSError:
