@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.io.atomic import current_umask
 
 #: Digest -> the files it covers (relative names), filled by :func:`code_digest`; lets tests
 #: check which files a rule's ``code`` param follows.
@@ -267,6 +268,7 @@ class ContentDigests:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.cache_path.name}.", suffix=".tmp", dir=self.cache_path.parent)
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(self._entries, sort_keys=True))
+            os.chmod(tmp, 0o666 & ~current_umask())  # shared project directories: group-readable
             os.replace(tmp, self.cache_path)
             self._dirty = False
         except OSError:
