@@ -36,11 +36,6 @@ REGISTRY: dict[str, tuple[str, ...]] = {}
 DIGEST_CHARS = 16
 PACKAGE = "marsdiff"
 
-#: model.pixel keys that shape only the base model's preview grid (stage preview_base) or its
-#: log cadence: they never change the trained weights, so they never retrain the base model.
-PIXEL_PREVIEW_KEYS = ("grid_samples_per_class", "grid_reference_per_class", "grid_sampling_steps")
-PIXEL_LOGGING_KEYS = ("log_every",)
-
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):

@@ -148,7 +148,7 @@ def pretrain_params(cfg):
     on, whatever preset name produced them. Preview-grid and logging keys are left out
     (preview_base draws the grid); pretrain_settings passes those to the script untracked."""
     from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
-    from marsdiff.provenance import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
+    from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
 
     section = dict(cfg["model"].get("pixel") or {})
     preset = PIXEL_PRESETS.get(section.pop("preset", None) or "small", {})
@@ -160,14 +160,14 @@ def pretrain_params(cfg):
 def pretrain_settings(cfg):
     """model.pixel keys the training script needs that change no weight: the preset's name
     (recorded in the model's metadata) and the log cadence."""
-    from marsdiff.provenance import PIXEL_LOGGING_KEYS
+    from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS
 
     section = cfg["model"].get("pixel") or {}
     return {"preset": section.get("preset") or "small", **{k: section.get(k) for k in PIXEL_LOGGING_KEYS}}
 
 
 def preview_params(cfg):
-    from marsdiff.provenance import PIXEL_PREVIEW_KEYS
+    from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
 
     section = cfg["model"].get("pixel") or {}
     return json.dumps({"model": {"pixel": {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}}}, sort_keys=True)

@@ -46,7 +46,7 @@ from marsdiff.diffusion.pixel import (
 from marsdiff.devices import resolve_device
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir
-from marsdiff.provenance import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
+from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
 
 log = logging.getLogger(__name__)
 
