@@ -97,11 +97,12 @@ def reference_data_version(cfg):
     image, ...) stops the workflow with one line before Snakemake deletes any old output.
     """
     from marsdiff.data.reference import check_reference_inputs
+    from marsdiff.provenance import combine_digests
 
     digests = content_digests()
-    version = stop_on_user_error(check_reference_inputs, cfg["reference"], digests)
+    named = stop_on_user_error(check_reference_inputs, cfg["reference"], digests.file)
     digests.save()
-    return version
+    return combine_digests(named)
 
 
 def reference_params(cfg, stage):

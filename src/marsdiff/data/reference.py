@@ -41,7 +41,6 @@ from marsdiff.data.images import is_image_name, load_image, save_png
 from marsdiff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir, atomic_path
-from marsdiff.provenance import ContentDigests, combine_digests
 
 log = logging.getLogger(__name__)
 
@@ -319,37 +318,47 @@ def read_metadata(csv_path: Path, relatives: list[Path]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- input check
 
-def check_reference_inputs(cfg_dict: dict, digests: ContentDigests | None = None) -> str:
-    """Validate the data the ``reference`` section names, write nothing; return its content digest.
+def check_reference_inputs(cfg_dict: dict, digest_file=None) -> list[tuple[str, str]]:
+    """Validate the data the ``reference`` section names, write nothing; ``(name, content digest)``
+    of every file it names.
 
     Everything prepare_reference would refuse about its input (missing or unreadable files,
     labels outside the tile, images at the folder's top level, id collisions, metadata naming
-    unknown files, undecodable images) is refused here with the same one-line error. Images
-    are decoded only when ``digests`` has not seen them unchanged before. The digest covers the
-    files' content and their names inside the folder, not where the folder lives.
+    unknown files, undecodable images) is refused here with the same one-line error. Names are
+    the files' names inside the folder (or the tile's file name), never where the data lives.
+    ``digest_file(path, check=..., kind=...)`` runs ``check`` and returns the file's SHA-256; the
+    workflow passes a cached one (marsdiff.provenance.ContentDigests.file) so unchanged images
+    are not decoded again. (Passed in, not imported: editing the workflow's digest machinery
+    must not change this stage's code version.)
     """
     cfg = ReferenceConfig.from_dict(cfg_dict)
-    digests = digests or ContentDigests()
+    digest_file = digest_file or _checked_sha256
     named: list[tuple[str, str]] = []
     if cfg.source == "hrsc":
         tile_path, labels_path, source = _tile_source(cfg)
         width, height = _image_dimensions(tile_path)
         load_crater_labels(labels_path, width=width, height=height)
         _check_window(cfg, tile_path, width, height)
-        named.append((f"tile/{source}", digests.file(tile_path, check=_check_image, kind="image")))
-        named.append(("labels", digests.file(labels_path)))
+        named.append((f"tile/{source}", digest_file(tile_path, check=_check_image, kind="image")))
+        named.append(("labels", digest_file(labels_path, check=None, kind="file")))
     elif cfg.source == "folder":
         root = _folder_root(cfg)
         relatives = scan_image_folder(root)
         folder_ids(root, relatives)
         for relative in relatives:
-            named.append((f"folder/{relative.as_posix()}", digests.file(root / relative, check=_check_image, kind="image")))
+            named.append((f"folder/{relative.as_posix()}", digest_file(root / relative, check=_check_image, kind="image")))
         if cfg.metadata_csv:
             read_metadata(Path(cfg.metadata_csv), relatives)
-            named.append(("metadata", digests.file(cfg.metadata_csv)))
+            named.append(("metadata", digest_file(Path(cfg.metadata_csv), check=None, kind="file")))
     else:
         raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
-    return combine_digests(named)
+    return named
+
+
+def _checked_sha256(path: Path, check=None, kind: str = "file") -> str:
+    if check is not None:
+        check(path)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_image(path: Path) -> None:
