@@ -145,3 +145,13 @@ def test_a_damaged_cache_is_rebuilt(tmp_path):
     data = tmp_path / "d.txt"
     data.write_text("x")
     assert len(ContentDigests(cache).file(data)) == 64
+
+
+def test_no_stage_runs_the_rerun_machinery():
+    """Editing marsdiff.provenance (how versions are computed) must re-run no stage: no workflow
+    script may import it, directly or through the library."""
+    from conftest import REPO
+
+    for script in sorted((REPO / "workflow" / "scripts").glob("*.py")):
+        files = REGISTRY[code_digest(REPO / "src" / "marsdiff", REPO / "workflow" / "scripts", [f"scripts/{script.name}"])]
+        assert "provenance.py" not in files, script.name
