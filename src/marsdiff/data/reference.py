@@ -505,7 +505,8 @@ def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row:
                 ax.set_ylabel(category, fontsize=7)
     fig.suptitle("Reference craters by size category", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
