@@ -18,9 +18,12 @@ One update (the structure of sb3-contrib's TRPO, one policy step per rollout):
      mean_d (mu_theta - mu_old)^2 / (2 sigma^2) and F = mean_rows J^T J / (sigma^2 D) with
      J = d mu / d theta and D the latent dimensions (the stored unit averages over them).
      J v comes from forward-mode AD, J^T (.) from one ordinary backward.
+   * ``auto`` (default): gauss_newton for denoising steps (cheaper, and no double backward:
+     less memory), kl_hessian for plan actions.
 
-   Both go through diffusers' classic attention processor (:func:`twice_differentiable_attention`):
-   PyTorch's fused attention kernels have neither a double backward nor a forward-mode derivative.
+   PyTorch's fused attention kernels have neither a double backward nor a forward-mode
+   derivative: kl_hessian runs wholly, gauss_newton's J v only, through diffusers' classic
+   attention processor (:func:`twice_differentiable_attention`).
 3. Conjugate gradient solves (F + cg_damping I) s = g in at most ``cg_iterations`` products,
    stopping once the squared residual is below ``cg_tolerance``.
 4. Step length beta = sqrt(2 max_kl / s^T F s) (undamped F: the step whose quadratic KL model is
@@ -56,6 +59,7 @@ from marsdiff.rl.surrogate import ratio_stats, surrogate_objective
 log = logging.getLogger(__name__)
 
 FVP_METHODS = ("kl_hessian", "gauss_newton")
+FVP_CHOICES = ("auto",) + FVP_METHODS
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,8 @@ class TRPOSettings:
     cg_tolerance: float = 1e-10  # on the squared residual norm, as sb3-contrib
     line_search_shrink: float = 0.8
     line_search_max_tries: int = 10
-    fvp_subsample: int = 64
-    fvp_method: str = "kl_hessian"
+    fvp_subsample: int = 32  # = minibatch_size: one chunk, its graph kept across CG products
+    fvp_method: str = "auto"  # gauss_newton for denoising steps, kl_hessian for plan actions
     minibatch_size: int = 32  # also the FVP chunk size
     timestep_fraction: float = 1.0  # read by the round loop (DenoiseActions)
 
@@ -90,7 +94,7 @@ class TRPOSettings:
             ("line_search_shrink", 0 < settings.line_search_shrink < 1, "must be in (0, 1)"),
             ("line_search_max_tries", settings.line_search_max_tries >= 1, "must be >= 1"),
             ("fvp_subsample", settings.fvp_subsample >= 1, "must be >= 1"),
-            ("fvp_method", settings.fvp_method in FVP_METHODS, f"must be one of {', '.join(FVP_METHODS)}"),
+            ("fvp_method", settings.fvp_method in FVP_CHOICES, f"must be one of {', '.join(FVP_CHOICES)}"),
             ("minibatch_size", settings.minibatch_size >= 1, "must be >= 1"),
             ("timestep_fraction", 0 < settings.timestep_fraction <= 1, "must be in (0, 1]"),
         )
@@ -306,7 +310,11 @@ class FisherVectorProduct:
         started = time.perf_counter()
         v_parts = _unflat(vector, self.parameters)
         out = torch.zeros_like(vector)
-        with twice_differentiable_attention(self.module):
+        # kl_hessian differentiates the whole first-order graph again: every attention layer in it
+        # must be the classic one. gauss_newton only needs it for the forward-mode J v; its J^T
+        # pass is an ordinary backward through the model's own (memory-efficient) attention.
+        attention = self.module if self.method == "kl_hessian" else None
+        with twice_differentiable_attention(attention):
             keep = len(self.chunks) == 1
             for chunk in self.chunks:
                 if keep and self._cached is None:
@@ -351,7 +359,7 @@ class FisherVectorProduct:
         from torch.func import functional_call
 
         probe = _WithModule(self.module, lambda: self.actions.evaluate(chunk).mean)
-        with torch.no_grad(), fwAD.dual_level():
+        with torch.no_grad(), fwAD.dual_level(), twice_differentiable_attention(self.module):
             duals = {name: fwAD.make_dual(p.detach(), v) for name, p, v in zip(self._names, self.parameters, v_parts)}
             mean = functional_call(probe, duals, ())
             tangent = fwAD.unpack_dual(mean).tangent
@@ -415,7 +423,10 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     if not parameters:
         raise MarsdiffError("TRPO: the policy has no trainable parameters")
     family = _family(actions)
-    if settings.fvp_method == "gauss_newton" and not family.supports_gauss_newton:
+    method = settings.fvp_method
+    if method == "auto":
+        method = "gauss_newton" if family.supports_gauss_newton else "kl_hessian"
+    if method == "gauss_newton" and not family.supports_gauss_newton:
         raise MarsdiffError("trpo.fvp_method gauss_newton needs fixed-sigma Gaussian actions (mode lora_unet); use kl_hessian")
     started = time.perf_counter()
 
@@ -440,7 +451,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
 
     # 2-3. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample.
     fvp_rows = actions.subsample(settings.fvp_subsample, int(getattr(actions, "seed", 0)))
-    fvp = FisherVectorProduct(actions, parameters, fvp_rows, settings.fvp_method, settings.minibatch_size, settings.cg_damping)
+    fvp = FisherVectorProduct(actions, parameters, fvp_rows, method, settings.minibatch_size, settings.cg_damping)
     cg_started = time.perf_counter()
     grad_norm = float(gradient.norm())
     direction = torch.zeros_like(gradient)

@@ -1,0 +1,220 @@
+"""Benchmark: the cost of one RL update (PPO, TRPO) on a recorded round of the default pixel model.
+
+One command, prints tables:
+
+    .venv/bin/python benchmarks/bench_rl_update.py [--images 24 --steps 10 --repeats 2]
+
+* PPO: one update (1 epoch, minibatches of ``--minibatch``) in transitions/s, and its ratio to
+  (minibatches x one UNet forward+backward at the same batch size): the overhead of re-scoring,
+  reading the round file, clipping and the optimiser step over the bare network cost (target <= 1.15);
+* TRPO: the update's wall time as a ratio to the PPO update on the same round, its split
+  (surrogate gradient, Fisher-vector products, CG algebra, line search), and how it scales with
+  ``fvp_subsample`` and ``cg_iterations`` for both FVP methods. CG runs every iteration here
+  (tolerance ~0) so the scaling is not hidden by early stops; one FVP product is also expressed
+  in UNet forward+backward units, with the first-order graph kept (one chunk) or rebuilt.
+
+The UNet is the embedded default's size ("small" preset: 32x32 grey, block_out_channels
+(32, 64, 64), layers_per_block 1, mid-block attention, 6 classes) with random weights and a rank-4
+LoRA adapter on the default targets (conv1, conv2, time_emb_proj); timing does not depend on
+the weights. Median of ``--repeats`` runs, PPO and TRPO interleaved. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLASSES = 6
+
+
+def make_policy(seed: int = 0):
+    from marsdiff.diffusion.pixel import PixelConfig, build_noise_scheduler, build_pixel_unet
+    from marsdiff.diffusion.pixel_backend import PixelBackend
+    from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
+    from marsdiff.rl.policy import RoundPolicy
+
+    preset = {k: v for k, v in PIXEL_PRESETS["small"].items() if k in PixelConfig.__dataclass_fields__}
+    cfg = PixelConfig.from_dict(preset)
+    torch.manual_seed(seed)
+    unet = build_pixel_unet(cfg, CLASSES)
+    meta = {"backend": "pixel", "image_size": cfg.image_size, "channels": 1, "class_names": [f"c{i}" for i in range(CLASSES)]}
+    backend = PixelBackend(unet, dict(build_noise_scheduler(cfg).config), meta, device="cpu")
+    experiment = {"eta": 1.0, "class_distribution": "uniform", "lora": {"rank": 4}}
+    policy = RoundPolicy.initial("lora_unet", backend, experiment)
+    # B = 0 in a fresh adapter zeroes A's gradient; a trained adapter has B != 0 (cost is the same,
+    # but TRPO's CG then works on every parameter as it would after round 0).
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    return policy
+
+
+def record_round(policy, images: int, steps: int, out_dir: Path) -> Path:
+    from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round
+
+    experiment = {"images_per_round": images, "steps": steps, "eta": 1.0, "seed": 0, "class_distribution": "uniform"}
+    settings = round_sampling_settings({"batch_size": min(images, 32), "device": "cpu"}, experiment)
+    sample_policy_round(policy, settings, experiment, 0, out_dir)
+    return out_dir / "trajectories.h5"
+
+
+def make_actions(policy, path: Path, images: int, steps: int, minibatch: int):
+    from marsdiff.rl.actions import DenoiseActions
+
+    advantages = np.random.default_rng(0).normal(size=(images, steps)).astype(np.float32)
+    return DenoiseActions(policy, path, advantages, minibatch, 1.0, seed=0)
+
+
+def forward_backward_seconds(policy, actions, batch_size: int, repeats: int) -> float:
+    """One bare UNet forward + backward (LoRA gradients) at ``batch_size``, median."""
+    unet = policy.backend.unet
+    params = policy.trainable_parameters()
+    batch = next(actions.minibatches(0))
+    x = torch.as_tensor(batch.latents[:batch_size])
+    t = torch.as_tensor(batch.timestep[:batch_size])
+    c = torch.as_tensor(batch.condition[:batch_size])
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        out = unet(x, t, class_labels=c).sample
+        torch.autograd.grad(out.pow(2).mean(), params)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])  # the first call warms up kernels and the allocator
+
+
+class Restore:
+    """Put the policy's parameters back after an update, so every run starts from the same weights."""
+
+    def __init__(self, params):
+        self.params = list(params)
+
+    def __enter__(self):
+        self.saved = [p.detach().clone() for p in self.params]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for p, s in zip(self.params, self.saved):
+                p.copy_(s)
+
+
+def run_ppo(policy, actions, minibatch: int) -> float:
+    from marsdiff.rl.ppo import PPOSettings, ppo_update
+
+    params = policy.trainable_parameters()
+    optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
+    with Restore(params):
+        started = time.perf_counter()
+        ppo_update(actions, params, optimiser, PPOSettings(minibatch_size=minibatch), progress=False)
+        return time.perf_counter() - started
+
+
+def run_trpo(policy, actions, **settings) -> dict[str, float]:
+    from marsdiff.rl.trpo import TRPOSettings, trpo_update
+
+    params = policy.trainable_parameters()
+    with Restore(params):
+        return trpo_update(actions, params, TRPOSettings(cg_tolerance=1e-300, **settings), progress=False)
+
+
+def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int, repeats: int) -> float:
+    from marsdiff.rl.trpo import FisherVectorProduct
+
+    params = policy.trainable_parameters()
+    fvp = FisherVectorProduct(actions, params, actions.subsample(subsample, 0), method, chunk, 0.1)
+    v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64)
+    fvp(v)  # builds the kept graph (one chunk) and warms up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fvp(v)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--minibatch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--subsamples", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--cg", type=int, nargs="+", default=[5, 10, 20])
+    # One thread by default: double backward is many small kernels, and on a shared 2-core
+    # machine two threads per process oversubscribe the cores (measured 10-50x slower).
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    policy = make_policy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = record_round(policy, args.images, args.steps, Path(tmp) / "round")
+        actions = make_actions(policy, path, args.images, args.steps, args.minibatch)
+        n = actions.num_actions
+        fb = forward_backward_seconds(policy, actions, args.minibatch, args.repeats)
+        run_ppo(policy, actions, args.minibatch)  # warm-up
+
+        # The default (fvp_method auto = gauss_newton here, fvp_subsample = minibatch, 10 CG
+        # iterations), kl_hessian beside it, then one knob at a time.
+        base = {"fvp_subsample": args.minibatch, "cg_iterations": 10, "minibatch_size": args.minibatch}
+        configs = [("gauss_newton (default)", dict(base, fvp_method="gauss_newton")),
+                   ("kl_hessian", dict(base, fvp_method="kl_hessian"))]
+        for s in args.subsamples:
+            if s != base["fvp_subsample"]:
+                configs.append((f"gauss_newton fvp_subsample {s}", dict(base, fvp_method="gauss_newton", fvp_subsample=s)))
+        if len(args.subsamples) > 1:
+            s = sorted(args.subsamples)[1]
+            configs.append((f"kl_hessian fvp_subsample {s}", dict(base, fvp_method="kl_hessian", fvp_subsample=s)))
+        for c in args.cg:
+            if c != base["cg_iterations"]:
+                configs.append((f"gauss_newton cg_iterations {c}", dict(base, fvp_method="gauss_newton", cg_iterations=c)))
+
+        ppo_times: list[float] = []
+        trpo_rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
+        for _ in range(args.repeats):
+            ppo_times.append(run_ppo(policy, actions, args.minibatch))
+            for name, settings in configs:
+                trpo_rows[name].append(run_trpo(policy, actions, **settings))
+        products = {
+            (method, keep): fvp_product_seconds(policy, actions, method, args.minibatch if keep else 2 * args.minibatch,
+                                               args.minibatch, args.repeats)
+            for method in ("kl_hessian", "gauss_newton") for keep in (True, False)
+        }
+        actions.close()
+
+    ppo = statistics.median(ppo_times)
+    print(f"\nRL update cost, pixel UNet 32x32 (32, 64, 64), LoRA rank 4, {args.images} images x {args.steps} steps "
+          f"= {n} trainable transitions, minibatch {args.minibatch}, {args.threads} thread(s), median of {args.repeats}")
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
+    print("PPO (1 epoch)")
+    print(f"  update                               {ppo:8.3f} s   {n / ppo:8.1f} transitions/s")
+    bare = fb * n / args.minibatch
+    print(f"  UNet fwd+bwd at batch {args.minibatch:<3d}            {fb:8.3f} s   x {n}/{args.minibatch} batches = {bare:.3f} s")
+    print(f"  update / (transitions x fwd+bwd)     {ppo / bare:8.3f}     (target <= 1.15)\n")
+    print("One Fisher-vector product, in UNet fwd+bwd units of the same number of transitions")
+    for (method, keep), seconds in products.items():
+        count = args.minibatch if keep else 2 * args.minibatch
+        label = "graph kept (1 chunk)" if keep else "rebuilt (2 chunks)"
+        print(f"  {method:13s} {label:22s} {seconds:8.3f} s   {seconds / (fb * count / args.minibatch):6.2f} x")
+    print("\nTRPO (one step; CG runs all its iterations)")
+    header = (f"  {'setting':32s} {'seconds':>8s} {'/ PPO':>7s} {'gradient':>9s} {'fvp':>8s} {'products':>9s} {'cg':>7s} "
+              f"{'search':>7s} {'tries':>6s} {'kl':>8s} {'sFs/ss':>8s}")
+    print(header)
+    for name, rows in trpo_rows.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"  {name:32s} {med['seconds']:8.3f} {med['seconds'] / ppo:7.2f} {med['gradient_seconds']:9.3f} "
+              f"{med['fvp_seconds']:8.3f} {med['fvp_products']:9.0f} {med['cg_seconds']:7.3f} "
+              f"{med['line_search_seconds']:7.3f} {med['line_search_tries']:6.0f} {med['kl']:8.4f} {med['fisher_rayleigh']:8.4f}")
+    print("\n  sFs/ss: Rayleigh quotient of the Fisher along the step (undamped), to compare with cg_damping 0.1")
+
+
+if __name__ == "__main__":
+    main()
