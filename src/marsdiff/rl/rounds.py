@@ -146,7 +146,8 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         else:
             from marsdiff.rl.trpo import TRPOSettings, trpo_update
 
-            metrics.update(trpo_update(actions, policy.trainable_parameters(), TRPOSettings.from_config(experiment.get("trpo"))))
+            settings = TRPOSettings.from_config(experiment.get("trpo"))
+            metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress))
     finally:
         actions.close()
     metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages))})
