@@ -27,30 +27,7 @@ from marsdiff.diffusion.scheduler_logprob import (
 )
 from marsdiff.errors import MarsdiffError
 
-CLASS_NAMES = ["small", "medium", "large"]
-
-
-def tiny_unet(seed: int = 0, size: int = 16):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        num_class_embeds=len(CLASS_NAMES),
-        norm_num_groups=4,
-    )
-
-
-def ddpm_config(**overrides):
-    from diffusers import DDPMScheduler
-
-    return dict(DDPMScheduler(num_train_timesteps=1000, **overrides).config)
+from tiny_models import CLASS_NAMES, ddpm_config, tiny_unet
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.rl.settings import settings_from_mapping
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,7 @@ class AdvantageSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "AdvantageSettings":
-        cfg = dict(cfg or {})
-        settings = cls(**{k: type(getattr(cls, k))(v) for k, v in cfg.items() if k in cls.__dataclass_fields__})
+        settings = settings_from_mapping(cls, cfg, "advantages")
         if settings.clip <= 0:
             raise MarsdiffError(f"advantages.clip must be > 0, got {settings.clip}")
         if not 0 <= settings.gamma <= 1 or not 0 <= settings.gae_lambda <= 1:

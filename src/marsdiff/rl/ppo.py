@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.surrogate import clipped_surrogate_objective, ratio_stats
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,7 @@ class PPOSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "PPOSettings":
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise MarsdiffError(f"ppo: unknown settings {unknown}")
-        settings = cls(**{k: type(getattr(cls, k))(v) for k, v in cfg.items()})
+        settings = settings_from_mapping(cls, cfg, "ppo")
         if settings.epochs < 1 or settings.minibatch_size < 1:
             raise MarsdiffError("ppo.epochs and ppo.minibatch_size must be >= 1")
         if settings.clip_denoise <= 0 or settings.clip_plan <= 0:

@@ -46,13 +46,14 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.actions import gaussian_mean_kl
 from marsdiff.rl.surrogate import ratio_stats, surrogate_objective
 
@@ -79,13 +80,7 @@ class TRPOSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "TRPOSettings":
-        cfg = dict(cfg or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise MarsdiffError(f"trpo: unknown settings {unknown} (known: {', '.join(known)})")
-        values = {key: _typed(key, value, type(getattr(cls, key))) for key, value in cfg.items()}
-        settings = cls(**values)
+        settings = settings_from_mapping(cls, cfg, "trpo")
         checks = (
             ("max_kl", settings.max_kl > 0, "must be > 0"),
             ("cg_iterations", settings.cg_iterations >= 1, "must be >= 1"),
@@ -102,23 +97,6 @@ class TRPOSettings:
             if not ok:
                 raise MarsdiffError(f"trpo.{key} {rule}, got {getattr(settings, key)!r}")
         return settings
-
-
-def _typed(key: str, value: Any, kind: type) -> Any:
-    """YAML value -> the field's type; bools, non-integral iteration counts and NaN are refused."""
-    if kind is str:
-        if not isinstance(value, str):
-            raise MarsdiffError(f"trpo.{key} must be a string, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MarsdiffError(f"trpo.{key} must be a number, got {value!r}")
-    if kind is int:
-        if float(value) != int(value):
-            raise MarsdiffError(f"trpo.{key} must be an integer, got {value!r}")
-        return int(value)
-    if not math.isfinite(float(value)):
-        raise MarsdiffError(f"trpo.{key} must be finite, got {value!r}")
-    return float(value)
 
 
 # --- the two action families: old-policy snapshot and KL(old || new) per action ----------------
