@@ -32,6 +32,7 @@ include: "workflow/rules/rewards.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/rl.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -43,3 +44,4 @@ rule all:
         reward_targets(),
         model_targets(),
         rl_targets(),
+        evaluation_targets(),

@@ -391,3 +391,26 @@ def evaluation_targets():
         + [str(path) for path in evaluation_figures().values()]
         + [str(REPORT_DIR / name) for name in ("summary.md", "summary.html", "comparison.csv")]
     )
+
+
+EVAL_CATEGORY = "4. Evaluation"
+# Captions are paths relative to workflow/rules/ (where the rules using them live).
+EVAL_FIGURE_CAPTIONS = {
+    "tsne": ("../report/eval_tsne.rst", "t-SNE"),
+    "sample_grid": ("../report/eval_sample_grid.rst", "sample grid"),
+    "category_coverage": ("../report/eval_category_coverage.rst", "coverage by category"),
+    "metric_intervals": ("../report/eval_metric_intervals.rst", "metric intervals"),
+    "reward_curves": ("../report/eval_reward_curves.rst", "reward curves"),
+}
+
+
+def evaluation_figure_outputs():
+    """Every figure wrapped for the report, with its caption and a label."""
+    outputs = {}
+    for key, path in evaluation_figures().items():
+        if key.startswith("novel_redundant_"):
+            caption, label = "../report/eval_novel_redundant.rst", f"novel / redundant: {key[len('novel_redundant_'):]}"
+        else:
+            caption, label = EVAL_FIGURE_CAPTIONS[key]
+        outputs[key] = report(path, caption=caption, category=EVAL_CATEGORY, labels={"figure": label})
+    return outputs

@@ -1,0 +1,66 @@
+"""Features of an evaluated model's images (stage ``extract_sample_features``).
+
+The same path as a scored round (:func:`marsdiff.rewards.round_scoring.round_features`): images
+at the matched size are read as written, larger ones (Stable Diffusion) are brought down with the
+BOX filter the reference took, so generated and held-out crops meet the encoder at one size, and
+every vector goes through the content-keyed feature cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from marsdiff.errors import MarsdiffError
+
+log = logging.getLogger(__name__)
+
+
+def read_samples(samples_csv: str | os.PathLike, images_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
+    """Image ids and paths of one model's evaluation images, in image-index order."""
+    import pandas as pd
+
+    samples_csv, images_dir = Path(samples_csv), Path(images_dir)
+    try:
+        samples = pd.read_csv(samples_csv, dtype={"image_id": str, "file": str})
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise MarsdiffError(f"{samples_csv}: unreadable samples file ({' '.join(str(err).split())})") from None
+    missing_columns = [c for c in ("image_id", "file", "image_index") if c not in samples]
+    if missing_columns:
+        raise MarsdiffError(f"{samples_csv}: no {missing_columns[0]!r} column (written by generate_samples?)")
+    samples = samples.sort_values("image_index", kind="stable").reset_index(drop=True)
+    paths = [images_dir / name for name in samples["file"]]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise MarsdiffError(f"{absent[0]}: image listed in {samples_csv.name} not found ({len(absent)} missing)")
+    return samples["image_id"].astype(str).tolist(), paths
+
+
+def extract_sample_features(
+    sets: Mapping[str, tuple[str | os.PathLike, str | os.PathLike, str | os.PathLike]],
+    extractor_name: str,
+    features_cfg: Mapping[str, Any],
+    resolution: int,
+) -> dict[str, dict[str, Any]]:
+    """Features of every evaluated model's images: ``sets`` maps a model to (samples.csv, images
+    folder, output .npy); each output gets its ``.ids.txt`` and ``.json``, rows in image-index order.
+
+    One job for all models: the extractor loads once, and the content-keyed cache turns the
+    images of models that did not change into cache hits when one model is re-drawn.
+    """
+    from marsdiff.features.registry import build_extractor
+    from marsdiff.io.feature_files import write_feature_set
+    from marsdiff.rewards.round_scoring import round_features
+
+    extractor = build_extractor(extractor_name, dict(features_cfg))
+    infos = {}
+    for name, (samples_csv, images_dir, out_npy) in sets.items():
+        ids, paths = read_samples(samples_csv, images_dir)
+        features, info = round_features(paths, extractor, features_cfg.get("cache_dir"), int(resolution))
+        write_feature_set(features, ids, out_npy, extractor=extractor)
+        log.info("%s: %s features of %d images at %d px (cache hits %d, misses %d)", name, extractor_name, len(ids),
+                 resolution, info["cache_hits"], info["cache_misses"])
+        infos[name] = info
+    return infos

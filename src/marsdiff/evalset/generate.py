@@ -1,0 +1,155 @@
+"""Seeded evaluation images of one model: the base model at a knob setting, or a saved RL policy.
+
+Stage ``generate_samples`` (one job per model, :mod:`marsdiff.evalset.models` lists the models).
+Output: ``images/e<index>.png`` (uint8, as the generator writes them) and ``samples.csv`` with
+one row per image: ``image_id, file, image_index, seed, condition, condition_name, eta,
+noise_scale, guidance_scale``.
+
+Pairing: image i of every model is drawn from the same per-image random stream (seed from
+``(evaluation.seed, EVALUATION_ROUND, i)``), so the condition draw and the initial noise are
+shared wherever the plans agree, and differences between models are paired (the bootstrap of
+:mod:`marsdiff.evaluation.bootstrap` pairs replicates by image index for the same reason).
+The chain is the RL sampler's (:class:`~marsdiff.diffusion.sampler.RecordingSampler`), so a
+policy is evaluated with exactly the sampling it was trained under; the recorded log-probs are
+dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from marsdiff.evalset.models import EVALUATION_ROUND, BASE, FINAL, KNOB, ROUND
+from marsdiff.errors import MarsdiffError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = (
+    "image_id", "file", "image_index", "seed", "condition", "condition_name", "eta", "noise_scale", "guidance_scale",
+)
+
+
+def image_file(index: int) -> str:
+    return f"e{index:05d}.png"
+
+
+def class_weights(spec: Any, backend: Any, where: str) -> Any:
+    """The class distribution of a knob setting: 'uniform', 'inverse_frequency' (1 / the model's
+    training count of each class), 'tails' (weight 2 on the first and last class: the pixel
+    model's smallest and largest craters), a list of weights or a {class name: weight} mapping."""
+    if spec == "tails":
+        weights = [1.0] * len(backend.conditions())
+        weights[0] = weights[-1] = 2.0
+        return weights
+    if spec != "inverse_frequency":
+        return spec
+    meta = getattr(backend, "meta", None) or {}
+    counts = ((meta.get("training") or {}).get("class_counts")) or {}
+    names = backend.conditions()
+    missing = [name for name in names if name not in counts]
+    if missing:
+        raise MarsdiffError(f"{where}: inverse_frequency needs the model's class counts, none recorded for {missing[0]!r}")
+    # A class the model never saw keeps the weight of a class seen once (not infinity).
+    return [1.0 / max(1, int(counts[name])) for name in names]
+
+
+def generation_for(spec: Mapping[str, Any], backend: Any, policy_dir: str | os.PathLike | None):
+    """(backend, generation plan policy) that draws the model's images."""
+    from marsdiff.diffusion.plan import FixedGeneration
+
+    kind = spec["kind"]
+    if kind in (BASE, KNOB):
+        where = (
+            f"evaluation.knobs.class_weights.{spec['class_weights_name']}" if kind == KNOB else "sampling.class_distribution"
+        )
+        weights = class_weights(spec["class_weights"], backend, where)
+        try:
+            generation = FixedGeneration(
+                backend.conditions(), weights, {"eta": spec["eta"], "noise_scale": spec["noise_scale"]}
+            )
+        except MarsdiffError as err:
+            # the library names sampling.class_distribution; name the key the user set
+            prefix = "sampling.class_distribution: "
+            message = str(err)[len(prefix):] if str(err).startswith(prefix) else str(err)
+            raise MarsdiffError(f"{where}: {message}") from None
+        return backend, generation
+    if kind in (FINAL, ROUND):
+        from marsdiff.rl.policy import RoundPolicy
+
+        if policy_dir is None:
+            raise MarsdiffError(f"evaluation model {spec['name']!r}: no policy folder given")
+        policy = RoundPolicy.load(policy_dir, backend)
+        return policy.backend, policy.generation
+    raise MarsdiffError(f"evaluation model {spec.get('name')!r}: unknown kind {kind!r}")
+
+
+def generate_model_samples(
+    spec: Mapping[str, Any],
+    model_cfg: Mapping[str, Any],
+    sampling: Mapping[str, Any],
+    n_images: int,
+    seed: int,
+    steps: int,
+    images_dir: str | os.PathLike,
+    samples_csv: str | os.PathLike,
+    model_dir: str | os.PathLike | None = None,
+    policy_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Draw ``n_images`` seeded images of one evaluated model into ``images_dir`` + ``samples_csv``.
+
+    ``spec``: one entry of :func:`marsdiff.evalset.models.evaluation_models`; ``sampling``: the
+    sampling section (min_std, batch_size, device; the seed and steps are the evaluation's).
+    """
+    from marsdiff.data.images import save_png
+    from marsdiff.diffusion.loading import load_backend
+    from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
+    from marsdiff.io.atomic import atomic_dir, atomic_path
+
+    if int(n_images) < 2:
+        raise MarsdiffError(f"evaluation.images = {n_images}: evaluation needs at least 2 images per model (set M >= 2)")
+    started = time.perf_counter()
+    device = str(sampling.get("device", "auto"))
+    backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(model_cfg, device=device)
+    backend, generation = generation_for(spec, backend, policy_dir)
+    settings = SamplingSettings.from_config({
+        **{k: v for k, v in dict(sampling).items() if k in ("min_std", "batch_size", "device", "eta")},
+        "steps": int(steps),
+        "seed": int(seed),
+        "store": {"dtype": "float32"},
+    })
+    sampler = RecordingSampler(backend, settings, generation)
+    names = backend.conditions()
+    rows: list[dict[str, Any]] = []
+    with atomic_dir(images_dir) as tmp_images:
+        for batch in sampler.sample(int(n_images), round_index=EVALUATION_ROUND):
+            for j, index in enumerate(batch.image_index.tolist()):
+                name = image_file(index)
+                save_png(Path(tmp_images) / name, batch.images[j])
+                rows.append({
+                    "image_id": name[:-4],
+                    "file": name,
+                    "image_index": int(index),
+                    "seed": int(batch.seed[j]),
+                    "condition": int(batch.condition[j]),
+                    "condition_name": names[int(batch.condition[j])],
+                    "eta": f"{float(batch.eta[j]):.6g}",
+                    "noise_scale": f"{float(batch.noise_scale[j]):.6g}",
+                    "guidance_scale": f"{float(batch.guidance_scale[j]):.6g}",
+                })
+            log.info("%s: %d/%d images", spec["name"], len(rows), n_images)
+    with atomic_path(samples_csv) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(SAMPLE_COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+    counts = np.bincount([r["condition"] for r in rows], minlength=len(names))
+    seconds = time.perf_counter() - started
+    log.info("%s: %d images x %d steps in %.1f s; conditions %s", spec["name"], len(rows), steps, seconds,
+             dict(zip(names, counts.tolist())))
+    return {"images": len(rows), "steps": int(steps), "seconds": seconds}

@@ -1,0 +1,176 @@
+"""The workflow's evaluation stages on files: ``evaluate`` (tables) and ``report_summary`` (summary.md).
+
+``evaluate``: every model's evaluation features against the **held-out** rows of the reference
+features at the matched resolution (:func:`run_evaluation`); the train rows serve the category
+classifier, the memorisation check and the real-vs-real baseline only.
+``report_summary``: the comparison of every RL policy with the best noise-knob setting of each
+metric, written as ``summary.md`` (and the same text as HTML for ``snakemake --report``) plus
+``comparison.csv`` (:func:`write_report_summary`). Figures are :mod:`marsdiff.evaluation.figures`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.evalset.models import BASE, FINAL, KNOB, ROUND, number_text
+from marsdiff.evaluation.evaluate import evaluate_models
+from marsdiff.evaluation.reference import ReferenceSet
+from marsdiff.evaluation.report import COMPARISON_COLUMNS, compare_to_baseline, summary_markdown
+from marsdiff.evaluation.results import Evaluation
+from marsdiff.evaluation.settings import EvaluationSettings
+
+log = logging.getLogger(__name__)
+
+SUMMARY_TITLE = "marsdiff evaluation: RL policies against the noise knobs"
+
+
+def evaluation_settings(metrics_cfg: Mapping[str, Any] | None, extractor: str) -> EvaluationSettings:
+    """The metric settings of the config (``evaluation.metrics``) in the extractor's feature space."""
+    return EvaluationSettings.from_config({**dict(metrics_cfg or {}), "feature_space": extractor})
+
+
+def load_reference(manifest: str | os.PathLike, features: str | os.PathLike, extractor: str,
+                   settings: EvaluationSettings) -> ReferenceSet:
+    """Held-out and train rows of the resized reference features, split and categorised by the manifest."""
+    from marsdiff.io.feature_files import read_feature_set
+
+    read_feature_set(features, extractor=extractor)  # refuses features another extractor wrote
+    return ReferenceSet.from_files(manifest, features, settings.category_columns)
+
+
+def load_generated(paths: Mapping[str, str | os.PathLike], extractor: str, dim: int) -> dict[str, Any]:
+    from marsdiff.io.feature_files import read_feature_set
+
+    return {name: read_feature_set(path, extractor=extractor, expected_dim=dim)[0] for name, path in paths.items()}
+
+
+def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.PathLike,
+                   generated: Mapping[str, str | os.PathLike], extractor: str,
+                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike) -> Evaluation:
+    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables."""
+    settings = evaluation_settings(metrics_cfg, extractor)
+    reference = load_reference(manifest, reference_features, extractor, settings)
+    log.info("reference: %d held-out and %d train crops, %d dimensions (%s)", len(reference.heldout),
+             len(reference.train), reference.dim, extractor)
+    features = load_generated(generated, extractor, reference.dim)
+    evaluation = evaluate_models(features, reference, settings)
+    evaluation.write(out_dir)
+    log.info("evaluated %d model(s) on %d metrics into %s", len(features), evaluation.metrics["metric"].nunique(), out_dir)
+    return evaluation
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def roles(models: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(RL policies to judge, baseline settings of the base model), in table order."""
+    policies = [m["name"] for m in models if m["kind"] in (FINAL, ROUND)]
+    baselines = [m["name"] for m in models if m["kind"] in (BASE, KNOB)]
+    return policies, baselines
+
+
+def _weights_text(model: Mapping[str, Any]) -> str:
+    spec = model.get("class_weights")
+    name = model.get("class_weights_name")
+    if isinstance(spec, str):
+        return spec if spec == name or model["kind"] == BASE else f"{name} ({spec})"
+    if isinstance(spec, list):
+        return f"{name} ({', '.join(number_text(w) for w in spec)})"
+    if isinstance(spec, Mapping):
+        return f"{name} ({', '.join(f'{k}: {number_text(v)}' for k, v in spec.items())})"
+    return str(name)
+
+
+def models_markdown(models: Sequence[Mapping[str, Any]]) -> str:
+    """What each column of the tables is: the base model's knob settings, the policies' rounds."""
+    lines = ["| model | what it is | eta | initial-noise temperature | class weights |", "|---|---|---|---|---|"]
+    for m in models:
+        if m["kind"] in (BASE, KNOB):
+            what = "base model, training-time knobs" if m["kind"] == BASE else "base model, knob setting"
+            lines.append(f"| {m['name']} | {what} | {number_text(m['eta'])} | {number_text(m['noise_scale'])} | "
+                         f"{_weights_text(m)} |")
+        else:
+            stage = "final policy" if m["kind"] == FINAL else "policy"
+            lines.append(f"| {m['name']} | experiment {m['experiment']}, {stage} of round {int(m['round']):03d} | "
+                         "policy | policy | policy |")
+    return "\n".join(lines)
+
+
+def comparisons(evaluation: Evaluation, policies: Sequence[str], baselines: Sequence[str],
+                confidence: float) -> pd.DataFrame:
+    frames = [compare_to_baseline(evaluation.metrics, p, baselines, evaluation.replicates, confidence) for p in policies]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
+
+
+def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], confidence: float,
+                 n_images: int, steps: int) -> str:
+    policies, baselines = roles(models)
+    if not baselines:
+        raise MarsdiffError("the evaluation has no base-model setting to compare the policies with")
+    text = summary_markdown(
+        evaluation.metrics, policies, baselines, evaluation.replicates, evaluation.reference_summary, confidence,
+        title=SUMMARY_TITLE,
+    )
+    if not policies:
+        text += "\nNo RL experiment is configured: the table compares the base model's knob settings only.\n"
+    return "\n".join([
+        text.rstrip(),
+        "",
+        "## Models",
+        "",
+        f"Every model drew the same {n_images} seeds (image i of each model from one random stream, never a "
+        f"training round's) with {steps} denoising steps. The knob settings are the baseline to beat; the "
+        "policies choose their own knobs.",
+        "",
+        models_markdown(models),
+        "",
+    ])
+
+
+def markdown_to_html(text: str, title: str) -> str:
+    """summary.md as a standalone HTML page (the report shows HTML inline, Markdown only as a download)."""
+    try:
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    except ImportError:  # markdown-it-py comes with transformers' CLI; without it the text is still readable
+        body = f"<pre>{html.escape(text)}</pre>"
+    style = (
+        "body{font-family:sans-serif;max-width:80em;margin:1em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"
+        "th,td{border:1px solid #bbb;padding:2px 6px;text-align:left;vertical-align:top}"
+        "th{background:#eee}code{background:#f4f4f4}"
+    )
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
+
+
+def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
+                         metrics_cfg: Mapping[str, Any] | None, n_images: int, steps: int,
+                         summary_md: str | os.PathLike, summary_html: str | os.PathLike,
+                         comparison_csv: str | os.PathLike) -> str:
+    """Stage report_summary: summary.md, its HTML twin and comparison.csv (all policies vs the knobs)."""
+    from marsdiff.io.atomic import atomic_path, write_text
+
+    evaluation = Evaluation.read(eval_dir)
+    confidence = EvaluationSettings.from_config(dict(metrics_cfg or {})).confidence
+    known = set(evaluation.metrics["model"])
+    missing = [m["name"] for m in models if m["name"] not in known]
+    if missing:
+        raise MarsdiffError(f"{eval_dir}: model(s) {missing} are not in metrics.csv; re-run the evaluate stage")
+    text = summary_text(evaluation, models, confidence, n_images, steps)
+    policies, baselines = roles(models)
+    table = comparisons(evaluation, policies, baselines, confidence)
+    write_text(summary_md, text)
+    write_text(summary_html, markdown_to_html(text, SUMMARY_TITLE))
+    with atomic_path(comparison_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("summary of %d policies against %d knob settings: %s", len(policies), len(baselines), summary_md)
+    return text

@@ -1,0 +1,264 @@
+"""The evaluation and report stages in Snakemake (workflow/rules/evaluate.smk).
+
+Fast: which models are evaluated (base, the noise-knob grid, final policies, every k-th round),
+the parse-time refusals of bad settings (one line naming the key), the evaluation seeds, and the
+evaluate stage's refusal of an empty held-out split. Slow (one tiny end-to-end run): every metric
+for every model against the held-out split only, every figure, summary.md with a verdict per
+experiment, the --report HTML, and a finished run that re-runs only what a setting touches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, make_workdir, run_snakemake
+from marsdiff.config import load_config, read_config_file
+from marsdiff.errors import MarsdiffError
+from marsdiff.evalset.models import EVALUATION_ROUND, check_evaluation, evaluation_models
+from test_workflow import planned_jobs
+
+TINY = REPO / "tests" / "config" / "tiny.yaml"
+METRICS = (
+    "FD_mobilenet_v2", "KID", "MMD2_rbf", "precision", "recall", "density", "coverage", "vendi", "KL_size_cat",
+    "KL_lighting_cat", "modes_covered", "near_duplicate_pairs", "memorisation_ratio", "memorisation_pass",
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_config():
+    return load_config(overrides=read_config_file(TINY))
+
+
+# The experiments come from the config (tests/config/tiny.yaml over config/config.yaml).
+TINY_EXPERIMENTS = sorted(tiny_config()["experiments"])
+TINY_KNOBS = ["base", "knob-eta0.5-ns1-uniform", "knob-eta1-ns1-tails"]
+TINY_MODELS = TINY_KNOBS + TINY_EXPERIMENTS
+FIGURES = ("tsne", "sample_grid", "category_coverage", "metric_intervals", "reward_curves", "novel_redundant_base",
+           *(f"novel_redundant_{exp}" for exp in TINY_EXPERIMENTS))
+
+
+# ---------------------------------------------------------------------------- which models
+
+
+def test_default_config_evaluates_base_one_knob_at_a_time_and_final_policies():
+    cfg = load_config()
+    names = [m["name"] for m in check_evaluation(cfg)]
+    assert names == ["base", "knob-eta0.5-ns1-uniform", "knob-eta1-ns1.15-uniform", "knob-eta1-ns1-tails",
+                     *sorted(cfg["experiments"])]
+
+
+def test_tiny_config_models():
+    models = check_evaluation(tiny_config())
+    assert [m["name"] for m in models] == TINY_MODELS
+    final = {m["name"]: m for m in models if m["kind"] == "final"}
+    assert final["ppo_lora"]["round"] == 0 and final["ppo_lora"]["experiment"] == "ppo_lora"
+
+
+def test_factorial_grid_takes_every_combination_and_the_base_point_is_base():
+    cfg = load_config(overrides={"evaluation": {"knobs": {
+        "grid": "factorial", "eta": [0.5, 1.0], "noise_scale": [1.0, 1.2], "class_weights": {"uniform": "uniform", "tails": "tails"}}}})
+    knobs = [m for m in evaluation_models(cfg) if m["kind"] == "knob"]
+    assert len(knobs) == 2 * 2 * 2 - 1, "the point equal to the base setting is the base model itself"
+    assert {(m["eta"], m["noise_scale"], m["class_weights_name"]) for m in knobs} == {
+        (0.5, 1.0, "uniform"), (0.5, 1.0, "tails"), (0.5, 1.2, "uniform"), (0.5, 1.2, "tails"),
+        (1.0, 1.2, "uniform"), (1.0, 1.2, "tails"), (1.0, 1.0, "tails")}
+
+
+def test_every_k_rounds_adds_the_earlier_policies():
+    cfg = load_config(overrides={"evaluation": {"every_k_rounds": 2}, "experiments": {"ppo_lora": {"rounds": 5}}})
+    rounds = [(m["name"], m["round"]) for m in evaluation_models(cfg) if m["experiment"] == "ppo_lora"]
+    assert rounds == [("ppo_lora", 4), ("ppo_lora-r001", 1), ("ppo_lora-r003", 3)]
+
+
+def test_evaluation_seeds_are_never_a_training_rounds_seeds():
+    from marsdiff.diffusion.seeds import image_seeds
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    max_rounds = schema["properties"]["experiments"]["additionalProperties"]["properties"]["rounds"]["maximum"]
+    assert EVALUATION_ROUND >= max_rounds, "training rounds are 0 .. rounds-1"
+    evaluation = set(image_seeds(0, EVALUATION_ROUND, range(64)).tolist())
+    training = set(np.concatenate([image_seeds(0, r, range(64)) for r in range(10)]).tolist())
+    assert not evaluation & training
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"evaluation": {"images": 8, "metrics": {"k_density_coverage": 8}}},
+     "evaluation.metrics.k_density_coverage = 8 must be smaller than the number of generated images per model "
+     "(evaluation.images = 8)"),
+    ({"evaluation": {"images": 4}}, "evaluation.metrics.k_density_coverage = 5 must be smaller"),
+    ({"evaluation": {"knobs": {"class_weights": {"skewed": [1, 2]}}}},
+     "evaluation.knobs.class_weights.skewed: 2 weights for 6 size classes (reference.size_bins = 6)"),
+    ({"experiments": {"base": {"rounds": 1}}}, "evaluation model name 'base' is used twice"),
+    ({"evaluation": {"knobs": {"class_weights": {"inv": "inverse_frequency"}}}, "model": {"backend": "stable_diffusion"}},
+     "evaluation.knobs.class_weights.inv: inverse_frequency needs the class counts only the pixel model records"),
+])
+def test_bad_settings_are_refused_with_one_line_naming_the_key(change, message):
+    with pytest.raises(MarsdiffError) as err:
+        check_evaluation(load_config(overrides=change))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_schema_refuses_fewer_than_two_images():
+    with pytest.raises(MarsdiffError, match=r"config key evaluation\.images: 1 is less than the minimum of 2"):
+        load_config(overrides={"evaluation": {"images": 1}})
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"evaluation": {"images": 5, "metrics": {"k_precision_recall": 5}}},
+     "marsdiff error: evaluation.metrics.k_precision_recall = 5 must be smaller than the number of generated "
+     "images per model (evaluation.images = 5)"),
+    ({"evaluation": {"images": 1}}, "marsdiff error: config key evaluation.images: 1 is less than the minimum of 2"),
+])
+def test_workflow_stops_at_parse_time_with_one_line(tmp_path, change, expected):
+    workdir = make_workdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(change))
+    result = run_snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "evaluation" in line]
+    assert lines == [expected], result.stdout[-2000:] + result.stderr[-2000:]
+    assert not (workdir / "results").exists()
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # no `snakemake` global: defines main only
+    return module
+
+
+def test_evaluate_stage_refuses_an_empty_heldout_split_in_one_line(tmp_path, capsys):
+    from marsdiff.io.feature_files import write_feature_set
+
+    rng = np.random.default_rng(0)
+    ids = [f"c{i:03d}" for i in range(12)]
+    pd.DataFrame({"id": ids, "path": [f"images/{i}.png" for i in ids], "size_cat": ["s1", "s2"] * 6,
+                  "lighting_cat": ["dark", "bright"] * 6, "split": "train"}).to_csv(tmp_path / "manifest.csv", index=False)
+    extractor = SimpleNamespace(name="mobilenet_v2", dim=4, cache_key=lambda: "test")
+    write_feature_set(rng.normal(size=(12, 4)), ids, tmp_path / "reference.npy", extractor=extractor)
+    write_feature_set(rng.normal(size=(6, 4)), [f"e{i}" for i in range(6)], tmp_path / "base.npy", extractor=extractor)
+    cfg = {"models": [{"name": "base"}], "extractor": "mobilenet_v2", "metrics": {}}
+    snakemake = SimpleNamespace(
+        input=SimpleNamespace(manifest=str(tmp_path / "manifest.csv"), reference=str(tmp_path / "reference.npy"),
+                              features=[str(tmp_path / "base.npy")]),
+        output=SimpleNamespace(metrics=str(tmp_path / "eval" / "metrics.csv")),
+        params=SimpleNamespace(cfg=json.dumps(cfg)), log=[str(tmp_path / "evaluate.log")], threads=1,
+    )
+    with pytest.raises(SystemExit) as stop:
+        load_script("evaluate").main(snakemake)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("marsdiff error: ") and "the held-out split is empty" in err[-1], err
+    assert not (tmp_path / "eval").exists()
+
+
+# ---------------------------------------------------------------------------- tiny end-to-end run
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny config run up to the report: every evaluation target, then --report."""
+    workdir = make_workdir(tmp_path_factory.mktemp("evaluation"))
+    run_snakemake(workdir, *evaluation_targets(), "--configfile", str(TINY))
+    run_snakemake(workdir, *evaluation_targets(), "--report", "report.html", "--configfile", str(TINY))
+    return workdir
+
+
+def evaluation_targets():
+    tables = ["metrics.csv", "bootstrap.csv", "category_coverage.csv", "category_shares.csv", "reference.csv"]
+    return ([f"results/eval/{t}" for t in tables] + [f"results/eval/plots/{f}.png" for f in FIGURES]
+            + ["results/report/summary.md", "results/report/summary.html", "results/report/comparison.csv"])
+
+
+@pytest.mark.slow
+def test_every_metric_of_every_model_against_the_heldout_split_only(finished):
+    metrics = pd.read_csv(finished / "results/eval/metrics.csv")
+    manifest = pd.read_csv(finished / "results/reference/manifest.csv")
+    heldout = int((manifest["split"] == "heldout").sum())
+    assert heldout == 9
+    for model in TINY_MODELS:
+        rows = metrics[metrics["model"] == model].set_index("metric")
+        assert sorted(rows.index) == sorted(METRICS), model
+        assert rows["value"].notna().all() and (rows["n_generated"] == 8).all()
+        assert (rows["n_reference"] == heldout).all(), "compared with the held-out crops only"
+        assert (rows["ci_low"] <= rows["value"] + 1e-12).all() and (rows["value"] <= rows["ci_high"] + 1e-12).all()
+    assert {"real", "real (held-out halves)"} <= set(metrics["model"])
+    reference = pd.read_csv(finished / "results/eval/reference.csv").set_index("quantity")["value"]
+    assert reference["heldout_images"] == heldout and reference["train_images"] == len(manifest) - heldout
+    replicates = pd.read_csv(finished / "results/eval/bootstrap.csv")
+    assert set(replicates["model"]) == set(TINY_MODELS) and replicates["replicate"].max() == 19
+
+
+@pytest.mark.slow
+def test_images_share_seeds_across_models_and_none_is_a_training_image(finished):
+    seeds = {m: pd.read_csv(finished / f"results/eval/samples/{m}/samples.csv")["seed"].tolist() for m in TINY_MODELS}
+    assert all(s == seeds["base"] for s in seeds.values()) and len(set(seeds["base"])) == 8
+    trained = pd.concat([pd.read_csv(p) for p in (finished / "results/runs").glob("*/round_*/samples.csv")])
+    assert not set(trained["seed"]) & set(seeds["base"])
+    knob = pd.read_csv(finished / "results/eval/samples/knob-eta0.5-ns1-uniform/samples.csv")
+    assert set(knob["eta"]) == {0.5} and set(knob["noise_scale"]) == {1.0}
+    features = np.load(finished / "results/eval/features/base/mobilenet_v2.npy")
+    ids = (finished / "results/eval/features/base/mobilenet_v2.ids.txt").read_text().split()
+    assert features.shape == (8, 256) and ids == [f"e{i:05d}" for i in range(8)]
+
+
+@pytest.mark.slow
+def test_every_figure_is_written(finished):
+    for figure in FIGURES:
+        data = (finished / f"results/eval/plots/{figure}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, figure
+
+
+@pytest.mark.slow
+def test_summary_has_the_table_a_verdict_per_experiment_and_the_models(finished):
+    summary = (finished / "results/report/summary.md").read_text()
+    header = next(line for line in summary.splitlines() if line.startswith("| metric | better |"))
+    assert all(f" {m} " in header for m in TINY_MODELS + ["real"])
+    for metric in METRICS:
+        assert re.search(rf"^\| {metric} \|", summary, re.M), metric
+    for experiment in TINY_EXPERIMENTS:
+        section = summary.split(f"### {experiment}\n", 1)[1].split("###", 1)[0]
+        assert "- Overall: " in section and "Memorisation check" in section
+    assert "## Models" in summary and "knob-eta1-ns1-tails | base model, knob setting | 1 | 1 | tails (2, 1, 2)" in summary
+    comparison = pd.read_csv(finished / "results/report/comparison.csv")
+    assert set(comparison["model"]) == set(TINY_EXPERIMENTS)
+    assert set(comparison["best_baseline"]) <= set(TINY_KNOBS)
+    html = (finished / "results/report/summary.html").read_text()
+    assert "<table>" in html and f"<h3>{TINY_EXPERIMENTS[0]}</h3>" in html
+
+
+@pytest.mark.slow
+def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finished):
+    report = (finished / "report.html").read_text()
+    assert len(report) > 100_000
+    for caption in ("t-SNE map", "Column i shows image i", "Coverage by category", "Every evaluation metric per model",
+                    "The set reward of each RL round", "Most novel (top row)", "All evaluation metrics in long form",
+                    "as a page: the metric x model table", "Every RL policy against the best knob setting"):
+        assert caption in report, caption
+
+
+@pytest.mark.slow
+def test_a_finished_evaluation_reruns_only_what_a_setting_touches(finished, tmp_path):
+    def plan(change=None):
+        extra = []
+        if change:
+            (tmp_path / "change.yaml").write_text(yaml.safe_dump(change))
+            extra = [str(tmp_path / "change.yaml")]
+        result = run_snakemake(finished, "-n", *evaluation_targets(), "--configfile", str(TINY), *extra)
+        return planned_jobs(result)
+
+    assert plan() == {}, "an unchanged run has nothing to do"
+    report = {"evaluate": 1, "plot_evaluation": 1, "report_summary": 1}
+    assert plan({"evaluation": {"metrics": {"bootstrap_replicates": 30}}}) == report
+    assert plan({"evaluation": {"plots": {"grid_columns": 3}}}) == {"plot_evaluation": 1}
+    assert plan({"sampling": {"batch_size": 2}}) == {}, "the batch size changes no image"
+    # One more knob value: one new model is drawn, the others' images stay.
+    assert plan({"evaluation": {"knobs": {"noise_scale": [1.0, 1.2]}}}) == {
+        "generate_samples": 1, "extract_sample_features": 1, **report}

@@ -1,0 +1,194 @@
+# Evaluation and report (docs/evaluation.md): does RL cover the real variety of craters better
+# than turning up the noise? Every evaluated model (common.smk, EVAL_MODELS: the base model, the
+# noise-knob grid, each experiment's final policy, every k-th round) draws M images from the same
+# seeds (generate_samples); their features come from the reward's extractor at the matched
+# resolution, the path the reference took (extract_sample_features, score.smk's
+# resize_reference / extract_resized_features); evaluate compares them with the HELD-OUT split
+# only; plot_evaluation and report_summary write the figures, summary.md and the report's tables.
+import re
+
+EVAL_EXTRACTOR = SCORE_EXTRACTOR  # the reward's feature space, at SCORE_SIZE like a scored round
+EVAL_MODEL_PATTERN = "|".join(re.escape(name) for name in EVAL_MODEL)
+EVAL_SECTION = evaluation_settings(config)
+
+
+rule generate_samples:
+    """M seeded images of one evaluated model: images/e<index>.png and samples.csv."""
+    input:
+        unpack(evaluation_sample_inputs),
+    output:
+        images=directory(EVAL_SAMPLES / "{model}" / "images"),
+        samples=EVAL_SAMPLES / "{model}" / "samples.csv",
+    params:
+        cfg=lambda wildcards: generation_params(config, wildcards.model),
+        # each image has its own random stream: the batch size changes no image
+        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
+        code=code_version("evalset/generate.py", "scripts/generate_samples.py"),
+    log:
+        LOGS / "eval" / "generate_samples" / "{model}.log",
+    benchmark:
+        BENCH / "eval" / "generate_samples" / "{model}.tsv"
+    wildcard_constraints:
+        model=EVAL_MODEL_PATTERN,
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="60m",
+        gpu=sampling_gpus(config),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/generate_samples.py"
+
+
+rule extract_sample_features:
+    """Features of every model's evaluation images with the reward's extractor at the matched size."""
+    input:
+        # samples.csv is rewritten with the images; the folders' time stamps are ignored
+        samples=[EVAL_SAMPLES / name / "samples.csv" for name in EVAL_MODEL],
+        images=[directory_input(EVAL_SAMPLES / name / "images") for name in EVAL_MODEL],
+    output:
+        # one job for all models: one extractor load, and the content-keyed feature cache makes
+        # the unchanged models' images cache hits when one model is re-drawn
+        features=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.npy" for name in EVAL_MODEL],
+        ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
+        info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
+    params:
+        models=json.dumps(list(EVAL_MODEL)),
+        extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
+        resolution=SCORE_SIZE,
+        # batch size, device and cache folder change no feature value
+        cfg=untracked(stage_params(config, "features")),
+        code=code_version("evalset/features.py", "scripts/extract_sample_features.py"),
+    log:
+        LOGS / "eval" / "extract_sample_features.log",
+    benchmark:
+        BENCH / "eval" / "extract_sample_features.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="30m",
+        gpu=int(config["features"].get("device") == "cuda"),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/extract_sample_features.py"
+
+
+rule evaluate:
+    """Every metric with its bootstrap interval, every model against the held-out split; real baselines."""
+    input:
+        features=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.npy" for name in EVAL_MODEL],
+        ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
+        info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
+        # the reference at the matched resolution (score.smk); the manifest gives the split and
+        # the categories (same ids as the resized set)
+        reference=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.npy",
+        reference_ids=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.ids.txt",
+        reference_info=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.json",
+        manifest=REFERENCE_DIR / "manifest.csv",
+    output:
+        metrics=report(
+            EVAL_DIR / "metrics.csv",
+            caption="../report/eval_metrics.rst",
+            category=EVAL_CATEGORY,
+            labels={"table": "metrics (long form)"},
+        ),
+        tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
+    params:
+        # the model list is in the order of the inputs; metric settings are the only other knobs
+        cfg=json.dumps(
+            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}, sort_keys=True
+        ),
+        code=code_version("evaluation/stage.py", "scripts/evaluate.py"),
+    log:
+        LOGS / "eval" / "evaluate.log",
+    benchmark:
+        BENCH / "eval" / "evaluate.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="30m",
+        gpu=0,
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule plot_evaluation:
+    """t-SNE, sample grid, coverage by category, metric intervals, reward curves, novel/redundant images."""
+    input:
+        metrics=EVAL_DIR / "metrics.csv",
+        tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
+        features=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.npy" for name in EVAL_MODEL],
+        ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
+        info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
+        samples=[EVAL_SAMPLES / name / "samples.csv" for name in EVAL_MODEL],
+        images=[directory_input(EVAL_SAMPLES / name / "images") for name in EVAL_MODEL],
+        reference=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.npy",
+        reference_ids=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.ids.txt",
+        reference_info=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.json",
+        manifest=REFERENCE_DIR / "manifest.csv",
+        run_metrics=[RUNS_DIR / exp / "metrics.csv" for exp in experiment_names(config)],
+    output:
+        **evaluation_figure_outputs(),
+    params:
+        cfg=json.dumps(
+            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "plots": EVAL_SECTION["plots"],
+             "rewards": evaluation_rewards(config)},
+            sort_keys=True,
+        ),
+        code=code_version("evaluation/figures.py", "scripts/plot_evaluation.py"),
+    log:
+        LOGS / "eval" / "plot_evaluation.log",
+    benchmark:
+        BENCH / "eval" / "plot_evaluation.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="30m",
+        gpu=0,
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/plot_evaluation.py"
+
+
+rule report_summary:
+    """summary.md: the metric x model table and a verdict per policy against the best knob setting."""
+    input:
+        metrics=EVAL_DIR / "metrics.csv",
+        tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
+    output:
+        summary=REPORT_DIR / "summary.md",
+        html=report(
+            REPORT_DIR / "summary.html",
+            caption="../report/eval_summary.rst",
+            category=EVAL_CATEGORY,
+            labels={"table": "summary and verdicts"},
+        ),
+        comparison=report(
+            REPORT_DIR / "comparison.csv",
+            caption="../report/eval_comparison.rst",
+            category=EVAL_CATEGORY,
+            labels={"table": "policies vs best knob setting"},
+        ),
+    params:
+        cfg=json.dumps(
+            {"models": EVAL_MODELS, "metrics": EVAL_SECTION["metrics"], "images": EVAL_SECTION["images"],
+             "steps": EVAL_SECTION["steps"]},
+            sort_keys=True,
+        ),
+        code=code_version("evaluation/stage.py", "scripts/report_summary.py"),
+    log:
+        LOGS / "eval" / "report_summary.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime="10m",
+        gpu=0,
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/report_summary.py"

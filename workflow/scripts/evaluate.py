@@ -1,0 +1,30 @@
+"""Stage evaluate: every model against the held-out reference split (marsdiff.evaluation.stage)."""
+
+from pathlib import Path
+
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        from threadpoolctl import threadpool_limits
+
+        from marsdiff.evaluation.stage import run_evaluation
+
+        cfg = params_json(snakemake, "cfg")
+        names = [m["name"] for m in cfg["models"]]
+        with threadpool_limits(limits=max(1, int(snakemake.threads))):
+            run_evaluation(
+                manifest=snakemake.input.manifest,
+                reference_features=snakemake.input.reference,
+                generated=dict(zip(names, snakemake.input.features)),
+                extractor=cfg["extractor"],
+                metrics_cfg=cfg["metrics"],
+                out_dir=Path(snakemake.output.metrics).parent,
+            )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,35 @@
+"""Stage generate_samples: one evaluated model's seeded images and samples.csv (marsdiff.evaluation.generate)."""
+
+from pathlib import Path
+
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        # Imported inside the body so a missing package is reported like any other user error.
+        import torch
+
+        from marsdiff.evalset.generate import generate_model_samples
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+        cfg = params_json(snakemake, "cfg")
+        meta = getattr(snakemake.input, "meta", None)
+        generate_model_samples(
+            cfg["model_spec"],
+            model_cfg=cfg["model"],
+            sampling={**cfg["sampling"], **params_json(snakemake, "sampling_untracked")},
+            n_images=cfg["images"],
+            seed=cfg["seed"],
+            steps=cfg["steps"],
+            images_dir=snakemake.output.images,
+            samples_csv=snakemake.output.samples,
+            model_dir=str(Path(meta).parent) if meta else None,
+            policy_dir=getattr(snakemake.input, "policy", None),
+        )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

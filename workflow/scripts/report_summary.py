@@ -1,0 +1,28 @@
+"""Stage report_summary: summary.md (+ HTML for the report) and comparison.csv (marsdiff.evaluation.stage)."""
+
+from pathlib import Path
+
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        from marsdiff.evaluation.stage import write_report_summary
+
+        cfg = params_json(snakemake, "cfg")
+        write_report_summary(
+            eval_dir=Path(snakemake.input.metrics).parent,
+            models=cfg["models"],
+            metrics_cfg=cfg["metrics"],
+            n_images=cfg["images"],
+            steps=cfg["steps"],
+            summary_md=snakemake.output.summary,
+            summary_html=snakemake.output.html,
+            comparison_csv=snakemake.output.comparison,
+        )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
