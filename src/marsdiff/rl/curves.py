@@ -38,6 +38,7 @@ def plot_reward_curve(table: pd.DataFrame, path: str | os.PathLike, title: str |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     diagnostics = [c for c in ("approx_kl", "clip_fraction", "kl") if c in table and table[c].notna().any()]
     fig, axes = plt.subplots(1, 2 if diagnostics else 1, figsize=(10 if diagnostics else 6, 3.8), squeeze=False)
@@ -51,6 +52,7 @@ def plot_reward_curve(table: pd.DataFrame, path: str | os.PathLike, title: str |
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("set reward (z-scored, higher is better)")
     ax.set_title(title or "reward per round")
     if diagnostics:
@@ -58,6 +60,7 @@ def plot_reward_curve(table: pd.DataFrame, path: str | os.PathLike, title: str |
         for j, column in enumerate(diagnostics):
             axd.plot(table["round"], table[column], "o-", color=f"C{j + 2}", label=column)
         axd.set_xlabel("round")
+        axd.xaxis.set_major_locator(MaxNLocator(integer=True))
         axd.set_ylabel("update diagnostic")
         axd.set_yscale("symlog", linthresh=1e-6)
         axd.legend(fontsize=8)
