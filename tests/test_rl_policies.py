@@ -178,7 +178,7 @@ def test_kl_to_base_is_the_closed_form_gaussian_kl(tmp_path):
     actions = actions_for(policy, path)
     batch = next(iter(actions.minibatches(0)))
     scored = actions.evaluate(batch)
-    assert float(actions.kl_to_base(batch, scored).abs().max()) == 0.0  # B = 0: the adapter is the base
+    assert float(actions.kl_to_base(batch, scored).detach().abs().max()) == 0.0  # B = 0: the adapter is the base
     with torch.no_grad():
         for name, p in policy.backend.unet.named_parameters():
             if "lora_B" in name:
@@ -197,3 +197,15 @@ def test_kl_to_base_is_the_closed_form_gaussian_kl(tmp_path):
     assert float(kl.max()) > 0
     torch.testing.assert_close(kl.detach(), expected, rtol=1e-4, atol=1e-8)
     actions.close()
+
+
+def test_every_policy_starts_from_the_same_noise_at_a_seed(tmp_path):
+    """The plan has its own random stream: x_T at a seed is the base model's for every mode."""
+    first = {}
+    for mode in MODES:
+        _, _, path = sampled_round(mode, tmp_path / mode)
+        with open_trajectories(path) as f:
+            noise_scale = f.array("knobs/noise_scale")
+            first[mode] = np.stack([f.image_latents(i)[0] / noise_scale[i] for i in range(f.num_images)])
+    np.testing.assert_allclose(first["scheduler_policy"], first["lora_unet"], rtol=1e-6)
+    np.testing.assert_allclose(first["diversity_policy"], first["lora_unet"], rtol=1e-5, atol=1e-6)

@@ -6,8 +6,9 @@ The actions of one image, in order:
   2. x_T ~ N(0, noise_scale^2 I), then T Gaussian denoising actions x_t -> x_{t-1}
      (:class:`~marsdiff.diffusion.scheduler_logprob.DDIMLogProbScheduler`) on the image's own
      timestep grid and noise level.
-Every random draw of an image comes from its own generator (:mod:`marsdiff.diffusion.seeds`),
-so an image does not depend on the batch it was drawn in. Re-scoring stored transitions is
+Every random draw of an image comes from its own generators (:mod:`marsdiff.diffusion.seeds`):
+one for the plan, one for x_T and the steps. An image does not depend on the batch it was drawn
+in, and at a given seed every policy starts from the same x_T with the same step noise. Re-scoring stored transitions is
 :mod:`marsdiff.diffusion.rescoring`; writing a round to disk is :mod:`marsdiff.diffusion.round_files`.
 """
 
@@ -22,7 +23,7 @@ import torch
 from marsdiff.diffusion.backends import DiffusionBackend
 from marsdiff.diffusion.plan import FixedGeneration, GenerationPlan, GenerationPolicy
 from marsdiff.diffusion.scheduler_logprob import DEFAULT_MIN_STD, power_timesteps
-from marsdiff.diffusion.seeds import image_generators, image_seeds
+from marsdiff.diffusion.seeds import image_generators, image_seeds, plan_seeds
 from marsdiff.errors import MarsdiffError
 
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -110,7 +111,7 @@ class RecordingSampler:
         store = STORE_DTYPES[self.settings.store_dtype]
         seeds = image_seeds(self.settings.seed, round_index, indices)
         generators = image_generators(seeds)
-        plan = self.policy.plan(generators)
+        plan = self.policy.plan(image_generators(plan_seeds(seeds)))
         self.action_names = tuple(plan.action_names)
         condition = plan.condition.long()
         if int(condition.max()) >= len(self.backend.conditions()) or int(condition.min()) < 0:

@@ -1,7 +1,9 @@
 """Per-image random streams: every image of a round has its own seed and CPU generator.
 
 An image then depends only on (sampling seed, round, image index), never on the batch it was
-drawn in or the device, and a re-run of a killed round reproduces it exactly.
+drawn in or the device, and a re-run of a killed round reproduces it exactly. The policy's plan
+draws from a second stream per image (:func:`plan_seeds`), so x_T and the step noise do not
+depend on what the policy draws.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ def image_seeds(seed: int, round_index: int, indices: Sequence[int] | np.ndarray
     out = np.empty(len(indices), dtype=np.int64)
     for j, index in enumerate(indices):
         state = np.random.SeedSequence([int(seed), int(round_index), int(index)]).generate_state(1, dtype=np.uint64)
+        out[j] = int(state[0] >> np.uint64(1))
+    return out
+
+
+def plan_seeds(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The seeds of each image's plan stream (condition and knob draws), derived from its seed.
+
+    A separate stream keeps x_T and every step's noise the same at a given seed whatever the
+    policy draws first, so the base model, the knob settings and every policy are paired image
+    by image (the evaluation's paired intervals rely on it).
+    """
+    out = np.empty(len(seeds), dtype=np.int64)
+    for j, seed in enumerate(np.asarray(seeds, dtype=np.int64)):
+        state = np.random.SeedSequence([int(seed), 1]).generate_state(1, dtype=np.uint64)
         out[j] = int(state[0] >> np.uint64(1))
     return out
 
