@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from marsdiff.diffusion.sampler import RecordingSampler
 from marsdiff.diffusion.scheduler_logprob import LOG_PROB_CONVENTION
 from marsdiff.errors import MarsdiffError
@@ -82,6 +84,7 @@ def write_round(
         for batch in sampler.sample(num_images, round_index=round_index):
             fields = {k: v for k, v in vars(batch).items() if k != "images"}
             writer.write(**fields)
+            plan_log_prob = {k: batch.plan_log_prob.get(k, np.zeros(len(batch.seed))) for k in ("condition", "knobs")}
             for j, index in enumerate(batch.image_index.tolist()):
                 name = image_name(round_index, index)
                 save_png(Path(tmp_images) / name, batch.images[j])
@@ -96,8 +99,8 @@ def write_round(
                     "guidance_scale": f"{float(batch.guidance_scale[j]):.6g}",
                     "noise_scale": f"{float(batch.noise_scale[j]):.6g}",
                     "first_timestep": int(batch.timesteps[j, 0]),
-                    "condition_log_prob": f"{float(batch.plan_log_prob.get('condition', [0.0] * (j + 1))[j]):.6f}",
-                    "knobs_log_prob": f"{float(batch.plan_log_prob.get('knobs', [0.0] * (j + 1))[j]):.6f}",
+                    "condition_log_prob": f"{float(plan_log_prob['condition'][j]):.6f}",
+                    "knobs_log_prob": f"{float(plan_log_prob['knobs'][j]):.6f}",
                     "chain_log_prob": f"{float(batch.log_prob[j].sum()):.6f}",
                 }
                 rows.append(row)

@@ -89,7 +89,6 @@ class RecordingSampler:
         self.scheduler = backend.make_scheduler(eta=self.settings.eta, min_std=self.settings.min_std)
         self.timesteps = self.scheduler.set_timesteps(self.settings.steps)
         self.policy = policy or FixedGeneration(backend.conditions(), self.settings.class_distribution)
-        self.action_names: tuple[str, ...] = ()
 
     def sample(self, num_images: int, round_index: int = 0, start_index: int = 0) -> Iterator[TrajectoryBatch]:
         """Yield recorded batches for images ``start_index .. start_index + num_images - 1``."""
@@ -112,7 +111,6 @@ class RecordingSampler:
         seeds = image_seeds(self.settings.seed, round_index, indices)
         generators = image_generators(seeds)
         plan = self.policy.plan(image_generators(plan_seeds(seeds)))
-        self.action_names = tuple(plan.action_names)
         condition = plan.condition.long()
         if int(condition.max()) >= len(self.backend.conditions()) or int(condition.min()) < 0:
             raise MarsdiffError(f"condition index out of range 0..{len(self.backend.conditions()) - 1}")

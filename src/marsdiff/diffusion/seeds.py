@@ -14,14 +14,18 @@ import numpy as np
 import torch
 
 
-def image_seeds(seed: int, round_index: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Per-image seeds (int63) from (seed, round, image index): stable under any batching."""
-    indices = np.asarray(indices, dtype=np.int64)
-    out = np.empty(len(indices), dtype=np.int64)
-    for j, index in enumerate(indices):
-        state = np.random.SeedSequence([int(seed), int(round_index), int(index)]).generate_state(1, dtype=np.uint64)
+def _derived_seeds(entropy: Sequence[Sequence[int]]) -> np.ndarray:
+    """One int63 seed per entropy tuple (numpy's SeedSequence mixes the tuple's words)."""
+    out = np.empty(len(entropy), dtype=np.int64)
+    for j, words in enumerate(entropy):
+        state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)
         out[j] = int(state[0] >> np.uint64(1))
     return out
+
+
+def image_seeds(seed: int, round_index: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per-image seeds (int63) from (seed, round, image index): stable under any batching."""
+    return _derived_seeds([(seed, round_index, index) for index in np.asarray(indices, dtype=np.int64)])
 
 
 def plan_seeds(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -31,11 +35,7 @@ def plan_seeds(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
     policy draws first, so the base model, the knob settings and every policy are paired image
     by image (the evaluation's paired intervals rely on it).
     """
-    out = np.empty(len(seeds), dtype=np.int64)
-    for j, seed in enumerate(np.asarray(seeds, dtype=np.int64)):
-        state = np.random.SeedSequence([int(seed), 1]).generate_state(1, dtype=np.uint64)
-        out[j] = int(state[0] >> np.uint64(1))
-    return out
+    return _derived_seeds([(seed, 1) for seed in np.asarray(seeds, dtype=np.int64)])
 
 
 def image_generators(seeds: Sequence[int] | np.ndarray) -> list[torch.Generator]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from marsdiff.diffusion.loading import load_backend
+from marsdiff.diffusion.pixel_backend import BASE_MODEL_DIR
 from marsdiff.diffusion.round_files import write_round
 from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
 from marsdiff.errors import MarsdiffError
@@ -47,7 +48,7 @@ def round_sampling_settings(sampling: Mapping[str, Any], experiment: Mapping[str
 def build_policy(model_cfg: Mapping[str, Any], experiment: Mapping[str, Any], model_dir: str | os.PathLike | None,
                  previous_policy: str | os.PathLike | None, device: str = "auto") -> RoundPolicy:
     """The policy that samples the next round: the initial one, or the saved policy of round r-1."""
-    backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir is not None else load_backend(model_cfg, device=device)
+    backend = load_backend(model_cfg, model_dir=model_dir or BASE_MODEL_DIR, device=device)
     if previous_policy is None:
         return RoundPolicy.initial(experiment["mode"], backend, experiment)
     policy = RoundPolicy.load(previous_policy, backend)
