@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
-from marsdiff.diffusion.pretrain import pretrain_base, write_preview
+from marsdiff.diffusion.pretrain import pretrain_base
+from marsdiff.diffusion.preview import write_preview
 from marsdiff.errors import MarsdiffError
 from test_pixel_model import TINY, write_reference
 
@@ -22,7 +23,7 @@ def trained(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pretrain_base(manifest, out, TINY, threads=1, preview=False)
+        pretrain_base(manifest, out, TINY, threads=1)
     finally:
         torch.set_num_threads(threads)
     return manifest, out

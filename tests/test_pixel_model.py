@@ -29,6 +29,7 @@ from marsdiff.diffusion.pretrain import (
     pretrain_base,
     train_pixel_model,
 )
+from marsdiff.diffusion.preview import write_preview
 from marsdiff.errors import MarsdiffError
 
 # A model small enough that the whole file runs in seconds on one shared CPU core.
@@ -127,7 +128,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(unet(x, t, class_labels=c).sample, loaded(x, t, class_labels=c).sample)
     assert torch.equal(loaded_scheduler.betas, scheduler.betas)
-    assert loaded_scheduler.config.prediction_type == "epsilon"
+    assert loaded_scheduler.config.prediction_type == cfg.prediction_type == "v_prediction"
     assert meta["class_names"] == ["a", "b", "c"]
 
 
@@ -198,10 +199,32 @@ def test_batches_have_batch_size_and_cover_the_set(tmp_path, monkeypatch):
     assert seen == [5, 5, 5]
 
 
+def test_v_target_and_min_snr_weights_put_the_same_weight_on_the_x0_error():
+    v_scheduler = build_noise_scheduler(PixelConfig.from_dict(TINY))
+    eps_scheduler = build_noise_scheduler(PixelConfig.from_dict({**TINY, "prediction_type": "epsilon"}))
+    assert v_scheduler.config.prediction_type == "v_prediction"
+    images, noise = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
+    timesteps = torch.tensor([0, 10, 500, 999])
+    abar = v_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * images
+    torch.testing.assert_close(pretrain_mod.training_target(v_scheduler, images, noise, timesteps), v)
+    assert torch.equal(pretrain_mod.training_target(eps_scheduler, images, noise, timesteps), noise)
+    snr = (abar / (1 - abar)).flatten().float()
+    w_v = pretrain_mod.loss_weights(v_scheduler, timesteps, 5.0)
+    w_eps = pretrain_mod.loss_weights(eps_scheduler, timesteps, 5.0)
+    # ||v error||^2 = (SNR + 1) ||x0 error||^2 and ||eps error||^2 = SNR ||x0 error||^2
+    torch.testing.assert_close(w_v * (snr + 1), torch.clamp(snr, max=5.0))
+    torch.testing.assert_close(w_eps * snr, torch.clamp(snr, max=5.0))
+    assert float(w_v[-1]) == pytest.approx(float(snr[-1]), rel=1e-3)  # pure noise: weight SNR/(SNR+1) ~ 0+
+    with pytest.raises(MarsdiffError, match="prediction_type"):
+        PixelConfig.from_dict({**TINY, "prediction_type": "sample"})
+
+
 def test_stage_writes_the_contract(tmp_path):
     manifest = write_reference(tmp_path / "reference")
     out = tmp_path / "models" / "base"
     meta = pretrain_base(manifest, out, TINY, threads=1)
+    write_preview(out, manifest, TINY, out / "samples.png", threads=1)
     for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                  "scheduler/scheduler_config.json", MODEL_META_NAME, "samples.png", "loss.csv"):
         assert (out / name).is_file(), name
@@ -214,7 +237,8 @@ def test_stage_writes_the_contract(tmp_path):
     lines = (out / "loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss,lr" and len(lines) == 5
     with Image.open(out / "samples.png") as grid:
-        assert grid.height > 3 * 64
+        # one row per class; eta 0 and eta 1 panels side by side, then the real crops
+        assert grid.height > 3 * 64 and grid.width > 2 * (2 * 64 + 110)
     scheduler_cfg = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler_cfg["_class_name"] == "DDPMScheduler"
     assert scheduler_cfg["beta_schedule"] == "squaredcos_cap_v2"

@@ -145,10 +145,11 @@ def test_sigma_positive_on_every_step_including_the_last(backend):
     assert torch.isfinite(out.log_prob).all()
 
 
-def test_step_matches_diffusers_ddim_away_from_the_floor():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_step_matches_diffusers_ddim_away_from_the_floor(prediction_type):
     from diffusers import DDIMScheduler
 
-    config = ddpm_config(beta_schedule="squaredcos_cap_v2")
+    config = ddpm_config(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
     ours = DDIMLogProbScheduler.from_config(config, eta=0.7, min_std=1e-8)
     theirs = DDIMScheduler.from_config(config)
     ours.set_timesteps(8)

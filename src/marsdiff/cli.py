@@ -116,6 +116,63 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
     return 0
 
 
+def _assessment_inputs(config: dict, results: str):
+    """(yardstick, extractor name, features section, resolution) of a config's evaluation path."""
+    from marsdiff.data.resolution import matched_size
+    from marsdiff.evalset.assess import HeldoutYardstick
+
+    size = matched_size(config)
+    extractor = config["features"]["extractors"][0]
+    manifest = Path(results) / "reference" / f"at_{size}px" / "manifest.csv"
+    features = Path(results) / "features" / f"reference_{size}px" / f"{extractor}.npy"
+    for path in (manifest, features):
+        if not path.is_file():
+            raise MarsdiffError(f"{path} not found: build it with `snakemake --cores 2 {path}`")
+    return extractor, config["features"], size, manifest, features
+
+
+def assess_base(config_path: str | None, model_dirs: Sequence[str], results: str, etas: Sequence[float],
+                images: int, json_out: str | None) -> list[dict]:
+    """Print the base-model check (marsdiff.evalset.assess) of model directories; returns the rows."""
+    import json
+
+    from marsdiff.config import load_overlaid_config
+    from marsdiff.evalset.assess import AssessSettings, HeldoutYardstick, assess_model, format_table
+
+    config = load_overlaid_config(config_path)
+    extractor, features_cfg, size, manifest, features = _assessment_inputs(config, results)
+    base = AssessSettings(images=images, steps=int(config["sampling"]["steps"]))
+    yardstick = HeldoutYardstick(manifest, features, base.k)
+    rows = yardstick.real_rows(base.images, base.real_draws, base.seed)
+    for model_dir in model_dirs:
+        for eta in etas:
+            settings = AssessSettings(images=images, steps=base.steps, eta=float(eta))
+            rows.append(assess_model(model_dir, yardstick, extractor, features_cfg, size, settings,
+                                     device=config["sampling"].get("device", "auto")))
+    print(f"{images} images per set, k = {base.k}, {base.steps} steps, {size} px, {extractor} features, "
+          f"vs {len(yardstick.reference.heldout)} held-out crops")
+    print(format_table(rows))
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    return rows
+
+
+def ship_base_model(config_path: str | None, model_dir: str, results: str, training_log: str | None) -> int:
+    """Assess a freshly trained model and write it, with provenance, as the shipped base model."""
+    from marsdiff.config import load_overlaid_config
+    from marsdiff.diffusion import shipped
+
+    config = load_overlaid_config(config_path)
+    rows = assess_base(config_path, [model_dir], results, (1.0, 0.0), 64, None)
+    produced_by = ("make base-checkpoint: rule pretrain_base with config/config.yaml overlaid by "
+                   f"{config_path or 'nothing'}, then marsdiff ship-base-model")
+    index = Path(results) / "reference" / "images.csv"
+    provenance = shipped.ship(model_dir, index, config["model"]["pixel"], {"rows": rows}, training_log, produced_by)
+    print(f"shipped to {shipped.SHIPPED_DIR} (weights sha256 {provenance['weights_sha256'][:12]}, "
+          f"training code {provenance['training_code_version']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marsdiff", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,11 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--model-dir", default="results/models/base", help="pixel base model directory")
     doc.add_argument("--results", default="results", help="results directory (reference features)")
     doc.add_argument("--images", type=int, default=DOCTOR_IMAGES, help="images in the test batch (>= 2)")
+    assess = sub.add_parser("assess-base", help="base-model check: models' images against the held-out craters")
+    assess.add_argument("model_dirs", nargs="+", help="pixel model directories")
+    assess.add_argument("--config", default=None, help="config file laid over the embedded config/config.yaml")
+    assess.add_argument("--results", default="results", help="results directory (reference and its features)")
+    assess.add_argument("--eta", type=float, action="append", help="sampling eta (repeatable; default 1)")
+    assess.add_argument("--images", type=int, default=64, help="images per set (default 64)")
+    assess.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ship = sub.add_parser("ship-base-model", help="store a trained base model with its provenance as the shipped one")
+    ship.add_argument("model_dir", help="model directory written by pretrain_base")
+    ship.add_argument("--config", default=None, help="config file laid over config/config.yaml that trained it")
+    ship.add_argument("--results", default="results", help="results directory (reference and its features)")
+    ship.add_argument("--training-log", default="logs/pretrain_base.log", help="pretrain_base's log")
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": lambda a: doctor(a.config, a.model_dir, a.results, max(2, a.images)),
+    "assess-base": lambda a: 0 if assess_base(a.config, a.model_dirs, a.results, a.eta or [1.0], a.images, a.json) else 1,
+    "ship-base-model": lambda a: ship_base_model(a.config, a.model_dir, a.results, a.training_log),
 }
 
 

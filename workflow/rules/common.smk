@@ -167,6 +167,14 @@ def pretrain_settings(cfg):
     return {"preset": section.get("preset") or "small", **{k: section.get(k) for k in PIXEL_LOGGING_KEYS}}
 
 
+def shipped_checkpoint_version(cfg):
+    """The shipped base model's weights hash where pretrain_base may install it, else 'never'."""
+    if (cfg["model"].get("pixel") or {}).get("shipped_checkpoint", "auto") == "never":
+        return "never"
+    provenance = LIBRARY / "assets" / "base_model" / "provenance.json"
+    return json.loads(provenance.read_text())["weights_sha256"] if provenance.is_file() else "none shipped"
+
+
 def preview_params(cfg):
     from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
 

@@ -5,7 +5,8 @@
 
 
 rule pretrain_base:
-    """Train the class-conditional pixel-space UNet on the reference train split."""
+    """Train the class-conditional pixel-space UNet on the reference train split (or install the
+    shipped model when it was trained from this very config, train split and code)."""
     input:
         # training reads ids, paths, size categories and the split: images.csv, not manifest.csv
         index=REFERENCE_DIR / "images.csv",
@@ -18,6 +19,8 @@ rule pretrain_base:
     params:
         cfg=pretrain_params(config),
         settings=untracked(pretrain_settings(config)),
+        # a new shipped checkpoint re-runs the rule where it may be installed
+        shipped=shipped_checkpoint_version(config),
         code=code_version("scripts/pretrain_base.py"),
     log:
         LOGS / "pretrain_base.log",
@@ -26,7 +29,7 @@ rule pretrain_base:
     threads: 2
     resources:
         mem_mb=4000,
-        runtime="30m",
+        runtime="60m",
         # Ask the cluster for a GPU only when the config wants one (e.g. preset 'large').
         gpu=int(config["model"]["pixel"]["device"] == "cuda"),
     conda:

@@ -7,7 +7,7 @@ from marsdiff.stage import params_json, run_stage
 
 def main(snakemake):
     def body():
-        from marsdiff.diffusion.pretrain import write_preview
+        from marsdiff.diffusion.preview import write_preview
 
         write_preview(
             Path(snakemake.input.meta).parent,

@@ -44,8 +44,11 @@ UNET_SUBDIR = "unet"
 SCHEDULER_SUBDIR = "scheduler"
 SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name for UNet weights
 VALUE_RANGE = "[-1, 1]"
-# The recording sampler and the RL log-probabilities assume an epsilon-predicting network.
-PREDICTION_TYPE = "epsilon"
+# What the network predicts. The recording sampler and the RL log-probabilities read it from the
+# saved scheduler config and handle both. v is the default: at the first step from pure noise
+# (cosine schedule, abar = 2.4e-9) an epsilon network's x0 estimate is its error times 2e4, clipped
+# to +-1, which sets each image's brightness at random (docs/base_model.md, "Why v-prediction").
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 FLIP_CHOICES = ("auto", "none", "left_right", "top_bottom", "transpose", "antitranspose")
 
@@ -69,6 +72,7 @@ class PixelConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     min_snr_gamma: float = 5.0
+    prediction_type: str = "v_prediction"
     flip: str = "auto"
     grid_samples_per_class: int = 6
     grid_reference_per_class: int = 2
@@ -111,6 +115,8 @@ class PixelConfig:
             )
         if self.flip not in FLIP_CHOICES:
             raise MarsdiffError(f"model.pixel.flip: {self.flip!r} is not one of {', '.join(FLIP_CHOICES)}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise MarsdiffError(f"model.pixel.prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MarsdiffError(f"model.pixel.device: {self.device!r} is not one of auto, cpu, cuda")
         for name in ("train_steps", "batch_size", "layers_per_block", "num_train_timesteps", "grid_sampling_steps"):
@@ -177,7 +183,7 @@ def build_noise_scheduler(cfg: PixelConfig):
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
-        prediction_type=PREDICTION_TYPE,
+        prediction_type=cfg.prediction_type,
         clip_sample=True,
         clip_sample_range=1.0,
         timestep_spacing="trailing",

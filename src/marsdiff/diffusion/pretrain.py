@@ -1,9 +1,11 @@
 """Pre-training of the embedded pixel-space base model (stage ``pretrain_base``).
 
-Owns the training loop (AdamW, warm-up + cosine learning rate, min-SNR weighted epsilon loss,
-EMA weights), the sun-aware flip augmentation, a plain DDIM sampler for the preview grid, the
-labelled sample grid and :func:`pretrain_base`, which writes the model directory contract of
-:mod:`marsdiff.diffusion.pixel` atomically (nothing at the target unless every file is written).
+Owns the training loop (AdamW, warm-up + cosine learning rate, min-SNR weighted v or epsilon loss,
+EMA weights), the sun-aware flip augmentation and :func:`pretrain_base`, which writes the model
+directory contract of :mod:`marsdiff.diffusion.pixel` atomically (nothing at the target unless
+every file is written). This module and what it imports decide the trained weights: their code
+version is recorded with the shipped model (:mod:`marsdiff.diffusion.shipped`), so the sample grid
+lives apart, in :mod:`marsdiff.diffusion.preview`.
 
 Augmentation. All reference craters come from one HRSC image, so they share one sun azimuth:
 the bright and shadowed crater walls lie along it. A mirror changes that azimuth unless the
@@ -32,7 +34,6 @@ import numpy as np
 import torch
 
 from marsdiff.diffusion.pixel import (
-    PREDICTION_TYPE,
     VALUE_RANGE,
     PixelConfig,
     TrainSet,
@@ -41,7 +42,6 @@ from marsdiff.diffusion.pixel import (
     count_parameters,
     load_train_set,
     save_pixel_model,
-    to_uint8,
 )
 from marsdiff.devices import resolve_device
 from marsdiff.errors import MarsdiffError
@@ -177,23 +177,33 @@ def learning_rate_at(step: int, cfg: PixelConfig) -> float:
 
 
 def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weights for an epsilon target (Hang et al. 2023): min(SNR, gamma) / SNR.
+    """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's prediction type.
 
     Caps the weight of the nearly clean timesteps, whose gradients conflict with those of the
-    noisy ones and slow convergence (Hang et al.); gamma 0 gives plain MSE. On the cosine
-    schedule gamma 5 weights t < 20 by 2e-4..1e-2: see docs/base_model.md for the trade-off.
+    noisy ones and slow convergence; gamma 0 gives plain MSE. The weight on the x0 error is
+    min(SNR, gamma) in both cases, which is min(SNR, gamma) / SNR on an epsilon loss and
+    min(SNR, gamma) / (SNR + 1) on a v loss (||v error||^2 = (SNR + 1) ||x0 error||^2).
     """
     if gamma <= 0:
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
     abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = abar / (1.0 - abar)
+    if scheduler.config.prediction_type == "v_prediction":
+        return torch.clamp(snr, max=gamma) / (snr + 1.0)
     return torch.clamp(snr, max=gamma) / snr
+
+
+def training_target(scheduler, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output: the noise, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(images, noise, timesteps)
+    return noise
 
 
 def diffusion_loss(unet, scheduler, images, labels, noise, timesteps, gamma: float) -> torch.Tensor:
     noisy = scheduler.add_noise(images, noise, timesteps)
     predicted = unet(noisy, timesteps, class_labels=labels).sample
-    per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
+    per_sample = (predicted - training_target(scheduler, images, noise, timesteps)).pow(2).mean(dim=(1, 2, 3))
     return (per_sample * loss_weights(scheduler, timesteps, gamma)).mean()
 
 
@@ -304,81 +314,6 @@ def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
     return TrainResult(ema.model.eval(), scheduler, rows, flip, seconds, str(device))
 
 
-# ----------------------------------------------------------------------------------------------
-# Sampling and the preview grid
-
-
-@torch.no_grad()
-def ddim_sample(unet, scheduler, labels: torch.Tensor, steps: int, seed: int, image_size: int,
-                channels: int = 1, batch_size: int = 64) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) samples in [-1, 1], one per label, on the model's device."""
-    from diffusers import DDIMScheduler
-
-    ddim = DDIMScheduler.from_config(scheduler.config)
-    ddim.set_timesteps(steps)
-    device = next(unet.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for begin in range(0, len(labels), batch_size):
-        chunk = labels[begin:begin + batch_size].to(device)
-        x = torch.randn((len(chunk), channels, image_size, image_size), generator=gen, device=device)
-        for t in ddim.timesteps:
-            eps = unet(x, t, class_labels=chunk).sample
-            x = ddim.step(eps, t, x, eta=0.0).prev_sample
-        out.append(x.clamp(-1, 1).cpu())
-    return torch.cat(out)
-
-
-def sample_grid(samples: np.ndarray, class_names: Sequence[str], reference: np.ndarray | None = None,
-                title: str = "", tile: int = 64) -> "Image.Image":
-    """A labelled grid: one row per class, generated tiles, then (optionally) real ones.
-
-    ``samples``: uint8 (n_classes, per_class, H, W); ``reference``: uint8 (n_classes, k, H, W)
-    with blank (all-zero) tiles allowed where a class has fewer real images.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    n_classes, per_class = samples.shape[:2]
-    n_ref = 0 if reference is None else reference.shape[1]
-    pad, label_w, header_h, gap = 2, 110, 18, 12
-    width = label_w + per_class * (tile + pad) + (gap + n_ref * (tile + pad) if n_ref else 0)
-    height = header_h + n_classes * (tile + pad)
-    canvas = Image.new("L", (width, height), 255)
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 3), title or "generated", fill=0, font=font)
-    ref_x0 = label_w + per_class * (tile + pad) + gap
-    if n_ref:
-        draw.text((ref_x0, 3), "real (train)", fill=0, font=font)
-
-    def paste(arr: np.ndarray, x: int, y: int) -> None:
-        canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.Resampling.NEAREST), (x, y))
-
-    for row, name in enumerate(class_names):
-        y = header_h + row * (tile + pad)
-        draw.text((4, y + tile // 2 - 6), str(name), fill=0, font=font)
-        for col in range(per_class):
-            paste(samples[row, col], label_w + col * (tile + pad), y)
-        for col in range(n_ref):
-            if reference[row, col].any():
-                paste(reference[row, col], ref_x0 + col * (tile + pad), y)
-    return canvas
-
-
-def reference_examples(train: TrainSet, per_class: int, seed: int) -> np.ndarray:
-    """uint8 (n_classes, per_class, H, W) real train images per class (zeros where too few)."""
-    rng = np.random.default_rng(seed)
-    size = train.images.shape[-1]
-    out = np.zeros((len(train.class_names), per_class, size, size), dtype=np.uint8)
-    labels = train.labels.numpy()
-    for cls in range(len(train.class_names)):
-        members = np.flatnonzero(labels == cls)
-        picks = rng.permutation(members)[:per_class]
-        if len(picks):
-            out[cls, :len(picks)] = to_uint8(train.images[torch.as_tensor(picks)])
-    return out
-
-
 def write_loss_csv(path: Path, rows: Sequence[tuple[int, float, float]]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -402,7 +337,7 @@ def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threa
         "num_classes": len(train.class_names),
         "class_key": "size_cat",
         "value_range": VALUE_RANGE,
-        "prediction_type": PREDICTION_TYPE,
+        "prediction_type": cfg.prediction_type,
         "weights": "ema",
         # Training keys only: the preview grid is drawn (and re-drawn) by its own stage.
         "train_config": {k: v for k, v in cfg.as_dict().items() if k not in PREVIEW_KEYS + LOGGING_KEYS},
@@ -423,28 +358,15 @@ def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threa
     }
 
 
-def preview_grid(unet, scheduler, train: TrainSet, cfg: PixelConfig, steps_trained: int) -> "Image.Image":
-    """samples.png: EMA samples per size class (DDIM eta 0, fixed seed), then real train crops."""
-    start = time.perf_counter()
-    n_classes = len(train.class_names)
-    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
-    samples = ddim_sample(unet, scheduler, labels, cfg.grid_sampling_steps,
-                          seed=cfg.seed + 2, image_size=cfg.image_size)
-    samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
-    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
-    title = f"generated: EMA weights, DDIM {cfg.grid_sampling_steps} steps, after {steps_trained} training steps"
-    grid = sample_grid(samples_u8, train.class_names, reference, title=title)
-    log.info("sample grid: %d images in %.1f s", len(labels), time.perf_counter() - start)
-    return grid
-
-
 def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | None,
-                  threads: int | None = None, preview: bool = True) -> dict[str, Any]:
+                  threads: int | None = None, code_version: str | None = None) -> dict[str, Any]:
     """Train the base model on the manifest's train split and write the model directory.
 
     Everything goes to a temporary directory that replaces ``out_dir`` only when all files are
-    written. ``preview``: also draw samples.png (the workflow leaves it to stage preview_base,
-    so preview settings never retrain). Returns the metadata written to ``marsdiff_model.json``.
+    written. The sample grid is :mod:`marsdiff.diffusion.preview`'s (stage preview_base), so
+    grid settings never retrain. ``code_version``: the training code's digest, recorded in the
+    metadata (the shipped model's provenance checks it). Returns the metadata written to
+    ``marsdiff_model.json``.
     """
     cfg = PixelConfig.from_dict(section)
     if threads:
@@ -452,37 +374,14 @@ def pretrain_base(manifest: str | Path, out_dir: str | Path, section: dict | Non
     train = load_train_set(manifest, cfg.image_size)
     result = train_pixel_model(train, cfg)
     meta = model_metadata(cfg, train, result, threads)
-    grid = preview_grid(result.ema_unet, result.scheduler, train, cfg, len(result.loss_rows)) if preview else None
+    if code_version:
+        meta["training_code_version"] = code_version
 
     with atomic_dir(out_dir) as tmp:
         save_pixel_model(tmp, result.ema_unet, result.scheduler, meta)
         write_loss_csv(tmp / "loss.csv", result.loss_rows)
-        if grid is not None:
-            grid.save(tmp / "samples.png", format="PNG")
     log.info("base model written to %s (final loss %.4f, %.0f s training)", out_dir,
              meta["training"]["final_loss"], result.seconds)
     return meta
 
 
-def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | None, out_png: str | Path,
-                  threads: int | None = None, device: str = "auto") -> None:
-    """Stage preview_base: samples.png of a trained model directory.
-
-    The model's own training keys (image size, seed) come from its metadata; ``section`` (the
-    ``model.pixel`` config) gives the grid settings.
-    """
-    from marsdiff.diffusion.pixel import load_pixel_model
-    from marsdiff.io.atomic import atomic_path
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    grid_settings = {k: v for k, v in (section or {}).items() if k in PREVIEW_KEYS and v is not None}
-    unet, scheduler, meta = load_pixel_model(model_dir, resolve_device(device, "model.pixel.device"))
-    cfg = PixelConfig.from_dict({**meta.get("train_config", {}), **grid_settings})
-    train = load_train_set(manifest, cfg.image_size)
-    if list(train.class_names) != list(meta.get("class_names", train.class_names)):
-        raise MarsdiffError(f"{manifest}: size classes {train.class_names} differ from the model's "
-                            f"{meta.get('class_names')} (retrain the base model)")
-    grid = preview_grid(unet, scheduler, train, cfg, int(meta.get("training", {}).get("steps", 0)))
-    with atomic_path(out_png, suffix=".png") as tmp:
-        grid.save(tmp, format="PNG")

@@ -1,0 +1,149 @@
+"""The base model's sample grid (stage ``preview_base``): plain DDIM samples per size class.
+
+Kept apart from :mod:`marsdiff.diffusion.pretrain`, whose code version the shipped model records
+(:mod:`marsdiff.diffusion.shipped`): editing the grid must not invalidate the shipped weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from marsdiff.devices import resolve_device
+from marsdiff.diffusion.pixel import PixelConfig, TrainSet, load_train_set, to_uint8
+from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
+from marsdiff.errors import MarsdiffError
+
+log = logging.getLogger(__name__)
+
+# Deterministic DDIM, and the stochastic chain RL samples with: side by side on the same seeds.
+PREVIEW_ETAS = (0.0, 1.0)
+
+
+@torch.no_grad()
+def ddim_sample(unet, scheduler, labels: torch.Tensor, steps: int, seed: int, image_size: int,
+                channels: int = 1, batch_size: int = 64, eta: float = 0.0) -> torch.Tensor:
+    """DDIM samples in [-1, 1], one per label (eta 0: deterministic given the seed)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for begin in range(0, len(labels), batch_size):
+        chunk = labels[begin:begin + batch_size].to(device)
+        x = torch.randn((len(chunk), channels, image_size, image_size), generator=gen, device=device)
+        for t in ddim.timesteps:
+            output = unet(x, t, class_labels=chunk).sample
+            x = ddim.step(output, t, x, eta=eta, generator=gen).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def sample_grid(samples: np.ndarray, class_names: Sequence[str], reference: np.ndarray | None = None,
+                title: str = "", tile: int = 64) -> "Image.Image":
+    """A labelled grid: one row per class, generated tiles, then (optionally) real ones.
+
+    ``samples``: uint8 (n_classes, per_class, H, W); ``reference``: uint8 (n_classes, k, H, W)
+    with blank (all-zero) tiles allowed where a class has fewer real images.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n_classes, per_class = samples.shape[:2]
+    n_ref = 0 if reference is None else reference.shape[1]
+    pad, label_w, header_h, gap = 2, 110, 18, 12
+    width = label_w + per_class * (tile + pad) + (gap + n_ref * (tile + pad) if n_ref else 0)
+    height = header_h + n_classes * (tile + pad)
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title or "generated", fill=0, font=font)
+    ref_x0 = label_w + per_class * (tile + pad) + gap
+    if n_ref:
+        draw.text((ref_x0, 3), "real (train)", fill=0, font=font)
+
+    def paste(arr: np.ndarray, x: int, y: int) -> None:
+        canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.Resampling.NEAREST), (x, y))
+
+    for row, name in enumerate(class_names):
+        y = header_h + row * (tile + pad)
+        draw.text((4, y + tile // 2 - 6), str(name), fill=0, font=font)
+        for col in range(per_class):
+            paste(samples[row, col], label_w + col * (tile + pad), y)
+        for col in range(n_ref):
+            if reference[row, col].any():
+                paste(reference[row, col], ref_x0 + col * (tile + pad), y)
+    return canvas
+
+
+def reference_examples(train: TrainSet, per_class: int, seed: int) -> np.ndarray:
+    """uint8 (n_classes, per_class, H, W) real train images per class (zeros where too few)."""
+    rng = np.random.default_rng(seed)
+    size = train.images.shape[-1]
+    out = np.zeros((len(train.class_names), per_class, size, size), dtype=np.uint8)
+    labels = train.labels.numpy()
+    for cls in range(len(train.class_names)):
+        members = np.flatnonzero(labels == cls)
+        picks = rng.permutation(members)[:per_class]
+        if len(picks):
+            out[cls, :len(picks)] = to_uint8(train.images[torch.as_tensor(picks)])
+    return out
+
+
+
+
+def preview_grid(unet, scheduler, train: TrainSet, cfg: PixelConfig, steps_trained: int) -> "Image.Image":
+    """samples.png: EMA samples per size class at eta 0 and at eta 1 (the same seeds), then real
+    train crops of each class."""
+    from PIL import Image
+
+    start = time.perf_counter()
+    n_classes = len(train.class_names)
+    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
+    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
+    panels = []
+    for eta in PREVIEW_ETAS:
+        samples = ddim_sample(unet, scheduler, labels, cfg.grid_sampling_steps, seed=cfg.seed + 2,
+                              image_size=cfg.image_size, eta=eta)
+        samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
+        title = f"DDIM eta {eta:g}, {cfg.grid_sampling_steps} steps, {steps_trained} training steps"
+        panels.append(sample_grid(samples_u8, train.class_names, reference if eta == PREVIEW_ETAS[-1] else None,
+                                  title=title))
+    gap = 16
+    canvas = Image.new("L", (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)), 255)
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + gap
+    log.info("sample grid: %d images in %.1f s", len(labels) * len(PREVIEW_ETAS), time.perf_counter() - start)
+    return canvas
+
+
+def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | None, out_png: str | Path,
+                  threads: int | None = None, device: str = "auto") -> None:
+    """Stage preview_base: samples.png of a trained model directory.
+
+    The model's own training keys (image size, seed) come from its metadata; ``section`` (the
+    ``model.pixel`` config) gives the grid settings.
+    """
+    from marsdiff.diffusion.pixel import load_pixel_model
+    from marsdiff.io.atomic import atomic_path
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    grid_settings = {k: v for k, v in (section or {}).items() if k in PIXEL_PREVIEW_KEYS and v is not None}
+    unet, scheduler, meta = load_pixel_model(model_dir, resolve_device(device, "model.pixel.device"))
+    cfg = PixelConfig.from_dict({**meta.get("train_config", {}), **grid_settings})
+    train = load_train_set(manifest, cfg.image_size)
+    if list(train.class_names) != list(meta.get("class_names", train.class_names)):
+        raise MarsdiffError(f"{manifest}: size classes {train.class_names} differ from the model's "
+                            f"{meta.get('class_names')} (retrain the base model)")
+    grid = preview_grid(unet, scheduler, train, cfg, int(meta.get("training", {}).get("steps", 0)))
+    with atomic_path(out_png, suffix=".png") as tmp:
+        grid.save(tmp, format="PNG")

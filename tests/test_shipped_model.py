@@ -1,0 +1,124 @@
+"""The shipped base model: it matches the committed training code and default config, and
+pretrain_base installs it only when it is what training would produce."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from marsdiff.config import load_config
+from marsdiff.diffusion import shipped
+from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
+from marsdiff.diffusion.pretrain import pretrain_base
+from marsdiff.errors import MarsdiffError
+from test_pixel_model import TINY, write_reference
+
+STALE = "the shipped base model no longer matches: retrain it with `make base-checkpoint` (docs/base_model.md)"
+
+
+def with_hashes(manifest: Path) -> Path:
+    """images.csv as prepare_reference writes it: the manifest plus each image's sha256."""
+    table = pd.read_csv(manifest)
+    table["sha256"] = [hashlib.sha256((manifest.parent / p).read_bytes()).hexdigest() for p in table["path"]]
+    index = manifest.parent / "images.csv"
+    table.to_csv(index, index=False)
+    return index
+
+
+@pytest.fixture()
+def tiny_shipped(tmp_path):
+    """A tiny model trained by pretrain_base and shipped into a scratch folder."""
+    torch.set_num_threads(1)
+    index = with_hashes(write_reference(tmp_path / "reference"))
+    trained = tmp_path / "trained"
+    pretrain_base(index, trained, TINY, threads=1, code_version=shipped.training_code_version())
+    folder = tmp_path / "shipped"
+    log = tmp_path / "pretrain.log"
+    log.write_text("step 4/4 loss 0.5\n")
+    shipped.ship(trained, index, {**TINY, "shipped_checkpoint": "never"}, {"rows": [{"set": "x", "precision": 0.9}]},
+                 log, "a test", folder=folder)
+    return index, trained, folder
+
+
+def test_the_shipped_model_matches_the_committed_code_and_default_config():
+    provenance = shipped.read_provenance()
+    assert shipped.training_code_version() == provenance["training_code_version"], STALE
+    default = load_config(None)["model"]["pixel"]
+    assert shipped.training_config(default) == provenance["train_config"], STALE
+    weights = shipped.SHIPPED_DIR / "unet" / "diffusion_pytorch_model.safetensors"
+    assert shipped.file_sha256(weights) == provenance["weights_sha256"], STALE
+    meta = json.loads((shipped.SHIPPED_DIR / MODEL_META_NAME).read_text())
+    assert meta["train_config"]["train_steps"] == provenance["train_config"]["train_steps"] == meta["training"]["steps"]
+    # The provenance carries the issue-11 measurement, the training log and the loss curve.
+    assert (shipped.SHIPPED_DIR / shipped.TRAINING_LOG_NAME).stat().st_size > 0
+    assert len((shipped.SHIPPED_DIR / "loss.csv").read_text().splitlines()) == meta["training"]["steps"] + 1
+    assert {row["set"] for row in provenance["assessment"]["rows"]} >= {"held-out crops (the target)"}
+
+
+def test_the_shipped_model_was_trained_on_the_default_train_split(default_reference):
+    out, _ = default_reference
+    digest, images = shipped.train_split_digest(out / "images.csv")
+    provenance = shipped.read_provenance()
+    assert (digest, images) == (provenance["train_split_digest"], provenance["train_images"]), STALE
+
+
+def test_install_when_everything_matches(tiny_shipped, tmp_path):
+    index, trained, folder = tiny_shipped
+    assert shipped.mismatches({**TINY, "device": "cuda"}, index, folder) == []  # the device trains nothing
+    meta = shipped.install(tmp_path / "models" / "base", folder)
+    unet, _, loaded_meta = load_pixel_model(tmp_path / "models" / "base")
+    original, _, _ = load_pixel_model(trained)
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([5, 900]), torch.tensor([0, 2])
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, class_labels=c).sample, original(x, t, class_labels=c).sample)
+    assert loaded_meta == meta and meta["installed_from"]["weights_sha256"] == shipped.read_provenance(folder)["weights_sha256"]
+    assert (folder / shipped.TRAINING_LOG_NAME).read_text().startswith("step 4/4")
+
+
+def test_every_difference_is_a_reason_to_train(tiny_shipped, tmp_path):
+    index, _, folder = tiny_shipped
+    reasons = shipped.mismatches({**TINY, "train_steps": 5}, index, folder)
+    assert len(reasons) == 1 and "train_steps (4 shipped, 5 here)" in reasons[0]
+    # other reference data: one image's content differs
+    table = pd.read_csv(index)
+    table.loc[0, "sha256"] = "0" * 64
+    other = tmp_path / "other.csv"
+    table.to_csv(other, index=False)
+    assert any("train split" in r for r in shipped.mismatches(TINY, other, folder))
+    # a corrupted weights file
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert any("not the file the provenance lists" in r for r in shipped.mismatches(TINY, index, folder))
+
+
+def test_the_training_code_version_follows_the_training_modules():
+    provenance_roots = shipped.TRAINING_CODE_ROOTS
+    from marsdiff.provenance import REGISTRY
+
+    version = shipped.training_code_version()
+    files = REGISTRY[version]
+    for module in ("diffusion/pretrain.py", "diffusion/pixel.py", "diffusion/pixel_presets.py", "data/images.py"):
+        assert module in files, module
+    # the install logic is not training code: editing it must not invalidate the shipped model
+    assert "diffusion/shipped.py" not in files and provenance_roots == ("diffusion/pretrain.py",)
+
+
+def test_ship_refuses_an_installed_model_and_other_settings_or_code(tiny_shipped, tmp_path):
+    index, trained, folder = tiny_shipped
+    installed = tmp_path / "installed"
+    shipped.install(installed, folder)
+    with pytest.raises(MarsdiffError, match="installed from the shipped checkpoint"):
+        shipped.ship(installed, index, TINY, {}, None, "test", folder=tmp_path / "again")
+    with pytest.raises(MarsdiffError, match="train_steps"):
+        shipped.ship(trained, index, {**TINY, "train_steps": 9}, {}, None, "test", folder=tmp_path / "again")
+    meta_path = trained / MODEL_META_NAME
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "training_code_version": "0123456789abcdef"}))
+    with pytest.raises(MarsdiffError, match="trained by training code 0123456789abcdef"):
+        shipped.ship(trained, index, TINY, {}, None, "test", folder=tmp_path / "again")
+    assert not (tmp_path / "again").exists()
