@@ -127,7 +127,7 @@ CONFIG_CHANGES = [
      {"preview_base": 1}),
     ("log cadence", {"model": {"pixel": {"log_every": 1}}}, {}),
     ("a training key", {"model": {"pixel": {"train_steps": 5}}}, {"pretrain_base": 1, "preview_base": 1}),
-    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": 0.995}}}, {}),
+    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": 0.999}}}, {}),
     ("the unused backend", {"model": {"stable_diffusion": {"guidance_scale": 3.0, "resolution": 256}}}, {}),
     ("feature batch size, device, cache", {"features": {"batch_size": 7, "device": "cpu", "cache_dir": "elsewhere"}}, {}),
     ("an extractor option", {"features": {"mobilenet_v2": {"grid": 1}}}, {"extract_features": 1, "validate_rewards": 1}),

@@ -51,7 +51,7 @@ def test_the_shipped_model_matches_the_committed_code_and_default_config():
     default = load_config(None)["model"]["pixel"]
     assert shipped.training_config(default) == provenance["train_config"], STALE
     weights = shipped.SHIPPED_DIR / "unet" / "diffusion_pytorch_model.safetensors"
-    assert shipped.file_sha256(weights) == provenance["weights_sha256"], STALE
+    assert shipped.file_digest(weights) == provenance["weights_sha256"], STALE
     meta = json.loads((shipped.SHIPPED_DIR / MODEL_META_NAME).read_text())
     assert meta["train_config"]["train_steps"] == provenance["train_config"]["train_steps"] == meta["training"]["steps"]
     # The provenance carries the issue-11 measurement, the training log and the loss curve.
@@ -122,3 +122,29 @@ def test_ship_refuses_an_installed_model_and_other_settings_or_code(tiny_shipped
     with pytest.raises(MarsdiffError, match="trained by training code 0123456789abcdef"):
         shipped.ship(trained, index, TINY, {}, None, "test", folder=tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_the_default_workflow_installs_the_shipped_model_and_trains_on_other_settings(tmp_path):
+    from conftest import make_workdir, run_snakemake
+    from test_workflow import planned_jobs
+
+    workdir = make_workdir(tmp_path / "project")
+    target = "results/models/base/marsdiff_model.json"
+    run_snakemake(workdir, target)
+    provenance = shipped.read_provenance()
+    model = workdir / "results" / "models" / "base"
+    assert shipped.file_digest(model / "unet" / "diffusion_pytorch_model.safetensors") == provenance["weights_sha256"]
+    meta = json.loads((model / MODEL_META_NAME).read_text())
+    assert meta["installed_from"]["weights_sha256"] == provenance["weights_sha256"]
+    assert "installed the shipped base model" in (workdir / "logs" / "pretrain_base.log").read_text()
+    assert planned_jobs(run_snakemake(workdir, "-n", target)) == {}, "an installed model is up to date"
+
+    # Another recipe: the rule trains, and its log names the difference.
+    overlay = workdir / "config" / "short.yaml"
+    overlay.write_text("model:\n  pixel:\n    train_steps: 2\n    warmup_steps: 1\n")
+    run_snakemake(workdir, target, "--configfile", str(overlay))
+    meta = json.loads((model / MODEL_META_NAME).read_text())
+    assert "installed_from" not in meta and meta["training"]["steps"] == 2
+    assert meta["training_code_version"] == shipped.training_code_version()
+    log = (workdir / "logs" / "pretrain_base.log").read_text()
+    assert "training instead of installing the shipped base model" in log and "train_steps (6000 shipped, 2 here)" in log

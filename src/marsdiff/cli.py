@@ -132,8 +132,9 @@ def _assessment_inputs(config: dict, results: str):
 
 
 def assess_base(config_path: str | None, model_dirs: Sequence[str], results: str, etas: Sequence[float],
-                images: int, json_out: str | None) -> list[dict]:
-    """Print the base-model check (marsdiff.evalset.assess) of model directories; returns the rows."""
+                images: int, json_out: str | None) -> dict:
+    """Print the base-model check (marsdiff.evalset.assess) of model directories; returns the
+    settings and the rows."""
     import json
 
     from marsdiff.config import load_overlaid_config
@@ -152,9 +153,11 @@ def assess_base(config_path: str | None, model_dirs: Sequence[str], results: str
     print(f"{images} images per set, k = {base.k}, {base.steps} steps, {size} px, {extractor} features, "
           f"vs {len(yardstick.reference.heldout)} held-out crops")
     print(format_table(rows))
+    result = {"settings": {"images": images, "k": base.k, "steps": base.steps, "resolution": size,
+                           "extractor": extractor, "heldout": len(yardstick.reference.heldout)}, "rows": rows}
     if json_out:
-        Path(json_out).write_text(json.dumps(rows, indent=2, default=float) + "\n")
-    return rows
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def ship_base_model(config_path: str | None, model_dir: str, results: str, training_log: str | None) -> int:
@@ -163,11 +166,11 @@ def ship_base_model(config_path: str | None, model_dir: str, results: str, train
     from marsdiff.diffusion import shipped
 
     config = load_overlaid_config(config_path)
-    rows = assess_base(config_path, [model_dir], results, (1.0, 0.0), 64, None)
+    assessment = assess_base(config_path, [model_dir], results, (1.0, 0.0), 64, None)
     produced_by = ("make base-checkpoint: rule pretrain_base with config/config.yaml overlaid by "
                    f"{config_path or 'nothing'}, then marsdiff ship-base-model")
     index = Path(results) / "reference" / "images.csv"
-    provenance = shipped.ship(model_dir, index, config["model"]["pixel"], {"rows": rows}, training_log, produced_by)
+    provenance = shipped.ship(model_dir, index, config["model"]["pixel"], assessment, training_log, produced_by)
     print(f"shipped to {shipped.SHIPPED_DIR} (weights sha256 {provenance['weights_sha256'][:12]}, "
           f"training code {provenance['training_code_version']})")
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.features.base import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def train_split_digest(index_csv: str | os.PathLike) -> tuple[str, int]:
     return digest.hexdigest()[:16], len(rows)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_provenance(folder: str | os.PathLike = SHIPPED_DIR) -> dict[str, Any]:
     path = Path(folder) / PROVENANCE_NAME
     if not path.is_file():
@@ -114,7 +107,7 @@ def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike,
     if code != provenance.get("training_code_version"):
         reasons.append(f"the training code differs (version {code}, shipped {provenance.get('training_code_version')})")
     weights = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file() or file_sha256(weights) != provenance.get("weights_sha256"):
+    if not weights.is_file() or file_digest(weights) != provenance.get("weights_sha256"):
         reasons.append(f"{weights}: missing or not the file the provenance lists")
     return reasons
 
@@ -174,7 +167,7 @@ def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Ma
         "training_code_version": code,
         "train_split_digest": split,
         "train_images": images,
-        "weights_sha256": file_sha256(model_dir / "unet" / "diffusion_pytorch_model.safetensors"),
+        "weights_sha256": file_digest(model_dir / "unet" / "diffusion_pytorch_model.safetensors"),
         "training": meta.get("training", {}),
         "versions": meta.get("versions", {}),
         "assessment": dict(assessment),

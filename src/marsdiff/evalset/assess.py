@@ -98,7 +98,7 @@ class HeldoutYardstick:
             pick = rng.choice(len(self.reference.train), size=n, replace=False)
             row = self.row(f"real train crops, draw {draw + 1}", self.reference.train[pick], self.train_pixels[pick])
             # a train crop is its own nearest train crop: the ratio says nothing here
-            row["memorisation_ratio"] = float("nan")
+            row["memorisation_ratio"] = None
             rows.append(row)
         brightness, contrast = brightness_and_contrast(self.heldout_pixels)
         rows.append({"set": "held-out crops (the target)", "brightness_spread": brightness, "contrast": contrast})
