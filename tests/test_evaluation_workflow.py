@@ -93,7 +93,7 @@ def test_evaluation_seeds_are_never_a_training_rounds_seeds():
     ({"evaluation": {"images": 8, "metrics": {"k_density_coverage": 8}}},
      "evaluation.metrics.k_density_coverage = 8 must be smaller than the number of generated images per model "
      "(evaluation.images = 8)"),
-    ({"evaluation": {"images": 4}}, "evaluation.metrics.k_density_coverage = 5 must be smaller"),
+    ({"evaluation": {"images": 4}}, "evaluation.metrics.k_precision_recall = 5 must be smaller"),
     ({"evaluation": {"knobs": {"class_weights": {"skewed": [1, 2]}}}},
      "evaluation.knobs.class_weights.skewed: 2 weights for 6 size classes (reference.size_bins = 6)"),
     ({"experiments": {"base": {"rounds": 1}}}, "evaluation model name 'base' is used twice"),

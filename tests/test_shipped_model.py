@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from marsdiff.config import load_config
-from marsdiff.diffusion import shipped
+from marsdiff.diffusion import shipped, shipping
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
 from marsdiff.diffusion.pretrain import pretrain_base
 from marsdiff.errors import MarsdiffError
@@ -36,18 +36,18 @@ def tiny_shipped(tmp_path):
     torch.set_num_threads(1)
     index = with_hashes(write_reference(tmp_path / "reference"))
     trained = tmp_path / "trained"
-    pretrain_base(index, trained, TINY, threads=1, code_version=shipped.training_code_version())
+    pretrain_base(index, trained, TINY, threads=1, code_version=shipping.training_code_version())
     folder = tmp_path / "shipped"
     log = tmp_path / "pretrain.log"
     log.write_text("step 4/4 loss 0.5\n")
-    shipped.ship(trained, index, {**TINY, "shipped_checkpoint": "never"}, {"rows": [{"set": "x", "precision": 0.9}]},
+    shipping.ship(trained, index, {**TINY, "shipped_checkpoint": "never"}, {"rows": [{"set": "x", "precision": 0.9}]},
                  log, "a test", folder=folder)
     return index, trained, folder
 
 
 def test_the_shipped_model_matches_the_committed_code_and_default_config():
     provenance = shipped.read_provenance()
-    assert shipped.training_code_version() == provenance["training_code_version"], STALE
+    assert shipping.training_code_version() == provenance["training_code_version"], STALE
     default = load_config(None)["model"]["pixel"]
     assert shipped.training_config(default) == provenance["train_config"], STALE
     weights = shipped.SHIPPED_DIR / "unet" / "diffusion_pytorch_model.safetensors"
@@ -69,7 +69,8 @@ def test_the_shipped_model_was_trained_on_the_default_train_split(default_refere
 
 def test_install_when_everything_matches(tiny_shipped, tmp_path):
     index, trained, folder = tiny_shipped
-    assert shipped.mismatches({**TINY, "device": "cuda"}, index, folder) == []  # the device trains nothing
+    code = shipping.training_code_version()
+    assert shipped.mismatches({**TINY, "device": "cuda"}, index, code, folder) == []  # the device trains nothing
     meta = shipped.install(tmp_path / "models" / "base", folder)
     unet, _, loaded_meta = load_pixel_model(tmp_path / "models" / "base")
     original, _, _ = load_pixel_model(trained)
@@ -82,30 +83,36 @@ def test_install_when_everything_matches(tiny_shipped, tmp_path):
 
 def test_every_difference_is_a_reason_to_train(tiny_shipped, tmp_path):
     index, _, folder = tiny_shipped
-    reasons = shipped.mismatches({**TINY, "train_steps": 5}, index, folder)
+    code = shipping.training_code_version()
+    reasons = shipped.mismatches({**TINY, "train_steps": 5}, index, code, folder)
     assert len(reasons) == 1 and "train_steps (4 shipped, 5 here)" in reasons[0]
     # other reference data: one image's content differs
     table = pd.read_csv(index)
     table.loc[0, "sha256"] = "0" * 64
     other = tmp_path / "other.csv"
     table.to_csv(other, index=False)
-    assert any("train split" in r for r in shipped.mismatches(TINY, other, folder))
+    assert any("train split" in r for r in shipped.mismatches(TINY, other, code, folder))
+    assert any("training code differs" in r for r in shipped.mismatches(TINY, index, "0123456789abcdef", folder))
     # a corrupted weights file
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
-    assert any("not the file the provenance lists" in r for r in shipped.mismatches(TINY, index, folder))
+    assert any("not the file the provenance lists" in r for r in shipped.mismatches(TINY, index, code, folder))
 
 
 def test_the_training_code_version_follows_the_training_modules():
     provenance_roots = shipped.TRAINING_CODE_ROOTS
     from marsdiff.provenance import REGISTRY
 
-    version = shipped.training_code_version()
+    version = shipping.training_code_version()
     files = REGISTRY[version]
     for module in ("diffusion/pretrain.py", "diffusion/pixel.py", "diffusion/pixel_presets.py", "data/images.py"):
         assert module in files, module
     # the install logic is not training code: editing it must not invalidate the shipped model
-    assert "diffusion/shipped.py" not in files and provenance_roots == ("diffusion/pretrain.py",)
+    assert "diffusion/shipped.py" not in files and "diffusion/shipping.py" not in files
+    assert provenance_roots == ("diffusion/pretrain.py",)
+    # the workflow passes the same version to the stage (model.smk's training_code param)
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    assert f"SHIPPED_TRAINING_CODE_ROOTS = ({', '.join(json.dumps(r) for r in provenance_roots)},)" in common
 
 
 def test_ship_refuses_an_installed_model_and_other_settings_or_code(tiny_shipped, tmp_path):
@@ -113,14 +120,14 @@ def test_ship_refuses_an_installed_model_and_other_settings_or_code(tiny_shipped
     installed = tmp_path / "installed"
     shipped.install(installed, folder)
     with pytest.raises(MarsdiffError, match="installed from the shipped checkpoint"):
-        shipped.ship(installed, index, TINY, {}, None, "test", folder=tmp_path / "again")
+        shipping.ship(installed, index, TINY, {}, None, "test", folder=tmp_path / "again")
     with pytest.raises(MarsdiffError, match="train_steps"):
-        shipped.ship(trained, index, {**TINY, "train_steps": 9}, {}, None, "test", folder=tmp_path / "again")
+        shipping.ship(trained, index, {**TINY, "train_steps": 9}, {}, None, "test", folder=tmp_path / "again")
     meta_path = trained / MODEL_META_NAME
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "training_code_version": "0123456789abcdef"}))
     with pytest.raises(MarsdiffError, match="trained by training code 0123456789abcdef"):
-        shipped.ship(trained, index, TINY, {}, None, "test", folder=tmp_path / "again")
+        shipping.ship(trained, index, TINY, {}, None, "test", folder=tmp_path / "again")
     assert not (tmp_path / "again").exists()
 
 
@@ -145,6 +152,6 @@ def test_the_default_workflow_installs_the_shipped_model_and_trains_on_other_set
     run_snakemake(workdir, target, "--configfile", str(overlay))
     meta = json.loads((model / MODEL_META_NAME).read_text())
     assert "installed_from" not in meta and meta["training"]["steps"] == 2
-    assert meta["training_code_version"] == shipped.training_code_version()
+    assert meta["training_code_version"] == shipping.training_code_version()
     log = (workdir / "logs" / "pretrain_base.log").read_text()
     assert "training instead of installing the shipped base model" in log and "train_steps (6000 shipped, 2 here)" in log

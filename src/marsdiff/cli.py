@@ -163,15 +163,15 @@ def assess_base(config_path: str | None, model_dirs: Sequence[str], results: str
 def ship_base_model(config_path: str | None, model_dir: str, results: str, training_log: str | None) -> int:
     """Assess a freshly trained model and write it, with provenance, as the shipped base model."""
     from marsdiff.config import load_overlaid_config
-    from marsdiff.diffusion import shipped
+    from marsdiff.diffusion import shipping
 
     config = load_overlaid_config(config_path)
     assessment = assess_base(config_path, [model_dir], results, (1.0, 0.0), 64, None)
     produced_by = ("make base-checkpoint: rule pretrain_base with config/config.yaml overlaid by "
                    f"{config_path or 'nothing'}, then marsdiff ship-base-model")
     index = Path(results) / "reference" / "images.csv"
-    provenance = shipped.ship(model_dir, index, config["model"]["pixel"], assessment, training_log, produced_by)
-    print(f"shipped to {shipped.SHIPPED_DIR} (weights sha256 {provenance['weights_sha256'][:12]}, "
+    provenance = shipping.ship(model_dir, index, config["model"]["pixel"], assessment, training_log, produced_by)
+    print(f"shipped to {shipping.SHIPPED_DIR} (weights sha256 {provenance['weights_sha256'][:12]}, "
           f"training code {provenance['training_code_version']})")
     return 0
 

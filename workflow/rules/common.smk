@@ -167,6 +167,10 @@ def pretrain_settings(cfg):
     return {"preset": section.get("preset") or "small", **{k: section.get(k) for k in PIXEL_LOGGING_KEYS}}
 
 
+# The modules whose code the shipped base model's provenance records (marsdiff.diffusion.shipped).
+SHIPPED_TRAINING_CODE_ROOTS = ("diffusion/pretrain.py",)
+
+
 def shipped_checkpoint_version(cfg):
     """The shipped base model's weights hash where pretrain_base may install it, else 'never'."""
     if (cfg["model"].get("pixel") or {}).get("shipped_checkpoint", "auto") == "never":

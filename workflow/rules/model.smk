@@ -22,6 +22,8 @@ rule pretrain_base:
         # a new shipped checkpoint re-runs the rule where it may be installed
         shipped=shipped_checkpoint_version(config),
         code=code_version("scripts/pretrain_base.py"),
+        # the digest the shipped model's provenance records (already covered by `code`)
+        training_code=untracked(code_version(*SHIPPED_TRAINING_CODE_ROOTS)),
     log:
         LOGS / "pretrain_base.log",
     benchmark:

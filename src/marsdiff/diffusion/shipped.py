@@ -11,7 +11,8 @@ beside it in ``src/marsdiff/assets/base_model/``::
 
 ``provenance.json`` records the three things the weights depend on: the resolved training
 config (``model.pixel`` without the keys that change no weight), the digest of the training code
-(:func:`training_code_version`, the same AST digest the workflow's ``code_version`` uses) and the
+(:func:`marsdiff.diffusion.shipping.training_code_version`, the workflow's ``code_version`` of
+``diffusion/pretrain.py``) and the
 digest of the train split (:func:`train_split_digest`: ids, image hashes and size classes). With
 ``model.pixel.shipped_checkpoint: auto`` the rule installs the shipped model when all three match
 the run's, like a cache hit, and trains otherwise (own reference data, another recipe, edited
@@ -44,13 +45,6 @@ TRAINING_CODE_ROOTS = ("diffusion/pretrain.py",)
 #: model.pixel keys that choose where or whether to train, not what is trained.
 NON_TRAINING_KEYS = ("device", "shipped_checkpoint")
 SHIPPED_CHOICES = ("auto", "never")
-
-
-def training_code_version() -> str:
-    """Digest of the training code's behaviour (AST without docstrings; comments never count)."""
-    from marsdiff.provenance import code_digest
-
-    return code_digest(LIBRARY, LIBRARY.parent / "workflow" / "scripts", TRAINING_CODE_ROOTS)
 
 
 def training_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -89,9 +83,13 @@ def read_provenance(folder: str | os.PathLike = SHIPPED_DIR) -> dict[str, Any]:
         raise MarsdiffError(f"{path}: corrupt provenance ({err})") from None
 
 
-def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike,
+def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike, code_version: str,
                folder: str | os.PathLike = SHIPPED_DIR) -> list[str]:
-    """Why the shipped model is not what this training would produce (empty: it is)."""
+    """Why the shipped model is not what this training would produce (empty: it is).
+
+    ``code_version``: the training code's digest here (the workflow computes it when the
+    Snakefile is parsed, as ``code_version("diffusion/pretrain.py")``; see
+    :func:`marsdiff.diffusion.shipping.training_code_version`)."""
     provenance = read_provenance(folder)
     reasons = []
     wanted = training_config(section)
@@ -103,9 +101,8 @@ def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike,
     split, _ = train_split_digest(index_csv)
     if split != provenance.get("train_split_digest"):
         reasons.append("the train split differs (other reference images, classes or split)")
-    code = training_code_version()
-    if code != provenance.get("training_code_version"):
-        reasons.append(f"the training code differs (version {code}, shipped {provenance.get('training_code_version')})")
+    if code_version != provenance.get("training_code_version"):
+        reasons.append(f"the training code differs (version {code_version}, shipped {provenance.get('training_code_version')})")
     weights = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
     if not weights.is_file() or file_digest(weights) != provenance.get("weights_sha256"):
         reasons.append(f"{weights}: missing or not the file the provenance lists")
@@ -137,49 +134,24 @@ def install(out_dir: str | os.PathLike, folder: str | os.PathLike = SHIPPED_DIR)
     return meta
 
 
-def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Mapping[str, Any] | None,
-         assessment: Mapping[str, Any], training_log: str | os.PathLike | None, produced_by: str,
-         folder: str | os.PathLike = SHIPPED_DIR) -> dict[str, Any]:
-    """Write ``model_dir`` (a model pretrain_base trained from ``section``) as the shipped model,
-    with its provenance: training config, code version, train split, weights hash, training
-    summary and ``assessment`` (the issue-11 measurement, :mod:`marsdiff.evalset.assess`)."""
-    from marsdiff.diffusion.pixel import MODEL_META_NAME
-    from marsdiff.io.atomic import atomic_dir
+def pretrain_or_install(index_csv: str | os.PathLike, out_dir: str | os.PathLike, section: Mapping[str, Any],
+                        code_version: str, threads: int | None = None) -> dict[str, Any]:
+    """Stage pretrain_base: install the shipped model where it is what training would produce
+    (``shipped_checkpoint: auto``), else train; the log says which and why. Returns the metadata."""
+    from marsdiff.diffusion.pretrain import pretrain_base
 
-    model_dir = Path(model_dir)
-    meta = json.loads((model_dir / MODEL_META_NAME).read_text())
-    if meta.get("installed_from"):
-        raise MarsdiffError(f"{model_dir}: this model was installed from the shipped checkpoint, not trained "
-                            "(train it with model.pixel.shipped_checkpoint: never)")
-    config = training_config(section)
-    trained = {k: v for k, v in meta.get("train_config", {}).items() if k in config}
-    if trained != config:
-        changed = sorted(k for k in config if trained.get(k) != config[k])
-        raise MarsdiffError(f"{model_dir}: trained with other settings than the config gives ({', '.join(changed)})")
-    code = training_code_version()
-    if meta.get("training_code_version") != code:
-        raise MarsdiffError(f"{model_dir}: trained by training code {meta.get('training_code_version') or '(not recorded)'}, "
-                            f"the code here is {code}: retrain it (make base-checkpoint)")
-    split, images = train_split_digest(index_csv)
-    provenance = {
-        "produced_by": produced_by,
-        "train_config": config,
-        "training_code_version": code,
-        "train_split_digest": split,
-        "train_images": images,
-        "weights_sha256": file_digest(model_dir / "unet" / "diffusion_pytorch_model.safetensors"),
-        "training": meta.get("training", {}),
-        "versions": meta.get("versions", {}),
-        "assessment": dict(assessment),
-    }
-    with atomic_dir(folder) as tmp:
-        for name in MODEL_FILES:
-            source = model_dir / name
-            if source.is_dir():
-                shutil.copytree(source, tmp / name)
-            else:
-                shutil.copyfile(source, tmp / name)
-        if training_log is not None:
-            shutil.copyfile(training_log, tmp / TRAINING_LOG_NAME)
-        (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-    return provenance
+    section = dict(section)
+    use_shipped = section.pop("shipped_checkpoint", "auto")
+    if use_shipped not in SHIPPED_CHOICES:
+        raise MarsdiffError(f"model.pixel.shipped_checkpoint: {use_shipped!r} is not one of {', '.join(SHIPPED_CHOICES)}")
+    if use_shipped == "auto":
+        reasons = (mismatches(section, index_csv, code_version) if (SHIPPED_DIR / PROVENANCE_NAME).is_file()
+                   else [f"no shipped model at {SHIPPED_DIR}"])
+        if not reasons:
+            meta = install(out_dir)
+            log.info("installed the shipped base model (%s, trained %s steps; weights sha256 %s): it was trained "
+                     "from this config, train split and code. Set model.pixel.shipped_checkpoint: never to train "
+                     "anyway.", SHIPPED_DIR, meta["training"]["steps"], meta["installed_from"]["weights_sha256"][:12])
+            return meta
+        log.info("training instead of installing the shipped base model: %s", "; ".join(reasons))
+    return pretrain_base(index_csv, out_dir, section, threads=threads, code_version=code_version)
