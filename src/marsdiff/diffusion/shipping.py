@@ -73,7 +73,8 @@ def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Ma
         for name in MODEL_FILES:
             source = model_dir / name
             if source.is_dir():
-                shutil.copytree(source, tmp / name)
+                # Snakemake's directory-output markers are not part of the model
+                shutil.copytree(source, tmp / name, ignore=shutil.ignore_patterns(".snakemake_timestamp"))
             else:
                 shutil.copyfile(source, tmp / name)
         if training_log is not None:
