@@ -1,5 +1,5 @@
-"""Shared fixtures: the repository root, the default reference set (built once), and a helper
-that runs Snakemake in a scratch working directory."""
+"""Shared fixtures: the repository root, the default reference set (built once), one torch thread,
+and a helper that runs Snakemake in a scratch working directory."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One torch thread for the test, restored afterwards: small models run many small kernels,
+    and on a busy 2-core machine two threads per process oversubscribe the CPU (10-50x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -52,12 +52,7 @@ TINY = {
 CLASSES = {"s2_10-20px": 15.0, "s1_3-9px": 6.0, "s3_20-40px": 30.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def crater_image(diameter: float, rng: np.random.Generator, size: int = 64) -> np.ndarray:

@@ -32,14 +32,8 @@ from marsdiff.rl.trpo import (
 from tiny_models import tiny_pixel_backend
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Double backward runs many small kernels: on a busy 2-core machine, two threads per
-    # process oversubscribe the CPU and make these tests 10-50x slower, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Double backward runs many small kernels: one thread per process (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def experiment(mode: str, images: int = 6, steps: int = 3, seed: int = 0, **trpo):

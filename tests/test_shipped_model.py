@@ -31,9 +31,8 @@ def with_hashes(manifest: Path) -> Path:
 
 
 @pytest.fixture()
-def tiny_shipped(tmp_path):
+def tiny_shipped(tmp_path, one_torch_thread):
     """A tiny model trained by pretrain_base and shipped into a scratch folder."""
-    torch.set_num_threads(1)
     index = with_hashes(write_reference(tmp_path / "reference"))
     trained = tmp_path / "trained"
     pretrain_base(index, trained, TINY, threads=1, code_version=shipping.training_code_version())

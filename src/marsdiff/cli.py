@@ -117,9 +117,9 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
 
 
 def _assessment_inputs(config: dict, results: str):
-    """(yardstick, extractor name, features section, resolution) of a config's evaluation path."""
+    """(extractor name, resolution, resized reference manifest, its features) of a config's
+    evaluation path; a missing file is an error naming the command that builds it."""
     from marsdiff.data.resolution import matched_size
-    from marsdiff.evalset.assess import HeldoutYardstick
 
     size = matched_size(config)
     extractor = config["features"]["extractors"][0]
@@ -128,28 +128,26 @@ def _assessment_inputs(config: dict, results: str):
     for path in (manifest, features):
         if not path.is_file():
             raise MarsdiffError(f"{path} not found: build it with `snakemake --cores 2 {path}`")
-    return extractor, config["features"], size, manifest, features
+    return extractor, size, manifest, features
 
 
-def assess_base(config_path: str | None, model_dirs: Sequence[str], results: str, etas: Sequence[float],
+def assess_base(config: dict, model_dirs: Sequence[str], results: str, etas: Sequence[float],
                 images: int, json_out: str | None) -> dict:
-    """Print the base-model check (marsdiff.evalset.assess) of model directories; returns the
-    settings and the rows."""
+    """Print the base-model check (marsdiff.evalset.assess) of model directories, sampled as the
+    config's evaluation samples the base model; returns the settings and the rows."""
+    import dataclasses
     import json
 
-    from marsdiff.config import load_overlaid_config
     from marsdiff.evalset.assess import AssessSettings, HeldoutYardstick, assess_model, format_table
 
-    config = load_overlaid_config(config_path)
-    extractor, features_cfg, size, manifest, features = _assessment_inputs(config, results)
+    extractor, size, manifest, features = _assessment_inputs(config, results)
     base = AssessSettings(images=images, steps=int(config["sampling"]["steps"]))
     yardstick = HeldoutYardstick(manifest, features, base.k)
     rows = yardstick.real_rows(base.images, base.real_draws, base.seed)
     for model_dir in model_dirs:
         for eta in etas:
-            settings = AssessSettings(images=images, steps=base.steps, eta=float(eta))
-            rows.append(assess_model(model_dir, yardstick, extractor, features_cfg, size, settings,
-                                     device=config["sampling"].get("device", "auto")))
+            rows.append(assess_model(model_dir, yardstick, extractor, config["features"], size,
+                                     dataclasses.replace(base, eta=float(eta)), config["sampling"]))
     print(f"{images} images per set, k = {base.k}, {base.steps} steps, {size} px, {extractor} features, "
           f"vs {len(yardstick.reference.heldout)} held-out crops")
     print(format_table(rows))
@@ -166,7 +164,7 @@ def ship_base_model(config_path: str | None, model_dir: str, results: str, train
     from marsdiff.diffusion import shipping
 
     config = load_overlaid_config(config_path)
-    assessment = assess_base(config_path, [model_dir], results, (1.0, 0.0), 64, None)
+    assessment = assess_base(config, [model_dir], results, (1.0, 0.0), 64, None)
     produced_by = ("make base-checkpoint: rule pretrain_base with config/config.yaml overlaid by "
                    f"{config_path or 'nothing'}, then marsdiff ship-base-model")
     index = Path(results) / "reference" / "images.csv"
@@ -201,9 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overlaid_config(path: str | None) -> dict:
+    from marsdiff.config import load_overlaid_config
+
+    return load_overlaid_config(path)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": lambda a: doctor(a.config, a.model_dir, a.results, max(2, a.images)),
-    "assess-base": lambda a: 0 if assess_base(a.config, a.model_dirs, a.results, a.eta or [1.0], a.images, a.json) else 1,
+    "assess-base": lambda a: 0 if assess_base(_overlaid_config(a.config), a.model_dirs, a.results, a.eta or [1.0],
+                                              a.images, a.json) else 1,
     "ship-base-model": lambda a: ship_base_model(a.config, a.model_dir, a.results, a.training_log),
 }
 

@@ -109,6 +109,16 @@ def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike, 
     return reasons
 
 
+def copy_model_files(source: Path, target: Path) -> None:
+    """Copy a model directory's files (:data:`MODEL_FILES`) into ``target``, without Snakemake's
+    directory-output markers."""
+    for name in MODEL_FILES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, ignore=shutil.ignore_patterns(".snakemake_timestamp"))
+        else:
+            shutil.copyfile(source / name, target / name)
+
+
 def install(out_dir: str | os.PathLike, folder: str | os.PathLike = SHIPPED_DIR) -> dict[str, Any]:
     """Copy the shipped model directory to ``out_dir`` atomically; returns its metadata, which
     now names where it came from."""
@@ -124,12 +134,7 @@ def install(out_dir: str | os.PathLike, folder: str | os.PathLike = SHIPPED_DIR)
         "produced_by": provenance.get("produced_by"),
     }
     with atomic_dir(out_dir) as tmp:
-        for name in MODEL_FILES:
-            source = folder / name
-            if source.is_dir():
-                shutil.copytree(source, tmp / name)
-            elif name != MODEL_META_NAME:
-                shutil.copyfile(source, tmp / name)
+        copy_model_files(folder, tmp)
         (tmp / MODEL_META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 

@@ -15,11 +15,11 @@ from typing import Any, Mapping
 
 from marsdiff.diffusion.shipped import (
     LIBRARY,
-    MODEL_FILES,
     PROVENANCE_NAME,
     SHIPPED_DIR,
     TRAINING_CODE_ROOTS,
     TRAINING_LOG_NAME,
+    copy_model_files,
     train_split_digest,
     training_config,
 )
@@ -70,13 +70,7 @@ def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Ma
         "assessment": dict(assessment),
     }
     with atomic_dir(folder) as tmp:
-        for name in MODEL_FILES:
-            source = model_dir / name
-            if source.is_dir():
-                # Snakemake's directory-output markers are not part of the model
-                shutil.copytree(source, tmp / name, ignore=shutil.ignore_patterns(".snakemake_timestamp"))
-            else:
-                shutil.copyfile(source, tmp / name)
+        copy_model_files(model_dir, tmp)
         if training_log is not None:
             shutil.copyfile(training_log, tmp / TRAINING_LOG_NAME)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")

@@ -31,7 +31,8 @@ COLUMNS = ("set", "precision", "recall", "density", "coverage", "mmd2", "memoris
 
 @dataclass(frozen=True)
 class AssessSettings:
-    """The measurement of issue 11: 64 images, k = 5, 20 steps at eta 1, evaluation seed 0."""
+    """One measurement: images per set, k of all four k-NN metrics, sampling steps and eta, the
+    seed stream (the evaluation's seed 0) and how many draws of real train crops to compare."""
 
     images: int = 64
     k: int = 5
@@ -107,22 +108,26 @@ class HeldoutYardstick:
 
 def assess_model(model_dir: str | os.PathLike, yardstick: HeldoutYardstick, extractor_name: str,
                  features_cfg: Mapping[str, Any], resolution: int, settings: AssessSettings,
-                 name: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """The row of one pixel model directory: its seeded images through the evaluation's path."""
+                 sampling: Mapping[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+    """The row of one pixel model directory: its seeded images through the evaluation's path.
+
+    ``sampling``: the config's sampling section (the chain's ``min_std``, ``batch_size``,
+    ``device``; steps, eta and seed are the settings'), as stage generate_samples passes it."""
     from marsdiff.data.images import load_image
     from marsdiff.evalset.generate import generate_model_samples
     from marsdiff.evalset.models import BASE, BASE_MODEL
     from marsdiff.features.registry import build_extractor
     from marsdiff.rewards.round_scoring import round_features
 
+    sampling = {k: v for k, v in dict(sampling or {}).items() if k in ("min_std", "batch_size", "device")}
+    device = str(sampling.get("device", "auto"))
     spec = dict(name=BASE_MODEL, kind=BASE, eta=settings.eta, noise_scale=1.0, class_weights="uniform",
                 class_weights_name="sampling.class_distribution", experiment=None, round=None)
     with tempfile.TemporaryDirectory(prefix="marsdiff-assess-") as scratch:
         scratch = Path(scratch)
         generate_model_samples(spec, {"backend": "pixel", "pixel": {"device": device}},
-                               {"min_std": 0.01, "batch_size": 64, "device": device, "eta": settings.eta},
-                               settings.images, settings.seed, settings.steps, scratch / "images",
-                               scratch / "samples.csv", model_dir=model_dir)
+                               {**sampling, "eta": settings.eta}, settings.images, settings.seed,
+                               settings.steps, scratch / "images", scratch / "samples.csv", model_dir=model_dir)
         paths = sorted((scratch / "images").glob("*.png"))
         extractor = build_extractor(extractor_name, dict(features_cfg))
         features, _ = round_features(paths, extractor, None, resolution)
