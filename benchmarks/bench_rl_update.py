@@ -13,8 +13,8 @@ One command, prints tables:
   (tolerance ~0) so the scaling is not hidden by early stops; one FVP product is also expressed
   in UNet forward+backward units, with the first-order graph kept (one chunk) or rebuilt.
 
-The UNet is the embedded default's size ("small" preset: 32x32 grey, block_out_channels
-(32, 64, 64), layers_per_block 1, mid-block attention, 6 classes) with random weights and a rank-4
+The UNet is the embedded default's size (the "small" preset's image size, block_out_channels and
+layers_per_block; mid-block attention, 6 classes) with random weights and a rank-4
 LoRA adapter on the default targets (conv1, conv2, time_emb_proj); timing does not depend on
 the weights. Median of ``--repeats`` runs, PPO and TRPO interleaved. Not a test: nothing is asserted.
 """

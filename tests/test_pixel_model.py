@@ -27,6 +27,7 @@ from marsdiff.diffusion.pretrain import (
     choose_flip,
     fixed_batch_loss,
     pretrain_base,
+    shift_each,
     train_pixel_model,
 )
 from marsdiff.diffusion.preview import write_preview
@@ -153,6 +154,30 @@ def test_flip_auto_keeps_sun_direction(tmp_path):
     assert abs(choice["sun_axis_deg"] - 0.0) < 5 or abs(choice["sun_axis_deg"] - 180.0) < 5
     rotated = train.images.transpose(-1, -2)  # now lit along y
     assert choose_flip(rotated, "auto", train.labels)["flip"] == "left_right"
+
+
+def test_shift_each_moves_every_image_by_its_own_bounded_offset():
+    images = torch.arange(6 * 10 * 10, dtype=torch.float32).reshape(6, 1, 10, 10)
+    shifted = shift_each(images, 2, torch.Generator().manual_seed(3))
+    assert shifted.shape == images.shape
+    offsets = set()
+    for original, moved in zip(images[:, 0], shifted[:, 0]):
+        # Find the offset whose interior matches exactly; pixel values are unique.
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(moved[2:8, 2:8], original[2 - dy:8 - dy, 2 - dx:8 - dx])]
+        assert len(matches) == 1
+        dy, dx = matches[0]
+        offsets.add((dy, dx))
+        # The uncovered border repeats the edge (no wrap-around, no mirrored shading).
+        for row in range(dy):
+            assert torch.equal(moved[row], moved[dy])
+        for column in range(10 + dx, 10):
+            assert torch.equal(moved[:, column], moved[:, 9 + dx])
+        assert set(moved.unique().tolist()) <= set(original.unique().tolist())
+    assert len(offsets) > 1  # each image draws its own offset
+    assert shift_each(images, 0, torch.Generator()) is images
+    with pytest.raises(MarsdiffError, match="shift_px"):
+        PixelConfig.from_dict({**TINY, "shift_px": 8})
 
 
 def test_ema_warm_up_follows_the_live_model():

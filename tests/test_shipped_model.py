@@ -153,4 +153,5 @@ def test_the_default_workflow_installs_the_shipped_model_and_trains_on_other_set
     assert "installed_from" not in meta and meta["training"]["steps"] == 2
     assert meta["training_code_version"] == shipping.training_code_version()
     log = (workdir / "logs" / "pretrain_base.log").read_text()
-    assert "training instead of installing the shipped base model" in log and "train_steps (6000 shipped, 2 here)" in log
+    shipped_steps = shipped.read_provenance()["train_config"]["train_steps"]
+    assert "training instead of installing the shipped base model" in log and f"train_steps ({shipped_steps} shipped, 2 here)" in log

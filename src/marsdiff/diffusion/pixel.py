@@ -74,6 +74,7 @@ class PixelConfig:
     min_snr_gamma: float = 5.0
     prediction_type: str = "v_prediction"
     flip: str = "auto"
+    shift_px: int = 0
     grid_samples_per_class: int = 6
     grid_reference_per_class: int = 2
     grid_sampling_steps: int = 50
@@ -122,6 +123,9 @@ class PixelConfig:
         for name in ("train_steps", "batch_size", "layers_per_block", "num_train_timesteps", "grid_sampling_steps"):
             if int(getattr(self, name)) < 1:
                 raise MarsdiffError(f"model.pixel.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 <= int(self.shift_px) < self.image_size // 2:
+            raise MarsdiffError(f"model.pixel.shift_px: must be in [0, {self.image_size // 2}) for "
+                                f"{self.image_size} px images, got {self.shift_px}")
         if self.min_snr_gamma < 0:
             raise MarsdiffError(f"model.pixel.min_snr_gamma: must be >= 0 (0 = plain MSE), got {self.min_snr_gamma}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -1,7 +1,7 @@
 """Pre-training of the embedded pixel-space base model (stage ``pretrain_base``).
 
 Owns the training loop (AdamW, warm-up + cosine learning rate, min-SNR weighted v or epsilon loss,
-EMA weights), the sun-aware flip augmentation and :func:`pretrain_base`, which writes the model
+EMA weights), the sun-aware augmentation and :func:`pretrain_base`, which writes the model
 directory contract of :mod:`marsdiff.diffusion.pixel` atomically (nothing at the target unless
 every file is written). This module and what it imports decide the trained weights: their code
 version is recorded with the shipped model (:mod:`marsdiff.diffusion.shipped`), so the sample grid
@@ -13,8 +13,11 @@ mirror line is parallel to the sun direction, so a left-right or top-bottom flip
 rotation) would teach the model lighting that never occurs. ``flip: auto`` measures the sun
 axis from the train images (:func:`sun_axis`) and uses the one pixel-grid mirror
 whose line lies within :data:`SUN_AXIS_TOLERANCE_DEG` of it; if none does, or the dipole is
-too weak to trust, no geometric augmentation is used. Intensity jitter is not used either: the
-brightness and contrast of the crops are categories the diversity rewards measure.
+too weak to trust, no mirror is used. Translation keeps the azimuth: ``shift_px`` moves each
+training image by up to that many whole pixels (a crater centre is only known to about a pixel),
+so the model sees more than one window per crater and copies its 306 crops less. Intensity
+jitter is not used: the brightness and contrast of the crops are categories the diversity
+rewards measure.
 """
 
 from __future__ import annotations
@@ -133,12 +136,31 @@ def apply_mirror(images: torch.Tensor, name: str) -> torch.Tensor:
     return images
 
 
-def augment(batch: torch.Tensor, flip: str, generator: torch.Generator) -> torch.Tensor:
+def mirror_half(batch: torch.Tensor, flip: str, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch with the sun-preserving mirror (or nothing)."""
     if flip == "none":
         return batch
     chosen = torch.rand(batch.shape[0], generator=generator) < 0.5
     return torch.where(chosen[:, None, None, None], apply_mirror(batch, flip), batch)
+
+
+def shift_each(batch: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own whole-pixel offset in [-max_px, max_px] on both axes.
+
+    The uncovered border repeats the edge pixels: a reflection would mirror the shading there,
+    and a wrap-around would put the opposite edge's terrain beside it.
+    """
+    if max_px == 0:
+        return batch
+    count, _, height, width = batch.shape
+    padded = torch.nn.functional.pad(batch, (max_px,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_px + 1, (count, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, top:top + height, left:left + width] for i, (top, left) in enumerate(offsets)])
+
+
+def augment(batch: torch.Tensor, flip: str, shift_px: int, generator: torch.Generator) -> torch.Tensor:
+    """The training batch's augmentation: the sun-preserving mirror, then the crater-centre jitter."""
+    return shift_each(mirror_half(batch, flip, generator), shift_px, generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +253,7 @@ class TrainResult:
     ema_unet: torch.nn.Module
     scheduler: Any
     loss_rows: list[tuple[int, float, float]]
-    flip: dict[str, Any]
+    augmentation: dict[str, Any]
     seconds: float
     device: str
 
@@ -256,10 +278,11 @@ def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
     ema = EMA(unet, cfg.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     flip = choose_flip(train.images, cfg.flip, train.labels)
+    augmentation = {**flip, "shift_px": cfg.shift_px}
     log.info("training %d images in %d size classes %s; %d parameters; flip %s (sun axis %.0f deg, "
-             "consistency %.2f); device %s, %d threads", len(train), len(train.class_names),
+             "consistency %.2f), shift up to %d px; device %s, %d threads", len(train), len(train.class_names),
              train.class_counts(), count_parameters(unet), flip["flip"], flip["sun_axis_deg"],
-             flip["axis_consistency"], device, torch.get_num_threads())
+             flip["axis_consistency"], cfg.shift_px, device, torch.get_num_threads())
 
     # Batch order and flips on a CPU generator, noise on the training device: reproducible per device.
     order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -282,7 +305,7 @@ def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
                 cursor += take
                 picked += take
             index = torch.cat(picks) if len(picks) > 1 else picks[0]
-            batch = augment(images[index], flip["flip"], order_gen).to(device)
+            batch = augment(images[index], flip["flip"], cfg.shift_px, order_gen).to(device)
             batch_labels = labels[index].to(device)
             noise = torch.randn(batch.shape, generator=noise_gen, device=device)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch.shape[0],),
@@ -311,7 +334,7 @@ def train_pixel_model(train: TrainSet, cfg: PixelConfig) -> TrainResult:
                          running / count, lr, elapsed / (step + 1))
                 running = 0.0
     seconds = time.perf_counter() - start
-    return TrainResult(ema.model.eval(), scheduler, rows, flip, seconds, str(device))
+    return TrainResult(ema.model.eval(), scheduler, rows, augmentation, seconds, str(device))
 
 
 def write_loss_csv(path: Path, rows: Sequence[tuple[int, float, float]]) -> None:
@@ -342,7 +365,7 @@ def model_metadata(cfg: PixelConfig, train: TrainSet, result: TrainResult, threa
         # Training keys only: the preview grid is drawn (and re-drawn) by its own stage.
         "train_config": {k: v for k, v in cfg.as_dict().items() if k not in PREVIEW_KEYS + LOGGING_KEYS},
         "seeds": {"train": cfg.seed, "noise": cfg.seed + 1, "grid": cfg.seed + 2},
-        "augmentation": result.flip,
+        "augmentation": result.augmentation,
         "training": {
             "images": len(train),
             "class_counts": train.class_counts(),
