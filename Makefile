@@ -38,7 +38,7 @@ doctor: $(STAMP)
 
 # Retrain the shipped base model (src/marsdiff/assets/base_model) from the committed default
 # config and store it with its provenance: needed when tests/test_shipped_model.py says the
-# training code or config no longer match it. About 30 min on 2 CPU cores (docs/base_model.md).
+# training code or config no longer match it. About 14 min on 2 CPU cores (docs/base_model.md).
 base-checkpoint: $(STAMP)
 	# targets before --configfile, which takes every following word as a config file
 	$(BIN)/snakemake results/models/base/marsdiff_model.json results/features/reference_32px/mobilenet_v2.npy \
