@@ -89,7 +89,8 @@ def write_reference(root: Path, per_class: int = 6, splits: str = "mixed") -> Pa
 
 def test_config_presets_and_overrides():
     small = PixelConfig.from_dict({})
-    assert small.preset == "small" and small.image_size == 32 and small.block_out_channels == (32, 64, 64)
+    assert small.preset == "small" and small.image_size == 32 and small.block_out_channels == (32, 64, 128)
+    assert small.shift_px == 1 and small.train_steps == 2000
     large = PixelConfig.from_dict({"preset": "large", "train_steps": 7, "image_size": None})
     assert large.image_size == 64 and large.train_steps == 7 and large.attention
     with pytest.raises(MarsdiffError, match="image_size"):

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
+
 from conftest import REPO, SNAKEMAKE
 from test_workflow import planned_jobs
 
@@ -127,7 +129,7 @@ CONFIG_CHANGES = [
      {"preview_base": 1}),
     ("log cadence", {"model": {"pixel": {"log_every": 1}}}, {}),
     ("a training key", {"model": {"pixel": {"train_steps": 5}}}, {"pretrain_base": 1, "preview_base": 1}),
-    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": 0.999}}}, {}),
+    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": PIXEL_PRESETS["small"]["ema_decay"]}}}, {}),
     ("the unused backend", {"model": {"stable_diffusion": {"guidance_scale": 3.0, "resolution": 256}}}, {}),
     ("feature batch size, device, cache", {"features": {"batch_size": 7, "device": "cpu", "cache_dir": "elsewhere"}}, {}),
     ("an extractor option", {"features": {"mobilenet_v2": {"grid": 1}}}, {"extract_features": 1, "validate_rewards": 1}),

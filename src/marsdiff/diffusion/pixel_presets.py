@@ -16,7 +16,7 @@ PIXEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "image_size": 32,
         # Width at the 8 px level: against (32, 64, 64) it raised the within-image contrast from
-        # 0.75 to 0.84 of the real one at 1.2x the step time (docs/base_model.md)
+        # 0.69-0.76 to 0.84 of the real one at 1.2x the step time (docs/base_model.md)
         "block_out_channels": [32, 64, 128],
         "layers_per_block": 1,
         "attention": False,
