@@ -160,10 +160,9 @@ def assess_base(config: dict, model_dirs: Sequence[str], results: str, etas: Seq
 
 def ship_base_model(config_path: str | None, model_dir: str, results: str, training_log: str | None) -> int:
     """Assess a freshly trained model and write it, with provenance, as the shipped base model."""
-    from marsdiff.config import load_overlaid_config
     from marsdiff.diffusion import shipping
 
-    config = load_overlaid_config(config_path)
+    config = _overlaid_config(config_path)
     assessment = assess_base(config, [model_dir], results, (1.0, 0.0), 64, None)
     produced_by = ("make base-checkpoint: rule pretrain_base with config/config.yaml overlaid by "
                    f"{config_path or 'nothing'}, then marsdiff ship-base-model")
@@ -200,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overlaid_config(path: str | None) -> dict:
+    """The embedded default overlaid by ``path``, imported on use so ``--help`` stays fast."""
     from marsdiff.config import load_overlaid_config
 
     return load_overlaid_config(path)
