@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.evaluation.bootstrap import bootstrap_counts
 from marsdiff.evaluation.distances import pairwise_distances
 from marsdiff.evaluation.diversity import near_duplicate_metric, near_duplicate_pairs, vendi_metric, weighted_vendi
 from marsdiff.evaluation.fidelity import rbf_from_distances
-from marsdiff.evaluation.memorisation import MemorisationReference, weighted_median
+from marsdiff.evaluation.memorisation import MemorisationReference, nearest_train_distance, weighted_median
 from marsdiff.evaluation.modes import ModeReference
 from marsdiff.rewards.vendi import vendi_score
 
@@ -103,6 +104,27 @@ def test_memorisation_flags_copies_of_train_and_passes_fresh_samples():
     ones = np.ones((1, 20))
     assert passed.statistic(ones)[0] == 0.0 and ratio.statistic(ones)[0] == 0.0
     assert "20 generated closer to train than any held-out crop" in ratio.detail
+
+
+def test_memorisation_interval_resamples_the_heldout_crops_too():
+    rng = np.random.default_rng(9)
+    train, heldout, fresh = rng.normal(size=(80, 4)), rng.normal(size=(30, 4)), rng.normal(size=(25, 4))
+    check = MemorisationReference(heldout, train, seed=3)
+    ratio, passed = check.metrics(fresh)
+    assert ratio.point == pytest.approx(check.ratio(fresh)) and passed.point == float(check.ratio(fresh) >= 0.8)
+    # The generated sample held fixed (every count 1): the replicates still vary, by exactly the
+    # held-out medians' resampling, the same for every model at one seed.
+    fixed = np.ones((200, 25))
+    replicates = ratio.statistic(fixed)
+    generated_median = np.median(nearest_train_distance(fresh, train))
+    np.testing.assert_allclose(replicates, generated_median / check.heldout_medians(200))
+    assert replicates.std() > 0.01
+    np.testing.assert_array_equal(MemorisationReference(heldout, train, seed=3).metrics(fresh)[0].statistic(fixed), replicates)
+    assert not np.array_equal(MemorisationReference(heldout, train, seed=4).metrics(fresh)[0].statistic(fixed), replicates)
+    # Resampling both sides gives a wider interval than resampling the generated side alone.
+    both = ratio.statistic(bootstrap_counts(25, 400, 1))
+    generated_only = weighted_median(nearest_train_distance(fresh, train), bootstrap_counts(25, 400, 1)) / check.heldout_median
+    assert both.std() > generated_only.std()
 
 
 def test_memorisation_refuses_splits_that_share_images():

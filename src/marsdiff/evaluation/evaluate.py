@@ -74,7 +74,9 @@ class PreparedReference:
         self.frechet = FrechetReference(heldout)
         self.kid = KIDReference(heldout, settings.kid_subsets, settings.kid_subset_size, settings.seed)
         self.mmd = MMDReference(heldout, self.bandwidth, self.heldout_distances)
-        self.memorisation = MemorisationReference(heldout, reference.train, settings.memorisation_min_ratio)
+        self.memorisation = MemorisationReference(
+            heldout, reference.train, settings.memorisation_min_ratio, settings.seed
+        )
         self.classifiers = {
             column: CategoryClassifier(
                 column,
