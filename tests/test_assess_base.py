@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marsdiff.evalset.assess import HeldoutYardstick, brightness_and_contrast, format_table
+from marsdiff.evalset.assess import (
+    HeldoutYardstick,
+    brightness_and_contrast,
+    brightness_and_contrast_intervals,
+    format_table,
+)
 from marsdiff.evaluation.manifold import precision_recall_density_coverage
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.feature_files import write_feature_set
@@ -19,6 +24,29 @@ def test_brightness_spread_and_contrast_are_the_std_of_means_and_the_mean_std():
     brightness, contrast = brightness_and_contrast(images)
     assert brightness == pytest.approx(np.std([10.0, 30.0, 50.0]))
     assert contrast == pytest.approx(50.0 / 3)
+
+
+def test_pixel_intervals_bracket_the_value_and_narrow_with_more_images():
+    rng = np.random.default_rng(2)
+
+    def draw(n):  # image means ~ N(128, 30), within-image std about 20
+        means = rng.normal(128, 30, size=n)
+        return np.clip(means[:, None, None] + rng.normal(0, 20, size=(n, 8, 8)), 0, 255).astype(np.uint8)
+
+    small, large = draw(40), draw(640)
+    for images in (small, large):
+        brightness, contrast = brightness_and_contrast(images)
+        ci = brightness_and_contrast_intervals(images)
+        assert ci["brightness_spread_ci"][0] < brightness < ci["brightness_spread_ci"][1]
+        assert ci["contrast_ci"][0] < contrast < ci["contrast_ci"][1]
+    width = lambda ci: ci[1] - ci[0]
+    ci_small, ci_large = brightness_and_contrast_intervals(small), brightness_and_contrast_intervals(large)
+    assert width(ci_large["brightness_spread_ci"]) < 0.5 * width(ci_small["brightness_spread_ci"])
+    assert ci_small == brightness_and_contrast_intervals(small)  # seeded
+    # identical images: no spread in any resample
+    same = brightness_and_contrast_intervals(np.full((10, 4, 4), 7, dtype=np.uint8))
+    assert same["brightness_spread_ci"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert same["contrast_ci"] == pytest.approx([0.0, 0.0], abs=1e-9)
 
 
 @pytest.fixture()
@@ -62,6 +90,9 @@ def test_real_rows_are_train_draws_and_the_heldout_pixels(reference):
     assert rows[0]["precision"] > 0.8 and rows[0]["memorisation_ratio"] is None
     table = format_table(rows)
     assert table.count("\n") == 4 and "held-out crops (the target)" in table
+    low, high = rows[-1]["brightness_spread_ci"]
+    assert low < rows[-1]["brightness_spread"] < high
+    assert f"{rows[-1]['brightness_spread']:.1f} [{low:.1f}, {high:.1f}]" in table.splitlines()[-1]
 
 
 def test_too_few_images_for_k_is_an_error(reference):

@@ -5,8 +5,8 @@ reward's feature space (the path of stage ``evaluate``): k-NN precision, recall,
 coverage (one k for all four), MMD^2 with the median-distance RBF bandwidth, the memorisation ratio
 (median distance to the nearest train crop over the held-out crops' own) and two pixel
 statistics: the brightness spread (standard deviation of the image means) and the contrast (mean
-within-image standard deviation), in grey levels. The first rows are draws of real train crops,
-the yardstick a model is measured against. ``marsdiff assess-base`` prints the table;
+within-image standard deviation), in grey levels, each with a 95 % bootstrap interval. The first
+rows are draws of real train crops, the yardstick a model is measured against. ``marsdiff assess-base`` prints the table;
 ``make base-checkpoint`` stores it in the shipped model's provenance; docs/base_model.md shows it.
 """
 
@@ -42,10 +42,36 @@ class AssessSettings:
     real_draws: int = 3
 
 
+PIXEL_COLUMNS = ("brightness_spread", "contrast")
+PIXEL_INTERVAL_REPLICATES = 1000
+PIXEL_INTERVAL_CONFIDENCE = 0.95
+
+
 def brightness_and_contrast(images: np.ndarray) -> tuple[float, float]:
     """(std of the image means, mean within-image std) of uint8 images (N, H, W), grey levels."""
     flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     return float(flat.mean(axis=1).std()), float(flat.std(axis=1).mean())
+
+
+def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
+    """95 % bootstrap intervals (percentile, images resampled) of both pixel statistics.
+
+    A spread of image means from 64 images is a noisy number (draws of 64 real train crops range
+    from 25 to 34 grey levels), so a comparison with the held-out crops' needs its interval, and
+    so does the held-out value itself (103 crops)."""
+    from marsdiff.evaluation.bootstrap import bootstrap_counts, percentile_interval
+
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    means, stds = flat.mean(axis=1), flat.std(axis=1)
+    weights = bootstrap_counts(len(flat), PIXEL_INTERVAL_REPLICATES, seed) / len(flat)
+    centre = weights @ means
+    spread = np.sqrt((weights * (means[None, :] - centre[:, None]) ** 2).sum(axis=1))
+    intervals = {"brightness_spread": spread, "contrast": weights @ stds}
+    out = {}
+    for name, replicates in intervals.items():
+        interval = percentile_interval(replicates, PIXEL_INTERVAL_CONFIDENCE)
+        out[f"{name}_ci"] = [interval.low, interval.high]
+    return out
 
 
 class HeldoutYardstick:
@@ -88,7 +114,7 @@ class HeldoutYardstick:
         brightness, contrast = brightness_and_contrast(pixels)
         return {"set": name, **prdc, "mmd2": unbiased_mmd2(kxx, self.heldout_kernel, kxy),
                 "memorisation_ratio": self.memorisation.ratio(features),
-                "brightness_spread": brightness, "contrast": contrast}
+                "brightness_spread": brightness, "contrast": contrast, **brightness_and_contrast_intervals(pixels)}
 
     def real_rows(self, images: int, draws: int, seed: int) -> list[dict[str, Any]]:
         """Draws of real train crops (as many as a model's set) and the held-out crops themselves."""
@@ -102,7 +128,8 @@ class HeldoutYardstick:
             row["memorisation_ratio"] = None
             rows.append(row)
         brightness, contrast = brightness_and_contrast(self.heldout_pixels)
-        rows.append({"set": "held-out crops (the target)", "brightness_spread": brightness, "contrast": contrast})
+        rows.append({"set": "held-out crops (the target)", "brightness_spread": brightness, "contrast": contrast,
+                     **brightness_and_contrast_intervals(self.heldout_pixels)})
         return rows
 
 
@@ -137,15 +164,23 @@ def assess_model(model_dir: str | os.PathLike, yardstick: HeldoutYardstick, extr
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table of assessment rows (blank where a value does not apply)."""
+    """A markdown table of assessment rows (blank where a value does not apply); the pixel
+    statistics carry their 95 % interval where the row has one."""
 
-    def cell(value: Any) -> str:
+    def number(value: Any) -> str:
         if value is None or (isinstance(value, float) and not np.isfinite(value)):
             return ""
         if isinstance(value, float):
             return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
         return str(value)
 
+    def cell(row: Mapping[str, Any], column: str) -> str:
+        text = number(row.get(column))
+        interval = row.get(f"{column}_ci") if column in PIXEL_COLUMNS else None
+        if text and interval:
+            text += f" [{interval[0]:.1f}, {interval[1]:.1f}]"
+        return text
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row, c) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
