@@ -6,8 +6,9 @@ coverage (one k for all four), MMD^2 with the median-distance RBF bandwidth, the
 (median distance to the nearest train crop over the held-out crops' own) and two pixel
 statistics: the brightness spread (standard deviation of the image means) and the contrast (mean
 within-image standard deviation), in grey levels, each with a 95 % bootstrap interval. The first
-rows are draws of real train crops, the yardstick a model is measured against. ``marsdiff assess-base`` prints the table;
-``make base-checkpoint`` stores it in the shipped model's provenance; docs/base_model.md shows it.
+rows are draws of real train crops, the yardstick a model is measured against. ``marsdiff
+assess-base`` prints the table; ``make base-checkpoint`` stores it in the shipped model's
+provenance; docs/base_model.md shows it.
 """
 
 from __future__ import annotations
@@ -47,10 +48,15 @@ PIXEL_INTERVAL_REPLICATES = 1000
 PIXEL_INTERVAL_CONFIDENCE = 0.95
 
 
+def _image_means_and_stds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    return flat.mean(axis=1), flat.std(axis=1)
+
+
 def brightness_and_contrast(images: np.ndarray) -> tuple[float, float]:
     """(std of the image means, mean within-image std) of uint8 images (N, H, W), grey levels."""
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    return float(flat.mean(axis=1).std()), float(flat.std(axis=1).mean())
+    means, stds = _image_means_and_stds(images)
+    return float(means.std()), float(stds.mean())
 
 
 def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
@@ -61,9 +67,8 @@ def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0) -> dict
     so does the held-out value itself (103 crops)."""
     from marsdiff.evaluation.bootstrap import bootstrap_counts, percentile_interval
 
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    means, stds = flat.mean(axis=1), flat.std(axis=1)
-    weights = bootstrap_counts(len(flat), PIXEL_INTERVAL_REPLICATES, seed) / len(flat)
+    means, stds = _image_means_and_stds(images)
+    weights = bootstrap_counts(len(means), PIXEL_INTERVAL_REPLICATES, seed) / len(means)
     centre = weights @ means
     spread = np.sqrt((weights * (means[None, :] - centre[:, None]) ** 2).sum(axis=1))
     intervals = {"brightness_spread": spread, "contrast": weights @ stds}
@@ -72,6 +77,12 @@ def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0) -> dict
         interval = percentile_interval(replicates, PIXEL_INTERVAL_CONFIDENCE)
         out[f"{name}_ci"] = [interval.low, interval.high]
     return out
+
+
+def pixel_statistics(images: np.ndarray) -> dict[str, Any]:
+    """A row's pixel columns: brightness spread and contrast, and their intervals."""
+    brightness, contrast = brightness_and_contrast(images)
+    return {"brightness_spread": brightness, "contrast": contrast, **brightness_and_contrast_intervals(images)}
 
 
 class HeldoutYardstick:
@@ -111,10 +122,8 @@ class HeldoutYardstick:
         prdc = precision_recall_density_coverage(features, self.reference.heldout, self.k, self.k)
         kxx = rbf_from_distances(pairwise_distances(features), self.bandwidth)
         kxy = rbf_from_distances(pairwise_distances(features, self.reference.heldout), self.bandwidth)
-        brightness, contrast = brightness_and_contrast(pixels)
         return {"set": name, **prdc, "mmd2": unbiased_mmd2(kxx, self.heldout_kernel, kxy),
-                "memorisation_ratio": self.memorisation.ratio(features),
-                "brightness_spread": brightness, "contrast": contrast, **brightness_and_contrast_intervals(pixels)}
+                "memorisation_ratio": self.memorisation.ratio(features), **pixel_statistics(pixels)}
 
     def real_rows(self, images: int, draws: int, seed: int) -> list[dict[str, Any]]:
         """Draws of real train crops (as many as a model's set) and the held-out crops themselves."""
@@ -127,9 +136,7 @@ class HeldoutYardstick:
             # a train crop is its own nearest train crop: the ratio says nothing here
             row["memorisation_ratio"] = None
             rows.append(row)
-        brightness, contrast = brightness_and_contrast(self.heldout_pixels)
-        rows.append({"set": "held-out crops (the target)", "brightness_spread": brightness, "contrast": contrast,
-                     **brightness_and_contrast_intervals(self.heldout_pixels)})
+        rows.append({"set": "held-out crops (the target)", **pixel_statistics(self.heldout_pixels)})
         return rows
 
 
