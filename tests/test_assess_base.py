@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from marsdiff.evalset.assess import (
-    HeldoutYardstick,
-    brightness_and_contrast,
-    brightness_and_contrast_intervals,
-    format_table,
-)
+from marsdiff.evalset.assess import HeldoutYardstick, format_table
+from marsdiff.evaluation.pixels import brightness_and_contrast, brightness_and_contrast_intervals
 from marsdiff.evaluation.manifold import precision_recall_density_coverage
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.feature_files import write_feature_set

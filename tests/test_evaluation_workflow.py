@@ -173,7 +173,8 @@ def finished(tmp_path_factory):
 
 def evaluation_targets():
     tables = ["metrics.csv", "bootstrap.csv", "category_coverage.csv", "category_shares.csv", "reference.csv"]
-    return ([f"results/eval/{t}" for t in tables] + [f"results/eval/plots/{f}.png" for f in FIGURES]
+    return ([f"results/eval/{t}" for t in tables + ["pixel_statistics.csv"]]
+            + [f"results/eval/plots/{f}.png" for f in FIGURES]
             + ["results/report/summary.md", "results/report/summary.html", "results/report/comparison.csv"])
 
 
@@ -210,6 +211,28 @@ def test_images_share_seeds_across_models_and_none_is_a_training_image(finished)
 
 
 @pytest.mark.slow
+def test_pixel_statistics_of_every_model_against_the_heldout_crops(finished):
+    from marsdiff.data.images import load_image
+
+    table = pd.read_csv(finished / "results/eval/pixel_statistics.csv")
+    assert sorted(table["model"].unique()) == sorted(TINY_MODELS)
+    manifest = pd.read_csv(finished / "results/reference/at_16px/manifest.csv")
+    heldout = np.stack([load_image(finished / "results/reference/at_16px" / p, mode="L").astype(float)
+                        for p in manifest.loc[manifest["split"] == "heldout", "path"]]).reshape(9, -1)
+    images = np.stack([load_image(p, mode="L").astype(float)
+                       for p in sorted((finished / "results/eval/samples/base/images").glob("*.png"))]).reshape(8, -1)
+    rows = table[table["model"] == "base"].set_index("statistic")
+    # the numbers are those of the images on disk and of the held-out crops at the matched size
+    assert rows.loc["brightness_spread", "value"] == pytest.approx(images.mean(axis=1).std())
+    assert rows.loc["contrast", "value"] == pytest.approx(images.std(axis=1).mean())
+    assert rows.loc["brightness_spread", "heldout_value"] == pytest.approx(heldout.mean(axis=1).std())
+    assert (table["ci_low"] <= table["value"] + 1e-9).all() and (table["value"] <= table["ci_high"] + 1e-9).all()
+    summary = (finished / "results/report/summary.md").read_text()
+    section = summary.split("## Brightness and contrast\n", 1)[1].split("## ", 1)[0]
+    assert "| held-out crops |" in section and all(f"| {m} |" in section for m in TINY_MODELS)
+
+
+@pytest.mark.slow
 def test_every_figure_is_written(finished):
     for figure in FIGURES:
         data = (finished / f"results/eval/plots/{figure}.png").read_bytes()
@@ -240,7 +263,8 @@ def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finish
     assert len(report) > 100_000
     for caption in ("t-SNE map", "Column i shows image i", "Coverage by category", "Every evaluation metric per model",
                     "The set reward of each RL round", "Most novel (top row)", "All evaluation metrics in long form",
-                    "as a page: the metric x model table", "Every RL policy against the best knob setting"):
+                    "as a page: the metric x model table", "Every RL policy against the best knob setting",
+                    "Brightness spread (standard deviation of the image means)"):
         assert caption in report, caption
 
 
@@ -255,7 +279,7 @@ def test_a_finished_evaluation_reruns_only_what_a_setting_touches(finished, tmp_
         return planned_jobs(result)
 
     assert plan() == {}, "an unchanged run has nothing to do"
-    report = {"evaluate": 1, "plot_evaluation": 1, "report_summary": 1}
+    report = {"evaluate": 1, "pixel_statistics": 1, "plot_evaluation": 1, "report_summary": 1}
     assert plan({"evaluation": {"metrics": {"bootstrap_replicates": 30}}}) == report
     assert plan({"evaluation": {"plots": {"grid_columns": 3}}}) == {"plot_evaluation": 1}
     assert plan({"sampling": {"batch_size": 2}}) == {}, "the batch size changes no image"

@@ -400,6 +400,7 @@ def evaluation_targets():
     """Targets of the evaluation and report stages (workflow/rules/evaluate.smk)."""
     return (
         [str(EVAL_DIR / name) for name in EVAL_TABLES]
+        + [str(EVAL_DIR / "pixel_statistics.csv")]
         + [str(path) for path in evaluation_figures().values()]
         + [str(REPORT_DIR / name) for name in ("summary.md", "summary.html", "comparison.csv")]
     )

@@ -4,7 +4,8 @@
 # seeds (generate_samples); their features come from the reward's extractor at the matched
 # resolution, the path the reference took (extract_sample_features, score.smk's
 # resize_reference / extract_resized_features); evaluate compares them with the HELD-OUT split
-# only; plot_evaluation and report_summary write the figures, summary.md and the report's tables.
+# only; pixel_statistics measures brightness spread and contrast against the held-out crops;
+# plot_evaluation and report_summary write the figures, summary.md and the report's tables.
 import re
 
 EVAL_EXTRACTOR = SCORE_EXTRACTOR  # the reward's feature space, at SCORE_SIZE like a scored round
@@ -116,6 +117,42 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule pixel_statistics:
+    """Brightness spread and contrast of every model's images against the held-out crops."""
+    input:
+        samples=[EVAL_SAMPLES / name / "samples.csv" for name in EVAL_MODEL],
+        images=[directory_input(EVAL_SAMPLES / name / "images") for name in EVAL_MODEL],
+        # the held-out crops at the matched resolution, the pixels their features came from
+        manifest=REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "manifest.csv",
+        reference_images=directory_input(REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "images"),
+    output:
+        table=report(
+            EVAL_DIR / "pixel_statistics.csv",
+            caption="../report/eval_pixel_statistics.rst",
+            category=EVAL_CATEGORY,
+            labels={"table": "brightness spread and contrast"},
+        ),
+    params:
+        models=json.dumps(list(EVAL_MODEL)),
+        resolution=SCORE_SIZE,
+        # bootstrap replicates, seed and confidence are the evaluation's
+        cfg=json.dumps({"metrics": EVAL_SECTION["metrics"]}, sort_keys=True),
+        code=code_version("evaluation/pixels.py", "scripts/pixel_statistics.py"),
+    log:
+        LOGS / "eval" / "pixel_statistics.log",
+    benchmark:
+        BENCH / "eval" / "pixel_statistics.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime="10m",
+        gpu=0,
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/pixel_statistics.py"
+
+
 rule plot_evaluation:
     """t-SNE, sample grid, coverage by category, metric intervals, reward curves, novel/redundant images."""
     input:
@@ -160,6 +197,7 @@ rule report_summary:
     input:
         metrics=EVAL_DIR / "metrics.csv",
         tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
+        pixels=EVAL_DIR / "pixel_statistics.csv",
     output:
         summary=REPORT_DIR / "summary.md",
         html=report(

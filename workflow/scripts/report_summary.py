@@ -19,6 +19,7 @@ def main(snakemake):
             summary_md=snakemake.output.summary,
             summary_html=snakemake.output.html,
             comparison_csv=snakemake.output.comparison,
+            pixel_csv=snakemake.input.pixels,
         )
 
     run_stage(snakemake, body)

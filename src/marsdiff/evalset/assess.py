@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.evaluation.pixels import PIXEL_STATISTICS, pixel_statistics
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +42,6 @@ class AssessSettings:
     eta: float = 1.0
     seed: int = 0
     real_draws: int = 3
-
-
-PIXEL_COLUMNS = ("brightness_spread", "contrast")
-PIXEL_INTERVAL_REPLICATES = 1000
-PIXEL_INTERVAL_CONFIDENCE = 0.95
-
-
-def _image_means_and_stds(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    return flat.mean(axis=1), flat.std(axis=1)
-
-
-def brightness_and_contrast(images: np.ndarray) -> tuple[float, float]:
-    """(std of the image means, mean within-image std) of uint8 images (N, H, W), grey levels."""
-    means, stds = _image_means_and_stds(images)
-    return float(means.std()), float(stds.mean())
-
-
-def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
-    """95 % bootstrap intervals (percentile, images resampled) of both pixel statistics.
-
-    A spread of image means from 64 images is a noisy number (draws of 64 real train crops range
-    from 25 to 34 grey levels), so a comparison with the held-out crops' needs its interval, and
-    so does the held-out value itself (103 crops)."""
-    from marsdiff.evaluation.bootstrap import bootstrap_counts, percentile_interval
-
-    means, stds = _image_means_and_stds(images)
-    weights = bootstrap_counts(len(means), PIXEL_INTERVAL_REPLICATES, seed) / len(means)
-    centre = weights @ means
-    spread = np.sqrt((weights * (means[None, :] - centre[:, None]) ** 2).sum(axis=1))
-    intervals = {"brightness_spread": spread, "contrast": weights @ stds}
-    out = {}
-    for name, replicates in intervals.items():
-        interval = percentile_interval(replicates, PIXEL_INTERVAL_CONFIDENCE)
-        out[f"{name}_ci"] = [interval.low, interval.high]
-    return out
-
-
-def pixel_statistics(images: np.ndarray) -> dict[str, Any]:
-    """A row's pixel columns: brightness spread and contrast, and their intervals."""
-    brightness, contrast = brightness_and_contrast(images)
-    return {"brightness_spread": brightness, "contrast": contrast, **brightness_and_contrast_intervals(images)}
 
 
 class HeldoutYardstick:
@@ -183,7 +142,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
     def cell(row: Mapping[str, Any], column: str) -> str:
         text = number(row.get(column))
-        interval = row.get(f"{column}_ci") if column in PIXEL_COLUMNS else None
+        interval = row.get(f"{column}_ci") if column in PIXEL_STATISTICS else None
         if text and interval:
             text += f" [{interval[0]:.1f}, {interval[1]:.1f}]"
         return text

@@ -4,8 +4,10 @@
 features at the matched resolution (:func:`run_evaluation`); the train rows serve the category
 classifier, the memorisation check and the real-vs-real baseline only.
 ``report_summary``: the comparison of every RL policy with the best noise-knob setting of each
-metric, written as ``summary.md`` (and the same text as HTML for ``snakemake --report``) plus
-``comparison.csv`` (:func:`write_report_summary`). Figures are :mod:`marsdiff.evaluation.figures`.
+metric, and the brightness-and-contrast table of the ``pixel_statistics`` stage
+(:mod:`marsdiff.evaluation.pixels`), written as ``summary.md`` (and the same text as HTML for
+``snakemake --report``) plus ``comparison.csv`` (:func:`write_report_summary`). Figures are
+:mod:`marsdiff.evaluation.figures`.
 """
 
 from __future__ import annotations
@@ -109,8 +111,24 @@ def comparisons(evaluation: Evaluation, policies: Sequence[str], baselines: Sequ
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
 
 
+def pixel_section(pixels: pd.DataFrame, models: Sequence[Mapping[str, Any]]) -> str:
+    """summary.md's brightness-and-contrast section (the pixel_statistics stage's table)."""
+    from marsdiff.evaluation.pixels import pixel_statistics_markdown
+
+    return "\n".join([
+        "## Brightness and contrast",
+        "",
+        "Brightness spread is the standard deviation of the image means; contrast is the mean "
+        "within-image standard deviation. Both are in grey levels at the matched resolution, with "
+        "95 % bootstrap intervals. The difference is from the held-out crops' value.",
+        "",
+        pixel_statistics_markdown(pixels, [m["name"] for m in models]),
+        "",
+    ])
+
+
 def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], confidence: float,
-                 n_images: int, steps: int) -> str:
+                 n_images: int, steps: int, pixels: pd.DataFrame | None = None) -> str:
     policies, baselines = roles(models)
     if not baselines:
         raise MarsdiffError("the evaluation has no base-model setting to compare the policies with")
@@ -123,6 +141,7 @@ def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], co
     return "\n".join([
         text.rstrip(),
         "",
+        *([pixel_section(pixels, models)] if pixels is not None else []),
         "## Models",
         "",
         f"Every model drew the same {n_images} seeds (image i of each model from one random stream, never a "
@@ -155,8 +174,11 @@ def markdown_to_html(text: str, title: str) -> str:
 def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
                          metrics_cfg: Mapping[str, Any] | None, n_images: int, steps: int,
                          summary_md: str | os.PathLike, summary_html: str | os.PathLike,
-                         comparison_csv: str | os.PathLike) -> str:
-    """Stage report_summary: summary.md, its HTML twin and comparison.csv (all policies vs the knobs)."""
+                         comparison_csv: str | os.PathLike, pixel_csv: str | os.PathLike | None = None) -> str:
+    """Stage report_summary: summary.md, its HTML twin and comparison.csv (all policies vs the knobs).
+
+    ``pixel_csv``: the pixel_statistics stage's table, shown as the brightness-and-contrast section."""
+    from marsdiff.evaluation.pixels import read_pixel_statistics
     from marsdiff.io.atomic import atomic_path, write_text
 
     evaluation = Evaluation.read(eval_dir)
@@ -165,7 +187,8 @@ def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[s
     missing = [m["name"] for m in models if m["name"] not in known]
     if missing:
         raise MarsdiffError(f"{eval_dir}: model(s) {missing} are not in metrics.csv; re-run the evaluate stage")
-    text = summary_text(evaluation, models, confidence, n_images, steps)
+    pixels = read_pixel_statistics(pixel_csv) if pixel_csv is not None else None
+    text = summary_text(evaluation, models, confidence, n_images, steps, pixels)
     policies, baselines = roles(models)
     table = comparisons(evaluation, policies, baselines, confidence)
     write_text(summary_md, text)
