@@ -26,6 +26,7 @@ from marsdiff.diffusion.pretrain import (
     EMA,
     choose_flip,
     fixed_batch_loss,
+    jitter_photometry,
     pretrain_base,
     shift_each,
     train_pixel_model,
@@ -179,6 +180,34 @@ def test_shift_each_moves_every_image_by_its_own_bounded_offset():
     assert shift_each(images, 0, torch.Generator()) is images
     with pytest.raises(MarsdiffError, match="shift_px"):
         PixelConfig.from_dict({**TINY, "shift_px": 8})
+
+
+def test_photometric_jitter_gives_each_image_its_own_brightness_and_contrast():
+    torch.manual_seed(0)
+    # mid-grey images with small deviations: nothing reaches the clip at these jitter sizes
+    images = 0.1 * torch.randn(4000, 1, 4, 4)
+    means = images.mean(dim=(1, 2, 3))
+    deviations = images - means[:, None, None, None]
+    bright = jitter_photometry(images, 0.2, 0.0, torch.Generator().manual_seed(1))
+    offsets = bright.mean(dim=(1, 2, 3)) - means
+    assert offsets.std().item() == pytest.approx(0.2, rel=0.05) and abs(offsets.mean().item()) < 0.01
+    torch.testing.assert_close(bright - bright.mean(dim=(1, 2, 3), keepdim=True), deviations, atol=1e-5, rtol=0)
+    contrast = jitter_photometry(images, 0.0, 0.3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(contrast.mean(dim=(1, 2, 3)), means, atol=1e-6, rtol=0)  # brightness kept
+    log_gain = torch.log(contrast.std(dim=(1, 2, 3)) / images.std(dim=(1, 2, 3)))
+    assert log_gain.std().item() == pytest.approx(0.3, rel=0.05)
+    # every image keeps its own shading pattern: a gain, not a new image
+    gains = (contrast - means[:, None, None, None]) / deviations
+    assert torch.allclose(gains, gains[:, :1, :1, :1].expand_as(gains), atol=1e-3)
+    # seeded, clipped to the value range, and a no-op when switched off
+    again = jitter_photometry(images, 0.2, 0.3, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(again, jitter_photometry(images, 0.2, 0.3, torch.Generator().manual_seed(5)))
+    assert jitter_photometry(images + 0.95, 0.5, 0.5, torch.Generator()).abs().max() <= 1.0
+    assert jitter_photometry(images, 0.0, 0.0, torch.Generator()) is images
+    with pytest.raises(MarsdiffError, match="brightness_jitter"):
+        PixelConfig.from_dict({**TINY, "brightness_jitter": -1})
+    with pytest.raises(MarsdiffError, match="contrast_jitter"):
+        PixelConfig.from_dict({**TINY, "contrast_jitter": 2.0})
 
 
 def test_ema_warm_up_follows_the_live_model():

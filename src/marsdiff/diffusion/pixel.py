@@ -44,6 +44,8 @@ UNET_SUBDIR = "unet"
 SCHEDULER_SUBDIR = "scheduler"
 SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name for UNet weights
 VALUE_RANGE = "[-1, 1]"
+VALUE_BOUNDS = (-1.0, 1.0)
+GREY_LEVELS_PER_UNIT = 127.5  # uint8 grey levels per unit of the model range
 # What the network predicts. The recording sampler and the RL log-probabilities read it from the
 # saved scheduler config and handle both. v is the default: at the first step from pure noise
 # (cosine schedule, abar = 2.4e-9) an epsilon network's x0 estimate is its error times 2e4, clipped
@@ -75,6 +77,8 @@ class PixelConfig:
     prediction_type: str = "v_prediction"
     flip: str = "auto"
     shift_px: int = 0
+    brightness_jitter: float = 0.0
+    contrast_jitter: float = 0.0
     grid_samples_per_class: int = 6
     grid_reference_per_class: int = 2
     grid_sampling_steps: int = 50
@@ -126,6 +130,12 @@ class PixelConfig:
         if not 0 <= int(self.shift_px) < self.image_size // 2:
             raise MarsdiffError(f"model.pixel.shift_px: must be in [0, {self.image_size // 2}) for "
                                 f"{self.image_size} px images, got {self.shift_px}")
+        if not 0.0 <= float(self.brightness_jitter) < GREY_LEVELS_PER_UNIT:
+            raise MarsdiffError(f"model.pixel.brightness_jitter: must be in [0, {GREY_LEVELS_PER_UNIT:g}) grey levels, "
+                                f"got {self.brightness_jitter}")
+        if not 0.0 <= float(self.contrast_jitter) <= 1.0:
+            raise MarsdiffError(f"model.pixel.contrast_jitter: must be in [0, 1] (std of the log gain), "
+                                f"got {self.contrast_jitter}")
         if self.min_snr_gamma < 0:
             raise MarsdiffError(f"model.pixel.min_snr_gamma: must be >= 0 (0 = plain MSE), got {self.min_snr_gamma}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -251,12 +261,12 @@ def size_class_order(table) -> list[str]:
 
 def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W) -> float32 (N, 1, H, W) in [-1, 1]."""
-    return torch.from_numpy(images_uint8.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
+    return torch.from_numpy(images_uint8.astype(np.float32) / GREY_LEVELS_PER_UNIT - 1.0).unsqueeze(1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (N, 1, H, W) in [-1, 1] -> uint8 (N, H, W)."""
-    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * GREY_LEVELS_PER_UNIT).round().to(torch.uint8)
     return arr[:, 0].numpy()
 
 
