@@ -30,6 +30,7 @@ EXPECTED = {
     "resize_reference": ("cpu", None, 4000, 30, 1),
     "plot_experiment": ("cpu", None, 2000, 15, 1),
     "report_summary": ("cpu", None, 4000, 30, 1),
+    "pixel_statistics": ("cpu", None, 4000, 30, 1),
     "extract_features": ("gpu-v100", "v100:1", 16000, 60, 4),
     "extract_resized_features": ("gpu-v100", "v100:1", 16000, 60, 4),
     "score_round": ("gpu-v100", "v100:1", 16000, 60, 4),
