@@ -120,25 +120,22 @@ def pixel_statistics_table(sets: Mapping[str, np.ndarray], heldout: np.ndarray, 
                            seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> pd.DataFrame:
     """One row per (model, statistic): value, interval, the held-out value and interval, and
     ``relative_difference`` = value / held-out value - 1."""
-    from marsdiff.evaluation.bootstrap import percentile_interval
-
     if len(heldout) < 2:
         raise MarsdiffError(f"pixel statistics need at least 2 held-out crops, got {len(heldout)}")
     target = dict(zip(PIXEL_STATISTICS, brightness_and_contrast(heldout)))
-    target_reps = bootstrap_replicates(heldout, replicates, seed + HELDOUT_SEED_OFFSET)
-    target_ci = {name: percentile_interval(target_reps[name], confidence) for name in PIXEL_STATISTICS}
+    target_ci = brightness_and_contrast_intervals(heldout, seed + HELDOUT_SEED_OFFSET, replicates, confidence)
     rows = []
     for model, images in sets.items():
         if len(images) < 2:
             raise MarsdiffError(f"model {model!r}: pixel statistics need at least 2 images, got {len(images)}")
         values = dict(zip(PIXEL_STATISTICS, brightness_and_contrast(images)))
-        reps = bootstrap_replicates(images, replicates, seed)
+        ci = brightness_and_contrast_intervals(images, seed, replicates, confidence)
         for name in PIXEL_STATISTICS:
-            interval = percentile_interval(reps[name], confidence)
+            (low, high), (target_low, target_high) = ci[f"{name}_ci"], target_ci[f"{name}_ci"]
             rows.append({
-                "model": model, "statistic": name, "value": values[name], "ci_low": interval.low,
-                "ci_high": interval.high, "n_images": len(images), "heldout_value": target[name],
-                "heldout_ci_low": target_ci[name].low, "heldout_ci_high": target_ci[name].high,
+                "model": model, "statistic": name, "value": values[name], "ci_low": low, "ci_high": high,
+                "n_images": len(images), "heldout_value": target[name], "heldout_ci_low": target_low,
+                "heldout_ci_high": target_high,
                 "relative_difference": values[name] / target[name] - 1.0 if target[name] > 0 else float("nan"),
             })
     return pd.DataFrame(rows, columns=PIXEL_TABLE_COLUMNS)
