@@ -195,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--config", default=None, help="config file laid over config/config.yaml that trained it")
     ship.add_argument("--results", default="results", help="results directory (reference and its features)")
     ship.add_argument("--training-log", default="logs/pretrain_base.log", help="pretrain_base's log")
+    sample = sub.add_parser(
+        "sample", help="draw a labelled synthetic crater dataset (imagefolder + metadata.csv + card) from one model"
+    )
+    sample.add_argument("out", help="output folder (new or empty); it appears only when complete")
+    sample.add_argument("-n", "--images", type=int, required=True, help="number of images")
+    sample.add_argument("--model", default="base", help="'base' (default) or an experiment's name (its policy)")
+    sample.add_argument("--round", type=int, default=None, help="the policy's round (default: the final round)")
+    sample.add_argument("--eta", type=float, default=None, help="base model knob: DDIM eta (default sampling.eta)")
+    sample.add_argument("--noise-scale", type=float, default=None, help="base model knob: initial-noise temperature")
+    sample.add_argument("--classes", default=None, help="comma-separated class names to draw (default: the model's)")
+    sample.add_argument("--proportions", default=None, help="comma-separated shares of --classes (default: equal)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the images (default 0)")
+    sample.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device")
+    sample.add_argument("--batch-size", type=int, default=None, help="images per batch (default sampling.batch_size)")
+    sample.add_argument("--steps", type=int, default=None, help="denoising steps (default: the evaluation's)")
+    sample.add_argument("--config", default=None, help="the run's config file laid over config/config.yaml")
+    sample.add_argument("--results", default="results", help="the run's results directory")
     return parser
 
 
@@ -205,7 +222,31 @@ def _overlaid_config(path: str | None) -> dict:
     return load_overlaid_config(path)
 
 
+def _number_list(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise MarsdiffError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+def sample(args: argparse.Namespace) -> int:
+    from marsdiff.export.dataset import export_dataset
+
+    summary = export_dataset(
+        _overlaid_config(args.config), args.out, args.images, model=args.model, round_index=args.round,
+        eta=args.eta, noise_scale=args.noise_scale,
+        classes=args.classes.split(",") if args.classes else None,
+        proportions=_number_list(args.proportions, "--proportions"), seed=args.seed, device=args.device,
+        batch_size=args.batch_size, steps=args.steps, results=args.results,
+    )
+    print(f"{summary['images']} images of {summary['model_id']} in {summary['folder']} ({summary['seconds']:.1f} s)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sample": sample,
     "doctor": lambda a: doctor(a.config, a.model_dir, a.results, max(2, a.images)),
     "assess-base": lambda a: 0 if assess_base(_overlaid_config(a.config), a.model_dirs, a.results, a.eta or [1.0],
                                               a.images, a.json) else 1,
