@@ -33,6 +33,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -286,3 +286,28 @@ def test_a_finished_evaluation_reruns_only_what_a_setting_touches(finished, tmp_
     # One more knob value: one new model is drawn, the others' images stay.
     assert plan({"evaluation": {"knobs": {"noise_scale": [1.0, 1.2]}}}) == {
         "generate_samples": 1, "extract_sample_features": 1, **report}
+
+
+@pytest.mark.slow
+def test_export_datasets_draws_labelled_sets_of_the_listed_models_and_nothing_else(finished, tmp_path):
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump({"export": {"models": ["base", "ppo_lora"], "images": 3}}))
+    configs = ["--configfile", str(TINY), str(tmp_path / "export.yaml")]
+    plan = planned_jobs(run_snakemake(finished, "-n", "export_datasets", *configs))
+    assert plan == {"export_dataset": 2, "export_datasets": 1}, "exporting re-runs none of the study"
+    run_snakemake(finished, "export_datasets", *configs)
+    for model, kind in (("base", "base"), ("ppo_lora", "final")):
+        folder = finished / "results" / "datasets" / model
+        rows = pd.read_csv(folder / "metadata.csv")
+        assert list(rows.columns)[0] == "file_name" and len(rows) == 3
+        assert set(rows["model_kind"]) == {kind} and all((folder / name).is_file() for name in rows["file_name"])
+        assert "| recall |" in (folder / "README.md").read_text(), "the card quotes the model's evaluation"
+
+
+def test_export_of_a_model_the_evaluation_does_not_draw_stops_at_parse_time(tmp_path):
+    workdir = make_workdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"export": {"models": ["ppo_lora_final"]}}))
+    result = run_snakemake(workdir, "-n", "export_datasets", "--configfile", "bad.yaml", check=False)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "export.models" in line]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("marsdiff error: export.models: 'ppo_lora_final' is not an evaluated model")
+    assert not (workdir / "results").exists()

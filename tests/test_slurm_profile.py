@@ -38,6 +38,7 @@ EXPECTED = {
     "evaluate": ("cpu", None, 16000, 120, 4),
     "plot_evaluation": ("cpu", None, 4000, 30, 1),
     "generate_samples": ("gpu-h100", "h100:1", 32000, 240, 8),
+    "export_dataset": ("gpu-h100", "h100:1", 32000, 240, 8),
     "pretrain_base": ("gpu-h100", "h100:1", 32000, 240, 8),
     "preview_base": ("gpu-h100", "h100:1", 16000, 30, 4),
     "sample_round": ("gpu-h100", "h100:1", 32000, 240, 8),
@@ -85,7 +86,8 @@ def submissions(tmp_path_factory):
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     workdir = make_workdir(tmp_path_factory.mktemp("slurm"))
-    dry = run_snakemake(workdir, "-n", "--profile", str(PROFILE.parent), "--configfile", str(TINY))
+    # the default target plus the optional dataset export
+    dry = run_snakemake(workdir, "-n", "all", "export_datasets", "--profile", str(PROFILE.parent), "--configfile", str(TINY))
     resolved: dict[str, dict] = {}
     rule = None
     for line in dry.stdout.splitlines():

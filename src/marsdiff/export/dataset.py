@@ -273,6 +273,43 @@ def export_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Draw ``n_images`` labelled images of one model into ``out_dir``; return a short summary."""
+    _check_request(n_images, out_dir)
+    source = resolve_model(config, results, model, round_index, eta, noise_scale)
+    return draw_dataset(config, source, out_dir, n_images, classes, proportions, seed, device, batch_size, steps,
+                        results, progress)
+
+
+def source_of_evaluated_model(spec: Mapping[str, Any], results: str | os.PathLike) -> ModelSource:
+    """The model of one evaluation entry (:func:`marsdiff.evalset.models.evaluation_models`)."""
+    policy_dir = None
+    if spec["experiment"] is not None:
+        policy_dir = Path(results) / "runs" / spec["experiment"] / f"round_{int(spec['round']):03d}" / "policy"
+    return ModelSource(spec["kind"], spec["name"], dict(spec), policy_dir, spec["round"], spec["experiment"])
+
+
+def _check_request(n_images: int, out_dir: str | os.PathLike) -> None:
+    if isinstance(n_images, bool) or int(n_images) <= 0:
+        raise MarsdiffError(f"-n {n_images}: the number of images must be at least 1")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MarsdiffError(f"{out_dir}: exists and is not an empty folder (choose a new output folder)")
+
+
+def draw_dataset(
+    config: Mapping[str, Any],
+    source: ModelSource,
+    out_dir: str | os.PathLike,
+    n_images: int,
+    classes: Sequence[str] | None = None,
+    proportions: Sequence[float] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int | None = None,
+    steps: int | None = None,
+    results: str | os.PathLike = "results",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Draw the dataset of a resolved model (the CLI's and the export_dataset rule's common path)."""
     from tqdm import tqdm
 
     from marsdiff.data.images import save_png
@@ -282,12 +319,8 @@ def export_dataset(
     from marsdiff.evalset.models import evaluation_steps
     from marsdiff.io.atomic import atomic_dir
 
-    if isinstance(n_images, bool) or int(n_images) <= 0:
-        raise MarsdiffError(f"-n {n_images}: the number of images must be at least 1")
+    _check_request(n_images, out_dir)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise MarsdiffError(f"{out_dir}: exists and is not an empty folder (choose a new output folder)")
-    source = resolve_model(config, results, model, round_index, eta, noise_scale)
     model_cfg = dict(config.get("model") or {})
     sampling = dict(config.get("sampling") or {})
     model_dir = Path(results) / "models" / "base"
