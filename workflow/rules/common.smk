@@ -427,3 +427,24 @@ def evaluation_figure_outputs():
             caption, label = EVAL_FIGURE_CAPTIONS[key]
         outputs[key] = report(path, caption=caption, category=EVAL_CATEGORY, labels={"figure": label})
     return outputs
+
+
+DATASETS_DIR = RESULTS / "datasets"
+
+
+def export_models(cfg):
+    """export.models, each checked against the evaluated models when the Snakefile is parsed."""
+    from marsdiff.errors import MarsdiffError
+
+    def check():
+        unknown = [name for name in cfg["export"]["models"] if name not in EVAL_MODEL]
+        if unknown:
+            raise MarsdiffError(
+                f"export.models: {unknown[0]!r} is not an evaluated model (choose from {', '.join(EVAL_MODEL)})"
+            )
+        return list(cfg["export"]["models"])
+
+    return stop_on_user_error(check)
+
+
+EXPORT_MODELS = export_models(config)

@@ -2,26 +2,7 @@
 # `export_datasets` draws export.images images of each model in export.models into
 # results/datasets/<model>/, as `marsdiff sample` does. Not in `all`: a dataset is a product a
 # user asks for, not a step of the study. The models are the evaluation's (EVAL_MODEL), so each
-# card can quote its model's evaluation figures.
-DATASETS_DIR = RESULTS / "datasets"
-
-
-def export_models(cfg):
-    """export.models, each checked against the evaluated models when the Snakefile is parsed."""
-    from marsdiff.errors import MarsdiffError
-
-    def check():
-        unknown = [name for name in cfg["export"]["models"] if name not in EVAL_MODEL]
-        if unknown:
-            raise MarsdiffError(
-                f"export.models: {unknown[0]!r} is not an evaluated model (choose from {', '.join(EVAL_MODEL)})"
-            )
-        return list(cfg["export"]["models"])
-
-    return stop_on_user_error(check)
-
-
-EXPORT_MODELS = export_models(config)
+# card can quote its model's evaluation figures (common.smk: EXPORT_MODELS).
 
 
 rule export_datasets:
