@@ -29,6 +29,7 @@ TINY = REPO / "tests" / "config" / "tiny.yaml"
 METRICS = (
     "FD_mobilenet_v2", "KID", "MMD2_rbf", "precision", "recall", "density", "coverage", "vendi", "KL_size_cat",
     "KL_lighting_cat", "modes_covered", "near_duplicate_pairs", "memorisation_ratio", "memorisation_pass",
+    "tstr_accuracy_size_cat", "tstr_balanced_accuracy_size_cat",
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -82,6 +82,8 @@ rule evaluate:
         features=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.npy" for name in EVAL_MODEL],
         ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
         info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
+        # what each image was conditioned on: the labels of the train-on-synthetic classifier
+        samples=[EVAL_SAMPLES / name / "samples.csv" for name in EVAL_MODEL],
         # the reference at the matched resolution (score.smk); the manifest gives the split and
         # the categories (same ids as the resized set)
         reference=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.npy",

@@ -18,6 +18,7 @@ def main(snakemake):
                 manifest=snakemake.input.manifest,
                 reference_features=snakemake.input.reference,
                 generated=dict(zip(names, snakemake.input.features)),
+                samples=dict(zip(names, snakemake.input.samples)),
                 extractor=cfg["extractor"],
                 metrics_cfg=cfg["metrics"],
                 out_dir=Path(snakemake.output.metrics).parent,

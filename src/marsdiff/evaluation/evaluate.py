@@ -3,14 +3,18 @@
 :func:`evaluate_models` is the entry point of the ``evaluate`` stage: it takes a mapping
 ``model name -> (M, d) generated features`` and a :class:`ReferenceSet`, prepares everything that
 depends only on the reference once (distances, k-NN radii, bandwidth, k-means clusters, category
-classifiers), scores each model with a seeded bootstrap, and adds two real-vs-real baselines:
+classifiers), scores each model with a seeded bootstrap, and adds two real-vs-real baselines.
+Models whose images come with the categories they were conditioned on (``labels``) are also
+scored downstream: a classifier trained on their images, tested on the held-out crops
+(:mod:`marsdiff.evaluation.downstream`). The baselines:
 
 * ``real``: ``baseline_repeats`` random draws of M **train** crops (disjoint from the held-out
   split), each scored against the held-out split exactly like a model (same M, same reference,
   so directly comparable, FD's sample-size bias included). Value = mean over draws, interval =
   middle 95 % of draws. Category KL uses out-of-fold classifier predictions for these rows;
-  memorisation is not defined for train crops and is left out. If M exceeds the train split,
-  draws use every train crop and the detail column says so.
+  memorisation is not defined for train crops and is left out; the downstream classifier is
+  trained on the draw's true categories. If M exceeds the train split, draws use every train
+  crop and the detail column says so.
 * ``real (held-out halves)``: unbiased MMD^2 between random halves of the held-out split (the
   split-half baseline).
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +34,7 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation.bootstrap import bootstrap_counts, point_counts
 from marsdiff.evaluation.categories import CategoryClassifier, coverage_by_category
 from marsdiff.evaluation.distances import nearest_other_distance, pairwise_distances
+from marsdiff.evaluation.downstream import TrainOnSynthetic
 from marsdiff.evaluation.diversity import near_duplicate_metric, near_duplicate_threshold, vendi_metric
 from marsdiff.evaluation.fidelity import FrechetReference, KIDReference, MMDReference, median_pairwise_distance
 from marsdiff.evaluation.manifold import ManifoldReference, Memberships
@@ -89,13 +94,25 @@ class PreparedReference:
             )
             for column in settings.category_columns
         }
+        self.downstream = {
+            column: TrainOnSynthetic(column, heldout, np.asarray(reference.heldout_categories[column]))
+            for column in settings.category_columns
+        }
+
+    def label_columns(self, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Generated images' conditioning labels, keyed by the category column they name (if any)."""
+        if labels is None:
+            return {}
+        return {column: np.asarray(labels) for column, tstr in self.downstream.items() if tstr.labels_are_categories(labels)}
 
     def metrics(
-        self, generated: np.ndarray, predictions: Mapping[str, np.ndarray] | None = None, memorisation: bool = True
+        self, generated: np.ndarray, predictions: Mapping[str, np.ndarray] | None = None, memorisation: bool = True,
+        labels: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[list[Metric], Memberships]:
         """All metrics of one generated set (statistics of counts) and its ball memberships.
 
         ``predictions``: category index per row and column (default: the classifiers' predictions).
+        ``labels``: column -> each row's category, for the train-on-synthetic metrics.
         """
         settings = self.settings
         generated_distances = pairwise_distances(generated)
@@ -115,6 +132,8 @@ class PreparedReference:
         ]
         if memorisation:
             metrics.extend(self.memorisation.metrics(generated))
+        for column, column_labels in (labels or {}).items():
+            metrics.extend(self.downstream[column].metrics(generated, column_labels))
         return metrics, member
 
     def summary(self) -> pd.DataFrame:
@@ -152,9 +171,14 @@ class PreparedReference:
 
 
 def evaluate_models(
-    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings | None = None
+    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings | None = None,
+    labels: Mapping[str, Any] | None = None,
 ) -> Evaluation:
-    """Score every generated set against the held-out split, with bootstrap intervals and baselines."""
+    """Score every generated set against the held-out split, with bootstrap intervals and baselines.
+
+    ``labels``: model -> the category each image was conditioned on (``samples.csv``'s
+    ``condition_name``), in the rows' order; models without labels get no downstream metrics.
+    """
     settings = settings or EvaluationSettings()
     if not generated:
         raise MarsdiffError("evaluation needs at least one generated feature set")
@@ -165,13 +189,20 @@ def evaluate_models(
     for name, x in features.items():  # before the reference-side work, so a bad k fails fast
         require_neighbours(settings.k_precision_recall, len(x), "k_precision_recall", f"generated images of {name!r}")
     prepared = PreparedReference(reference, settings)
+    model_labels = {}
+    for name, x in features.items():
+        given = None if labels is None else labels.get(name)
+        if given is not None and len(given) != len(x):
+            raise MarsdiffError(f"{name}: {len(given)} conditioning labels for {len(x)} generated images")
+        model_labels[name] = prepared.label_columns(given)
+    labelled_columns = sorted({column for columns in model_labels.values() for column in columns})
 
     metric_rows, replicate_frames, coverage_frames, share_frames = [], [], [], []
     n_reference = len(reference.heldout)
     for name, x in features.items():
         log.info("evaluating %s (%d images)", name, len(x))
         counts = bootstrap_counts(len(x), settings.bootstrap_replicates, settings.seed)
-        metrics, member = prepared.metrics(x)
+        metrics, member = prepared.metrics(x, labels=model_labels[name])
         estimates = [estimate(metric, counts, settings.confidence) for metric in metrics]
         metric_rows += [_metric_row(name, e, len(x), n_reference, settings.feature_space) for e in estimates]
         replicate_frames += [_replicate_frame(name, e) for e in estimates]
@@ -186,7 +217,7 @@ def evaluate_models(
 
     for n in sorted({len(x) for x in features.values()}):
         name = REAL_MODEL if len({len(x) for x in features.values()}) == 1 else f"{REAL_MODEL} (N={n})"
-        rows, coverage = real_draw_baseline(prepared, n, name)
+        rows, coverage = real_draw_baseline(prepared, n, name, labelled_columns)
         metric_rows += rows
         coverage_frames += coverage
     metric_rows.append(_split_half_row(prepared))
@@ -239,8 +270,13 @@ def _replicate_frame(model: str, e: MetricEstimate) -> pd.DataFrame:
     )
 
 
-def real_draw_baseline(prepared: PreparedReference, n: int, name: str) -> tuple[list[dict], list[pd.DataFrame]]:
-    """Random draws of n train crops scored like a model: mean and middle interval over draws."""
+def real_draw_baseline(prepared: PreparedReference, n: int, name: str,
+                       labelled_columns: Sequence[str] = ()) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Random draws of n train crops scored like a model: mean and middle interval over draws.
+
+    ``labelled_columns``: the category columns some model is scored downstream on; the draws
+    train the same classifier on their true categories there.
+    """
     settings, reference = prepared.settings, prepared.reference
     n_train = len(reference.train)
     n_draw = min(n, n_train)
@@ -252,7 +288,8 @@ def real_draw_baseline(prepared: PreparedReference, n: int, name: str) -> tuple[
     for _ in range(settings.baseline_repeats):
         rows = np.sort(rng.choice(n_train, n_draw, replace=False))
         predictions = {c: clf.out_of_fold_train_predictions[rows] for c, clf in prepared.classifiers.items()}
-        metrics, member = prepared.metrics(reference.train[rows], predictions, memorisation=False)
+        draw_labels = {c: np.asarray(reference.train_categories[c])[rows] for c in labelled_columns}
+        metrics, member = prepared.metrics(reference.train[rows], predictions, memorisation=False, labels=draw_labels)
         for metric in metrics:
             value = metric.point if metric.point is not None else float(metric.statistic(ones)[0])
             values.setdefault(metric.name, []).append(value)

@@ -44,6 +44,7 @@ ASPECTS = {
     "variety": ("recall", "coverage", "vendi", "modes_covered", "KL_", "near_duplicate_pairs"),
     "realism": ("FD_", "KID", "MMD2_rbf", "precision", "density"),
     "memorisation": ("memorisation_",),
+    "downstream use": ("tstr_",),
 }
 
 COMPARISON_COLUMNS = [
@@ -203,7 +204,7 @@ def experiment_verdict(comparison: pd.DataFrame, confidence: float = 0.95) -> st
         f"**{model}** against the best noise-knob setting of each metric "
         f"(improvement = model − best setting, positive = better; {level} paired bootstrap interval):"
     ]
-    for aspect in ("variety", "realism", "other"):
+    for aspect in ("variety", "realism", "downstream use", "other"):
         for label, part in (("clearly better", better), ("clearly worse", worse)):
             chosen = part[part["metric"].map(aspect_of) == aspect]
             if not chosen.empty:
@@ -297,7 +298,9 @@ def summary_markdown(
         f"Generated images against the **held-out** reference crops (never used for training, rewards or RL), "
         f"in {feature_space} feature space. Cells: value [{level} interval]. Intervals of models are percentile "
         "bootstraps over the generated images (the held-out set fixed); metrics that resampling biases "
-        "(FD, recall, coverage, Vendi, KL, modes) use the bootstrap spread centred on the value. "
+        "(FD, recall, coverage, Vendi, KL, modes, train-on-synthetic accuracy) use the bootstrap spread centred on "
+        "the value. `tstr_*`: a classifier of the size class trained on the model's images (labelled by their "
+        "conditioning) and tested on the held-out crops; for `real` trained on equally many real train crops. "
         "`real` = random draws of train crops of the same size scored like a model (interval = middle of the draws): "
         "what real craters score at this N, the yardstick for FD's sample-size bias. "
         "`real (held-out halves)` = MMD² between halves of the held-out set.",

@@ -46,22 +46,47 @@ def load_reference(manifest: str | os.PathLike, features: str | os.PathLike, ext
     return ReferenceSet.from_files(manifest, features, settings.category_columns)
 
 
-def load_generated(paths: Mapping[str, str | os.PathLike], extractor: str, dim: int) -> dict[str, Any]:
+def load_generated(paths: Mapping[str, str | os.PathLike], extractor: str,
+                   dim: int) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """model -> features, and model -> the image id of each feature row."""
     from marsdiff.io.feature_files import read_feature_set
 
-    return {name: read_feature_set(path, extractor=extractor, expected_dim=dim)[0] for name, path in paths.items()}
+    loaded = {name: read_feature_set(path, extractor=extractor, expected_dim=dim) for name, path in paths.items()}
+    return {name: x for name, (x, _) in loaded.items()}, {name: ids for name, (_, ids) in loaded.items()}
+
+
+def load_conditioning(samples: Mapping[str, str | os.PathLike], ids: Mapping[str, list[str]]) -> dict[str, Any]:
+    """model -> each image's conditioning (``samples.csv``'s condition_name), in feature-row order."""
+
+    labels = {}
+    for name, path in samples.items():
+        table = pd.read_csv(path, dtype={"image_id": str, "condition_name": str})
+        missing = [c for c in ("image_id", "condition_name") if c not in table.columns]
+        if missing:
+            raise MarsdiffError(f"{path}: samples table lacks column(s) {', '.join(missing)} (re-run generate_samples)")
+        by_id = dict(zip(table["image_id"], table["condition_name"]))
+        absent = [image for image in ids[name] if image not in by_id]
+        if absent:
+            raise MarsdiffError(f"{path}: no row for image {absent[0]} of the features (re-run generate_samples)")
+        labels[name] = [by_id[image] for image in ids[name]]
+    return labels
 
 
 def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.PathLike,
                    generated: Mapping[str, str | os.PathLike], extractor: str,
-                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike) -> Evaluation:
-    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables."""
+                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike,
+                   samples: Mapping[str, str | os.PathLike] | None = None) -> Evaluation:
+    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables.
+
+    ``samples``: model -> its ``samples.csv``, whose conditioning labels the train-on-synthetic
+    metrics use (models without one get none)."""
     settings = evaluation_settings(metrics_cfg, extractor)
     reference = load_reference(manifest, reference_features, extractor, settings)
     log.info("reference: %d held-out and %d train crops, %d dimensions (%s)", len(reference.heldout),
              len(reference.train), reference.dim, extractor)
-    features = load_generated(generated, extractor, reference.dim)
-    evaluation = evaluate_models(features, reference, settings)
+    features, ids = load_generated(generated, extractor, reference.dim)
+    labels = load_conditioning(samples or {}, ids)
+    evaluation = evaluate_models(features, reference, settings, labels)
     evaluation.write(out_dir)
     log.info("evaluated %d model(s) on %d metrics into %s", len(features), evaluation.metrics["metric"].nunique(), out_dir)
     return evaluation
