@@ -22,9 +22,6 @@ except MarsdiffError as err:
 validate(config, schema="workflow/schemas/config.schema.yaml")
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/features.smk"
@@ -34,6 +31,10 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
+
+
+# The report opens on the verdicts once report_summary has written them.
+report: report_landing_page()
 
 
 rule all:

@@ -77,6 +77,9 @@ def test_paired_replicates_give_an_interval_of_the_improvement(table):
     assert comparison.loc["precision", "verdict"] == WORSE
     assert comparison.loc["FD_mobilenet_v2", "verdict"] == UNCLEAR  # -1 with noise 5/4 per model
     assert comparison.loc["memorisation_ratio", "verdict"] == "check passes"  # not "worse" for 0.95 < 1.05
+    # a check has no best knob setting and no improvement
+    assert comparison.loc["memorisation_ratio", "best_baseline"] == ""
+    assert np.isnan(comparison.loc["memorisation_ratio", "improvement"])
 
 
 def test_verdict_says_what_improved_what_got_worse_and_how_sure(table):
@@ -116,4 +119,8 @@ def test_summary_markdown_has_the_table_with_intervals_and_one_verdict_per_exper
     assert "| coverage | ↑ | 0.6 [0.5, 0.7] | 0.7 [0.6, 0.8] | 0.85 [0.78, 0.92] | 0.9 [0.85, 0.95] |" in text
     assert "### rl" in text and "**rl** against the best noise-knob setting" in text
     assert "| heldout_images | 103 | held out |" in text
+    assert "| memorisation_ratio | check |" in text, "a check is not marked higher-is-better"
+    assert "| memorisation_ratio | 0.95 [0.9, 1] | n/a (a check, not a score) | n/a | check passes |" in text
+    assert text.index("## Verdict\n") < text.index("## Metrics"), "the summary leads with the verdict"
+    assert "- **rl**: " in text.split("## Metrics")[0]
     assert "mobilenet_v2 feature space" in text

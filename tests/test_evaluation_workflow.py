@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,7 +255,9 @@ def test_summary_has_the_table_a_verdict_per_experiment_and_the_models(finished)
     assert "## Models" in summary and "knob-eta1-ns1-tails | base model, knob setting | 1 | 1 | tails (2, 1, 2)" in summary
     comparison = pd.read_csv(finished / "results/report/comparison.csv")
     assert set(comparison["model"]) == set(TINY_EXPERIMENTS)
-    assert set(comparison["best_baseline"]) <= set(TINY_KNOBS)
+    scores = comparison[~comparison["metric"].str.startswith("memorisation_")]
+    assert set(scores["best_baseline"]) <= set(TINY_KNOBS)
+    assert comparison.loc[comparison["metric"] == "memorisation_ratio", "best_baseline"].isna().all(), "a check"
     html = (finished / "results/report/summary.html").read_text()
     assert "<table>" in html and f"<h3>{TINY_EXPERIMENTS[0]}</h3>" in html
 
@@ -267,6 +271,39 @@ def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finish
                     "as a page: the metric x model table", "Every RL policy against the best knob setting",
                     "Brightness spread (standard deviation of the image means)"):
         assert caption in report, caption
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def render(page, tmp_path, name):
+    """(rendered DOM, screenshot PNG) of a page in headless chromium, a 1400x900 first screen."""
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+              "--virtual-time-budget=10000"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    png = tmp_path / f"{name}.png"
+    subprocess.run([*common, f"--screenshot={png}", page.as_uri()], capture_output=True, timeout=120)
+    return dom, png
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_the_report_and_the_summary_open_on_the_verdict_in_a_browser(finished, tmp_path):
+    from PIL import Image
+
+    dom, png = render(finished / "report.html", tmp_path, "report")
+    # the landing page (the report's default view) is the verdict, one line per experiment
+    assert "Verdict" in dom and "summary.html" in dom, dom[-2000:]
+    for experiment in TINY_EXPERIMENTS:
+        assert f"<strong>{experiment}</strong>" in dom, experiment
+    for number, category in enumerate(("Reference set", "Reward validation", "Base model", "RL", "Evaluation"), 1):
+        assert f"{number}. {category}" in dom, category
+    with Image.open(png) as image:
+        grey = np.asarray(image.convert("L"))
+    assert grey.shape == (900, 1400) and (grey[:450, 280:800] < 100).mean() > 0.01, "text on the first screen"
+    dom, png = render(finished / "results/report/summary.html", tmp_path, "summary")
+    headings = re.findall(r"<h2>(.*?)</h2>", dom)
+    assert headings[:2] == ["Verdict", "Metrics"], headings
 
 
 @pytest.mark.slow

@@ -320,6 +320,14 @@ EVAL_DIR = RESULTS / "eval"
 EVAL_SAMPLES = EVAL_DIR / "samples"
 EVAL_PLOTS = EVAL_DIR / "plots"
 REPORT_DIR = RESULTS / "report"
+REPORT_INTRO = Path(workflow.basedir) / "workflow" / "report" / "workflow.rst"
+
+
+def report_landing_page():
+    """The HTML report's landing page: the verdicts report_summary writes (the workflow's
+    description, then one line per experiment), or the bare description before there are any."""
+    landing = REPORT_DIR / "landing.rst"
+    return str(landing.resolve()) if landing.is_file() else str(REPORT_INTRO)
 EVAL_TABLES = ("metrics.csv", "bootstrap.csv", "category_coverage.csv", "category_shares.csv", "reference.csv")
 
 
@@ -406,7 +414,7 @@ def evaluation_targets():
     )
 
 
-EVAL_CATEGORY = "4. Evaluation"
+EVAL_CATEGORY = "5. Evaluation"
 # Captions are paths relative to workflow/rules/ (where the rules using them live).
 EVAL_FIGURE_CAPTIONS = {
     "tsne": ("../report/eval_tsne.rst", "t-SNE"),

@@ -200,8 +200,11 @@ rule report_summary:
         metrics=EVAL_DIR / "metrics.csv",
         tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
         pixels=EVAL_DIR / "pixel_statistics.csv",
+        intro=REPORT_INTRO,
     output:
         summary=REPORT_DIR / "summary.md",
+        # the report's landing page once the verdicts exist (Snakefile: report:)
+        landing=REPORT_DIR / "landing.rst",
         html=report(
             REPORT_DIR / "summary.html",
             caption="../report/eval_summary.rst",

@@ -53,7 +53,7 @@ rule preview_base:
         samples=report(
             BASE_MODEL_DIR / "samples.png",
             caption="../report/base_samples.rst",
-            category="2. Base model",
+            category="3. Base model",
         ),
     params:
         cfg=preview_params(config),

@@ -18,7 +18,8 @@ rule validate_rewards:
                 str(RESULTS / "validation" / "ladder_{name}.png"),
                 name=config["reward"]["validation"]["ladders"],
             ),
-            category="Reward validation",
+            caption="../report/reward_ladders.rst",
+            category="2. Reward validation",
         ),
     params:
         cfg=stage_params(config, "reward"),

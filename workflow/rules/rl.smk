@@ -74,7 +74,7 @@ rule plot_experiment:
         curve=report(
             RUNS_DIR / "{exp}" / "reward_curve.png",
             caption="../report/reward_curve.rst",
-            category="3. RL",
+            category="4. RL",
             labels={"experiment": "{exp}", "figure": "reward curve"},
         ),
     wildcard_constraints:

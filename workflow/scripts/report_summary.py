@@ -20,6 +20,8 @@ def main(snakemake):
             summary_html=snakemake.output.html,
             comparison_csv=snakemake.output.comparison,
             pixel_csv=snakemake.input.pixels,
+            landing_rst=snakemake.output.landing,
+            intro=Path(snakemake.input.intro).read_text(),
         )
 
     run_stage(snakemake, body)

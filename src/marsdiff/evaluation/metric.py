@@ -16,6 +16,21 @@ import numpy as np
 from marsdiff.evaluation.bootstrap import PERCENTILE, interval
 
 
+#: Metrics that are pass/fail checks rather than scores: no direction to push them, no "best" value.
+CHECK_PREFIXES = ("memorisation_",)
+
+
+def is_check(metric_name: str) -> bool:
+    return metric_name.startswith(CHECK_PREFIXES)
+
+
+def direction_symbol(metric_name: str, higher_is_better: bool) -> str:
+    """↑ / ↓ for a score, "check" for a pass/fail check (memorisation: a larger ratio is not better)."""
+    if is_check(metric_name):
+        return "check"
+    return "↑" if higher_is_better else "↓"
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str

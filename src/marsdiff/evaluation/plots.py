@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from marsdiff.errors import MarsdiffError  # noqa: E402
+from marsdiff.evaluation.metric import direction_symbol  # noqa: E402
 from marsdiff.io.atomic import atomic_path  # noqa: E402
 
 DPI = 100
@@ -334,7 +335,8 @@ def plot_metric_intervals(
             low, high = float(r["ci_low"]), float(r["ci_high"])
             ax.plot([low, high], [y, y], color=colours[model], lw=2)
             ax.plot([float(r["value"])], [y], "o", color=colours[model], label=model)
-        better = "higher is better" if bool(rows["higher_is_better"].iloc[0]) else "lower is better"
+        direction = direction_symbol(metric, bool(rows["higher_is_better"].iloc[0]))
+        better = {"↑": "higher is better", "↓": "lower is better"}.get(direction, "a pass/fail check")
         ax.set_yticks(range(len(models)), models, fontsize="x-small")
         ax.set_ylim(-0.7, len(models) - 0.3)
         ax.invert_yaxis()

@@ -30,6 +30,7 @@ import pandas as pd
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation.bootstrap import BIAS_SHIFTED, PERCENTILE, interval
+from marsdiff.evaluation.metric import direction_symbol, is_check
 from marsdiff.io.atomic import write_text
 
 BETTER = "better"
@@ -85,6 +86,14 @@ def compare_to_baseline(
         candidates = others[others["metric"] == metric]
         if candidates.empty or not math.isfinite(row["value"]):
             continue
+        if is_check(metric):
+            # A check is passed or failed by the model itself: no best knob to compare with.
+            rows.append(dict(metric=metric, higher_is_better=bool(row["higher_is_better"]), model=model,
+                             value=row["value"], ci_low=row["ci_low"], ci_high=row["ci_high"], best_baseline="",
+                             baseline_value=float("nan"), baseline_ci_low=float("nan"),
+                             baseline_ci_high=float("nan"), improvement=float("nan"),
+                             improvement_ci_low=float("nan"), improvement_ci_high=float("nan"), verdict=""))
+            continue
         higher = bool(row["higher_is_better"])
         sign = 1.0 if higher else -1.0
         best = candidates.loc[(sign * candidates["value"]).idxmax()]
@@ -114,7 +123,7 @@ def compare_to_baseline(
     if "memorisation_pass" in own.index:
         check = CHECK_PASSES if own.loc["memorisation_pass", "value"] >= 1.0 else CHECK_FAILS
         for row in rows:
-            if aspect_of(row["metric"]) == "memorisation":
+            if is_check(row["metric"]):
                 row["verdict"] = check
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
@@ -226,6 +235,18 @@ def experiment_verdict(comparison: pd.DataFrame, confidence: float = 0.95) -> st
     return "\n".join(lines)
 
 
+def one_line_verdict(comparison: pd.DataFrame) -> str:
+    """The overall sentence of one experiment's comparison (the report's landing page quotes it)."""
+    if comparison.empty:
+        return "no metric could be compared with the baseline settings."
+    scored = comparison[comparison["metric"].map(aspect_of) != "memorisation"]
+    line = _overall(scored[scored["verdict"] == BETTER], scored[scored["verdict"] == WORSE])
+    memorisation = comparison[comparison["metric"] == "memorisation_pass"]
+    if not memorisation.empty and memorisation["verdict"].iloc[0] == CHECK_FAILS:
+        line += " Memorisation check **fails**."
+    return line
+
+
 def _overall(better: pd.DataFrame, worse: pd.DataFrame) -> str:
     variety_up = better["metric"].map(aspect_of).eq("variety").sum()
     realism_down = worse["metric"].map(aspect_of).eq("realism").sum()
@@ -257,7 +278,7 @@ def metric_by_model_table(table: pd.DataFrame, models: Sequence[str] | None = No
         "|---|:-:|" + "---|" * len(models),
     ]
     for metric in metrics:
-        arrow = "↑" if bool(directions[metric]) else "↓"
+        arrow = direction_symbol(metric, bool(directions[metric]))
         row = [cells.get((model, metric), "") for model in models]
         lines.append(f"| {metric} | {arrow} | " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -270,6 +291,10 @@ def comparison_table(comparison: pd.DataFrame) -> str:
         "|---|---|---|---|---|",
     ]
     for _, r in comparison.iterrows():
+        if is_check(r["metric"]):
+            lines.append(f"| {r['metric']} | {format_interval(r['value'], r['ci_low'], r['ci_high'])} | "
+                         f"n/a (a check, not a score) | n/a | {r['verdict']} |")
+            continue
         improvement = _signed(r["improvement"])
         if math.isfinite(r["improvement_ci_low"]) and math.isfinite(r["improvement_ci_high"]):
             improvement += f" [{_signed(r['improvement_ci_low'])}, {_signed(r['improvement_ci_high'])}]"
@@ -292,9 +317,19 @@ def summary_markdown(
     """The whole ``summary.md`` text (see :func:`write_summary_markdown`)."""
     level = f"{round(100 * confidence)} %"
     feature_space = ", ".join(sorted(set(table["feature_space"].astype(str)))) if "feature_space" in table else "?"
-    parts = [
-        f"# {title}",
-        "",
+    compared = {e: compare_to_baseline(table, e, baseline_models, replicates, confidence) for e in experiments}
+    parts = [f"# {title}", ""]
+    if experiments:
+        parts += [
+            "## Verdict",
+            "",
+            f"Each RL policy against the best of the knob settings ({', '.join(f'`{m}`' for m in baseline_models)}) "
+            "on each metric; details under *Verdicts* below.",
+            "",
+            *[f"- **{e}**: {one_line_verdict(compared[e])}" for e in experiments],
+            "",
+        ]
+    parts += [
         f"Generated images against the **held-out** reference crops (never used for training, rewards or RL), "
         f"in {feature_space} feature space. Cells: value [{level} interval]. Intervals of models are percentile "
         "bootstraps over the generated images (the held-out set fixed); metrics that resampling biases "
@@ -315,7 +350,7 @@ def summary_markdown(
         "",
     ]
     for experiment in experiments:
-        comparison = compare_to_baseline(table, experiment, baseline_models, replicates, confidence)
+        comparison = compared[experiment]
         parts += [f"### {experiment}", "", experiment_verdict(comparison, confidence), "", comparison_table(comparison), ""]
     if reference_summary is not None and not reference_summary.empty:
         parts += ["## Reference and classifier", "", "| quantity | value | note |", "|---|---|---|"]

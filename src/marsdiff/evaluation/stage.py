@@ -196,13 +196,32 @@ def markdown_to_html(text: str, title: str) -> str:
             f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
+def landing_page(intro: str, table: pd.DataFrame, policies: Sequence[str]) -> str:
+    """The report's landing page (reStructuredText): the workflow's description, then one verdict
+    line per experiment and links to the summary and the comparison table."""
+    from marsdiff.evaluation.report import one_line_verdict
+
+    lines = [intro.rstrip(), "", "Verdict", "=======", ""]
+    if policies:
+        for policy in policies:
+            lines += [f"- **{policy}**: {one_line_verdict(table[table['model'] == policy])}", ""]
+        lines.append("Baseline: the best knob setting of each metric.")
+    else:
+        lines += ["No RL experiment is configured: the evaluation compares the base model's knob settings only.", ""]
+    lines += ["The metric table with intervals and every comparison: summary.html_; per metric and policy: "
+              "comparison.csv_.", ""]
+    return "\n".join(lines)
+
+
 def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
                          metrics_cfg: Mapping[str, Any] | None, n_images: int, steps: int,
                          summary_md: str | os.PathLike, summary_html: str | os.PathLike,
-                         comparison_csv: str | os.PathLike, pixel_csv: str | os.PathLike | None = None) -> str:
+                         comparison_csv: str | os.PathLike, pixel_csv: str | os.PathLike | None = None,
+                         landing_rst: str | os.PathLike | None = None, intro: str = "") -> str:
     """Stage report_summary: summary.md, its HTML twin and comparison.csv (all policies vs the knobs).
 
-    ``pixel_csv``: the pixel_statistics stage's table, shown as the brightness-and-contrast section."""
+    ``pixel_csv``: the pixel_statistics stage's table, shown as the brightness-and-contrast section.
+    ``landing_rst``: the report's landing page (:func:`landing_page`, after ``intro``)."""
     from marsdiff.evaluation.pixels import read_pixel_statistics
     from marsdiff.io.atomic import atomic_path, write_text
 
@@ -220,5 +239,7 @@ def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[s
     write_text(summary_html, markdown_to_html(text, SUMMARY_TITLE))
     with atomic_path(comparison_csv) as tmp:
         table.to_csv(tmp, index=False)
+    if landing_rst is not None:
+        write_text(landing_rst, landing_page(intro, table, policies))
     log.info("summary of %d policies against %d knob settings: %s", len(policies), len(baselines), summary_md)
     return text

@@ -200,6 +200,7 @@ def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     data = table[(table["ladder"] == ladder) & (table["bandwidth_scale"] == summary["bandwidth_scale"])]
     rewards = sorted(data["reward"].unique(), key=lambda name: (name == COMBINED, name))
@@ -216,12 +217,18 @@ def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path:
         ax.plot(mean.index, mean.values, "o-", ms=3)
         verdict = summary["rewards"].get(reward, {}).get("ladders", {}).get(ladder, {})
         rho = verdict.get("spearman")
-        label = "rho n/a" if rho is None else f"rho {rho:.2f}"
-        ax.set_title(f"{reward}\n{label} {'pass' if verdict.get('passed') else 'FAIL'}", fontsize=8)
+        label = "ρ n/a" if rho is None else f"ρ {rho:.2f}"
+        outcome = "pass" if verdict.get("passed") else "FAIL"
+        ax.set_title(f"{reward}\n{label} ({outcome}: needs ρ ≥ {summary['min_spearman']:g})", fontsize=8)
+        ax.set_xlabel("ladder level (more diverse →)", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("reward, mean over sets", fontsize=7)
         ax.tick_params(labelsize=7)
     if data.empty:
         axes.flat[0].text(0.5, 0.5, f"ladder {ladder!r}: no data", ha="center")
-    fig.suptitle(f"diversity ladder '{ladder}': reward (higher = better) vs level", fontsize=9)
+    fig.suptitle(f"diversity ladder '{ladder}': reward (higher = better) vs level; band = 2.5-97.5 % of "
+                 f"{data.groupby(['reward', 'level']).size().max() if not data.empty else 0} sets; "
+                 "ρ = Spearman of the level means", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
