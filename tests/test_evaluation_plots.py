@@ -54,6 +54,24 @@ def test_sample_grid_grey_and_colour(tmp_path):
         plots.plot_sample_grid({"base": np.zeros((3, 8, 8))}, tmp_path / "x.png")
 
 
+def test_sample_grid_with_a_real_row_and_class_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    images = {"base": rng.integers(0, 256, (4, 16, 16), dtype=np.uint8)}
+    real = ("held-out crops", rng.integers(0, 256, (3, 16, 16), dtype=np.uint8), ["s1_4-10px", "s2_10-13px", "s3_13-79px"])
+    path = plots.plot_sample_grid(images, tmp_path / "grid.png", n_columns=4, real=real,
+                                  labels={"base": ["s1_4-10px"] * 4})
+    check_png(path, 1.1 * 4 + 1.6, (1.1 + 0.2) * 2 + 0.8)  # the real row on top of the model's
+
+
+def test_categories_come_in_their_natural_order():
+    from marsdiff.data.category_order import category_sort_key
+
+    names = ["s10_80-99px", "s2_10-13px", "s1_4-10px", "bright", "medium", "dark", "other"]
+    assert sorted(names, key=category_sort_key) == [
+        "s1_4-10px", "s2_10-13px", "s10_80-99px", "dark", "medium", "bright", "other"]
+    assert sorted(["high", "low", "medium"], key=category_sort_key) == ["low", "medium", "high"]
+
+
 def test_most_novel_and_most_redundant_images(tmp_path):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (9, 16, 16), dtype=np.uint8)

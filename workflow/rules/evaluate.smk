@@ -169,6 +169,9 @@ rule plot_evaluation:
         reference_ids=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.ids.txt",
         reference_info=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.json",
         manifest=REFERENCE_DIR / "manifest.csv",
+        # the held-out crops at the evaluation's resolution: the sample grid's real row
+        resized_manifest=REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "manifest.csv",
+        resized_images=directory_input(REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "images"),
         run_metrics=[RUNS_DIR / exp / "metrics.csv" for exp in experiment_names(config)],
     output:
         **evaluation_figure_outputs(),

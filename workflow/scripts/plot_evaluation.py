@@ -28,6 +28,7 @@ def main(snakemake):
                 run_metrics=list(inputs.run_metrics),
                 plot_cfg=cfg["plots"],
                 outputs=dict(snakemake.output.items()),
+                resized_manifest=inputs.resized_manifest,
             )
 
     run_stage(snakemake, body)

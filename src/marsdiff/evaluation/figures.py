@@ -52,6 +52,36 @@ def load_model_images(samples_csv: str | os.PathLike, images_dir: str | os.PathL
     return ids, np.stack([load_image(p, mode=file_mode(p)) for p in paths])
 
 
+def image_classes(samples_csv: str | os.PathLike, ids: Sequence[str]) -> list[str]:
+    """The class each evaluation image was conditioned on (samples.csv's condition_name)."""
+    table = pd.read_csv(samples_csv, dtype={"image_id": str, "condition_name": str})
+    by_id = dict(zip(table["image_id"], table["condition_name"]))
+    return [by_id.get(image, "") for image in ids]
+
+
+def heldout_row(manifest: str | os.PathLike, count: int, column: str = "size_cat") -> tuple[np.ndarray, list[str]]:
+    """``count`` held-out crops at the evaluation's resolution, spread evenly over ``column``'s
+    classes from the smallest to the largest, and their classes (the sample grid's real row)."""
+    from marsdiff.data.category_order import category_sort_key
+    from marsdiff.data.images import load_image
+    from marsdiff.data.manifest import read_manifest
+    from marsdiff.data.resolution import file_mode
+    from marsdiff.evaluation.reference import HELDOUT_SPLIT
+
+    rows = read_manifest(manifest)
+    heldout = rows[rows["split"].astype(str) == HELDOUT_SPLIT]
+    if column in heldout.columns:
+        order = sorted(range(len(heldout)), key=lambda i: (category_sort_key(heldout[column].iloc[i]),
+                                                          str(heldout["id"].iloc[i])))
+        heldout = heldout.iloc[order]
+    picks = np.unique(np.linspace(0, len(heldout) - 1, min(count, len(heldout))).round().astype(int))
+    chosen = heldout.iloc[picks]
+    root = Path(manifest).parent
+    paths = [root / str(p) for p in chosen["path"]]
+    classes = chosen[column].astype(str).tolist() if column in chosen.columns else [""] * len(chosen)
+    return np.stack([load_image(p, mode=file_mode(p)) for p in paths]), classes
+
+
 def reward_curve_table(metric_tables: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """The round metrics of every experiment (runs/{exp}/metrics.csv) as plot_reward_curves reads them.
 
@@ -91,12 +121,14 @@ def draw_evaluation_figures(
     run_metrics: Sequence[str | os.PathLike],
     plot_cfg: Mapping[str, Any] | None,
     outputs: Mapping[str, str | os.PathLike],
+    resized_manifest: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Every evaluation figure into ``outputs`` (keys: tsne, sample_grid, category_coverage,
     metric_intervals, reward_curves when there are runs, novel_redundant_<model>).
 
     ``samples``: model -> (samples.csv, images folder); ``rewards``: model -> reward section
-    for the credit figures (base model and final policies).
+    for the credit figures (base model and final policies); ``resized_manifest``: the reference at
+    the evaluation's resolution, whose held-out crops make the sample grid's real row.
     """
     from marsdiff.data.manifest import read_manifest
     from marsdiff.evaluation.reference import HELDOUT_SPLIT
@@ -122,9 +154,14 @@ def draw_evaluation_figures(
     )
 
     images = {name: load_model_images(*samples[name]) for name in names}
+    classes = {name: image_classes(samples[name][0], images[name][0]) for name in names}
+    real = None
+    if resized_manifest is not None:
+        crops, crop_classes = heldout_row(resized_manifest, int(settings["grid_columns"]))
+        real = ("held-out crops", crops, crop_classes)
     written["sample_grid"] = plots.plot_sample_grid(
         {name: images[name][1] for name in names}, outputs["sample_grid"], n_columns=int(settings["grid_columns"]),
-        title="Evaluation samples (each column: one seed)",
+        title="Samples: a seed per column, class under each image", labels=classes, real=real,
     )
     coverage_models = [REAL_MODEL, *focus]
     coverage = evaluation.category_coverage

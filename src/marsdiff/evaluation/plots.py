@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from marsdiff.errors import MarsdiffError  # noqa: E402
+from marsdiff.data.category_order import category_sort_key  # noqa: E402
 from marsdiff.evaluation.metric import direction_symbol  # noqa: E402
 from marsdiff.io.atomic import atomic_path  # noqa: E402
 
@@ -182,7 +183,7 @@ def plot_category_coverage(
     width = 0.8 / len(models)
     for ax, column in zip(axes[0], columns):
         rows = category_coverage[category_coverage["column"] == column]
-        categories = sorted(set(rows["category"].astype(str)))
+        categories = sorted(set(rows["category"].astype(str)), key=category_sort_key)
         x = np.arange(len(categories))
         for offset, (model, colour) in enumerate(zip(models, colours)):
             part = rows[rows["model"] == model].set_index(rows[rows["model"] == model]["category"].astype(str))
@@ -200,7 +201,9 @@ def plot_category_coverage(
             )
         counts = rows.drop_duplicates("category").set_index(rows.drop_duplicates("category")["category"].astype(str))
         labels = [f"{c}\n(n={int(counts.loc[c, 'n_heldout'])})" if "n_heldout" in counts else c for c in categories]
-        ax.set_xticks(x, labels, fontsize="small")
+        # many classes: slant the labels so that neighbours never overlap
+        ax.set_xticks(x, labels, fontsize="small", rotation=30 if len(categories) > 3 else 0,
+                      ha="right" if len(categories) > 3 else "center")
         ax.set_ylim(0.0, 1.05)
         ax.set_xlabel(f"held-out {column}")
         ax.set_ylabel("coverage (share of held-out crops reached)")
@@ -244,26 +247,40 @@ def plot_sample_grid(
     title: str = "Samples per model (each column: the same seed)",
     cell_inches: float = 1.1,
     dpi: int = DPI,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    real: tuple[str, np.ndarray, Sequence[str]] | None = None,
 ) -> Path:
-    """One row per model, the first ``n_columns`` images of each (image i = seed i for every model)."""
+    """One row per model, the first ``n_columns`` images of each (image i = seed i for every model).
+
+    ``labels``: model -> each image's class, written under it. ``real``: (row name, real crops,
+    their classes), drawn as the first row so the models can be compared with real craters."""
     if not images:
         raise MarsdiffError("plot_sample_grid needs at least one model's images")
     arrays = {name: _check_images(values, f"plot_sample_grid[{name}]") for name, values in images.items()}
     columns = min(n_columns, min(len(a) for a in arrays.values()))
     seeds = list(seeds) if seeds is not None else list(range(columns))
+    rows: list[tuple[str, np.ndarray, Sequence[str] | None]] = []
+    if real is not None:
+        rows.append((real[0], _check_images(real[1], f"plot_sample_grid[{real[0]}]"), real[2]))
+    rows += [(name, array, (labels or {}).get(name)) for name, array in arrays.items()]
     fig, axes = plt.subplots(
-        len(arrays),
+        len(rows),
         columns,
-        figsize=(cell_inches * columns + 1.6, cell_inches * len(arrays) + 0.8),
+        figsize=(cell_inches * columns + 1.6, (cell_inches + (0.2 if labels or real else 0.0)) * len(rows) + 0.8),
         layout="constrained",
         squeeze=False,
     )
-    for row, (name, array) in enumerate(arrays.items()):
+    for row, (name, array, row_labels) in enumerate(rows):
         for column in range(columns):
             ax = axes[row][column]
+            if column >= len(array):
+                ax.axis("off")
+                continue
             _show(ax, array[column])
-            if row == 0:
+            if row == (1 if real is not None else 0):
                 ax.set_title(f"seed {seeds[column]}", fontsize="small")
+            if row_labels is not None:
+                ax.set_xlabel(str(row_labels[column]), fontsize="x-small", labelpad=1)
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
     fig.suptitle(title)
     return _save(fig, path, dpi)
