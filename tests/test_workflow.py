@@ -141,3 +141,18 @@ def test_check_config_fills_nested_defaults():
     config = check_config({"features": {"mobilenet_v2": {}}})
     assert config["features"]["mobilenet_v2"]["grid"] == 2
     assert config["reference"]["size_bins"] == 6
+
+
+def test_a_run_dir_keeps_a_runs_results_logs_and_benchmarks_in_its_own_folder(tmp_path):
+    workdir = make_workdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("run_dir: runs/mine\n")
+    result = run_snakemake(workdir, "-n", "--configfile", "mine.yaml")
+    paths = [p.strip() for line in result.stdout.splitlines()
+             if line.strip().startswith(("output:", "log:", "benchmark:"))
+             for p in line.split(":", 1)[1].split(",")]
+    assert len(paths) > 50
+    outside = [p for p in paths if not p.startswith("runs/mine/")]
+    assert not outside, outside[:5]
+    # the default run is untouched: its own plan writes to results/, logs/ and benchmarks-out/
+    default = run_snakemake(workdir, "-n")
+    assert "output: results/reference/images" in default.stdout and "runs/mine" not in default.stdout

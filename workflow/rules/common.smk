@@ -5,9 +5,11 @@ from pathlib import Path
 
 from marsdiff.provenance import code_digest
 
-RESULTS = Path("results")
-LOGS = Path("logs")
-BENCH = Path("benchmarks-out")
+# run_dir: one folder per run (default: the working directory itself)
+RUN_DIR = Path(config["run_dir"])
+RESULTS = RUN_DIR / "results"
+LOGS = RUN_DIR / "logs"
+BENCH = RUN_DIR / "benchmarks-out"
 REFERENCE_DIR = RESULTS / "reference"
 FEATURES_DIR = RESULTS / "features"
 BASE_MODEL_DIR = RESULTS / "models" / "base"
