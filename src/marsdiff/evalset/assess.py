@@ -49,7 +49,6 @@ class HeldoutYardstick:
     """Held-out and train features and pixels at the matched resolution, prepared once."""
 
     def __init__(self, manifest: str | os.PathLike, features: str | os.PathLike, k: int):
-
         from marsdiff.data.images import load_image
         from marsdiff.evaluation.distances import pairwise_distances
         from marsdiff.evaluation.fidelity import median_pairwise_distance, rbf_from_distances
