@@ -63,13 +63,15 @@ def write_feature_set(features: np.ndarray, ids: Sequence[str], npy_path: str | 
 
 
 def writer_rule(npy_path: str | os.PathLike) -> str:
-    """The workflow rule that writes a features file, from where it lives (for "re-run" hints)."""
+    """The workflow rule that writes a features file, from where the workflow puts it (for
+    "re-run" hints): results/eval/features/<model>/ (generated sets), results/features/
+    reference_<N>px/ (the reference at the scoring resolution), else results/features/reference/."""
     parts = Path(npy_path).parts
+    if "eval" in parts:
+        return "extract_sample_features"
     if any(part.startswith("reference_") and part.endswith("px") for part in parts):
         return "extract_resized_features"
-    if "reference" in parts:
-        return "extract_features"
-    return "extract_sample_features"
+    return "extract_features"
 
 
 def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
