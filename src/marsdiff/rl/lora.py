@@ -135,8 +135,10 @@ def save_lora(unet: torch.nn.Module, settings: LoraSettings, out_dir: str | os.P
     out_dir.mkdir(parents=True, exist_ok=True)
     config = settings.peft_config().to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    # The metadata diffusers' write_lora_layers stores: format + the adapter config as sorted JSON.
-    metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
+    # The metadata diffusers' save_lora_weights stores: format, and the adapter config with its
+    # keys prefixed by the component ("unet.r", ...) as sorted JSON.
+    packed = {f"unet.{key}": value for key, value in config.items()}
+    metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
     digest = save_safetensors(lora_state_dict(unet), out_dir / WEIGHTS_NAME, metadata)
     write_json(out_dir / CONFIG_NAME, {"marsdiff": {"rank": settings.rank, "alpha": settings.alpha,
                                                    "dropout": settings.dropout, "target_modules": settings.target_modules,
