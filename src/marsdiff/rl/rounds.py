@@ -81,7 +81,8 @@ def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.nda
     if len(index) == 0:
         raise MarsdiffError(f"{rewards_csv}: no rows; {rerun_hint('score_round')}")
     if index.min() < 0 or index.max() >= num_images or len(np.unique(index)) != num_images:
-        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once")
+        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once; "
+                            f"{rerun_hint('score_round')}")
     try:
         credit[index] = table["credit"].to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
