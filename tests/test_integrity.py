@@ -386,3 +386,23 @@ def test_every_output_follows_the_umask(tmp_path, umask_002):
     assert not_shared == []
     # and the umask still removes what it should: nobody else may write
     assert not any(p.stat().st_mode & stat.S_IWOTH for p in files)
+
+
+def test_sidecars_that_parse_but_describe_something_else_are_one_line(run):
+    """Valid JSON with the wrong content: a policy description KnobPolicy cannot take, an adapter
+    config whose rank does not fit the (intact) weights."""
+    meta_path = run / "knob_policy/policy.json"
+    meta = json.loads(meta_path.read_text())
+    meta["generation"]["no_such_setting"] = 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(MarsdiffError, match=r"policy.json: 'generation' does not describe a policy.*update_round") as info:
+        load_knob_policy(run)
+    assert "\n" not in str(info.value)
+
+    config_path = run / "lora_policy/lora/adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["marsdiff"]["rank"] = 2 * config["marsdiff"]["rank"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MarsdiffError, match=r"pytorch_lora_weights.safetensors: adapter weights do not fit") as info:
+        load_lora_policy(run)
+    assert "\n" not in str(info.value)

@@ -165,7 +165,11 @@ def load_lora(unet: torch.nn.Module, lora_dir: str | os.PathLike) -> LoraSetting
     tensors = load_safetensors(weights, "LoRA adapter weights", WRITER_RULE, config.get("weights_sha256"), config_path)
     attach_lora(unet, settings)
     state = {key.removeprefix("unet."): value for key, value in tensors.items()}
-    result = set_peft_model_state_dict(unet, state)
+    try:
+        result = set_peft_model_state_dict(unet, state)
+    except RuntimeError as err:  # a tensor of another shape than the settings give
+        raise MarsdiffError(f"{weights}: adapter weights do not fit the rank in {CONFIG_NAME} "
+                            f"({' '.join(str(err).split())[:160]}); {rerun_hint(WRITER_RULE)}") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise MarsdiffError(f"{weights}: {len(unexpected)} adapter weights do not fit this UNet (e.g. {unexpected[0]})")

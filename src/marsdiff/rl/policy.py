@@ -128,7 +128,11 @@ class RoundPolicy:
         settings = dict(meta["generation"])
         if settings.get("condition_names") != backend.conditions():
             raise MarsdiffError(f"{meta_path}: policy conditions differ from the model's {backend.conditions()}")
-        generation = KnobPolicy(**settings)
+        try:
+            generation = KnobPolicy(**settings)
+        except (TypeError, ValueError, KeyError) as err:  # keys or values no KnobPolicy takes
+            raise MarsdiffError(f"{meta_path}: 'generation' does not describe a policy ({err}); "
+                                f"{rerun_hint(lora_io.WRITER_RULE)}") from None
         weights = policy_dir / GENERATION_WEIGHTS
         if not weights.is_file():
             raise MarsdiffError(f"{weights}: policy weights missing (safetensors); {rerun_hint(lora_io.WRITER_RULE)}")
