@@ -406,3 +406,9 @@ def test_sidecars_that_parse_but_describe_something_else_are_one_line(run):
     with pytest.raises(MarsdiffError, match=r"pytorch_lora_weights.safetensors: adapter weights do not fit") as info:
         load_lora_policy(run)
     assert "\n" not in str(info.value)
+
+
+def test_a_listed_value_table_that_is_gone_is_refused(run):
+    (run / "knob_policy/value.safetensors").unlink()
+    with pytest.raises(MarsdiffError, match=r"value.safetensors: value table not found.*update_round"):
+        load_knob_policy(run)

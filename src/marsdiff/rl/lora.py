@@ -172,7 +172,8 @@ def load_lora(unet: torch.nn.Module, lora_dir: str | os.PathLike) -> LoraSetting
                             f"({' '.join(str(err).split())[:160]}); {rerun_hint(WRITER_RULE)}") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
-        raise MarsdiffError(f"{weights}: {len(unexpected)} adapter weights do not fit this UNet (e.g. {unexpected[0]})")
+        raise MarsdiffError(f"{weights}: {len(unexpected)} adapter weights do not fit this UNet (e.g. {unexpected[0]}); "
+                            f"{rerun_hint(WRITER_RULE)}")
     for p in lora_parameters(unet):
         p.data = p.data.float()
     return settings

@@ -111,7 +111,8 @@ class RoundPolicy:
             )
         mode = meta.get("mode")
         value = None
-        if (policy_dir / VALUE_WEIGHTS).is_file():
+        # Listed in policy.json but gone, or present but unlisted: both refused, never skipped.
+        if VALUE_WEIGHTS in hashes or (policy_dir / VALUE_WEIGHTS).is_file():
             stored = tensors(VALUE_WEIGHTS, "value table")
             if "table" not in stored:
                 raise MarsdiffError(f"{policy_dir / VALUE_WEIGHTS}: no 'table' tensor; {rerun_hint(lora_io.WRITER_RULE)}")
