@@ -26,7 +26,7 @@ from marsdiff.diffusion.loading import UNET_WEIGHTS, load_backend
 from marsdiff.diffusion.shipped import record_weights_hash
 from marsdiff.errors import MarsdiffError
 from marsdiff.io import reading
-from marsdiff.io.feature_files import info_path_for, read_feature_set, write_feature_set
+from marsdiff.io.feature_files import read_feature_set, write_feature_set
 from marsdiff.io.weights import canonical_safetensors_bytes, save_safetensors
 from marsdiff.rewards.round_scoring import _image_side, read_round_samples
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
