@@ -10,6 +10,7 @@ from PIL import Image
 
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
 from marsdiff.diffusion.pretrain import pretrain_base
+from marsdiff.diffusion.shipped import record_weights_hash
 from marsdiff.diffusion.preview import write_preview
 from marsdiff.errors import MarsdiffError
 from test_pixel_model import TINY, write_reference
@@ -24,6 +25,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         pretrain_base(manifest, out, TINY, threads=1)
+        record_weights_hash(out)  # what the stage adds after training (diffusion/shipped.py)
     finally:
         torch.set_num_threads(threads)
     return manifest, out

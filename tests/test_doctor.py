@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO
 from marsdiff.cli import main
+from marsdiff.io.reading import sha256_of
 
 from test_sampler import CLASS_NAMES, ddpm_config, tiny_unet
 
@@ -23,7 +24,9 @@ def write_tiny_pixel_model(model_dir):
 
     tiny_unet(size=16).save_pretrained(model_dir / "unet")
     DDPMScheduler.from_config(ddpm_config()).save_pretrained(model_dir / "scheduler")
-    meta = {"backend": "pixel", "image_size": 16, "channels": 1, "class_names": CLASS_NAMES}
+    meta = {"backend": "pixel", "image_size": 16, "channels": 1, "class_names": CLASS_NAMES,
+            # pretrain_base records the weights' hash; loaders refuse a model without it
+            "weights_sha256": sha256_of(model_dir / "unet" / "diffusion_pytorch_model.safetensors")}
     (model_dir / "marsdiff_model.json").write_text(json.dumps(meta))
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.features import build_extractor, extract_image_set, read_feature_set
+from marsdiff.features import build_extractor, extract_image_set, read_feature_set, write_feature_set
 from marsdiff.features.cache import extract_with_cache
 
 SMALL = {"batch_size": 8, "device": "cpu", "mobilenet_v2": {"input_size": 64, "layer": 7, "grid": 2}}
@@ -151,7 +151,7 @@ def test_cache_reuses_unchanged_images_and_recomputes_changed_ones(default_refer
 def test_feature_set_errors(tmp_path):
     with pytest.raises(MarsdiffError, match="feature file not found"):
         read_feature_set(tmp_path / "none.npy")
-    np.save(tmp_path / "f.npy", np.zeros((3, 4), np.float32))
+    write_feature_set(np.zeros((3, 4), np.float32), ["a", "b", "c"], tmp_path / "f.npy")
     (tmp_path / "f.ids.txt").write_text("a\nb\n")
     with pytest.raises(MarsdiffError, match=r"do not match 2 ids"):
         read_feature_set(tmp_path / "f.npy")

@@ -32,6 +32,7 @@ from marsdiff.diffusion.pretrain import (
     train_pixel_model,
 )
 from marsdiff.diffusion.preview import write_preview
+from marsdiff.diffusion.shipped import record_weights_hash
 from marsdiff.errors import MarsdiffError
 
 # A model small enough that the whole file runs in seconds on one shared CPU core.
@@ -274,6 +275,8 @@ def test_stage_writes_the_contract(tmp_path):
     manifest = write_reference(tmp_path / "reference")
     out = tmp_path / "models" / "base"
     meta = pretrain_base(manifest, out, TINY, threads=1)
+    # the stage (diffusion/shipped.py) records the weights' hash, which every loader checks
+    meta["weights_sha256"] = record_weights_hash(out)["weights_sha256"]
     write_preview(out, manifest, TINY, out / "samples.png", threads=1)
     for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                  "scheduler/scheduler_config.json", MODEL_META_NAME, "samples.png", "loss.csv"):

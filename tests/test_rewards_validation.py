@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.io.reading import sha256_of
 from marsdiff.rewards.ladders import build_ladder, copies_levels
 from marsdiff.rewards.validation import require_validated, summarise, validate_rewards
 
@@ -39,7 +40,8 @@ def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
     np.save(tmp_path / "f.npy", features.astype(np.float32))
     (tmp_path / "f.ids.txt").write_text("\n".join(ids) + "\n")
     # What extract_features writes beside the features: the stage checks it names its extractor.
-    (tmp_path / "f.json").write_text(json.dumps({"extractor": "synthetic", "dim": dim, "dtype": "float32"}))
+    (tmp_path / "f.json").write_text(json.dumps({"extractor": "synthetic", "dim": dim, "dtype": "float32",
+                                                 "sha256": sha256_of(tmp_path / "f.npy")}))
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     return tmp_path
 

@@ -141,7 +141,7 @@ def test_the_default_workflow_installs_the_shipped_model_and_trains_on_other_set
     model = workdir / "results" / "models" / "base"
     assert shipped.file_digest(model / "unet" / "diffusion_pytorch_model.safetensors") == provenance["weights_sha256"]
     meta = json.loads((model / MODEL_META_NAME).read_text())
-    assert meta["installed_from"]["weights_sha256"] == provenance["weights_sha256"]
+    assert meta["installed_from"]["weights_sha256"] == provenance["weights_sha256"] == meta["weights_sha256"]
     assert "installed the shipped base model" in (workdir / "logs" / "pretrain_base.log").read_text()
     assert planned_jobs(run_snakemake(workdir, "-n", target)) == {}, "an installed model is up to date"
 
@@ -152,6 +152,13 @@ def test_the_default_workflow_installs_the_shipped_model_and_trains_on_other_set
     meta = json.loads((model / MODEL_META_NAME).read_text())
     assert "installed_from" not in meta and meta["training"]["steps"] == 2
     assert meta["training_code_version"] == shipping.training_code_version()
+    # The hash loaders check (the frozen training code writes none: the stage adds it), and the
+    # weights readable by the group like any output (diffusers writes them 0600).
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    assert meta["weights_sha256"] == shipped.file_digest(weights)
+    from marsdiff.io.atomic import current_umask
+
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     log = (workdir / "logs" / "pretrain_base.log").read_text()
     shipped_steps = shipped.read_provenance()["train_config"]["train_steps"]
     assert "training instead of installing the shipped base model" in log and f"train_steps ({shipped_steps} shipped, 2 here)" in log

@@ -132,9 +132,11 @@ def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | N
     The model's own training keys (image size, seed) come from its metadata; ``section`` (the
     ``model.pixel`` config) gives the grid settings.
     """
+    from marsdiff.diffusion.loading import verify_pixel_model
     from marsdiff.diffusion.pixel import load_pixel_model
     from marsdiff.io.atomic import atomic_path
 
+    verify_pixel_model(model_dir)  # a grid of damaged weights would look like a bad model, not a bad file
     if threads:
         torch.set_num_threads(int(threads))
     grid_settings = {k: v for k, v in (section or {}).items() if k in PIXEL_PREVIEW_KEYS and v is not None}

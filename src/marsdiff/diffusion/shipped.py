@@ -32,6 +32,8 @@ from typing import Any, Mapping
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.features.base import file_digest
+from marsdiff.io.reading import read_json, sha256_of
+from marsdiff.io.weights import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,7 @@ def read_provenance(folder: str | os.PathLike = SHIPPED_DIR) -> dict[str, Any]:
     path = Path(folder) / PROVENANCE_NAME
     if not path.is_file():
         raise MarsdiffError(f"{path}: no shipped base model here (build it with `make base-checkpoint`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise MarsdiffError(f"{path}: corrupt provenance ({err})") from None
+    return read_json(path, "shipped model provenance", None)
 
 
 def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike, code_version: str,
@@ -127,7 +126,10 @@ def install(out_dir: str | os.PathLike, folder: str | os.PathLike = SHIPPED_DIR)
 
     folder = Path(folder)
     provenance = read_provenance(folder)
-    meta = json.loads((folder / MODEL_META_NAME).read_text())
+    meta = read_json(folder / MODEL_META_NAME, "shipped model metadata", None)
+    # The hash every loader checks (diffusion/loading.py); mismatches() has just compared the
+    # shipped file with it.
+    meta["weights_sha256"] = provenance["weights_sha256"]
     meta["installed_from"] = {
         "shipped_checkpoint": str(folder.relative_to(LIBRARY.parent.parent) if folder.is_relative_to(LIBRARY.parent.parent) else folder),
         "weights_sha256": provenance["weights_sha256"],
@@ -136,6 +138,24 @@ def install(out_dir: str | os.PathLike, folder: str | os.PathLike = SHIPPED_DIR)
     with atomic_dir(out_dir) as tmp:
         copy_model_files(folder, tmp)
         (tmp / MODEL_META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        # copytree keeps the shipped files' modes; the installed model follows the umask.
+        follow_umask(tmp)
+    return meta
+
+
+def record_weights_hash(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Add the UNet weights' sha256 to a freshly trained model's ``marsdiff_model.json`` (the
+    frozen training code writes none) and give its files the umask's modes (diffusers writes
+    the weights 0600); returns the metadata."""
+    from marsdiff.diffusion.loading import UNET_WEIGHTS
+    from marsdiff.diffusion.pixel import MODEL_META_NAME
+    from marsdiff.io.atomic import write_json
+
+    model_dir = Path(model_dir)
+    meta = read_json(model_dir / MODEL_META_NAME, "model metadata", "pretrain_base")
+    meta["weights_sha256"] = sha256_of(model_dir / UNET_WEIGHTS)
+    write_json(model_dir / MODEL_META_NAME, meta)
+    follow_umask(model_dir)
     return meta
 
 
@@ -159,4 +179,5 @@ def pretrain_or_install(index_csv: str | os.PathLike, out_dir: str | os.PathLike
                      "anyway.", SHIPPED_DIR, meta["training"]["steps"], meta["installed_from"]["weights_sha256"][:12])
             return meta
         log.info("training instead of installing the shipped base model: %s", "; ".join(reasons))
-    return pretrain_base(index_csv, out_dir, section, threads=threads, code_version=code_version)
+    pretrain_base(index_csv, out_dir, section, threads=threads, code_version=code_version)
+    return record_weights_hash(out_dir)

@@ -25,6 +25,7 @@ from marsdiff.diffusion.shipped import (
 )
 from marsdiff.errors import MarsdiffError
 from marsdiff.features.base import file_digest
+from marsdiff.io.reading import read_json
 
 
 def training_code_version() -> str:
@@ -44,7 +45,7 @@ def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Ma
     from marsdiff.io.atomic import atomic_dir
 
     model_dir = Path(model_dir)
-    meta = json.loads((model_dir / MODEL_META_NAME).read_text())
+    meta = read_json(model_dir / MODEL_META_NAME, "model metadata", "pretrain_base")
     if meta.get("installed_from"):
         raise MarsdiffError(f"{model_dir}: this model was installed from the shipped checkpoint, not trained "
                             "(train it with model.pixel.shipped_checkpoint: never)")

@@ -24,6 +24,7 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation.pixels import PIXEL_STATISTICS, pixel_statistics
+from marsdiff.io.reading import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ class HeldoutYardstick:
     """Held-out and train features and pixels at the matched resolution, prepared once."""
 
     def __init__(self, manifest: str | os.PathLike, features: str | os.PathLike, k: int):
-        import pandas as pd
-
         from marsdiff.data.images import load_image
         from marsdiff.evaluation.distances import pairwise_distances
         from marsdiff.evaluation.fidelity import median_pairwise_distance, rbf_from_distances
@@ -64,7 +63,7 @@ class HeldoutYardstick:
         self.bandwidth = median_pairwise_distance(held_distances)
         self.heldout_kernel = rbf_from_distances(held_distances, self.bandwidth)
         self.memorisation = MemorisationReference(self.reference.heldout, self.reference.train)
-        table = pd.read_csv(manifest, dtype={"id": str})
+        table = read_csv(manifest, "reference index", "prepare_reference", columns=("id", "path"), dtype={"id": str})
         paths = dict(zip(table["id"], table["path"]))
         root = Path(manifest).parent
         self.train_pixels = np.stack([load_image(root / paths[i], mode="L") for i in self.reference.train_ids])

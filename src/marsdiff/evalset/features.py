@@ -20,16 +20,11 @@ log = logging.getLogger(__name__)
 
 def read_samples(samples_csv: str | os.PathLike, images_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
     """Image ids and paths of one model's evaluation images, in image-index order."""
-    import pandas as pd
+    from marsdiff.io.reading import read_csv
 
     samples_csv, images_dir = Path(samples_csv), Path(images_dir)
-    try:
-        samples = pd.read_csv(samples_csv, dtype={"image_id": str, "file": str})
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise MarsdiffError(f"{samples_csv}: unreadable samples file ({' '.join(str(err).split())})") from None
-    missing_columns = [c for c in ("image_id", "file", "image_index") if c not in samples]
-    if missing_columns:
-        raise MarsdiffError(f"{samples_csv}: no {missing_columns[0]!r} column (written by generate_samples?)")
+    samples = read_csv(samples_csv, "samples file", "generate_samples", columns=("image_id", "file", "image_index"),
+                       dtype={"image_id": str, "file": str})
     samples = samples.sort_values("image_index", kind="stable").reset_index(drop=True)
     paths = [images_dir / name for name in samples["file"]]
     absent = [p for p in paths if not p.is_file()]

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from marsdiff.errors import MarsdiffError
+from marsdiff.io.reading import read_csv
 from marsdiff.evalset.models import BASE, FINAL
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
@@ -89,10 +89,7 @@ def reward_curve_table(metric_tables: Sequence[str | os.PathLike]) -> pd.DataFra
     """
     frames = []
     for path in metric_tables:
-        table = pd.read_csv(path)
-        missing = [c for c in ("experiment", "round", "set_reward") if c not in table]
-        if missing:
-            raise MarsdiffError(f"{path}: no {missing[0]!r} column (written by plot_experiment?)")
+        table = read_csv(path, "experiment metrics", "plot_experiment", columns=("experiment", "round", "set_reward"))
         frames.append(pd.DataFrame({"experiment": table["experiment"].astype(str), "round": table["round"].astype(int),
                                     "reward_mean": table["set_reward"].astype(float), "reward_std": np.nan}))
     return pd.concat(frames, ignore_index=True)

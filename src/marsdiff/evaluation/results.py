@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.io.reading import read_csv, rerun_hint
 from marsdiff.io.atomic import atomic_path
 
 METRIC_COLUMNS = [
@@ -86,7 +87,10 @@ class Evaluation:
             path = directory / filename
             if not path.is_file():
                 raise MarsdiffError(f"{path}: evaluation table not found (run the evaluate stage)")
-            tables[name] = pd.read_csv(path, keep_default_na=True)
+            tables[name] = read_csv(path, "evaluation table", "evaluate", keep_default_na=True)
+        if "higher_is_better" not in tables["metrics"] or "detail" not in tables["metrics"]:
+            raise MarsdiffError(f"{directory / FILES['metrics']}: no higher_is_better/detail column; "
+                                f"{rerun_hint('evaluate')}")
         tables["metrics"]["higher_is_better"] = tables["metrics"]["higher_is_better"].astype(bool)
         tables["metrics"]["detail"] = tables["metrics"]["detail"].fillna("")
         return cls(**tables)

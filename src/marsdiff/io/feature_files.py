@@ -4,11 +4,15 @@ dtype, cache key). The contract between extract_features and every stage that re
 
 Readers check a file against the extractor they expect (:func:`read_feature_set`): features
 of another width or dtype are refused with one line naming the file, never silently used.
+
+Integrity: ``<name>.json`` is always written and records the ``.npy`` file's sha256; readers
+check it before loading, so flipped bytes in a features file are caught, not turned into a
+slightly different reward or metric. A description without a hash (an older marsdiff) or a
+missing description is refused with the rule to re-run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +21,7 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path, write_json, write_text
+from marsdiff.io.reading import load_npy, read_json, rerun_hint, sha256_of, verify_sha256
 
 FEATURE_DTYPE = np.dtype(np.float32)
 
@@ -35,8 +40,9 @@ def write_feature_set(features: np.ndarray, ids: Sequence[str], npy_path: str | 
                       extractor: Any | None = None) -> Path:
     """Write ``<name>.npy`` and ``<name>.ids.txt`` (ids in row order) atomically; return the ids path.
 
-    ``extractor`` (an object with ``name``, ``dim`` and ``cache_key()``, e.g. a FeatureExtractor)
-    also writes ``<name>.json`` so readers can check the file against the extractor they expect.
+    ``<name>.json`` records the array's sha256 and shape; with ``extractor`` (an object with
+    ``name``, ``dim`` and ``cache_key()``, e.g. a FeatureExtractor) also which extractor wrote
+    it, so readers can check the file against the extractor they expect.
     """
     npy_path = Path(npy_path)
     features = np.ascontiguousarray(features, dtype=FEATURE_DTYPE)
@@ -48,12 +54,24 @@ def write_feature_set(features: np.ndarray, ids: Sequence[str], npy_path: str | 
     with atomic_path(npy_path, suffix=".npy") as tmp:
         np.save(tmp, features)
     write_text(ids_path, "".join(f"{i}\n" for i in ids))
+    info = {"dim": int(features.shape[1]) if features.ndim == 2 else None, "dtype": FEATURE_DTYPE.name,
+            "rows": len(features), "sha256": sha256_of(npy_path), "extractor": None}
     if extractor is not None:
-        write_json(info_path_for(npy_path), {
-            "extractor": extractor.name, "dim": int(extractor.dim), "dtype": FEATURE_DTYPE.name,
-            "rows": len(features), "cache_key": extractor.cache_key(),
-        })
+        info.update({"extractor": extractor.name, "dim": int(extractor.dim), "cache_key": extractor.cache_key()})
+    write_json(info_path_for(npy_path), info)
     return ids_path
+
+
+def writer_rule(npy_path: str | os.PathLike) -> str:
+    """The workflow rule that writes a features file, from where the workflow puts it (for
+    "re-run" hints): results/eval/features/<model>/ (generated sets), results/features/
+    reference_<N>px/ (the reference at the scoring resolution), else results/features/reference/."""
+    parts = Path(npy_path).parts
+    if "eval" in parts:
+        return "extract_sample_features"
+    if any(part.startswith("reference_") and part.endswith("px") for part in parts):
+        return "extract_resized_features"
+    return "extract_features"
 
 
 def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
@@ -68,42 +86,36 @@ def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
     """
     npy_path = Path(npy_path)
     ids_path = ids_path_for(npy_path)
+    rule = writer_rule(npy_path)
     for path in (npy_path, ids_path):
         if not path.is_file():
-            raise MarsdiffError(f"{path}: feature file not found (run the extract_features stage)")
+            raise MarsdiffError(f"{path}: feature file not found (run the {rule} stage)")
+    info = _read_info(npy_path, rule)
+    verify_sha256(npy_path, info.get("sha256"), info_path_for(npy_path), rule)
+    features = load_npy(npy_path, "feature array", rule)
     try:
-        features = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise MarsdiffError(f"{npy_path}: unreadable feature array ({err})") from None
-    ids = ids_path.read_text().splitlines()
+        ids = ids_path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise MarsdiffError(f"{ids_path}: unreadable feature ids ({err}); {rerun_hint(rule)}") from None
     if features.ndim != 2 or len(ids) != len(features):
         raise MarsdiffError(f"{npy_path}: {features.shape} features do not match {len(ids)} ids in {ids_path}")
     if features.dtype != FEATURE_DTYPE:
-        raise MarsdiffError(f"{npy_path}: features are {features.dtype}, expected {FEATURE_DTYPE.name} (re-run extract_features)")
-    info = _read_info(npy_path)
-    if info is not None and int(info.get("dim", -1)) != features.shape[1]:
+        raise MarsdiffError(f"{npy_path}: features are {features.dtype}, expected {FEATURE_DTYPE.name}; {rerun_hint(rule)}")
+    if info.get("dim") is not None and int(info["dim"]) != features.shape[1]:
         raise MarsdiffError(f"{npy_path}: {features.shape[1]}-D features but {info_path_for(npy_path).name} says "
-                            f"{info.get('extractor')} writes {info.get('dim')}-D (re-run extract_features)")
+                            f"{info.get('extractor')} writes {info.get('dim')}-D; {rerun_hint(rule)}")
     if extractor is not None:
-        if info is None:
-            raise MarsdiffError(f"{npy_path}: no {info_path_for(npy_path).name} saying which extractor wrote these "
-                                f"features (expected {extractor}; re-run extract_features)")
         if info.get("extractor") != extractor:
             raise MarsdiffError(f"{npy_path}: features of extractor {info.get('extractor')}, expected {extractor}")
     if expected_dim is not None and features.shape[1] != int(expected_dim):
         raise MarsdiffError(f"{npy_path}: {features.shape[1]}-D features, the extractor gives {int(expected_dim)}-D "
-                            "(features from another extractor setting? re-run extract_features)")
+                            f"(features from another extractor setting? {rerun_hint(rule)})")
     return features, ids
 
 
-def _read_info(npy_path: Path) -> dict | None:
+def _read_info(npy_path: Path, rule: str) -> dict:
     path = info_path_for(npy_path)
     if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise MarsdiffError(f"{path}: unreadable feature description ({err})") from None
-    if not isinstance(info, dict):
-        raise MarsdiffError(f"{path}: feature description is not a JSON object")
-    return info
+        raise MarsdiffError(f"{npy_path}: no {path.name} beside it recording its extractor and sha256 "
+                            f"(written by an older marsdiff?); {rerun_hint(rule)}")
+    return read_json(path, "feature description", rule)

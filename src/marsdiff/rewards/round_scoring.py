@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.io.reading import open_image, read_csv, rerun_hint
 from marsdiff.rewards.combined import CombinedResult, RewardConfig, RewardModel
 from marsdiff.rewards.per_image import per_image_table
 from marsdiff.rewards.validation import COMBINED, TRAIN_SPLIT, ValidationConfig, require_validated
@@ -136,15 +137,16 @@ def read_round_samples(samples_csv: str | os.PathLike, images_dir: str | os.Path
     samples_csv, images_dir = Path(samples_csv), Path(images_dir)
     if not samples_csv.is_file():
         raise MarsdiffError(f"{samples_csv}: samples file not found (run the sample_round stage)")
-    try:
-        samples = pd.read_csv(samples_csv, dtype={"image_id": str, "file": str, "condition_name": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise MarsdiffError(f"{samples_csv}: unreadable samples file ({' '.join(str(err).split())})") from None
-    if "image_id" not in samples:
-        raise MarsdiffError(f"{samples_csv}: no image_id column")
+    samples = read_csv(samples_csv, "samples file", "sample_round", columns=("image_id",),
+                       dtype={"image_id": str, "file": str, "condition_name": str})
     if samples["image_id"].duplicated().any():
         raise MarsdiffError(f"{samples_csv}: duplicate image_id {samples['image_id'][samples['image_id'].duplicated()].iloc[0]}")
     if len(samples) < MIN_IMAGES:
+        # More images on disk than rows: the table lost rows (truncated), the setting is not at fault.
+        on_disk = len(list(images_dir.glob("*.png"))) if images_dir.is_dir() else 0
+        if on_disk > len(samples):
+            raise MarsdiffError(f"{samples_csv}: lists {len(samples)} image(s) but {images_dir} holds {on_disk}: "
+                                f"the file is truncated; {rerun_hint('sample_round')}")
         raise MarsdiffError(
             f"{samples_csv}: {len(samples)} image(s) in the round; a set reward needs at least {MIN_IMAGES} "
             "(raise images_per_round)"
@@ -158,13 +160,7 @@ def read_round_samples(samples_csv: str | os.PathLike, images_dir: str | os.Path
 
 
 def _image_side(path: Path) -> int:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, UnidentifiedImageError):
-        raise MarsdiffError(f"{path}: not a readable image") from None
+    width, height = open_image(path, "generated image", "sample_round").size
     if width != height:
         raise MarsdiffError(f"{path}: generated image is {width}x{height} px; scoring expects square images")
     return width

@@ -1,14 +1,13 @@
 """Trainer state beside a round's policy: optimiser moments and the torch RNG, as safetensors + JSON.
 
 ``trainer_state.safetensors`` holds every optimiser state tensor (``state.<param index>.<name>``)
-and the CPU RNG state; ``trainer_state.json`` the optimiser's param groups and the scalar state
-entries. Restoring both before the next round's update makes a resumed run continue exactly as an
+and the CPU RNG state; ``trainer_state.json`` the optimiser's param groups, the scalar state
+entries and the tensors file's sha256 (checked on load). Restoring both before the next round's update makes a resumed run continue exactly as an
 uninterrupted one. Never pickle.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,17 @@ from typing import Any
 import torch
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_path, write_json
+from marsdiff.io.atomic import write_json
+from marsdiff.io.reading import load_safetensors, read_json, rerun_hint
+from marsdiff.io.weights import save_safetensors
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
+#: The rule that writes a round's policy and its trainer state.
+WRITER_RULE = "update_round"
 
 
 def save_trainer_state(out_dir: str | os.PathLike, optimiser: torch.optim.Optimizer) -> None:
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     state = optimiser.state_dict()
     tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.random.get_rng_state()}
@@ -35,22 +36,23 @@ def save_trainer_state(out_dir: str | os.PathLike, optimiser: torch.optim.Optimi
                 tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    with atomic_path(out_dir / STATE_TENSORS, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json(out_dir / STATE_JSON, {"param_groups": state["param_groups"], "scalars": scalars})
+    digest = save_safetensors(tensors, out_dir / STATE_TENSORS)
+    write_json(out_dir / STATE_JSON, {"param_groups": state["param_groups"], "scalars": scalars,
+                                      "tensors_sha256": digest})
 
 
 def load_trainer_state(in_dir: str | os.PathLike, optimiser: torch.optim.Optimizer) -> None:
     """Restore the optimiser (and the CPU RNG) saved by :func:`save_trainer_state`."""
-    from safetensors.torch import load_file
-
     in_dir = Path(in_dir)
     tensors_path, json_path = in_dir / STATE_TENSORS, in_dir / STATE_JSON
     for path in (tensors_path, json_path):
         if not path.is_file():
-            raise MarsdiffError(f"{path}: trainer state missing (the previous round did not finish?)")
-    tensors = load_file(str(tensors_path))
-    meta = json.loads(json_path.read_text())
+            raise MarsdiffError(f"{path}: trainer state missing (the previous round did not finish?); "
+                                f"{rerun_hint(WRITER_RULE)}")
+    meta = read_json(json_path, "trainer state", WRITER_RULE, keys=("param_groups", "scalars"))
+    tensors = load_safetensors(tensors_path, "trainer state tensors", WRITER_RULE, meta.get("tensors_sha256"), json_path)
+    if "rng.cpu" not in tensors or not isinstance(meta["scalars"], dict) or not isinstance(meta["param_groups"], list):
+        raise MarsdiffError(f"{json_path}: not a trainer state this marsdiff wrote; {rerun_hint(WRITER_RULE)}")
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("state."):

@@ -7,24 +7,19 @@ credit spread, beside the update diagnostics (approximate KL, clip fraction).
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path
+from marsdiff.io.reading import read_json
 
 
 def read_round_metrics(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    rows = []
-    for path in paths:
-        try:
-            rows.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise MarsdiffError(f"{path}: unreadable round metrics ({err})") from None
+    # metrics.json of update_round: a JSON object with at least the round and its set reward.
+    rows = [read_json(path, "round metrics", "update_round", keys=("round", "set_reward")) for path in paths]
     if not rows:
         raise MarsdiffError("no round metrics to collect")
     table = pd.DataFrame(rows).sort_values("round").reset_index(drop=True)

@@ -8,14 +8,14 @@ vanish in fp16 (peft casts the layer input to the adapter's dtype).
 On disk (one round's ``policy/lora/``): ``pytorch_lora_weights.safetensors`` with keys
 ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (the layout of diffusers' LoRA loaders, so a
 Stable Diffusion adapter loads with ``pipe.load_lora_weights(dir)``) and
-``adapter_config.json`` (the peft LoraConfig: target modules, rank, alpha, dropout).
+``adapter_config.json`` (the peft LoraConfig: target modules, rank, alpha, dropout; and the
+weights' sha256, checked on load).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,8 +23,14 @@ from typing import Any, Mapping
 import torch
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_path, write_json
+from marsdiff.io.atomic import write_json
+from marsdiff.io.reading import load_safetensors, read_json, rerun_hint
+from marsdiff.io.weights import save_safetensors
 
+#: The rule that writes a round's policy (adapter included): what to --forcerun when it is bad.
+WRITER_RULE = "update_round"
+#: diffusers' safetensors metadata key for the adapter config (diffusers.loaders.lora_base).
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 CONFIG_NAME = "adapter_config.json"
 # Defaults per backend: the pixel UNet's resnet convolutions and time projections (the small
@@ -121,49 +127,53 @@ def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet: torch.nn.Module, settings: LoraSettings, out_dir: str | os.PathLike) -> None:
-    """Write the adapter with diffusers' own LoRA writer (weights + the LoraConfig as safetensors
-    metadata), so ``pipe.load_lora_weights(out_dir)`` restores rank and alpha exactly."""
-    from diffusers import StableDiffusionPipeline
-
+    """Write the adapter as diffusers' LoRA writer would (weights + the LoraConfig as safetensors
+    metadata, so ``pipe.load_lora_weights(out_dir)`` restores rank and alpha exactly), but
+    byte-stable (sorted metadata: :func:`marsdiff.io.weights.save_safetensors`); the weights'
+    sha256 goes into ``adapter_config.json``, checked by :func:`load_lora`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = settings.peft_config().to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    layers = {key.removeprefix("unet."): value for key, value in lora_state_dict(unet).items()}
-    with atomic_path(out_dir / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-        # The writer names the file itself: write into a scratch directory beside the target.
-        scratch = tmp.with_suffix(".d")
-        try:
-            StableDiffusionPipeline.save_lora_weights(
-                save_directory=str(scratch), unet_lora_layers=layers, unet_lora_adapter_metadata=config,
-                weight_name=WEIGHTS_NAME, safe_serialization=True,
-            )
-            os.replace(scratch / WEIGHTS_NAME, tmp)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    # The metadata diffusers' save_lora_weights stores: format, and the adapter config with its
+    # keys prefixed by the component ("unet.r", ...) as sorted JSON.
+    packed = {f"unet.{key}": value for key, value in config.items()}
+    metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+    digest = save_safetensors(lora_state_dict(unet), out_dir / WEIGHTS_NAME, metadata)
     write_json(out_dir / CONFIG_NAME, {"marsdiff": {"rank": settings.rank, "alpha": settings.alpha,
                                                    "dropout": settings.dropout, "target_modules": settings.target_modules,
-                                                   "init_seed": settings.init_seed}, "peft": config})
+                                                   "init_seed": settings.init_seed}, "peft": config,
+                                       "weights_sha256": digest})
 
 
 def load_lora(unet: torch.nn.Module, lora_dir: str | os.PathLike) -> LoraSettings:
     """Attach the saved adapter to ``unet`` (safetensors only); returns its settings."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     lora_dir = Path(lora_dir)
     weights, config_path = lora_dir / WEIGHTS_NAME, lora_dir / CONFIG_NAME
     for path in (weights, config_path):
         if not path.is_file():
-            raise MarsdiffError(f"{path}: LoRA adapter file missing (policies are saved as safetensors + JSON)")
-    stored = json.loads(config_path.read_text())["marsdiff"]
-    settings = LoraSettings(**stored)
+            raise MarsdiffError(f"{path}: LoRA adapter file missing (policies are saved as safetensors + JSON); "
+                                f"{rerun_hint(WRITER_RULE)}")
+    config = read_json(config_path, "LoRA adapter config", WRITER_RULE, keys=("marsdiff",))
+    try:
+        settings = LoraSettings(**config["marsdiff"])
+    except TypeError as err:
+        raise MarsdiffError(f"{config_path}: 'marsdiff' entry does not describe a LoRA adapter ({err}); "
+                            f"{rerun_hint(WRITER_RULE)}") from None
+    tensors = load_safetensors(weights, "LoRA adapter weights", WRITER_RULE, config.get("weights_sha256"), config_path)
     attach_lora(unet, settings)
-    state = {key.removeprefix("unet."): value for key, value in load_file(str(weights)).items()}
-    result = set_peft_model_state_dict(unet, state)
+    state = {key.removeprefix("unet."): value for key, value in tensors.items()}
+    try:
+        result = set_peft_model_state_dict(unet, state)
+    except RuntimeError as err:  # a tensor of another shape than the settings give
+        raise MarsdiffError(f"{weights}: adapter weights do not fit the rank in {CONFIG_NAME} "
+                            f"({' '.join(str(err).split())[:160]}); {rerun_hint(WRITER_RULE)}") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
-        raise MarsdiffError(f"{weights}: {len(unexpected)} adapter weights do not fit this UNet (e.g. {unexpected[0]})")
+        raise MarsdiffError(f"{weights}: {len(unexpected)} adapter weights do not fit this UNet (e.g. {unexpected[0]}); "
+                            f"{rerun_hint(WRITER_RULE)}")
     for p in lora_parameters(unet):
         p.data = p.data.float()
     return settings

@@ -11,13 +11,13 @@ One object whatever the mode (:data:`MODES`):
 Directory layout (``results/runs/{exp}/round_{r}/policy/``): ``policy.json`` (mode, the base
 model's hash, the generation-plan settings, round), ``generation.safetensors`` (the plan's
 parameters, knob modes), ``lora/`` (the adapter, LoRA mode), ``value.safetensors`` (the value
-table, when the value head is on). Never pickle.
+table, when the value head is on). ``policy.json`` records the sha256 of each weights file beside
+it (``files_sha256``), checked on load. Never pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +28,9 @@ import torch
 from marsdiff.diffusion.backends import DiffusionBackend
 from marsdiff.diffusion.plan import FixedGeneration
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_path, write_json
+from marsdiff.io.atomic import write_json
+from marsdiff.io.reading import load_safetensors, read_json, rerun_hint
+from marsdiff.io.weights import save_safetensors
 from marsdiff.rl import lora as lora_io
 from marsdiff.rl.generation_policies import (
     DIVERSITY_KNOBS,
@@ -90,13 +92,18 @@ class RoundPolicy:
     @classmethod
     def load(cls, policy_dir: str | os.PathLike, backend: DiffusionBackend) -> "RoundPolicy":
         """Load a saved round policy onto ``backend`` (which must be the base model it was trained on)."""
-        from safetensors.torch import load_file
-
         policy_dir = Path(policy_dir)
         meta_path = policy_dir / POLICY_JSON
         if not meta_path.is_file():
-            raise MarsdiffError(f"{policy_dir}: not a marsdiff policy (missing {POLICY_JSON})")
-        meta = json.loads(meta_path.read_text())
+            raise MarsdiffError(f"{policy_dir}: not a marsdiff policy (missing {POLICY_JSON}); "
+                                f"{rerun_hint(lora_io.WRITER_RULE)}")
+        meta = read_json(meta_path, "policy description", lora_io.WRITER_RULE, keys=("mode", "generation"))
+        hashes = meta.get("files_sha256")
+        if not isinstance(hashes, dict):
+            hashes = {}
+
+        def tensors(name: str, what: str) -> dict[str, torch.Tensor]:
+            return load_safetensors(policy_dir / name, what, lora_io.WRITER_RULE, hashes.get(name), meta_path)
         base_hash = backend.model_hash()
         if meta.get("base_model_hash") != base_hash:
             raise MarsdiffError(
@@ -104,23 +111,37 @@ class RoundPolicy:
             )
         mode = meta.get("mode")
         value = None
-        if (policy_dir / VALUE_WEIGHTS).is_file():
-            value = load_file(str(policy_dir / VALUE_WEIGHTS))["table"].double().numpy()
+        # Listed in policy.json but gone, or present but unlisted: both refused, never skipped.
+        if VALUE_WEIGHTS in hashes or (policy_dir / VALUE_WEIGHTS).is_file():
+            stored = tensors(VALUE_WEIGHTS, "value table")
+            if "table" not in stored:
+                raise MarsdiffError(f"{policy_dir / VALUE_WEIGHTS}: no 'table' tensor; {rerun_hint(lora_io.WRITER_RULE)}")
+            value = stored["table"].double().numpy()
         if mode == LORA_UNET:
             settings = lora_io.load_lora(backend.unet, policy_dir / LORA_DIR)
-            g = meta["generation"]
+            g = meta["generation"] if isinstance(meta["generation"], dict) else {}
             generation = FixedGeneration(backend.conditions(), g.get("class_distribution", "uniform"), g.get("knobs"))
             return cls(mode, backend, generation, base_hash, lora_settings=settings, value_table=value)
         if mode not in MODES:
             raise MarsdiffError(f"{meta_path}: unknown mode {mode!r}")
+        if not isinstance(meta["generation"], dict):
+            raise MarsdiffError(f"{meta_path}: 'generation' is not a JSON object; {rerun_hint(lora_io.WRITER_RULE)}")
         settings = dict(meta["generation"])
         if settings.get("condition_names") != backend.conditions():
             raise MarsdiffError(f"{meta_path}: policy conditions differ from the model's {backend.conditions()}")
-        generation = KnobPolicy(**settings)
+        try:
+            generation = KnobPolicy(**settings)
+        except (TypeError, ValueError, KeyError) as err:  # keys or values no KnobPolicy takes
+            raise MarsdiffError(f"{meta_path}: 'generation' does not describe a policy ({err}); "
+                                f"{rerun_hint(lora_io.WRITER_RULE)}") from None
         weights = policy_dir / GENERATION_WEIGHTS
         if not weights.is_file():
-            raise MarsdiffError(f"{weights}: policy weights missing (safetensors)")
-        generation.load_state_dict(load_file(str(weights)))
+            raise MarsdiffError(f"{weights}: policy weights missing (safetensors); {rerun_hint(lora_io.WRITER_RULE)}")
+        try:
+            generation.load_state_dict(tensors(GENERATION_WEIGHTS, "generation policy weights"))
+        except RuntimeError as err:  # torch's missing/unexpected keys or shape mismatch
+            raise MarsdiffError(f"{weights}: weights do not fit the policy in {POLICY_JSON} "
+                                f"({' '.join(str(err).split())[:160]}); {rerun_hint(lora_io.WRITER_RULE)}") from None
         return cls(mode, backend, generation, base_hash, value_table=value)
 
     # --- what the trainer needs -----------------------------------------------------------------
@@ -149,19 +170,19 @@ class RoundPolicy:
 
     def save(self, policy_dir: str | os.PathLike, round_index: int, extra: Mapping[str, Any] | None = None) -> None:
         """Write the policy files into ``policy_dir`` (the caller makes the directory atomic)."""
-        from safetensors.torch import save_file
-
         policy_dir = Path(policy_dir)
         policy_dir.mkdir(parents=True, exist_ok=True)
+        # Content hashes of the weights files beside policy.json (the adapter's is in its own config).
+        hashes: dict[str, str] = {}
         if self.mode == LORA_UNET:
             lora_io.save_lora(self.backend.unet, self.lora_settings, policy_dir / LORA_DIR)
         else:
-            with atomic_path(policy_dir / GENERATION_WEIGHTS, suffix=".safetensors") as tmp:
-                save_file({k: v.contiguous() for k, v in self.state_tensors().items()}, str(tmp))
+            hashes[GENERATION_WEIGHTS] = save_safetensors(self.state_tensors(), policy_dir / GENERATION_WEIGHTS)
         if self.value_table is not None:
-            with atomic_path(policy_dir / VALUE_WEIGHTS, suffix=".safetensors") as tmp:
-                save_file({"table": torch.as_tensor(self.value_table, dtype=torch.float64)}, str(tmp))
+            hashes[VALUE_WEIGHTS] = save_safetensors({"table": torch.as_tensor(self.value_table, dtype=torch.float64)},
+                                                     policy_dir / VALUE_WEIGHTS)
         write_json(policy_dir / POLICY_JSON, {
+            "files_sha256": hashes,
             "mode": self.mode,
             "base_model_hash": self.base_model_hash,
             "round": int(round_index),

@@ -12,7 +12,6 @@ re-runs from its inputs and ends where an uninterrupted run would.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from marsdiff.diffusion.round_files import write_round
 from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir, write_json
+from marsdiff.io.reading import read_csv, read_json, rerun_hint
 from marsdiff.rl.actions import DenoiseActions, PlanActions
 from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
@@ -72,17 +72,21 @@ def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experim
 
 def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.ndarray, dict[str, float]]:
     """Per-image credit in image_index order (rewards.csv of score_round) and its statistics."""
-    import pandas as pd
-
-    table = pd.read_csv(rewards_csv)
-    for column in ("image_index", "credit"):
-        if column not in table:
-            raise MarsdiffError(f"{rewards_csv}: no {column!r} column (written by score_round?)")
+    table = read_csv(rewards_csv, "per-image rewards", "score_round", columns=("image_index", "credit"))
     credit = np.full(num_images, np.nan)
-    index = table["image_index"].to_numpy(dtype=np.int64)
+    try:
+        index = table["image_index"].to_numpy(dtype=np.int64)
+    except (ValueError, TypeError):  # garbled or missing entries: text or NaN where an index belongs
+        raise MarsdiffError(f"{rewards_csv}: image_index holds non-integer values; {rerun_hint('score_round')}") from None
+    if len(index) == 0:
+        raise MarsdiffError(f"{rewards_csv}: no rows; {rerun_hint('score_round')}")
     if index.min() < 0 or index.max() >= num_images or len(np.unique(index)) != num_images:
-        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once")
-    credit[index] = table["credit"].to_numpy(dtype=np.float64)
+        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once; "
+                            f"{rerun_hint('score_round')}")
+    try:
+        credit[index] = table["credit"].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise MarsdiffError(f"{rewards_csv}: credit holds non-numeric values; {rerun_hint('score_round')}") from None
     return credit, {"credit_mean": float(np.mean(credit)), "credit_std": float(np.std(credit))}
 
 
@@ -210,7 +214,7 @@ def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     with open_trajectories(trajectories) as f:
         num_images = f.num_images
     credit, credit_stats = read_credit(rewards_csv, num_images)
-    summary = json.loads(Path(reward_summary).read_text())
+    summary = read_json(reward_summary, "reward summary", "score_round")
     update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy)
     row = round_metrics_row(experiment_name, experiment, round_index, summary, credit_stats, update)
     write_json(metrics_json, row)
