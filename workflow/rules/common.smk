@@ -108,14 +108,14 @@ def reference_data_version(cfg):
 def reference_params(cfg, stage):
     """The reference keys one stage's output depends on (``images``: prepare_reference,
     ``appearance``: categorize_reference). Data locations are left out: their content is the
-    ``data`` param."""
-    from marsdiff.data.reference import APPEARANCE_KEYS, LOCATION_KEYS
+    ``data`` param; so are the limits that only refuse bad data (CHECK_KEYS)."""
+    from marsdiff.data.reference import APPEARANCE_KEYS, CHECK_KEYS, LOCATION_KEYS
 
     section = cfg["reference"]
     if stage == "appearance":
         keys = APPEARANCE_KEYS
     else:
-        keys = [k for k in section if k not in APPEARANCE_KEYS and k not in LOCATION_KEYS]
+        keys = [k for k in section if k not in APPEARANCE_KEYS + LOCATION_KEYS + CHECK_KEYS]
     return json.dumps({"reference": {k: section.get(k) for k in keys}}, sort_keys=True)
 
 
