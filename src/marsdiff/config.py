@@ -2,7 +2,13 @@
 
 The schema is ``workflow/schemas/config.schema.yaml``. The Snakefile calls :func:`check_config`
 at parse time (before Snakemake's own validation, whose message is a page long), and the CLI
-uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap.
+uses :func:`load_config`. After the schema, :func:`marsdiff.config_checks.check_settings` makes
+the checks the stages would make (torch-free modules only: parsing stays cheap).
+
+``python -m marsdiff.config FILE...`` checks config files as ``snakemake --configfile FILE...``
+would use them (overlaid on the embedded default), one line on the first problem; the Makefile's
+``make run CONFIG=...`` runs it first, because Snakemake reads ``--configfile`` files before the
+Snakefile and reports a missing or malformed one with its own traceback.
 """
 
 from __future__ import annotations
@@ -22,24 +28,43 @@ def _read_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise MarsdiffError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise MarsdiffError(f"{path}: is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MarsdiffError(f"{path}: cannot read config file ({' '.join(str(err).split())})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise MarsdiffError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        raise MarsdiffError(yaml_error_text(path, err)) from None
 
 
-def _key_path(error) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+def yaml_error_text(path: str | Path, err: Exception) -> str:
+    """``<file>, line L, column C: not valid YAML (<problem>)``, 1-based as editors count."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    if context:
+        problem = f"{' '.join(str(context).split())}: {problem}"
+    if mark is None:
+        return f"{path}: not valid YAML ({problem})"
+    return f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({problem})"
 
 
-def describe_error(error) -> str:
-    """One line naming the offending key for a jsonschema ValidationError."""
-    where = _key_path(error)
+def _key_path(error, root: str = "") -> str:
+    return ".".join([root] * bool(root) + [str(p) for p in error.absolute_path]) or "<top level>"
+
+
+def describe_error(error, root: str = "") -> str:
+    """One line naming the offending key for a jsonschema ValidationError; ``root``: the key
+    path of the validated section when it is not the whole config."""
+    where = _key_path(error, root)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
-        prefix = f"{where}." if error.absolute_path else ""
+        prefix = f"{where}." if error.absolute_path or root else ""
         return f"config key {prefix}{unknown[0]}: unknown key (allowed here: {', '.join(allowed)})"
     if error.validator == "type":
         return f"config key {where}: expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
@@ -58,6 +83,9 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     if errors:
         raise MarsdiffError(describe_error(errors[0]))
     _fill_defaults(config, schema)
+    from marsdiff.config_checks import check_settings
+
+    check_settings(config, schema)
     return config
 
 
@@ -100,3 +128,24 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check config files as ``snakemake --configfile FILE...`` would use them (later files win);
+    exit 0 silently when they are usable, else one ``marsdiff error:`` line and exit 1."""
+    import sys
+
+    paths = list(sys.argv[1:] if argv is None else argv)
+    try:
+        overlay: dict = {}
+        for path in paths:
+            overlay = deep_merge(overlay, read_config_file(path))
+        load_config(None, overrides=overlay)
+    except MarsdiffError as err:
+        print(f"marsdiff error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

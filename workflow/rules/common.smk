@@ -102,7 +102,17 @@ def reference_data_version(cfg):
     digests = content_digests()
     named = stop_on_user_error(check_reference_inputs, cfg["reference"], digests.file)
     digests.save()
+    # The data is known good now: check the settings that depend on it before any job runs.
+    check_settings_against_reference(cfg)
     return combine_digests(named)
+
+
+def check_settings_against_reference(cfg):
+    """Class distributions against the reference classes, images_per_round against the train
+    split, validation and evaluation sizes (marsdiff.config_checks.check_data_settings)."""
+    from marsdiff.config_checks import check_data_settings, reference_summary
+
+    stop_on_user_error(check_data_settings, cfg, stop_on_user_error(reference_summary, cfg))
 
 
 def reference_params(cfg, stage):

@@ -436,10 +436,13 @@ def check_class_sizes(table: pd.DataFrame, cfg: ReferenceConfig) -> None:
     small = counts[counts < cfg.min_images_per_class].sort_index()
     if len(small):
         name, count = small.index[0], int(small.iloc[0])
-        where = f"reference.folder {cfg.folder}" if cfg.source == "folder" else "the reference set"
+        if cfg.source == "folder":
+            where, fix = f"reference.folder {cfg.folder}", "add images, merge class folders or lower the limit"
+        else:
+            where, fix = "reference", "lower reference.size_bins, raise reference.max_craters or lower the limit"
         raise MarsdiffError(
-            f"{where}: class {name!r} has {count} image(s), fewer than reference.min_images_per_class = "
-            f"{cfg.min_images_per_class} (add images, merge classes or lower the limit)"
+            f"{where}: size class {name!r} has {count} image(s), fewer than reference.min_images_per_class = "
+            f"{cfg.min_images_per_class} ({fix})"
         )
 
 
