@@ -145,9 +145,11 @@ def read_round_samples(samples_csv: str | os.PathLike, images_dir: str | os.Path
     if samples["image_id"].duplicated().any():
         raise MarsdiffError(f"{samples_csv}: duplicate image_id {samples['image_id'][samples['image_id'].duplicated()].iloc[0]}")
     if len(samples) < MIN_IMAGES:
+        # images_per_round >= 3 is checked when the workflow starts, so a short file is a damaged
+        # one: the setting is not the culprit.
         raise MarsdiffError(
-            f"{samples_csv}: {len(samples)} image(s) in the round; a set reward needs at least {MIN_IMAGES} "
-            "(raise images_per_round)"
+            f"{samples_csv}: {len(samples)} image row(s), fewer than the {MIN_IMAGES} every round has; the file is "
+            "truncated or damaged: re-run its round's sample_round (snakemake --forcerun sample_round)"
         )
     files = samples["file"] if "file" in samples else samples["image_id"] + ".png"
     paths = [images_dir / name for name in files]
