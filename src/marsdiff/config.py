@@ -45,9 +45,11 @@ def yaml_error_text(path: str | Path, err: Exception) -> str:
     """``<file>, line L, column C: not valid YAML (<problem>)``, 1-based as editors count."""
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = " ".join(str(getattr(err, "problem", None) or err).split())
-    context = getattr(err, "context", None)
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
     if context:
-        problem = f"{' '.join(str(context).split())}: {problem}"
+        # e.g. an unclosed '[': the error surfaces at the file's end, the cause is where it opened
+        started = f" started at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        problem = f"{' '.join(str(context).split())}{started}: {problem}"
     if mark is None:
         return f"{path}: not valid YAML ({problem})"
     return f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({problem})"
