@@ -349,6 +349,17 @@ def evaluation_settings(cfg):
     return {**evaluation_section(cfg), "steps": evaluation_steps(cfg)}
 
 
+# The evaluation.metrics keys marsdiff.evaluation.pixels reads (its intervals' bootstrap).
+PIXEL_STATISTICS_KEYS = ("bootstrap_replicates", "seed", "confidence")
+
+
+def pixel_statistics_params(cfg):
+    """What pixel_statistics depends on in the config: the bootstrap settings it shares with
+    evaluate, nothing else (a k-NN k or n_modes re-runs evaluate only)."""
+    metrics = evaluation_settings(cfg)["metrics"]
+    return json.dumps({"metrics": {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}}, sort_keys=True)
+
+
 def generation_params(cfg, name):
     """What one evaluated model's images depend on: its spec (knobs, or experiment and round: the
     policy's content is an input), M, the evaluation seed and steps, the chain's floor and the

@@ -1,7 +1,7 @@
 """The workflow's evaluation stages on files: ``evaluate`` (tables) and ``report_summary`` (summary.md).
 
 ``evaluate``: every model's evaluation features against the **held-out** rows of the reference
-features at the matched resolution (:func:`run_evaluation`); the train rows serve the category
+features at the matched resolution (:func:`marsdiff.evaluation.run.run_evaluation`); the train rows serve the category
 classifier, the memorisation check and the real-vs-real baseline only.
 ``report_summary``: the comparison of every RL policy with the best noise-knob setting of each
 metric, and the brightness-and-contrast table of the ``pixel_statistics`` stage
@@ -21,50 +21,15 @@ import pandas as pd
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, KNOB, ROUND, number_text
-from marsdiff.evaluation.evaluate import evaluate_models
-from marsdiff.evaluation.reference import ReferenceSet
 from marsdiff.evaluation.report import COMPARISON_COLUMNS, compare_to_baseline, summary_markdown
 from marsdiff.evaluation.results import Evaluation
-from marsdiff.evaluation.settings import EvaluationSettings
+# The evaluate stage itself lives in marsdiff.evaluation.run, apart from the summary code, so that
+# its code version does not follow the pixel statistics this module's summary reads.
+from marsdiff.evaluation.run import evaluation_settings, load_generated, load_reference, run_evaluation  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 SUMMARY_TITLE = "marsdiff evaluation: RL policies against the noise knobs"
-
-
-def evaluation_settings(metrics_cfg: Mapping[str, Any] | None, extractor: str) -> EvaluationSettings:
-    """The metric settings of the config (``evaluation.metrics``) in the extractor's feature space."""
-    return EvaluationSettings.from_config({**dict(metrics_cfg or {}), "feature_space": extractor})
-
-
-def load_reference(manifest: str | os.PathLike, features: str | os.PathLike, extractor: str,
-                   settings: EvaluationSettings) -> ReferenceSet:
-    """Held-out and train rows of the resized reference features, split and categorised by the manifest."""
-    from marsdiff.io.feature_files import read_feature_set
-
-    read_feature_set(features, extractor=extractor)  # refuses features another extractor wrote
-    return ReferenceSet.from_files(manifest, features, settings.category_columns)
-
-
-def load_generated(paths: Mapping[str, str | os.PathLike], extractor: str, dim: int) -> dict[str, Any]:
-    from marsdiff.io.feature_files import read_feature_set
-
-    return {name: read_feature_set(path, extractor=extractor, expected_dim=dim)[0] for name, path in paths.items()}
-
-
-def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.PathLike,
-                   generated: Mapping[str, str | os.PathLike], extractor: str,
-                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike) -> Evaluation:
-    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables."""
-    settings = evaluation_settings(metrics_cfg, extractor)
-    reference = load_reference(manifest, reference_features, extractor, settings)
-    log.info("reference: %d held-out and %d train crops, %d dimensions (%s)", len(reference.heldout),
-             len(reference.train), reference.dim, extractor)
-    features = load_generated(generated, extractor, reference.dim)
-    evaluation = evaluate_models(features, reference, settings)
-    evaluation.write(out_dir)
-    log.info("evaluated %d model(s) on %d metrics into %s", len(features), evaluation.metrics["metric"].nunique(), out_dir)
-    return evaluation
 
 
 # ---------------------------------------------------------------------------- summary
