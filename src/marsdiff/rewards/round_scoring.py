@@ -148,8 +148,8 @@ def read_round_samples(samples_csv: str | os.PathLike, images_dir: str | os.Path
         # images_per_round >= 3 is checked when the workflow starts, so a short file is a damaged
         # one: the setting is not the culprit.
         raise MarsdiffError(
-            f"{samples_csv}: {len(samples)} image row(s), fewer than the {MIN_IMAGES} every round has; the file is "
-            "truncated or damaged: re-run its round's sample_round (snakemake --forcerun sample_round)"
+            f"{samples_csv}: {len(samples)} image row(s), but every round has at least {MIN_IMAGES}: the file is "
+            "truncated or damaged; re-run its round's sample_round (snakemake --forcerun sample_round)"
         )
     files = samples["file"] if "file" in samples else samples["image_id"] + ".png"
     paths = [images_dir / name for name in files]
