@@ -115,6 +115,9 @@ IN_JOB_CHECKS = [
      r"^evaluation\.metrics\.n_modes = 10 must be at most the number of held-out images \(9\)", None),
     ("k-NN k not below the held-out split", {"evaluation": {"images": 16, "metrics": {"k_density_coverage": 9}}},
      r"^evaluation\.metrics\.k_density_coverage = 9 must be smaller than the number of held-out images", None),
+    # plot_evaluation: each model's images credited under its reward against the train split
+    ("evaluation images above the train split", {"evaluation": {"images": 26}},
+     r"^evaluation\.images: 26 images per model, but the reference train split has 27 images", None),
     ("evaluation setting the stage refuses", {"evaluation": {"metrics": {"kid_subset_size": 1}}},
      r"^(config key )?evaluation\.metrics\.kid_subset_size", None),
 ]

@@ -292,7 +292,19 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
             "reward.validation.ladders: the size ladder needs at least 2 size classes, the reference set has "
             f"{len(summary['classes'])}; remove 'size' or raise reference.size_bins"
         )
-    metrics = dict((config.get("evaluation") or {}).get("metrics") or {})
+    evaluation = dict(config.get("evaluation") or {})
+    images = evaluation.get("images", 64)
+    # plot_evaluation credits every base / final model's M images under its reward, against
+    # the train split, as score_round does a round (marsdiff.evaluation.figures).
+    sections = [("reward", reward)] + [(f"experiments.{n}.reward", reward_config(reward, dict(experiments[n] or {})))
+                                       for n in sorted(experiments)]
+    for where, section in sections:
+        if isinstance(images, int) and _zscored(section) and train - images < MIN_BASELINE_REST:
+            raise MarsdiffError(
+                f"evaluation.images: {images} images per model, but the reference train split has {train} images; "
+                f"crediting them under the z-scored {where} needs at least {images + MIN_BASELINE_REST}"
+            )
+    metrics = dict(evaluation.get("metrics") or {})
     n_modes = metrics.get("n_modes")
     if isinstance(n_modes, int) and n_modes > heldout:
         raise MarsdiffError(
