@@ -115,6 +115,9 @@ IN_JOB_CHECKS = [
      r"^evaluation\.metrics\.n_modes = 10 must be at most the number of held-out images \(9\)", None),
     ("k-NN k not below the held-out split", {"evaluation": {"images": 16, "metrics": {"k_density_coverage": 9}}},
      r"^evaluation\.metrics\.k_density_coverage = 9 must be smaller than the number of held-out images", None),
+    # generate_samples: the knob grid's class weights (condition_probabilities)
+    ("evaluation class weights naming no class", {"evaluation": {"knobs": {"class_weights": {"odd": {"tiny": 1.0}}}}},
+     r"^evaluation\.knobs\.class_weights\.odd: unknown class\(es\) \['tiny'\]", lambda: _stage_class_distribution({"tiny": 1.0})),
     # plot_evaluation: each model's images credited under its reward against the train split
     ("evaluation images above the train split", {"evaluation": {"images": 26}},
      r"^evaluation\.images: 26 images per model, but the reference train split has 27 images", None),

@@ -293,6 +293,9 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
             f"{len(summary['classes'])}; remove 'size' or raise reference.size_bins"
         )
     evaluation = dict(config.get("evaluation") or {})
+    for weights_name, spec in sorted(dict((evaluation.get("knobs") or {}).get("class_weights") or {}).items()):
+        if not isinstance(spec, str):  # named schemes (uniform, tails, ...) fit any classes
+            check_class_distribution(spec, f"evaluation.knobs.class_weights.{weights_name}", names)
     images = evaluation.get("images", 64)
     # plot_evaluation credits every base / final model's M images under its reward, against
     # the train split, as score_round does a round (marsdiff.evaluation.figures).
