@@ -221,8 +221,10 @@ def folder_run(tmp_path_factory):
         _image(root / "by_size" / "small" / f"a{i}.png", 20 + 10 * i)
         _image(root / "by_size" / "large" / f"b{i}.png", 120 + 10 * i)
     (root / "meta.csv").write_text("file,diameter_px\nby_size/small/a0.png,12.5\n")
+    # 8 train images leave a validation pool of 4: the ladder sets must fit it (checked at parse time)
     (project / "config" / "data.yaml").write_text(yaml.safe_dump(
-        {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32}}
+        {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32},
+         "reward": {"validation": {"set_size": 4}}}
     ))
     snakemake(project, "results/reference/manifest.csv", *configs(project))
     return project
