@@ -27,8 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from marsdiff.errors import MarsdiffError
 
-# The pool the copies ladder draws from is about half the train split (validate_rewards splits
-# each size class into pool and target halves); reward validation refuses fewer train rows.
+# Reward validation refuses fewer train rows (marsdiff.rewards.validation, the in-job check).
 MIN_VALIDATION_TRAIN = 8
 # A z-scored reward draws n reference rows and scores them against the rest, which needs >= 2.
 MIN_BASELINE_REST = 2
@@ -247,7 +246,10 @@ def _zscored(section: Mapping[str, Any]) -> bool:
 
 
 def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
-    """Refuse settings the reference set cannot serve, naming the key (see the module doc)."""
+    """Refuse settings the reference set cannot serve, naming the key (see the module doc).
+
+    ``config`` has passed :func:`marsdiff.config.check_config` (schema defaults filled: the
+    defaults live only in the schema); ``summary`` is :func:`reference_summary`'s."""
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
     pixel = (config.get("model") or {}).get("backend", "pixel") == "pixel"
@@ -272,14 +274,14 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
                 f"{key}: {n} images per round, but the reference train split has {train} images; a z-scored "
                 f"reward needs at least {n + MIN_BASELINE_REST} (lower it, add reference images, or use standardise: none)"
             )
-    validation = dict(reward.get("validation") or {})
+    validation = dict(reward["validation"])
     if train < MIN_VALIDATION_TRAIN:
         raise MarsdiffError(
             f"reference: the train split has {train} images; reward validation (validate_rewards) needs at least "
             f"{MIN_VALIDATION_TRAIN} (add images or lower reference.heldout_fraction)"
         )
-    set_size = int(validation.get("set_size", 24))
-    ladders = list(validation.get("ladders") or [])
+    set_size = int(validation["set_size"])
+    ladders = list(validation["ladders"])
     # Smallest pool validate_rewards can draw: each class's train rows halved, rounded down.
     pool = sum(count // 2 for count in summary["train_per_class"].values())
     if "copies" in ladders and pool < set_size:
@@ -296,7 +298,7 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
     for weights_name, spec in sorted(dict((evaluation.get("knobs") or {}).get("class_weights") or {}).items()):
         if not isinstance(spec, str):  # named schemes (uniform, tails, ...) fit any classes
             check_class_distribution(spec, f"evaluation.knobs.class_weights.{weights_name}", names)
-    images = evaluation.get("images", 64)
+    images = evaluation["images"]
     # plot_evaluation credits every base / final model's M images under its reward, against
     # the train split, as score_round does a round (marsdiff.evaluation.figures).
     sections = [("reward", reward)] + [(f"experiments.{n}.reward", reward_config(reward, dict(experiments[n] or {})))
