@@ -221,10 +221,14 @@ def folder_run(tmp_path_factory):
         _image(root / "by_size" / "small" / f"a{i}.png", 20 + 10 * i)
         _image(root / "by_size" / "large" / f"b{i}.png", 120 + 10 * i)
     (root / "meta.csv").write_text("file,diameter_px\nby_size/small/a0.png,12.5\n")
-    # 8 train images leave a validation pool of 4: the ladder sets must fit it (checked at parse time)
+    # Every stage's settings are checked against the data at parse time, whatever the targets, so
+    # they are sized to 12 images: 8 train (a validation pool of 4; a z-scored reward credits at
+    # most 6 images), 4 held out (k-NN k below 4), 2 size classes (not the tiny config's 3 weights).
     (project / "config" / "data.yaml").write_text(yaml.safe_dump(
         {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32},
-         "reward": {"validation": {"set_size": 4}}}
+         "reward": {"validation": {"set_size": 4}},
+         "evaluation": {"images": 6, "knobs": {"class_weights": {"tails": "tails"}},
+                        "metrics": {"k_precision_recall": 3, "k_density_coverage": 3}}}
     ))
     snakemake(project, "results/reference/manifest.csv", *configs(project))
     return project
