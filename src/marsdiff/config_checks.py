@@ -8,8 +8,9 @@ checks; each failure is one :class:`MarsdiffError` line naming the config key:
   every experiment resolved (:func:`marsdiff.rl.experiments.experiment_settings`), the
   top-level reward and each experiment's merged ``reward`` override (schema keys and types,
   the term combination, the validation gate an override must pass), the class distributions'
-  values, the policy knob ranges, TRPO's Fisher-vector method against the mode, and the
-  evaluation metric settings.
+  values, the policy knob ranges, TRPO's Fisher-vector method against the mode, and no NaN or
+  infinity anywhere. (The evaluation metric and reward validation settings' checks are all the
+  schema's.)
 * :func:`check_data_settings` also needs the reference set's planned classes and split
   (:func:`marsdiff.data.reference.planned_split`, no image decoded): class distributions
   against the model's classes, ``images_per_round`` against the train split, the reward
@@ -42,6 +43,7 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | None =
     to check experiments' reward overrides (the schema types them only as mappings)."""
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
+    check_finite(config)
     reward = dict(config.get("reward") or {})
     check_reward(reward, "reward")
     sampling = dict(config.get("sampling") or {})
@@ -68,7 +70,19 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | None =
                 check_against_schema(merged, schema["properties"]["reward"], override)
             check_reward(merged, override)
             check_override_validated(reward, merged, override)
-    check_evaluation_metrics(config)
+
+
+def check_finite(node: Any, where: str = "") -> None:
+    """No NaN or infinity anywhere (YAML's .nan / .inf pass the schema's ``type: number`` and
+    its bounds, then a stage refuses or, worse, computes with them)."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            check_finite(value, f"{where}.{index}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise MarsdiffError(f"config key {where}: must be a finite number, got {node!r}")
 
 
 def check_against_schema(instance: Any, schema: Mapping[str, Any], prefix: str) -> None:
@@ -98,7 +112,6 @@ def check_reward(section: Mapping[str, Any], where: str) -> None:
     make when a stage builds them (all-zero weights, options a kind does not take, ...)."""
     from marsdiff.rewards.combined import RewardConfig
     from marsdiff.rewards.terms import term_options
-    from marsdiff.rewards.validation import ValidationConfig
 
     # Term by term first, so a message names the term's key (RewardConfig's names the kind).
     for name, spec in sorted(dict(section.get("terms") or {}).items()):
@@ -107,9 +120,9 @@ def check_reward(section: Mapping[str, Any], where: str) -> None:
             term_options(dict(spec or {}).get("kind", name), options)
         except MarsdiffError as err:
             raise MarsdiffError(f"{where}.terms.{name}: {err}") from None
+    # (the validation settings' own checks are the schema's: ladder names, set_size, repeats)
     try:
         RewardConfig.from_dict(dict(section))
-        ValidationConfig.from_dict(section.get("validation"))
     except MarsdiffError as err:
         raise _renamed(err, where) from None
     except (TypeError, ValueError) as err:
@@ -205,21 +218,6 @@ def check_knobs(overrides: Mapping[str, Any], where: str) -> None:
             )
         if knob["log"] and knob["low"] <= 0:
             raise MarsdiffError(f"{where}.{name}: a log-scaled knob needs low > 0, got {knob['low']}")
-
-
-def check_evaluation_metrics(config: Mapping[str, Any]) -> None:
-    """The metric settings the evaluate stage builds (EvaluationSettings), named under
-    ``evaluation.metrics``."""
-    from marsdiff.evaluation.settings import EvaluationSettings
-
-    metrics = dict((config.get("evaluation") or {}).get("metrics") or {})
-    try:
-        EvaluationSettings.from_config({**metrics, "feature_space": "features"})
-    except MarsdiffError as err:
-        text = str(err)
-        if text.startswith("evaluation.") and not text.startswith("evaluation.metrics."):
-            text = "evaluation.metrics." + text[len("evaluation."):]
-        raise MarsdiffError(text) from None
 
 
 # ---------------------------------------------------------------------------- with the data
