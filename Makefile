@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	touch $(STAMP)
 
 check-config: $(STAMP)
-	@$(BIN)/python -m marsdiff.config $(CONFIG)
+	@$(BIN)/python -m marsdiff.config_checks $(CONFIG)
 
 run: check-config
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(CONFIG_ARGS)

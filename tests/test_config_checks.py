@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, make_workdir, run_snakemake
-from marsdiff.config import deep_merge, load_config, main as check_config_files, read_config_file
-from marsdiff.config_checks import KNOB_DEFAULTS, check_data_settings, reference_summary
+from marsdiff.config import deep_merge, load_config, read_config_file
+from marsdiff.config_checks import KNOB_DEFAULTS, check_data_settings, load_checked_config, reference_summary
+from marsdiff.config_checks import main as check_config_files
 from marsdiff.data.reference import planned_split, prepare_reference
 from marsdiff.errors import MarsdiffError
 
@@ -28,7 +29,7 @@ ALL_TERMS_ZERO = {name: {"weight": 0.0} for name in
 def parse_time_error(change: dict, base: dict = TINY) -> str:
     """The message the parse-time checks give for ``change`` on top of the tiny config ('' if none)."""
     try:
-        config = load_config(None, overrides=deep_merge(base, change))
+        config = load_checked_config(None, overrides=deep_merge(base, change))
         check_data_settings(config, reference_summary(config))
     except MarsdiffError as err:
         return str(err)
@@ -316,3 +317,16 @@ def test_make_check_config_refuses_a_missing_file():
     assert result.returncode != 0
     assert "marsdiff error: no/such.yaml: config file not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("parts", [
+    ("rl", "diffusion", "io/trajectories.py", "scripts/sample_round.py"),
+    ("evalset/generate.py", "scripts/generate_samples.py"),
+    ("evaluation/stage.py", "scripts/report_summary.py"),
+])
+def test_no_stage_code_version_follows_the_parse_time_checks(parts):
+    """Stages import marsdiff.config; the checks live apart so that editing one re-runs no stage."""
+    from marsdiff.provenance import resolve_parts
+
+    names = [name for name, _ in resolve_parts(REPO / "src" / "marsdiff", REPO / "workflow" / "scripts", parts)]
+    assert "config.py" in names and "config_checks.py" not in names

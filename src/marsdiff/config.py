@@ -2,13 +2,9 @@
 
 The schema is ``workflow/schemas/config.schema.yaml``. The Snakefile calls :func:`check_config`
 at parse time (before Snakemake's own validation, whose message is a page long), and the CLI
-uses :func:`load_config`. After the schema, :func:`marsdiff.config_checks.check_settings` makes
-the checks the stages would make (torch-free modules only: parsing stays cheap).
-
-``python -m marsdiff.config FILE...`` checks config files as ``snakemake --configfile FILE...``
-would use them (overlaid on the embedded default), one line on the first problem; the Makefile's
-``make run CONFIG=...`` runs it first, because Snakemake reads ``--configfile`` files before the
-Snakefile and reports a missing or malformed one with its own traceback.
+uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap. The checks
+the stages would make of the settings are :mod:`marsdiff.config_checks` (kept out of this module,
+which the stages import: editing a parse-time check must not change their code versions).
 """
 
 from __future__ import annotations
@@ -85,9 +81,6 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     if errors:
         raise MarsdiffError(describe_error(errors[0]))
     _fill_defaults(config, schema)
-    from marsdiff.config_checks import check_settings
-
-    check_settings(config, schema)
     return config
 
 
@@ -131,23 +124,3 @@ def deep_merge(base: dict, update: dict) -> dict:
             merged[key] = copy.deepcopy(value)
     return merged
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Check config files as ``snakemake --configfile FILE...`` would use them (later files win);
-    exit 0 silently when they are usable, else one ``marsdiff error:`` line and exit 1."""
-    import sys
-
-    paths = list(sys.argv[1:] if argv is None else argv)
-    try:
-        overlay: dict = {}
-        for path in paths:
-            overlay = deep_merge(overlay, read_config_file(path))
-        load_config(None, overrides=overlay)
-    except MarsdiffError as err:
-        print(f"marsdiff error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

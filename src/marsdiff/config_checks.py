@@ -18,12 +18,20 @@ checks; each failure is one :class:`MarsdiffError` line naming the config key:
 
 The stages keep their own checks (library use, and a safety net); these duplicates make sure
 the workflow never reaches them with a bad value. Only torch-free modules are imported:
-parsing must stay cheap (tests/test_workflow.py checks torch is never imported).
+parsing must stay cheap (tests/test_workflow.py checks torch is never imported). No stage
+imports this module, so editing a check changes no stage's code version.
+
+``python -m marsdiff.config_checks FILE...`` checks config files as ``snakemake --configfile
+FILE...`` would use them (overlaid on the embedded default), one line on the first problem; the
+Makefile's ``make run CONFIG=...`` runs it first, because Snakemake reads ``--configfile`` files
+before the Snakefile and reports a missing or malformed one with its own traceback.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from marsdiff.errors import MarsdiffError
@@ -36,12 +44,17 @@ MIN_BASELINE_REST = 2
 
 # ---------------------------------------------------------------------------- config alone
 
-def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
+def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | os.PathLike | None = None) -> None:
     """Refuse, with one line naming the key, every setting a stage would refuse (config only).
 
-    ``config`` has passed the schema (defaults filled); ``schema`` is the loaded schema, used
-    to check experiments' reward overrides (the schema types them only as mappings)."""
+    ``config`` has passed :func:`marsdiff.config.check_config` (defaults filled); ``schema``
+    (the loaded schema or its path; default: the project's) checks experiments' reward
+    overrides, which the schema types only as mappings."""
+    from marsdiff.config import SCHEMA_PATH, _read_yaml
     from marsdiff.rl.experiments import experiment_settings, reward_config
+
+    if not isinstance(schema, Mapping):
+        schema = _read_yaml(Path(schema or SCHEMA_PATH))
 
     check_finite(config)
     reward = dict(config.get("reward") or {})
@@ -65,9 +78,8 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | None =
         if own.get("reward"):
             override = f"{where}.reward"
             merged = reward_config(reward, own)
-            if schema is not None:
-                # the merged section: an override's term may name only its weight (kind from the top)
-                check_against_schema(merged, schema["properties"]["reward"], override)
+            # the merged section: an override's term may name only its weight (kind from the top)
+            check_against_schema(merged, schema["properties"]["reward"], override)
             check_reward(merged, override)
             check_override_validated(reward, merged, override)
 
@@ -317,3 +329,37 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
         k = metrics.get(key)
         if isinstance(k, int) and k >= heldout:
             raise MarsdiffError(f"evaluation.metrics.{key} = {k} must be smaller than the number of held-out images ({heldout})")
+
+
+# ---------------------------------------------------------------------------- config files
+
+def load_checked_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
+    """:func:`marsdiff.config.load_config` plus every settings check of :func:`check_settings`."""
+    from marsdiff.config import load_config
+
+    config = load_config(path, overrides)
+    check_settings(config)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check config files as ``snakemake --configfile FILE...`` would use them (later files win);
+    exit 0 silently when they are usable, else one ``marsdiff error:`` line and exit 1."""
+    import sys
+
+    from marsdiff.config import deep_merge, read_config_file
+
+    paths = list(sys.argv[1:] if argv is None else argv)
+    try:
+        overlay: dict = {}
+        for path in paths:
+            overlay = deep_merge(overlay, read_config_file(path))
+        load_checked_config(None, overrides=overlay)
+    except MarsdiffError as err:
+        print(f"marsdiff error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
