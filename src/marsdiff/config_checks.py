@@ -50,11 +50,11 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
     ``config`` has passed :func:`marsdiff.config.check_config` (defaults filled); ``schema``
     (the loaded schema or its path; default: the project's) checks experiments' reward
     overrides, which the schema types only as mappings."""
-    from marsdiff.config import SCHEMA_PATH, _read_yaml
+    from marsdiff.config import SCHEMA_PATH, read_config_file
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
     if not isinstance(schema, Mapping):
-        schema = _read_yaml(Path(schema or SCHEMA_PATH))
+        schema = read_config_file(Path(schema or SCHEMA_PATH))
 
     check_finite(config)
     reward = dict(config.get("reward") or {})
