@@ -268,14 +268,16 @@ EVAL_TARGETS = ["results/eval/metrics.csv", "results/eval/pixel_statistics.csv"]
 
 @pytest.fixture(scope="module")
 def evaluated(finished, tmp_path_factory):
-    """The finished run (copied) evaluated: base model and knob grid, no RL experiment (the
-    project's own config.yaml is the tiny one without experiments, so none is merged back)."""
+    """The finished run (copied) evaluated: the base model only, no RL experiment (the project's
+    own config.yaml is the tiny one without experiments or knob grid, so none is merged back)."""
     from marsdiff.config import deep_merge, read_config_file
 
     project = copy_project(finished, tmp_path_factory.mktemp("evaluated") / "project")
     config = deep_merge(read_config_file(REPO / "config" / "config.yaml"), read_config_file(REPO / "tests" / "config" / "tiny.yaml"))
     config = deep_merge(config, read_config_file(project / "config" / "data.yaml"))
     config["experiments"] = {}
+    # the base model alone: one generate_samples job keeps the fixture short
+    config["evaluation"]["knobs"] = {"eta": [1.0], "noise_scale": [1.0], "class_weights": {"uniform": "uniform"}}
     (project / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(project, *EVAL_TARGETS)
     return project
