@@ -6,8 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.marsdiff-installed
 CORES ?= 2
+# Your own config files, later ones winning: make run CONFIG="my.yaml more.yaml". check-config reads
+# them first and stops with one line on a missing or malformed file (Snakemake reads --configfile
+# files before the Snakefile and answers those with its own traceback).
+CONFIG ?=
+CONFIG_ARGS = $(if $(strip $(CONFIG)),--configfile $(CONFIG))
 
-.PHONY: run test dryrun lint report doctor bench base-checkpoint clean-results
+.PHONY: run test dryrun check-config lint report doctor bench base-checkpoint clean-results
 
 $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,14 +23,17 @@ $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+check-config: $(STAMP)
+	@$(BIN)/python -m marsdiff.config_checks $(CONFIG)
+
+run: check-config
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(CONFIG_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-dryrun: $(STAMP)
-	$(BIN)/snakemake --profile profiles/default -n
+dryrun: check-config
+	$(BIN)/snakemake --profile profiles/default -n $(CONFIG_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -1,22 +1,35 @@
 # marsdiff: RL fine-tuning of diffusion models toward diverse synthetic Mars craters.
 # Stages read like a table of contents; helpers live in workflow/rules/common.smk.
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from marsdiff.config import check_config
+from marsdiff.config import check_config, read_config_file
+from marsdiff.config_checks import check_settings
 from marsdiff.errors import MarsdiffError
 
 min_version("9.20")
+
+# Read the default config file first ourselves: a YAML error then names its file and line in one
+# line (Snakemake's own message names neither). --configfile files are read by Snakemake before
+# this file runs: `make run CONFIG=...` checks those (python -m marsdiff.config_checks).
+try:
+    if Path("config/config.yaml").is_file():
+        read_config_file("config/config.yaml")
+except MarsdiffError as err:
+    sys.exit(f"marsdiff error: {err}")
 
 
 configfile: "config/config.yaml"
 
 
-# One-line message naming the bad key first (no traceback), then Snakemake's own validation
-# (fills defaults). Parse-time errors leave every existing result untouched.
+# One-line message naming the bad key first (no traceback), then every check a stage would make
+# of the settings, then Snakemake's own validation (fills defaults). Parse-time errors leave every
+# existing result untouched; the checks against the reference data follow in common.smk.
 try:
     check_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+    check_settings(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 except MarsdiffError as err:
     sys.exit(f"marsdiff error: {err}")
 validate(config, schema="workflow/schemas/config.schema.yaml")

@@ -221,8 +221,14 @@ def folder_run(tmp_path_factory):
         _image(root / "by_size" / "small" / f"a{i}.png", 20 + 10 * i)
         _image(root / "by_size" / "large" / f"b{i}.png", 120 + 10 * i)
     (root / "meta.csv").write_text("file,diameter_px\nby_size/small/a0.png,12.5\n")
+    # Every stage's settings are checked against the data at parse time, whatever the targets, so
+    # they are sized to 12 images: 8 train (a validation pool of 4; a z-scored reward credits at
+    # most 6 images), 4 held out (k-NN k below 4), 2 size classes (not the tiny config's 3 weights).
     (project / "config" / "data.yaml").write_text(yaml.safe_dump(
-        {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32}}
+        {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32},
+         "reward": {"validation": {"set_size": 4}},
+         "evaluation": {"images": 6, "knobs": {"class_weights": {"tails": "tails"}},
+                        "metrics": {"k_precision_recall": 3, "k_density_coverage": 3}}}
     ))
     snakemake(project, "results/reference/manifest.csv", *configs(project))
     return project
@@ -253,3 +259,64 @@ def test_bad_folder_input_is_refused_before_anything_is_deleted(folder_run, tmp_
     result = snakemake(project, "results/reference/manifest.csv", *configs(project), check=False)
     assert re.search(message, _one_line_error(result))
     assert results_fingerprint(project) == before
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+EVAL_TARGETS = ["results/eval/metrics.csv", "results/eval/pixel_statistics.csv"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(finished, tmp_path_factory):
+    """The finished run (copied) evaluated: the base model only, no RL experiment (the project's
+    own config.yaml is the tiny one without experiments or knob grid, so none is merged back)."""
+    from marsdiff.config import deep_merge, read_config_file
+
+    project = copy_project(finished, tmp_path_factory.mktemp("evaluated") / "project")
+    config = deep_merge(read_config_file(REPO / "config" / "config.yaml"), read_config_file(REPO / "tests" / "config" / "tiny.yaml"))
+    config = deep_merge(config, read_config_file(project / "config" / "data.yaml"))
+    config["experiments"] = {}
+    # the base model alone: one generate_samples job keeps the fixture short
+    config["evaluation"]["knobs"] = {"eta": [1.0], "noise_scale": [1.0], "class_weights": {"uniform": "uniform"}}
+    (project / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(project, *EVAL_TARGETS)
+    return project
+
+
+def eval_plan(project, change=None, tmp_path=None):
+    extra = []
+    if change:
+        (tmp_path / "change.yaml").write_text(yaml.safe_dump(change))
+        extra = ["--configfile", str(tmp_path / "change.yaml")]
+    jobs = planned_jobs(snakemake(project, "-n", *EVAL_TARGETS, *extra))
+    jobs.pop("all", None)
+    return jobs
+
+
+EVAL_CHANGES = [
+    ("a k-NN k re-runs evaluate only", {"evaluation": {"metrics": {"k_precision_recall": 2}}}, {"evaluate": 1}),
+    ("n_modes re-runs evaluate only", {"evaluation": {"metrics": {"n_modes": 2}}}, {"evaluate": 1}),
+    ("the shared bootstrap re-runs both", {"evaluation": {"metrics": {"bootstrap_replicates": 30}}},
+     {"evaluate": 1, "pixel_statistics": 1}),
+]
+
+
+@pytest.mark.parametrize("change,planned", [c[1:] for c in EVAL_CHANGES], ids=[c[0] for c in EVAL_CHANGES])
+def test_evaluation_settings_rerun_only_the_stage_they_feed(evaluated, tmp_path, change, planned):
+    assert eval_plan(evaluated) == {}
+    assert eval_plan(evaluated, change, tmp_path) == planned
+
+
+def test_pixel_and_summary_code_rerun_no_evaluation(evaluated):
+    pixels = evaluated / "src" / "marsdiff" / "evaluation" / "pixels.py"
+    stage = evaluated / "src" / "marsdiff" / "evaluation" / "stage.py"
+    original_pixels, original_stage = pixels.read_text(), stage.read_text()
+    try:
+        pixels.write_text(original_pixels.replace("HELDOUT_SEED_OFFSET = 7919", "HELDOUT_SEED_OFFSET = 7920"))
+        assert eval_plan(evaluated) == {"pixel_statistics": 1}
+        pixels.write_text(original_pixels)
+        stage.write_text(original_stage.replace('SUMMARY_TITLE = "marsdiff evaluation:', 'SUMMARY_TITLE = "Evaluation:'))
+        assert eval_plan(evaluated) == {}
+    finally:
+        pixels.write_text(original_pixels)
+        stage.write_text(original_stage)

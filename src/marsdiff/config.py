@@ -2,7 +2,9 @@
 
 The schema is ``workflow/schemas/config.schema.yaml``. The Snakefile calls :func:`check_config`
 at parse time (before Snakemake's own validation, whose message is a page long), and the CLI
-uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap.
+uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap. The checks
+the stages would make of the settings are :mod:`marsdiff.config_checks` (kept out of this module,
+which the stages import: editing a parse-time check must not change their code versions).
 """
 
 from __future__ import annotations
@@ -22,24 +24,45 @@ def _read_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise MarsdiffError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise MarsdiffError(f"{path}: is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MarsdiffError(f"{path}: cannot read config file ({' '.join(str(err).split())})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise MarsdiffError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        raise MarsdiffError(yaml_error_text(path, err)) from None
 
 
-def _key_path(error) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+def yaml_error_text(path: str | Path, err: Exception) -> str:
+    """``<file>, line L, column C: not valid YAML (<problem>)``, 1-based as editors count."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        # e.g. an unclosed '[': the error surfaces at the file's end, the cause is where it opened
+        started = f" started at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        problem = f"{' '.join(str(context).split())}{started}: {problem}"
+    if mark is None:
+        return f"{path}: not valid YAML ({problem})"
+    return f"{path}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({problem})"
 
 
-def describe_error(error) -> str:
-    """One line naming the offending key for a jsonschema ValidationError."""
-    where = _key_path(error)
+def _key_path(error, root: str = "") -> str:
+    return ".".join([root] * bool(root) + [str(p) for p in error.absolute_path]) or "<top level>"
+
+
+def describe_error(error, root: str = "") -> str:
+    """One line naming the offending key for a jsonschema ValidationError; ``root``: the key
+    path of the validated section when it is not the whole config."""
+    where = _key_path(error, root)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
-        prefix = f"{where}." if error.absolute_path else ""
+        prefix = f"{where}." if error.absolute_path or root else ""
         return f"config key {prefix}{unknown[0]}: unknown key (allowed here: {', '.join(allowed)})"
     if error.validator == "type":
         return f"config key {where}: expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
@@ -100,3 +123,4 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+

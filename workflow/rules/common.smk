@@ -104,20 +104,30 @@ def reference_data_version(cfg):
     digests = content_digests()
     named = stop_on_user_error(check_reference_inputs, cfg["reference"], digests.file)
     digests.save()
+    # The data is known good now: check the settings that depend on it before any job runs.
+    check_settings_against_reference(cfg)
     return combine_digests(named)
+
+
+def check_settings_against_reference(cfg):
+    """Class distributions against the reference classes, images_per_round against the train
+    split, validation and evaluation sizes (marsdiff.config_checks.check_data_settings)."""
+    from marsdiff.config_checks import check_data_settings, reference_summary
+
+    stop_on_user_error(check_data_settings, cfg, stop_on_user_error(reference_summary, cfg))
 
 
 def reference_params(cfg, stage):
     """The reference keys one stage's output depends on (``images``: prepare_reference,
     ``appearance``: categorize_reference). Data locations are left out: their content is the
-    ``data`` param."""
-    from marsdiff.data.reference import APPEARANCE_KEYS, LOCATION_KEYS
+    ``data`` param; so are the limits that only refuse bad data (CHECK_KEYS)."""
+    from marsdiff.data.reference import APPEARANCE_KEYS, CHECK_KEYS, LOCATION_KEYS
 
     section = cfg["reference"]
     if stage == "appearance":
         keys = APPEARANCE_KEYS
     else:
-        keys = [k for k in section if k not in APPEARANCE_KEYS and k not in LOCATION_KEYS]
+        keys = [k for k in section if k not in APPEARANCE_KEYS + LOCATION_KEYS + CHECK_KEYS]
     return json.dumps({"reference": {k: section.get(k) for k in keys}}, sort_keys=True)
 
 
@@ -347,6 +357,17 @@ def evaluation_settings(cfg):
     from marsdiff.evalset.models import evaluation_section, evaluation_steps
 
     return {**evaluation_section(cfg), "steps": evaluation_steps(cfg)}
+
+
+# The evaluation.metrics keys marsdiff.evaluation.pixels reads (its intervals' bootstrap).
+PIXEL_STATISTICS_KEYS = ("bootstrap_replicates", "seed", "confidence")
+
+
+def pixel_statistics_params(cfg):
+    """What pixel_statistics depends on in the config: the bootstrap settings it shares with
+    evaluate, nothing else (a k-NN k or n_modes re-runs evaluate only)."""
+    metrics = evaluation_settings(cfg)["metrics"]
+    return json.dumps({"metrics": {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}}, sort_keys=True)
 
 
 def generation_params(cfg, name):

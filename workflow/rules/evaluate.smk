@@ -103,7 +103,8 @@ rule evaluate:
         cfg=json.dumps(
             {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}, sort_keys=True
         ),
-        code=code_version("evaluation/stage.py", "scripts/evaluate.py"),
+        # the tables' code only: evaluation/stage.py's summary reads evaluation/pixels.py
+        code=code_version("evaluation/run.py", "scripts/evaluate.py"),
     log:
         LOGS / "eval" / "evaluate.log",
     benchmark:
@@ -137,8 +138,9 @@ rule pixel_statistics:
     params:
         models=json.dumps(list(EVAL_MODEL)),
         resolution=SCORE_SIZE,
-        # bootstrap replicates, seed and confidence are the evaluation's
-        cfg=json.dumps({"metrics": EVAL_SECTION["metrics"]}, sort_keys=True),
+        # bootstrap replicates, seed and confidence are the evaluation's; its other metric
+        # settings (k, n_modes, ...) change no pixel statistic
+        cfg=pixel_statistics_params(config),
         code=code_version("evaluation/pixels.py", "scripts/pixel_statistics.py"),
     log:
         LOGS / "eval" / "pixel_statistics.log",

@@ -1,4 +1,4 @@
-"""Stage evaluate: every model against the held-out reference split (marsdiff.evaluation.stage)."""
+"""Stage evaluate: every model against the held-out reference split (marsdiff.evaluation.run)."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ def main(snakemake):
     def body():
         from threadpoolctl import threadpool_limits
 
-        from marsdiff.evaluation.stage import run_evaluation
+        from marsdiff.evaluation.run import run_evaluation
 
         cfg = params_json(snakemake, "cfg")
         names = [m["name"] for m in cfg["models"]]

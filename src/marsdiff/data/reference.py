@@ -52,6 +52,9 @@ CONTACT_SHEET_NAME = "contact_sheet.png"
 LOCATION_KEYS = ("folder", "metadata_csv", "tile", "labels")
 #: Keys only categorize_reference reads: training never sees lighting or contrast categories.
 APPEARANCE_KEYS = ("lighting_bins", "contrast_bins")
+#: Keys that only refuse bad data and change no output: left out of the stages' params, so
+#: tightening or loosening a limit re-runs nothing that already passed it.
+CHECK_KEYS = ("min_image_px", "min_images_per_class")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class ReferenceConfig:
     heldout_fraction: float = 0.25
     max_craters: int | None = None
     seed: int = 0
+    min_image_px: int = 16
+    min_images_per_class: int = 4
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "ReferenceConfig":
@@ -113,7 +118,8 @@ def load_crater_labels(path: str | os.PathLike, width: int, height: int) -> pd.D
     """Crater labels as columns x (pixel column), y (pixel row), diameter_px.
 
     Accepts pycda's columns (``long`` = x, ``lat`` = y, ``diameter``) or ``x, y, diameter_px``.
-    A label whose centre is outside the image or whose diameter is not positive is an error.
+    A label whose centre is outside the image or whose diameter is not a positive finite number
+    is an error naming the file and the row.
     """
     path = Path(path)
     try:
@@ -191,14 +197,20 @@ def _check_window(cfg: ReferenceConfig, tile_path: Path, width: int, height: int
         raise MarsdiffError(f"reference.window_px={cfg.window_px} is larger than the tile {tile_path} ({width}x{height})")
 
 
+def _selected_craters(cfg: ReferenceConfig, labels: pd.DataFrame) -> pd.DataFrame:
+    """The labels that become crops: all, or ``max_craters`` spread over the sizes."""
+    if cfg.max_craters is not None and cfg.max_craters < len(labels):
+        return labels.iloc[spread_subset(labels.diameter_px.to_numpy(), cfg.max_craters)].reset_index(drop=True)
+    return labels
+
+
 def tile_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     """Crop every labelled crater of the tile into ``images_dir``; one record per crop."""
     tile_path, labels_path, source = _tile_source(cfg)
     tile = load_image(tile_path, mode="L")
     labels = load_crater_labels(labels_path, width=tile.shape[1], height=tile.shape[0])
     _check_window(cfg, tile_path, tile.shape[1], tile.shape[0])
-    if cfg.max_craters is not None and cfg.max_craters < len(labels):
-        labels = labels.iloc[spread_subset(labels.diameter_px.to_numpy(), cfg.max_craters)].reset_index(drop=True)
+    labels = _selected_craters(cfg, labels)
     log.info("cropping %d craters from %s (window %d px -> %d px)", len(labels), tile_path, cfg.window_px, cfg.image_size)
     records = []
     for index, crater in enumerate(labels.itertuples(index=False)):
@@ -275,6 +287,24 @@ def _folder_root(cfg: ReferenceConfig) -> Path:
     return Path(cfg.folder)
 
 
+def check_image_size(path: Path, width: int, height: int, min_px: int) -> None:
+    """Refuse an image whose shorter side is below ``reference.min_image_px``: resizing it to
+    ``image_size`` would invent every pixel (a 1x1 image becomes a flat square)."""
+    if min(width, height) < min_px:
+        raise MarsdiffError(
+            f"{path}: image is {width}x{height} px, below reference.min_image_px = {min_px} "
+            "(small images are refused, not upscaled)"
+        )
+
+
+def _join_metadata(table: pd.DataFrame, meta: pd.DataFrame | None) -> pd.DataFrame:
+    """The metadata CSV's columns joined on ``source``; its columns win over the folder's."""
+    if meta is None:
+        return table
+    keep = [c for c in table.columns if c not in meta.columns or c == "source"]
+    return table[keep].merge(meta, on="source", how="left")
+
+
 def folder_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     root = _folder_root(cfg)
     relatives = scan_image_folder(root)
@@ -283,17 +313,15 @@ def folder_records(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     log.info("reading %d images from %s", len(relatives), root)
     records = []
     for relative, image_id in zip(relatives, ids):
-        image = _grey_if_colourless(_resize_square(load_image(root / relative, mode="RGB"), cfg.image_size))
+        original = load_image(root / relative, mode="RGB")
+        check_image_size(root / relative, original.shape[1], original.shape[0], cfg.min_image_px)
+        image = _grey_if_colourless(_resize_square(original, cfg.image_size))
         save_png(images_dir / f"{image_id}.png", image)
         records.append({
             "id": image_id, "path": f"images/{image_id}.png", "source": str(relative),
             **_folder_categories(relative), **image_statistics(image),
         })
-    table = pd.DataFrame.from_records(records)
-    if meta is not None:
-        keep = [c for c in table.columns if c not in meta.columns or c == "source"]
-        table = table[keep].merge(meta, on="source", how="left")
-    return table
+    return _join_metadata(pd.DataFrame.from_records(records), meta)
 
 
 def read_metadata(csv_path: Path, relatives: list[Path]) -> pd.DataFrame:
@@ -313,7 +341,26 @@ def read_metadata(csv_path: Path, relatives: list[Path]) -> pd.DataFrame:
     clash = [c for c in meta.columns if c in ("id", "path", "split", "sha256")]
     if clash:
         raise MarsdiffError(f"{csv_path}: metadata column(s) {', '.join(clash)} are reserved")
+    if "diameter_px" in meta.columns:
+        # A bad diameter must stop the run: assign_size_and_split would otherwise quietly fall
+        # back to folder categories (NaN, text) or name a class after it (s1_-68-10px).
+        values = pd.to_numeric(meta["diameter_px"], errors="coerce").astype(np.float64)
+        bad = ~(np.isfinite(values.to_numpy()) & (values.to_numpy() > 0))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise MarsdiffError(
+                f"{csv_path}: row {row + 2} ({meta['source'].iloc[row]}) has diameter_px "
+                f"{_cell_text(meta['diameter_px'].iloc[row])}; diameters must be positive finite numbers (pixels)"
+            )
+        meta = meta.assign(diameter_px=values)
     return meta
+
+
+def _cell_text(value) -> str:
+    """A CSV cell as the user typed it (an empty cell reads as NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "(empty)"
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 # ---------------------------------------------------------------------------- input check
@@ -347,12 +394,56 @@ def check_reference_inputs(cfg_dict: dict, digest_file=None) -> list[tuple[str, 
         folder_ids(root, relatives)
         for relative in relatives:
             named.append((f"folder/{relative.as_posix()}", digest_file(root / relative, check=_check_image, kind="image")))
+            # the header only, every parse: the cached digest says "decodes", not "large enough"
+            check_image_size(root / relative, *_image_dimensions(root / relative), cfg.min_image_px)
         if cfg.metadata_csv:
             read_metadata(Path(cfg.metadata_csv), relatives)
             named.append(("metadata", digest_file(Path(cfg.metadata_csv), check=None, kind="file")))
     else:
         raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
     return named
+
+
+def planned_split(cfg_dict: dict) -> pd.DataFrame:
+    """The size category and split each reference image will get, from the labels, the folder
+    tree and the metadata CSV alone (no image is decoded): one row per image, columns
+    ``size_cat`` and ``split``. The same functions as prepare_reference assign them, so the
+    workflow can check class sizes, the train split and class names when it parses the Snakefile.
+    """
+    cfg = ReferenceConfig.from_dict(cfg_dict)
+    if cfg.source == "hrsc":
+        tile_path, labels_path, _ = _tile_source(cfg)
+        width, height = _image_dimensions(tile_path)
+        table = _selected_craters(cfg, load_crater_labels(labels_path, width=width, height=height))
+    elif cfg.source == "folder":
+        root = _folder_root(cfg)
+        relatives = scan_image_folder(root)
+        table = pd.DataFrame.from_records([{"source": str(r), **_folder_categories(r)} for r in relatives])
+        meta = read_metadata(Path(cfg.metadata_csv), relatives) if cfg.metadata_csv else None
+        table = _join_metadata(table, meta)
+    else:
+        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
+    table = assign_size_and_split(table, cfg)
+    check_class_sizes(table, cfg)
+    return table[["size_cat", "split"]].assign(size_cat=table["size_cat"].astype(str))
+
+
+def check_class_sizes(table: pd.DataFrame, cfg: ReferenceConfig) -> None:
+    """Every size class needs ``reference.min_images_per_class`` images: a held-out image to
+    evaluate it with and train images to learn it from (a 2-image folder would train a model,
+    then fail much later on an unrelated error)."""
+    counts = table["size_cat"].astype(str).value_counts()
+    small = counts[counts < cfg.min_images_per_class].sort_index()
+    if len(small):
+        name, count = small.index[0], int(small.iloc[0])
+        if cfg.source == "folder":
+            where, fix = f"reference.folder {cfg.folder}", "add images, merge class folders or lower the limit"
+        else:
+            where, fix = "reference", "lower reference.size_bins, raise reference.max_craters or lower the limit"
+        raise MarsdiffError(
+            f"{where}: size class {name!r} has {count} image(s), fewer than reference.min_images_per_class = "
+            f"{cfg.min_images_per_class} ({fix})"
+        )
 
 
 def _checked_sha256(path: Path, check=None, kind: str = "file") -> str:
@@ -419,6 +510,7 @@ def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     else:
         raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
     table = assign_size_and_split(table, cfg)
+    check_class_sizes(table, cfg)
     # The index changes whenever an image does: downstream stages that skip the image folder's
     # time stamp (a copied project) still see content changes through this small file.
     table["sha256"] = [hashlib.sha256((images_dir / Path(rel).name).read_bytes()).hexdigest() for rel in table["path"]]
@@ -517,6 +609,6 @@ def _category_sort_key(name: str):
 
 __all__ = [
     "MANIFEST_COLUMNS", "ReferenceConfig", "prepare_reference", "build_reference_images", "write_manifest",
-    "check_reference_inputs", "crop_window",
+    "check_reference_inputs", "planned_split", "check_class_sizes", "check_image_size", "crop_window",
     "load_crater_labels", "image_statistics", "scan_image_folder", "equal_count_bins",
 ]

@@ -1,7 +1,7 @@
 """The workflow's evaluation stages on files: ``evaluate`` (tables) and ``report_summary`` (summary.md).
 
 ``evaluate``: every model's evaluation features against the **held-out** rows of the reference
-features at the matched resolution (:func:`run_evaluation`); the train rows serve the category
+features at the matched resolution (:func:`marsdiff.evaluation.run.run_evaluation`); the train rows serve the category
 classifier, the memorisation check and the real-vs-real baseline only.
 ``report_summary``: the comparison of every RL policy with the best noise-knob setting of each
 metric, and the brightness-and-contrast table of the ``pixel_statistics`` stage
@@ -21,75 +21,15 @@ import pandas as pd
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, KNOB, ROUND, number_text
-from marsdiff.evaluation.evaluate import evaluate_models
-from marsdiff.evaluation.reference import ReferenceSet
 from marsdiff.evaluation.report import COMPARISON_COLUMNS, compare_to_baseline, summary_markdown
 from marsdiff.evaluation.results import Evaluation
-from marsdiff.evaluation.settings import EvaluationSettings
+# The evaluate stage itself lives in marsdiff.evaluation.run, apart from the summary code, so that
+# its code version does not follow the pixel statistics this module's summary reads.
+from marsdiff.evaluation.run import evaluation_settings, load_generated, load_reference, run_evaluation  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 SUMMARY_TITLE = "marsdiff evaluation: RL policies against the noise knobs"
-
-
-def evaluation_settings(metrics_cfg: Mapping[str, Any] | None, extractor: str) -> EvaluationSettings:
-    """The metric settings of the config (``evaluation.metrics``) in the extractor's feature space."""
-    return EvaluationSettings.from_config({**dict(metrics_cfg or {}), "feature_space": extractor})
-
-
-def load_reference(manifest: str | os.PathLike, features: str | os.PathLike, extractor: str,
-                   settings: EvaluationSettings) -> ReferenceSet:
-    """Held-out and train rows of the resized reference features, split and categorised by the manifest."""
-    from marsdiff.io.feature_files import read_feature_set
-
-    read_feature_set(features, extractor=extractor)  # refuses features another extractor wrote
-    return ReferenceSet.from_files(manifest, features, settings.category_columns)
-
-
-def load_generated(paths: Mapping[str, str | os.PathLike], extractor: str,
-                   dim: int) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """model -> features, and model -> the image id of each feature row."""
-    from marsdiff.io.feature_files import read_feature_set
-
-    loaded = {name: read_feature_set(path, extractor=extractor, expected_dim=dim) for name, path in paths.items()}
-    return {name: x for name, (x, _) in loaded.items()}, {name: ids for name, (_, ids) in loaded.items()}
-
-
-def load_conditioning(samples: Mapping[str, str | os.PathLike], ids: Mapping[str, list[str]]) -> dict[str, Any]:
-    """model -> each image's conditioning (``samples.csv``'s condition_name), in feature-row order."""
-
-    labels = {}
-    for name, path in samples.items():
-        table = pd.read_csv(path, dtype={"image_id": str, "condition_name": str})
-        missing = [c for c in ("image_id", "condition_name") if c not in table.columns]
-        if missing:
-            raise MarsdiffError(f"{path}: samples table lacks column(s) {', '.join(missing)} (re-run generate_samples)")
-        by_id = dict(zip(table["image_id"], table["condition_name"]))
-        absent = [image for image in ids[name] if image not in by_id]
-        if absent:
-            raise MarsdiffError(f"{path}: no row for image {absent[0]} of the features (re-run generate_samples)")
-        labels[name] = [by_id[image] for image in ids[name]]
-    return labels
-
-
-def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.PathLike,
-                   generated: Mapping[str, str | os.PathLike], extractor: str,
-                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike,
-                   samples: Mapping[str, str | os.PathLike] | None = None) -> Evaluation:
-    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables.
-
-    ``samples``: model -> its ``samples.csv``, whose conditioning labels the train-on-synthetic
-    metrics use (models without one get none)."""
-    settings = evaluation_settings(metrics_cfg, extractor)
-    reference = load_reference(manifest, reference_features, extractor, settings)
-    log.info("reference: %d held-out and %d train crops, %d dimensions (%s)", len(reference.heldout),
-             len(reference.train), reference.dim, extractor)
-    features, ids = load_generated(generated, extractor, reference.dim)
-    labels = load_conditioning(samples or {}, ids)
-    evaluation = evaluate_models(features, reference, settings, labels)
-    evaluation.write(out_dir)
-    log.info("evaluated %d model(s) on %d metrics into %s", len(features), evaluation.metrics["metric"].nunique(), out_dir)
-    return evaluation
 
 
 # ---------------------------------------------------------------------------- summary

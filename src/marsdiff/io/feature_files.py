@@ -110,6 +110,12 @@ def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
     if expected_dim is not None and features.shape[1] != int(expected_dim):
         raise MarsdiffError(f"{npy_path}: {features.shape[1]}-D features, the extractor gives {int(expected_dim)}-D "
                             f"(features from another extractor setting? {rerun_hint(rule)})")
+    # Checked here, where the file is known: the reward and metric code sees only an array.
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise MarsdiffError(f"{npy_path}: NaN or inf in {int(bad.sum())} of {len(features)} feature rows (first: id "
+                            f"{ids[first]}); the file is damaged: {rerun_hint(rule)}")
     return features, ids
 
 

@@ -148,8 +148,8 @@ def read_round_samples(samples_csv: str | os.PathLike, images_dir: str | os.Path
             raise MarsdiffError(f"{samples_csv}: lists {len(samples)} image(s) but {images_dir} holds {on_disk}: "
                                 f"the file is truncated; {rerun_hint('sample_round')}")
         raise MarsdiffError(
-            f"{samples_csv}: {len(samples)} image(s) in the round; a set reward needs at least {MIN_IMAGES} "
-            "(raise images_per_round)"
+            f"{samples_csv}: {len(samples)} image row(s), but every round has at least {MIN_IMAGES}: the file is "
+            f"truncated or damaged; {rerun_hint('sample_round')}"
         )
     files = samples["file"] if "file" in samples else samples["image_id"] + ".png"
     paths = [images_dir / name for name in files]
