@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.marsdiff-installed
 CORES ?= 2
 
-.PHONY: run test dryrun lint report doctor bench base-checkpoint clean-results
+.PHONY: run test dryrun lint report doctor bench base-checkpoint clean-results unlock
 
 $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# After a killed run (node failure, SIGKILL, a closed terminal), Snakemake's lock stays behind and
+# the next run stops on it. This removes it; `make run` (or your own command) then resumes: jobs
+# that were cut off re-run from their inputs (docs/reliability.md).
+unlock: $(STAMP)
+	$(BIN)/snakemake --profile profiles/default --unlock
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default -n
