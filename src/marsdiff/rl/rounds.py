@@ -197,6 +197,9 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
         advantages = group_advantages(credit, groups, adv_settings)
         actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
     try:
+        if isinstance(actions, PlanActions):
+            # torch's distributions refuse a NaN sample with a ValueError: name the file instead.
+            require_finite(f"the plan actions stored in {trajectories}", actions.actions)
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
