@@ -5,8 +5,9 @@ process group, as a node failure would), so the lock and the incomplete outputs 
 `snakemake --unlock` and a re-run recover. After the chain, a run without kills must end with the
 metrics of an uninterrupted run, byte for byte apart from timing fields.
 
-Cost: one uninterrupted tiny run, then its RL and evaluation stages once more with the killed
-jobs on top (the chain runs in a copy whose upstream stages, reference to base model, are done).
+Cost: the RL and evaluation stages of the tiny config once more, with the killed jobs on top: the
+uninterrupted run is the session's (tests/conftest.py, shared with test_evaluation_workflow.py),
+and the chain runs in a copy of it whose upstream stages (reference to base model) are done.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, SNAKEMAKE, make_workdir
+from conftest import REPO, SNAKEMAKE
 from marsdiff.faults import ENV_AT, ENV_DIR, ENV_SCOPE, KILLED_FILE, SITES
 
 pytestmark = pytest.mark.slow
@@ -74,10 +75,9 @@ def final_metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = make_workdir(tmp_path_factory.mktemp("kills") / "straight")
-    ok(snakemake(workdir, *FINAL))
-    return workdir
+def uninterrupted(tiny_evaluation):
+    """The uninterrupted tiny run: the session's evaluated run (tests/conftest.py), never changed here."""
+    return tiny_evaluation
 
 
 def test_every_kill_point_is_a_known_site():

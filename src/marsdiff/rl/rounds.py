@@ -156,8 +156,9 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         policy.value_table = saved_value_table
         optimiser = fresh_optimiser()
         streak = skipped_before + 1
-        log.warning("%s round %03d: update skipped, %s; policy %03d is written unchanged (%d skipped in a row)",
-                    experiment["name"], round_index, fault, round_index - 1, streak)
+        log.warning("%s round %03d: update skipped, %s; %s is written unchanged (%d skipped in a row)",
+                    experiment["name"], round_index, fault,
+                    f"policy {round_index - 1:03d}" if previous_policy is not None else "the initial policy", streak)
         stop_if_too_many(dict(experiment), round_index, streak, str(fault))
         metrics = {SKIPPED: 1.0, REASON: str(fault), STREAK: streak}
     else:
