@@ -12,7 +12,7 @@ CORES ?= 2
 CONFIG ?=
 CONFIG_ARGS = $(if $(strip $(CONFIG)),--configfile $(CONFIG))
 
-.PHONY: run test dryrun check-config lint report doctor bench base-checkpoint clean-results
+.PHONY: run test dryrun check-config lint report doctor bench base-checkpoint clean-results unlock
 
 $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ run: check-config
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# After a killed run (node failure, SIGKILL, a closed terminal), Snakemake's lock stays behind and
+# the next run stops on it. This removes it; `make run` (or your own command) then resumes: jobs
+# that were cut off re-run from their inputs (docs/reliability.md).
+unlock: check-config
+	$(BIN)/snakemake --profile profiles/default --unlock $(CONFIG_ARGS)
 
 dryrun: check-config
 	$(BIN)/snakemake --profile profiles/default -n $(CONFIG_ARGS)

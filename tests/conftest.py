@@ -42,6 +42,19 @@ def default_reference(tmp_path_factory):
     return out, manifest
 
 
+@pytest.fixture(scope="session")
+def tiny_evaluation(tmp_path_factory):
+    """The tiny config run through every evaluation target and the report, once per session:
+    tests/test_evaluation_workflow.py reads it, tests/test_kills.py compares a killed run with it.
+    Read-only (dry runs only): copy it to change anything."""
+    from test_evaluation_workflow import TINY, evaluation_targets
+
+    workdir = make_workdir(tmp_path_factory.mktemp("evaluation"))
+    run_snakemake(workdir, *evaluation_targets(), "--configfile", str(TINY))
+    run_snakemake(workdir, *evaluation_targets(), "--report", "report.html", "--configfile", str(TINY))
+    return workdir
+
+
 def make_workdir(path: Path) -> Path:
     """A scratch working directory holding the default config, as a user's would."""
     (path / "config").mkdir(parents=True, exist_ok=True)

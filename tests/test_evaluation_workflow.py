@@ -166,12 +166,10 @@ def test_evaluate_stage_refuses_an_empty_heldout_split_in_one_line(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """The tiny config run up to the report: every evaluation target, then --report."""
-    workdir = make_workdir(tmp_path_factory.mktemp("evaluation"))
-    run_snakemake(workdir, *evaluation_targets(), "--configfile", str(TINY))
-    run_snakemake(workdir, *evaluation_targets(), "--report", "report.html", "--configfile", str(TINY))
-    return workdir
+def finished(tiny_evaluation):
+    """The tiny config run up to the report: every evaluation target, then --report (conftest's
+    session run, shared with tests/test_kills.py)."""
+    return tiny_evaluation
 
 
 def evaluation_targets():

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -13,6 +14,7 @@ def main(snakemake):
 
         cfg = params_json(snakemake, "cfg")
         names = [m["name"] for m in cfg["models"]]
+        kill_point("evaluate.start")
         with threadpool_limits(limits=max(1, int(snakemake.threads))):
             run_evaluation(
                 manifest=snakemake.input.manifest,
@@ -23,6 +25,7 @@ def main(snakemake):
                 metrics_cfg=cfg["metrics"],
                 out_dir=Path(snakemake.output.metrics).parent,
             )
+        kill_point("evaluate.done")
 
     run_stage(snakemake, body)
 

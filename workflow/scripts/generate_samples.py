@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -15,6 +16,7 @@ def main(snakemake):
         torch.set_num_threads(max(1, int(snakemake.threads)))
         cfg = params_json(snakemake, "cfg")
         meta = getattr(snakemake.input, "meta", None)
+        kill_point("generate.start")
         generate_model_samples(
             cfg["model_spec"],
             model_cfg=cfg["model"],
@@ -27,6 +29,7 @@ def main(snakemake):
             model_dir=str(Path(meta).parent) if meta else None,
             policy_dir=getattr(snakemake.input, "policy", None),
         )
+        kill_point("generate.done")
 
     run_stage(snakemake, body)
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -15,6 +16,7 @@ def main(snakemake):
         torch.set_num_threads(max(1, int(snakemake.threads)))
         meta = getattr(snakemake.input, "meta", None)
         policy = getattr(snakemake.input, "policy", None)
+        kill_point("sample.start")
         sample_round_stage(
             params_json(snakemake, "cfg"),
             experiment_name=snakemake.wildcards["exp"],
@@ -23,6 +25,7 @@ def main(snakemake):
             previous_policy=policy,
             out_dir=Path(snakemake.output.trajectories).parent,
         )
+        kill_point("sample.done")
 
     run_stage(snakemake, body)
 

@@ -1,5 +1,6 @@
 """Stage score_round: one round's rewards.csv and reward_summary.json (marsdiff.rewards.round_scoring)."""
 
+from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -11,6 +12,7 @@ def main(snakemake):
         from marsdiff.rewards.round_scoring import score_round
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
+        kill_point("score.start")
         score_round(
             images_dir=snakemake.input.images,
             samples_csv=snakemake.input.samples,
@@ -24,6 +26,7 @@ def main(snakemake):
             summary_json=snakemake.output.summary,
             extractor=params_json(snakemake, "extractor")["extractor"],
         )
+        kill_point("score.done")
 
     run_stage(snakemake, body)
 

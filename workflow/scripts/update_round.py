@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -24,7 +25,9 @@ def main(snakemake):
             reward_summary=snakemake.input.summary,
             out_policy=snakemake.output.policy,
             metrics_json=snakemake.output.metrics,
+            previous_metrics=getattr(snakemake.input, "policy_metrics", None),
         )
+        kill_point("update.done")
 
     run_stage(snakemake, body)
 

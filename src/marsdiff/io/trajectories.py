@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.faults import kill_point
 from marsdiff.io.atomic import atomic_path
 
 FORMAT_NAME = "marsdiff-trajectories"
@@ -174,6 +175,7 @@ class TrajectoryWriter:
             raise ValueError(f"{actions.shape[1]} actions per image, header names {len(self.header.action_names)}")
         h["actions"][start:stop] = actions
         self.written = stop
+        kill_point("trajectories.batch")  # the kill tests' "killed while writing the .h5"
 
     def finish(self) -> None:
         if self.written != self.header.num_images:

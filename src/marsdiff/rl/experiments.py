@@ -8,6 +8,7 @@
     advantages: {clip, min_group_size, value_head, gamma, gae_lambda, value_lr}
     lora: {rank, alpha, dropout, target_modules}    policy: {distribution, init_std, knobs}
     reward: an optional override of the top-level reward section (deep-merged)
+    max_skipped_updates: updates in a row skipped for a NaN/inf before the run stops
 
 :func:`experiment_settings` resolves one experiment and refuses bad ones with one line that
 names the experiment and the key.
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "lora": {},
     "policy": {},
     "reward": {},
+    "max_skipped_updates": 3,
 }
 
 
@@ -75,6 +77,9 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
         raise MarsdiffError(
             f"{where}.images_per_round: {settings['images_per_round']} image(s) per round; a set reward needs >= 3"
         )
+    limit = settings["max_skipped_updates"]
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise MarsdiffError(f"{where}.max_skipped_updates: must be an integer >= 1, got {limit!r}")
     if not settings["optimiser"].get("lr", 0) > 0:
         raise MarsdiffError(f"{where}.optimiser.lr must be > 0")
     return settings

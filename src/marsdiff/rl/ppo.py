@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.faults import kill_point
 from marsdiff.rl.settings import settings_from_mapping
+from marsdiff.rl.skips import require_finite
 from marsdiff.rl.surrogate import clipped_surrogate_objective, ratio_stats
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,14 @@ def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: tor
                 if kl_per_row is not None:
                     kl_base = kl_per_row.mean()
                     loss = loss + settings.kl_coef * kl_base
+            # A NaN/inf loss or gradient would turn every weight NaN at the step: skip the update instead.
+            require_finite(f"the PPO loss (epoch {epoch}, minibatch {len(rows)})", loss.detach())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            require_finite(f"the PPO gradient (epoch {epoch}, minibatch {len(rows)})", grad_norm.detach())
             optimiser.step()
+            kill_point("update.ppo.step")
             stats = ratio_stats(scored.new_log_prob.detach(), scored.old_log_prob, clip)
             rows.append({
                 "epoch": epoch,

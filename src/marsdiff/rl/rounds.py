@@ -30,8 +30,12 @@ from marsdiff.io.atomic import atomic_dir, write_json
 from marsdiff.io.reading import read_csv, read_json, rerun_hint
 from marsdiff.rl.actions import DenoiseActions, PlanActions
 from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
+from marsdiff.faults import kill_point
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
 from marsdiff.rl.policy import LORA_UNET, RoundPolicy
+from marsdiff.rl.skips import (
+    REASON, SKIPPED, STREAK, NonFiniteUpdate, max_skipped_updates, previous_streak, require_finite, stop_if_too_many,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +105,15 @@ def make_optimiser(policy: RoundPolicy, experiment: Mapping[str, Any]) -> torch.
 def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int,
                         trajectories: str | os.PathLike, credit: np.ndarray,
                         previous_policy: str | os.PathLike | None, out_policy: str | os.PathLike,
-                        progress: bool = True) -> dict[str, Any]:
-    """One RL update of ``policy`` on a scored round; writes policy r (+ trainer state) atomically."""
+                        progress: bool = True, skipped_before: int = 0,
+                        reward_fault: str | None = None) -> dict[str, Any]:
+    """One RL update of ``policy`` on a scored round; writes policy r (+ trainer state) atomically.
+
+    A NaN or inf in the credit, the loss, a gradient or the updated weights (or ``reward_fault``,
+    a non-finite set reward found by the caller) skips the update (:mod:`marsdiff.rl.skips`):
+    policy r is policy r-1 with the same weights and trainer state, and the metrics say why.
+    ``skipped_before`` skips in a row before this round count toward the experiment's limit.
+    """
     from marsdiff.io.trajectories import open_trajectories
 
     started = time.perf_counter()
@@ -117,10 +128,58 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         )
     if len(credit) != num_images:
         raise MarsdiffError(f"{len(credit)} credits for {num_images} images in {trajectories}")
-    torch.manual_seed(int(experiment["seed"]) * 1000 + round_index)
-    optimiser = make_optimiser(policy, experiment)
-    if previous_policy is not None:
-        load_trainer_state(previous_policy, optimiser)
+    # The limit is checked before any work: a bad setting must not cost an update.
+    max_skipped_updates(dict(experiment))
+
+    def fresh_optimiser() -> torch.optim.Optimizer:
+        torch.manual_seed(int(experiment["seed"]) * 1000 + round_index)
+        optimiser = make_optimiser(policy, experiment)
+        if previous_policy is not None:
+            load_trainer_state(previous_policy, optimiser)
+        return optimiser
+
+    optimiser = fresh_optimiser()
+    # What a skipped update puts back: the weights bit for bit (copies, no arithmetic) and the value table.
+    saved_parameters = [p.detach().clone() for p in policy.trainable_parameters()]
+    saved_value_table = None if policy.value_table is None else np.array(policy.value_table, dtype=np.float64, copy=True)
+    metrics: dict[str, Any] = {}
+    advantages = np.zeros(0)
+    try:
+        if reward_fault is not None:
+            raise NonFiniteUpdate(reward_fault)
+        require_finite(f"the credit of round {round_index:03d}", credit)
+        metrics, advantages = _run_update(policy, experiment, round_index, trajectories, credit, condition,
+                                          num_steps, num_conditions, optimiser, progress)
+        require_finite("the updated policy weights", list(policy.trainable_parameters()))
+        if policy.value_table is not None:
+            require_finite("the updated value table", policy.value_table)
+    except NonFiniteUpdate as fault:
+        with torch.no_grad():
+            for p, p0 in zip(policy.trainable_parameters(), saved_parameters):
+                p.copy_(p0)
+        policy.value_table = saved_value_table
+        optimiser = fresh_optimiser()
+        streak = skipped_before + 1
+        log.warning("%s round %03d: update skipped, %s; %s is written unchanged (%d skipped in a row)",
+                    experiment["name"], round_index, fault,
+                    f"policy {round_index - 1:03d}" if previous_policy is not None else "the initial policy", streak)
+        stop_if_too_many(dict(experiment), round_index, streak, str(fault))
+        metrics = {SKIPPED: 1.0, REASON: str(fault), STREAK: streak}
+    else:
+        metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages)),
+                        SKIPPED: 0.0, STREAK: 0})
+    with atomic_dir(out_policy) as tmp:
+        policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": experiment["algorithm"]})
+        kill_point(f"update.{experiment['algorithm']}.policy_folder")
+        save_trainer_state(tmp, optimiser)
+    metrics["update_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int, trajectories: str | os.PathLike,
+                credit: np.ndarray, condition: np.ndarray, num_steps: int, num_conditions: int,
+                optimiser: torch.optim.Optimizer, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """Advantages and the PPO/TRPO update itself; returns its metrics and the advantages."""
     adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
     metrics: dict[str, Any] = {}
     seed = int(experiment["seed"]) * 1000 + round_index
@@ -143,6 +202,9 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         advantages = group_advantages(credit, groups, adv_settings)
         actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
     try:
+        if isinstance(actions, PlanActions):
+            # torch's distributions refuse a NaN sample with a ValueError: name the file instead.
+            require_finite(f"the plan actions stored in {trajectories}", actions.actions)
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
@@ -155,12 +217,7 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
             metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress))
     finally:
         actions.close()
-    metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages))})
-    with atomic_dir(out_policy) as tmp:
-        policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": algorithm})
-        save_trainer_state(tmp, optimiser)
-    metrics["update_seconds"] = time.perf_counter() - started
-    return metrics
+    return metrics, advantages
 
 
 def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round_index: int,
@@ -172,17 +229,18 @@ def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round
         "algorithm": experiment["algorithm"],
         "mode": experiment["mode"],
         "round": round_index,
-        "set_reward": float(reward_summary.get("set_reward", float("nan"))),
-        **{k: float(v) for k, v in credit_stats.items()},
+        "set_reward": _json_number(reward_summary.get("set_reward", float("nan"))),
+        **{k: _json_number(v) for k, v in credit_stats.items()},
         **{k: _json_number(v) for k, v in update.items()},
     }
 
 
 def _json_number(value: Any) -> Any:
-    """Floats for JSON; NaN (a diagnostic the mode does not have) becomes null."""
-    if isinstance(value, (int, float, np.floating, np.integer)):
+    """Floats for JSON; NaN (a diagnostic the mode does not have) and inf (a fault a skipped
+    update recorded) become null: strict JSON has neither."""
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
         value = float(value)
-        return None if np.isnan(value) else value
+        return value if np.isfinite(value) else None
     return value
 
 
@@ -203,8 +261,10 @@ def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
 
 def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
                        previous_policy: str | None, trajectories: str, rewards_csv: str, reward_summary: str,
-                       out_policy: str, metrics_json: str) -> dict[str, Any]:
-    """Stage update_round: the RL update of one round, its policy, trainer state and metrics.json."""
+                       out_policy: str, metrics_json: str, previous_metrics: str | None = None) -> dict[str, Any]:
+    """Stage update_round: the RL update of one round, its policy, trainer state and metrics.json.
+
+    ``previous_metrics`` (round r-1's metrics.json) carries the count of updates skipped in a row."""
     from marsdiff.io.trajectories import open_trajectories
     from marsdiff.rl.experiments import experiment_settings
 
@@ -215,9 +275,25 @@ def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
         num_images = f.num_images
     credit, credit_stats = read_credit(rewards_csv, num_images)
     summary = read_json(reward_summary, "reward summary", "score_round")
-    update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy)
+    update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy,
+                                 skipped_before=previous_streak(previous_metrics),
+                                 reward_fault=_reward_fault(summary, credit, reward_summary, rewards_csv))
     row = round_metrics_row(experiment_name, experiment, round_index, summary, credit_stats, update)
     write_json(metrics_json, row)
-    log.info("%s round %03d: set reward %.4f, %s", experiment_name, round_index, row["set_reward"],
-             ", ".join(f"{k} {row[k]:.4g}" for k in ("clip_fraction", "approx_kl", "grad_norm") if k in row))
+    if row.get(SKIPPED):
+        return row
+    log.info("%s round %03d: set reward %s, %s", experiment_name, round_index, row["set_reward"],
+             ", ".join(f"{k} {row[k]:.4g}" for k in ("clip_fraction", "approx_kl", "grad_norm") if row.get(k) is not None))
     return row
+
+
+def _reward_fault(summary: Mapping[str, Any], credit: np.ndarray, reward_summary: str, rewards_csv: str) -> str | None:
+    """Why the round's reward cannot be learnt from (a NaN/inf set reward or credit), naming the file; None if it can."""
+    value = summary.get("set_reward") if isinstance(summary, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isfinite(value):
+        return f"set_reward {value} in {reward_summary}"
+    bad = ~np.isfinite(credit)
+    if bad.any():
+        kind = "NaN" if np.isnan(credit[bad]).any() else "inf"
+        return f"{kind} credit for {int(bad.sum())} of {len(credit)} images in {rewards_csv}"
+    return None

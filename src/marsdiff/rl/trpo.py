@@ -53,8 +53,10 @@ import numpy as np
 import torch
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.faults import kill_point
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.actions import gaussian_mean_kl
+from marsdiff.rl.skips import require_finite
 from marsdiff.rl.surrogate import ratio_stats, surrogate_objective
 
 log = logging.getLogger(__name__)
@@ -425,6 +427,9 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         olds.append(family.snapshot(actions, batch, scored))
         bar.update(len(batch))
     bar.close()
+    # A NaN/inf surrogate or gradient makes the whole step NaN: the round loop skips the update.
+    require_finite("the TRPO surrogate", surrogate_old)
+    require_finite("the TRPO surrogate gradient", gradient)
     gradient_seconds = time.perf_counter() - started
 
     # 2-3. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample.
@@ -436,6 +441,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     cg_residual, cg_used, s_f_s = 0.0, 0, 0.0
     if grad_norm > 0:
         direction, cg_residual, cg_used = conjugate_gradient(fvp, gradient, settings.cg_iterations, settings.cg_tolerance)
+        require_finite("the TRPO natural-gradient direction", direction)
         f_direction = fvp(direction)
         s_s = float(direction @ direction)
         # The undamped quadratic KL model s^T F s; damping regularised the solve only.
@@ -470,6 +476,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
             with torch.no_grad():
                 for p, p0, d in zip(parameters, saved, step_parts):
                     p.copy_(p0 + fraction * d)
+            kill_point("update.trpo.line_search")
             surrogate_new, kl_last, new_log_prob, old_log_prob = _evaluate_all(actions, family, batches, olds, total, bar)
             gain_last = surrogate_new - surrogate_old
             if kl_last <= settings.max_kl and gain_last > 0:
