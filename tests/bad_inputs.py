@@ -44,13 +44,16 @@ def case(area: str, tried: str, case_id: str):
 
 # --- configuration, checked while the Snakefile is parsed ----------------------------------------
 
-def parse_time_check(overrides: dict) -> None:
-    """What the Snakefile checks before any job: the schema, then every cross-setting rule."""
-    from marsdiff.config import load_config
+def parse_time_check(overrides: dict, base: dict | None = None) -> None:
+    """What the workflow checks before any job: the schema, every setting a stage checks, the
+    settings against the reference data, the evaluation plan and the matched resolution."""
+    from marsdiff.config import deep_merge
+    from marsdiff.config_checks import check_data_settings, load_checked_config, reference_summary
     from marsdiff.data.resolution import matched_size
     from marsdiff.evalset.models import check_evaluation
 
-    config = load_config(overrides=overrides)
+    config = load_checked_config(overrides=deep_merge(base or {}, overrides))
+    check_data_settings(config, reference_summary(config))
     matched_size(config)
     check_evaluation(config)
 
@@ -125,6 +128,24 @@ for _id, _tried, _overrides in CONFIG_CASES:
     case("configuration", _tried, f"config-{_id}")(_config_case(_overrides))
 
 
+def _in_job_case(change: dict) -> Callable[[Path], object]:
+    from test_config_checks import TINY
+
+    return lambda tmp: parse_time_check(copy.deepcopy(change), base=TINY)
+
+
+def _register_in_job_checks() -> None:
+    """The stages' own config checks, each met at parse time (tests/test_config_checks.py's list)."""
+    from test_config_checks import IN_JOB_CHECKS
+
+    for name, change, _message, _stage in IN_JOB_CHECKS:
+        case("configuration (checked in a job, met at parse time)", f"{name} (tiny config)",
+             "config-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))(_in_job_case(change))
+
+
+_register_in_job_checks()
+
+
 @case("configuration", "a config file that is not valid YAML", "config-file-yaml")
 def _invalid_yaml(tmp: Path):
     from marsdiff.config import read_config_file
@@ -153,10 +174,12 @@ def _missing_config(tmp: Path):
 # --- the user's own reference data, checked while the Snakefile is parsed -----------------------
 
 def reference_check(section: dict) -> None:
-    """The parse-time check of the data the reference section names."""
-    from marsdiff.data.reference import check_reference_inputs
+    """The parse-time checks of the data the reference section names: every file, then the
+    classes and split it will make."""
+    from marsdiff.data.reference import check_reference_inputs, planned_split
 
     check_reference_inputs(section)
+    planned_split(section)
 
 
 def crater_folder(root: Path, classes=("small", "large"), per_class: int = 8, size: int = 64) -> Path:
@@ -310,6 +333,34 @@ def _window_too_large(tmp: Path):
     reference_check({**tile_section(tmp, "x,y,diameter_px\n40,40,10\n"), "window_px": 128})
 
 
+@case("reference data", "a 3x3 image among the crops", "reference-tiny-image")
+def _tiny_image(tmp: Path):
+    from PIL import Image
+
+    root = crater_folder(tmp / "craters")
+    Image.new("L", (3, 3), 90).save(root / "small" / "speck.png")
+    reference_check(folder_section(root))
+
+
+@case("reference data", "a folder of two images", "reference-two-images")
+def _two_images(tmp: Path):
+    reference_check(folder_section(crater_folder(tmp / "craters", classes=("pits",), per_class=2)))
+
+
+def _diameter_case(cell: str) -> Callable[[Path], object]:
+    def provoke(tmp: Path):
+        root = crater_folder(tmp / "craters")
+        (tmp / "meta.csv").write_text(f"file,diameter_px\nsmall/crater_0.png,12\nlarge/crater_1.png,{cell}\n")
+        reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
+    return provoke
+
+
+for _label, _cell in (("an empty", ""), ("a NaN", "nan"), ("a text", "big"), ("a negative", "-68"),
+                      ("a zero", "0"), ("an infinite", "inf")):
+    case("reference data", f"{_label} diameter in the metadata CSV",
+         f"reference-metadata-diameter-{_label.split()[-1]}")(_diameter_case(_cell))
+
+
 # --- intermediate files damaged on disk, met by the stage that reads them -------------------------
 
 def feature_set(tmp: Path) -> Path:
@@ -409,6 +460,45 @@ def _trajectories_flipped(tmp: Path):
     data[offset + 40] ^= 0xFF
     path.write_bytes(bytes(data))
     read_trajectories(path)
+
+
+_FINISHED: list[Path] = []
+
+
+def finished_round() -> Path:
+    """One finished round of every artefact kind, written once per process (tests/test_integrity.py)."""
+    import tempfile
+
+    from test_integrity import write_finished
+
+    if not _FINISHED:
+        _FINISHED.append(write_finished(Path(tempfile.mkdtemp(prefix="marsdiff-battery-"))))
+    return _FINISHED[0]
+
+
+def _damaged_file_case(name: str, kind: str) -> Callable[[Path], object]:
+    def provoke(tmp: Path):
+        import shutil
+
+        from test_integrity import DAMAGE, LOADERS
+
+        run = tmp / "run"
+        shutil.copytree(finished_round(), run)
+        DAMAGE[kind](run / name)
+        LOADERS[name][0](run)
+    return provoke
+
+
+def _register_damaged_files() -> None:
+    """Every file a later stage reads, truncated, emptied, flipped or garbled (test_integrity's list)."""
+    from test_integrity import CASES as DAMAGED
+
+    for name, kind in DAMAGED:
+        case("intermediate file", f"{kind} {name}", f"file-{kind}-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))(
+            _damaged_file_case(name, kind))
+
+
+_register_damaged_files()
 
 
 # --- running the battery --------------------------------------------------------------------------

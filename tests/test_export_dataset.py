@@ -29,6 +29,7 @@ def run(tmp_path_factory):
 
     from marsdiff.diffusion.loading import load_backend
     from marsdiff.diffusion.pixel import save_pixel_model
+    from marsdiff.diffusion.shipped import record_weights_hash
     from marsdiff.rl.experiments import experiment_settings
     from marsdiff.rl.policy import RoundPolicy
 
@@ -36,6 +37,7 @@ def run(tmp_path_factory):
     results = root / "results"
     meta = {"backend": "pixel", "image_size": 16, "channels": 1, "class_names": CLASS_NAMES, "class_key": "size_cat"}
     save_pixel_model(results / "models" / "base", tiny_unet(), DDPMScheduler.from_config(ddpm_config()), meta)
+    record_weights_hash(results / "models" / "base")  # as pretrain_base does after training
     (results / "reference").mkdir(parents=True)
     pd.DataFrame({
         "id": [f"c{i}" for i in range(6)],

@@ -74,8 +74,12 @@ def write_pixel_model(model_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """Every kind of artefact a later stage reads, as the stages write them."""
-    root = tmp_path_factory.mktemp("finished")
+    return write_finished(tmp_path_factory.mktemp("finished"))
+
+
+def write_finished(root: Path) -> Path:
+    """Every kind of artefact a later stage reads, as the stages write them (also the bad-input
+    battery's, tests/bad_inputs.py)."""
     policy, exp = lora_policy()
     policy.save(root / "lora_policy", round_index=0)
     save_trainer_state(root / "lora_policy", trained_optimiser(policy, exp))
