@@ -15,7 +15,7 @@ LADDERS = ["copies", "size", "lighting", "noise"]
 
 
 def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
-    """Features whose mean depends on size and lighting category; held-out rows are NaN."""
+    """Features whose mean depends on size and lighting category; held-out rows are poisoned."""
     rng = np.random.default_rng(seed)
     n = n_train + n_heldout
     size = rng.integers(0, 3, n)
@@ -24,7 +24,10 @@ def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
     features[:, 0] += 2.0 * size
     features[:, 1] += 2.0 * lighting
     split = np.array(["train"] * n_train + ["heldout"] * n_heldout)
-    features[split == "heldout"] = np.nan  # validation must never read the held-out split
+    # Validation must never read the held-out split: rows 1e6 away would dominate every kernel,
+    # distance and bandwidth (and wreck the ladders' rank correlations) if it did. (Not NaN:
+    # reading a feature file refuses NaN as damage.)
+    features[split == "heldout"] = 1e6
     ids = [f"c{i:03d}" for i in range(n)]
     manifest = pd.DataFrame(
         {

@@ -23,6 +23,7 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, KNOB, ROUND, number_text
 from marsdiff.evaluation.report import COMPARISON_COLUMNS, compare_to_baseline, summary_markdown
 from marsdiff.evaluation.results import Evaluation
+from marsdiff.evaluation.settings import EvaluationSettings
 # The evaluate stage itself lives in marsdiff.evaluation.run, apart from the summary code, so that
 # its code version does not follow the pixel statistics this module's summary reads.
 from marsdiff.evaluation.run import evaluation_settings, load_generated, load_reference, run_evaluation  # noqa: F401
