@@ -22,6 +22,9 @@ from rl_helpers import experiment
 from test_integrity import write_pixel_model
 from test_stable_diffusion import PROMPTS, build_tiny_pipeline
 
+# Tiny models run many small kernels: one torch thread (conftest) keeps them fast on a busy CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 POLICY = Path("results/runs/ppo_lora/round_003/policy")
 SD_BASE = Path("models/stable-diffusion-v1-5")
