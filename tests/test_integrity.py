@@ -126,7 +126,9 @@ def load_state(run: Path) -> None:
 
 LOADERS = {
     "lora_policy/lora/pytorch_lora_weights.safetensors": (load_lora_policy, "update_round"),
+    "lora_policy/lora/adapter_model.safetensors": (load_lora_policy, "update_round"),
     "lora_policy/lora/adapter_config.json": (load_lora_policy, "update_round"),
+    "lora_policy/lora/marsdiff_adapter.json": (load_lora_policy, "update_round"),
     "lora_policy/policy.json": (load_lora_policy, "update_round"),
     "knob_policy/generation.safetensors": (load_knob_policy, "update_round"),
     "knob_policy/value.safetensors": (load_knob_policy, "update_round"),
@@ -207,7 +209,7 @@ def test_a_damaged_file_is_one_line_naming_it_and_its_rule(run, name, kind):
 
 
 SIDECAR_HASHES = {
-    "lora_policy/lora/adapter_config.json": (["weights_sha256"], load_lora_policy, "update_round"),
+    "lora_policy/lora/marsdiff_adapter.json": (["files_sha256"], load_lora_policy, "update_round"),
     "knob_policy/policy.json": (["files_sha256"], load_knob_policy, "update_round"),
     "lora_policy/trainer_state.json": (["tensors_sha256"], load_state, "update_round"),
     "features/reference/mobilenet_v2.json": (
@@ -239,7 +241,7 @@ def test_flipped_bytes_in_weights_that_still_parse_are_caught(run):
     data[8 + length + 5] ^= 0x01  # a low mantissa bit of the first tensor
     weights.write_bytes(bytes(data))
     assert load_file(str(weights)), "still a valid safetensors file"
-    with pytest.raises(MarsdiffError, match="does not match the sha256 in adapter_config.json"):
+    with pytest.raises(MarsdiffError, match="does not match the sha256 in marsdiff_adapter.json"):
         load_lora_policy(run)
 
     unet = run / "base" / UNET_WEIGHTS
@@ -403,9 +405,9 @@ def test_sidecars_that_parse_but_describe_something_else_are_one_line(run):
         load_knob_policy(run)
     assert "\n" not in str(info.value)
 
-    config_path = run / "lora_policy/lora/adapter_config.json"
+    config_path = run / "lora_policy/lora/marsdiff_adapter.json"
     config = json.loads(config_path.read_text())
-    config["marsdiff"]["rank"] = 2 * config["marsdiff"]["rank"]
+    config["settings"]["rank"] = 2 * config["settings"]["rank"]
     config_path.write_text(json.dumps(config))
     with pytest.raises(MarsdiffError, match=r"pytorch_lora_weights.safetensors: adapter weights do not fit") as info:
         load_lora_policy(run)

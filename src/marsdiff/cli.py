@@ -212,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=None, help="denoising steps (default: the evaluation's)")
     sample.add_argument("--config", default=None, help="the run's config file laid over config/config.yaml")
     sample.add_argument("--results", default="results", help="the run's results directory")
+    export = sub.add_parser(
+        "export-model", help="write a policy as standard files: a merged diffusers model folder plus knobs.json"
+    )
+    export.add_argument("policy_dir", help="a policy folder (results/runs/<experiment>/round_<r>/policy)")
+    export.add_argument("out", help="output folder (new or empty); it appears only when complete")
+    export.add_argument("--results", default="results", help="the run's results directory (its base model)")
+    export.add_argument("--config", default=None, help="the run's config file laid over config/config.yaml")
     return parser
 
 
@@ -245,8 +252,18 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_model(args: argparse.Namespace) -> int:
+    from marsdiff.export.models import export_model as export
+
+    summary = export(_overlaid_config(args.config), args.policy_dir, args.out, results=args.results)
+    what = "LoRA merged into the UNet" if summary["lora_merged"] else "base UNet, learnt knobs in knobs.json"
+    print(f"{summary['mode']} policy ({summary['backend']}) exported to {summary['folder']} ({what})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sample": sample,
+    "export-model": export_model,
     "doctor": lambda a: doctor(a.config, a.model_dir, a.results, max(2, a.images)),
     "assess-base": lambda a: 0 if assess_base(_overlaid_config(a.config), a.model_dirs, a.results, a.eta or [1.0],
                                               a.images, a.json) else 1,
