@@ -10,17 +10,16 @@ def main(snakemake):
         import torch
 
         from marsdiff.evalset.models import evaluation_models
-        from marsdiff.export.dataset import draw_dataset, source_of_evaluated_model
+        from marsdiff.export.dataset import DrawOptions, draw_dataset, source_of_evaluated_model
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         config = params_json(snakemake, "cfg")
         results = Path(snakemake.input.reference).parent.parent
         spec = next(m for m in evaluation_models(config) if m["name"] == snakemake.wildcards.model)
-        draw_dataset(
-            config, source_of_evaluated_model(spec, results), snakemake.output[0], config["export"]["images"],
-            seed=config["export"]["seed"], device=config["sampling"].get("device", "auto"),
-            batch_size=int(params_json(snakemake, "batch_size")), results=results, progress=False,
-        )
+        options = DrawOptions(seed=config["export"]["seed"], device=config["sampling"].get("device", "auto"),
+                              batch_size=int(params_json(snakemake, "batch_size")), results=results, progress=False)
+        draw_dataset(config, source_of_evaluated_model(spec, results), snakemake.output[0], config["export"]["images"],
+                     options)
 
     run_stage(snakemake, body)
 

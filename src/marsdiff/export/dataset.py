@@ -48,6 +48,20 @@ METADATA_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class DrawOptions:
+    """How a dataset is drawn, whatever the model: which classes, which seeds, where it runs."""
+
+    classes: Sequence[str] | None = None
+    proportions: Sequence[float] | None = None
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int | None = None
+    steps: int | None = None
+    results: str | os.PathLike = "results"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """Which model draws the images: ``kind`` is base, knob, final or round (as the evaluation's)."""
 
@@ -263,20 +277,15 @@ def export_dataset(
     round_index: int | None = None,
     eta: float | None = None,
     noise_scale: float | None = None,
-    classes: Sequence[str] | None = None,
-    proportions: Sequence[float] | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int | None = None,
-    steps: int | None = None,
-    results: str | os.PathLike = "results",
-    progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Draw ``n_images`` labelled images of one model into ``out_dir``; return a short summary."""
+    """Draw ``n_images`` labelled images of one model into ``out_dir``; return a short summary.
+
+    ``options``: the fields of :class:`DrawOptions` (classes, proportions, seed, device, ...)."""
     _check_request(n_images, out_dir)
-    source = resolve_model(config, results, model, round_index, eta, noise_scale)
-    return draw_dataset(config, source, out_dir, n_images, classes, proportions, seed, device, batch_size, steps,
-                        results, progress)
+    draw = DrawOptions(**options)
+    source = resolve_model(config, draw.results, model, round_index, eta, noise_scale)
+    return draw_dataset(config, source, out_dir, n_images, draw)
 
 
 def source_of_evaluated_model(spec: Mapping[str, Any], results: str | os.PathLike) -> ModelSource:
@@ -300,14 +309,7 @@ def draw_dataset(
     source: ModelSource,
     out_dir: str | os.PathLike,
     n_images: int,
-    classes: Sequence[str] | None = None,
-    proportions: Sequence[float] | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int | None = None,
-    steps: int | None = None,
-    results: str | os.PathLike = "results",
-    progress: bool = True,
+    options: DrawOptions = DrawOptions(),
 ) -> dict[str, Any]:
     """Draw the dataset of a resolved model (the CLI's and the export_dataset rule's common path)."""
     from tqdm import tqdm
@@ -321,6 +323,8 @@ def draw_dataset(
 
     _check_request(n_images, out_dir)
     out_dir = Path(out_dir)
+    classes, proportions, seed, device = options.classes, options.proportions, options.seed, options.device
+    batch_size, steps, results, progress = options.batch_size, options.steps, options.results, options.progress
     model_cfg = dict(config.get("model") or {})
     sampling = dict(config.get("sampling") or {})
     model_dir = Path(results) / "models" / "base"
