@@ -266,6 +266,8 @@ def test_summary_has_the_table_a_verdict_per_experiment_and_the_models(finished)
 def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finished):
     report = (finished / "report.html").read_text()
     assert len(report) > 100_000
+    # the info panels show each job's params as written: no escaped JSON (\\\" in the page)
+    assert '"params": "cfg=' in report and '\\\\\\"' not in report.split('"params": "cfg=', 1)[1][:500]
     for caption in ("t-SNE map", "Column i shows image i", "Coverage by category", "Every evaluation metric per model",
                     "The set reward of each RL round", "Most novel (top row)", "All evaluation metrics in long form",
                     "as a page: the metric x model table", "Every RL policy against the best knob setting",

@@ -156,3 +156,17 @@ def test_a_run_dir_keeps_a_runs_results_logs_and_benchmarks_in_its_own_folder(tm
     # the default run is untouched: its own plan writes to results/, logs/ and benchmarks-out/
     default = run_snakemake(workdir, "-n")
     assert "output: results/reference/images" in default.stdout and "runs/mine" not in default.stdout
+
+
+def test_rule_params_are_key_sorted_literals_without_double_quotes():
+    from types import SimpleNamespace
+
+    from marsdiff.stage import param_text, params_json
+
+    config = {"b": {"y": [1, 2.5, None], "x": "a b"}, "a": True}
+    text = param_text(config)
+    assert text == "{'a': True, 'b': {'x': 'a b', 'y': [1, 2.5, None]}}", "key order never changes the text"
+    assert text == param_text({"a": True, "b": {"x": "a b", "y": [1, 2.5, None]}}) and '"' not in text
+    assert params_json(SimpleNamespace(params=SimpleNamespace(cfg=text)), "cfg") == config
+    # JSON (what tests and runs before this format pass) still decodes
+    assert params_json(SimpleNamespace(params=SimpleNamespace(cfg='{"a": true, "n": null}')), "cfg") == {"a": True, "n": None}

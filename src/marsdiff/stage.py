@@ -7,6 +7,7 @@ The library never reads Snakemake objects; only this module and ``workflow/scrip
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import sys
@@ -24,9 +25,32 @@ def configure_logging(log_path: str | None = None, level: int = logging.INFO) ->
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
+def param_text(value: Any) -> str:
+    """A rule param as text: a Python literal with every mapping's keys sorted.
+
+    Snakemake compares this text between runs (its params trigger), so it must not depend on key
+    order; and the HTML report shows it in each result's info panel with every double quote
+    escaped, so it has none where a JSON text would have dozens."""
+    return repr(_keys_sorted(value))
+
+
+def _keys_sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _keys_sorted(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_keys_sorted(item) for item in value]
+    return value
+
+
 def params_json(snakemake: Any, name: str) -> Any:
-    """Decode a JSON-encoded rule param (stages pass their config section this way)."""
-    return json.loads(getattr(snakemake.params, name))
+    """Decode a rule param written by :func:`param_text` (or JSON, as tests and older runs pass)."""
+    text = getattr(snakemake.params, name)
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return json.loads(text)
 
 
 def run_stage(snakemake: Any, body: Callable[[], None]) -> None:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from marsdiff.provenance import code_digest
+from marsdiff.stage import param_text
 
 # run_dir: one folder per run (default: the working directory itself)
 RUN_DIR = Path(config["run_dir"])
@@ -26,7 +27,7 @@ def stage_params(cfg, *sections):
     Snakemake's params trigger compares this text, so a rule re-runs exactly when one of its
     own sections changes, never on key reordering or on other stages' settings.
     """
-    return json.dumps({name: cfg.get(name) for name in sections}, sort_keys=True)
+    return param_text({name: cfg.get(name) for name in sections})
 
 
 def code_version(*parts):
@@ -50,7 +51,7 @@ def untracked(value):
     Snakemake leaves params computed from a job's threads out of its params trigger, so the
     value comes back from a function of ``threads``.
     """
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = value if isinstance(value, str) else param_text(value)
     return lambda wildcards, threads: text
 
 
@@ -128,7 +129,7 @@ def reference_params(cfg, stage):
         keys = APPEARANCE_KEYS
     else:
         keys = [k for k in section if k not in APPEARANCE_KEYS + LOCATION_KEYS + CHECK_KEYS]
-    return json.dumps({"reference": {k: section.get(k) for k in keys}}, sort_keys=True)
+    return param_text({"reference": {k: section.get(k) for k in keys}})
 
 
 def reference_locations(cfg):
@@ -153,7 +154,7 @@ def extractor_params(cfg, name):
         if value and Path(value).is_file():
             options[key] = f"sha256:{content_digests().file(value)}"
     content_digests().save()
-    return json.dumps({"extractor": name, "options": options}, sort_keys=True)
+    return param_text({"extractor": name, "options": options})
 
 
 def pretrain_params(cfg):
@@ -167,7 +168,7 @@ def pretrain_params(cfg):
     preset = PIXEL_PRESETS.get(section.pop("preset", None) or "small", {})
     resolved = {**preset, **{k: (preset.get(k) if v is None else v) for k, v in section.items()}}
     training = {k: v for k, v in resolved.items() if k not in PIXEL_PREVIEW_KEYS + PIXEL_LOGGING_KEYS}
-    return json.dumps({"model": {"pixel": training}}, sort_keys=True)
+    return param_text({"model": {"pixel": training}})
 
 
 def pretrain_settings(cfg):
@@ -195,7 +196,7 @@ def preview_params(cfg):
     from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
 
     section = cfg["model"].get("pixel") or {}
-    return json.dumps({"model": {"pixel": {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}}}, sort_keys=True)
+    return param_text({"model": {"pixel": {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}}})
 
 
 def extractor_names(cfg):
@@ -285,7 +286,7 @@ def rl_params(cfg, exp, stage):
         model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
     else:
         model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
-    return json.dumps({"experiments": {exp: settings}, "sampling": sampling, "model": model}, sort_keys=True)
+    return param_text({"experiments": {exp: settings}, "sampling": sampling, "model": model})
 
 
 def base_model_inputs():
@@ -367,7 +368,7 @@ def pixel_statistics_params(cfg):
     """What pixel_statistics depends on in the config: the bootstrap settings it shares with
     evaluate, nothing else (a k-NN k or n_modes re-runs evaluate only)."""
     metrics = evaluation_settings(cfg)["metrics"]
-    return json.dumps({"metrics": {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}}, sort_keys=True)
+    return param_text({"metrics": {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}})
 
 
 def generation_params(cfg, name):
@@ -382,10 +383,9 @@ def generation_params(cfg, name):
     else:
         model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
     sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "eta")}
-    return json.dumps(
+    return param_text(
         {"model_spec": EVAL_MODEL[name], "images": section["images"], "seed": section["seed"],
          "steps": section["steps"], "sampling": sampling, "model": model},
-        sort_keys=True,
     )
 
 

@@ -55,7 +55,7 @@ rule extract_sample_features:
         ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
         info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
     params:
-        models=json.dumps(list(EVAL_MODEL)),
+        models=param_text(list(EVAL_MODEL)),
         extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
         resolution=SCORE_SIZE,
         # batch size, device and cache folder change no feature value
@@ -100,9 +100,8 @@ rule evaluate:
         tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
     params:
         # the model list is in the order of the inputs; metric settings are the only other knobs
-        cfg=json.dumps(
-            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}, sort_keys=True
-        ),
+        cfg=param_text(
+            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}),
         # the tables' code only: evaluation/stage.py's summary reads evaluation/pixels.py
         code=code_version("evaluation/run.py", "scripts/evaluate.py"),
     log:
@@ -136,7 +135,7 @@ rule pixel_statistics:
             labels={"table": "brightness spread and contrast"},
         ),
     params:
-        models=json.dumps(list(EVAL_MODEL)),
+        models=param_text(list(EVAL_MODEL)),
         resolution=SCORE_SIZE,
         # bootstrap replicates, seed and confidence are the evaluation's; its other metric
         # settings (k, n_modes, ...) change no pixel statistic
@@ -178,10 +177,9 @@ rule plot_evaluation:
     output:
         **evaluation_figure_outputs(),
     params:
-        cfg=json.dumps(
+        cfg=param_text(
             {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "plots": EVAL_SECTION["plots"],
              "rewards": evaluation_rewards(config)},
-            sort_keys=True,
         ),
         code=code_version("evaluation/figures.py", "scripts/plot_evaluation.py"),
     log:
@@ -223,10 +221,9 @@ rule report_summary:
             labels={"table": "policies vs best knob setting"},
         ),
     params:
-        cfg=json.dumps(
+        cfg=param_text(
             {"models": EVAL_MODELS, "metrics": EVAL_SECTION["metrics"], "images": EVAL_SECTION["images"],
              "steps": EVAL_SECTION["steps"]},
-            sort_keys=True,
         ),
         code=code_version("evaluation/stage.py", "scripts/report_summary.py"),
     log:

@@ -22,7 +22,7 @@ rule export_dataset:
         directory(DATASETS_DIR / "{model}"),
     params:
         # the dataset's labels carry the whole config's digest
-        cfg=json.dumps(config, sort_keys=True),
+        cfg=param_text(config),
         batch_size=untracked(config["sampling"]["batch_size"]),
         code=code_version("export/dataset.py", "scripts/export_dataset.py"),
     log:

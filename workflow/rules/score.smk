@@ -10,7 +10,7 @@ SCORE_EXTRACTOR = extractor_names(config)[0]  # the reward's extractor, as valid
 RESIZED_FEATURES = FEATURES_DIR / f"reference_{SCORE_SIZE}px"
 # The reward each experiment is scored with: the top-level section with its override merged in.
 SCORE_REWARDS = {
-    exp: json.dumps({"reward": reward_config(config["reward"], config["experiments"][exp] or {})}, sort_keys=True)
+    exp: param_text({"reward": reward_config(config["reward"], config["experiments"][exp] or {})})
     for exp in experiment_names(config)
 }
 SCORE_EXPERIMENTS = experiment_pattern(config)
