@@ -263,38 +263,24 @@ def _truncated_image(tmp: Path):
     reference_check(folder_section(root))
 
 
-@case("reference data", "a metadata CSV that does not exist", "reference-metadata-missing")
-def _metadata_missing(tmp: Path):
-    root = crater_folder(tmp / "craters")
-    reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
+def _metadata_case(text: str | None) -> Callable[[Path], object]:
+    """The crater folder with a metadata CSV of ``text`` beside it (None: the named file is absent)."""
+    def provoke(tmp: Path):
+        root = crater_folder(tmp / "craters")
+        if text is not None:
+            (tmp / "meta.csv").write_text(text)
+        reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
+    return provoke
 
 
-@case("reference data", "a metadata CSV without a 'file' column", "reference-metadata-no-file")
-def _metadata_no_file(tmp: Path):
-    root = crater_folder(tmp / "craters")
-    (tmp / "meta.csv").write_text("image,diameter_px\nsmall/crater_0.png,12\n")
-    reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
-
-
-@case("reference data", "a metadata CSV naming an image not in the folder", "reference-metadata-unknown-file")
-def _metadata_unknown(tmp: Path):
-    root = crater_folder(tmp / "craters")
-    (tmp / "meta.csv").write_text("file,diameter_px\nsmall/crater_99.png,12\n")
-    reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
-
-
-@case("reference data", "a metadata CSV with a reserved column", "reference-metadata-reserved")
-def _metadata_reserved(tmp: Path):
-    root = crater_folder(tmp / "craters")
-    (tmp / "meta.csv").write_text("file,split\nsmall/crater_0.png,train\n")
-    reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
-
-
-@case("reference data", "an empty metadata CSV", "reference-metadata-empty")
-def _metadata_empty(tmp: Path):
-    root = crater_folder(tmp / "craters")
-    (tmp / "meta.csv").write_text("")
-    reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
+for _id, _tried, _text in (
+    ("missing", "a metadata CSV that does not exist", None),
+    ("no-file", "a metadata CSV without a 'file' column", "image,diameter_px\nsmall/crater_0.png,12\n"),
+    ("unknown-file", "a metadata CSV naming an image not in the folder", "file,diameter_px\nsmall/crater_99.png,12\n"),
+    ("reserved", "a metadata CSV with a reserved column", "file,split\nsmall/crater_0.png,train\n"),
+    ("empty", "an empty metadata CSV", ""),
+):
+    case("reference data", _tried, f"reference-metadata-{_id}")(_metadata_case(_text))
 
 
 @case("reference data", "a tile without its labels", "reference-tile-no-labels")
@@ -347,18 +333,11 @@ def _two_images(tmp: Path):
     reference_check(folder_section(crater_folder(tmp / "craters", classes=("pits",), per_class=2)))
 
 
-def _diameter_case(cell: str) -> Callable[[Path], object]:
-    def provoke(tmp: Path):
-        root = crater_folder(tmp / "craters")
-        (tmp / "meta.csv").write_text(f"file,diameter_px\nsmall/crater_0.png,12\nlarge/crater_1.png,{cell}\n")
-        reference_check(folder_section(root, metadata_csv=str(tmp / "meta.csv")))
-    return provoke
-
-
 for _label, _cell in (("an empty", ""), ("a NaN", "nan"), ("a text", "big"), ("a negative", "-68"),
                       ("a zero", "0"), ("an infinite", "inf")):
     case("reference data", f"{_label} diameter in the metadata CSV",
-         f"reference-metadata-diameter-{_label.split()[-1]}")(_diameter_case(_cell))
+         f"reference-metadata-diameter-{_label.split()[-1]}")(
+        _metadata_case(f"file,diameter_px\nsmall/crater_0.png,12\nlarge/crater_1.png,{_cell}\n"))
 
 
 # --- intermediate files damaged on disk, met by the stage that reads them -------------------------

@@ -27,6 +27,7 @@ from marsdiff.evalset.models import BASE, FINAL
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
 from marsdiff.evaluation.results import Evaluation
+from marsdiff.evaluation.run import load_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,6 @@ def load_model_images(samples_csv: str | os.PathLike, images_dir: str | os.PathL
 
     ids, paths = read_samples(samples_csv, images_dir)
     return ids, np.stack([load_image(p, mode=file_mode(p)) for p in paths])
-
-
-def image_classes(samples_csv: str | os.PathLike, ids: Sequence[str]) -> list[str]:
-    """The class each evaluation image was conditioned on (samples.csv's condition_name)."""
-    table = pd.read_csv(samples_csv, dtype={"image_id": str, "condition_name": str})
-    by_id = dict(zip(table["image_id"], table["condition_name"]))
-    return [by_id.get(image, "") for image in ids]
 
 
 def heldout_row(manifest: str | os.PathLike, count: int, column: str = "size_cat") -> tuple[np.ndarray, list[str]]:
@@ -151,7 +145,8 @@ def draw_evaluation_figures(
     )
 
     images = {name: load_model_images(*samples[name]) for name in names}
-    classes = {name: image_classes(samples[name][0], images[name][0]) for name in names}
+    # each image's conditioning, as the evaluate stage's train-on-synthetic metric reads it
+    classes = load_conditioning({name: samples[name][0] for name in names}, {name: images[name][0] for name in names})
     real = None
     if resized_manifest is not None:
         crops, crop_classes = heldout_row(resized_manifest, int(settings["grid_columns"]))
