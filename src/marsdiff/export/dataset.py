@@ -161,12 +161,12 @@ def with_class_distribution(generation: Any, names: Sequence[str], weights: Sequ
 def class_diameters(index_csv: str | os.PathLike, class_key: str | None, names: Sequence[str],
                     metres_per_pixel: float | None) -> dict[str, dict[str, str]]:
     """Per class: the diameter range of the reference crops in that class (pixels, metres)."""
-    import pandas as pd
+    from marsdiff.io.reading import read_csv
 
     blank = {name: {k: "" for k in METADATA_COLUMNS[2:6]} for name in names}
     if class_key is None or not Path(index_csv).is_file():
         return blank
-    table = pd.read_csv(index_csv, dtype={class_key: str})
+    table = read_csv(index_csv, "reference index", "prepare_reference", dtype={class_key: str})
     if class_key not in table.columns or "diameter_px" not in table.columns:
         return blank
     out = dict(blank)
@@ -208,12 +208,12 @@ def config_digest(config: Mapping[str, Any]) -> str:
 
 def evaluation_rows(results: str | os.PathLike, model_id: str) -> list[dict[str, Any]]:
     """The run's evaluation figures of ``model_id`` (empty when it was not evaluated)."""
-    import pandas as pd
+    from marsdiff.io.reading import read_csv
 
     path = Path(results) / "eval" / "metrics.csv"
     if not path.is_file():
         return []
-    table = pd.read_csv(path)
+    table = read_csv(path, "evaluation metrics", "evaluate")
     if "model" not in table.columns:
         return []
     return table[table["model"] == model_id].to_dict("records")
