@@ -16,6 +16,11 @@ the round's set size, so ``R(X) - R(X - a) = sum_t w_t (r_t(X) - r_t(X - a)) / s
 for ``none``). Terms with weight 0 are still evaluated and reported (and validated) but do not
 enter R. The kernel bandwidth is resolved once from the reference (median heuristic x
 ``bandwidth_scale``, or a fixed number) and shared by all kernel terms.
+
+Pool. ``score`` and ``leave_one_out`` take an optional ``pool``: features of earlier generated
+images (``reward.pool.rounds`` previous rounds of the experiment). The set terms are then
+computed on ``S u P`` (the round's n images and the p pool rows), standardised at set size
+n + p, and credit goes to the round's own images only: ``R(S u P) - R(S u P - x_i)`` for i in S.
 """
 
 from __future__ import annotations
@@ -214,9 +219,17 @@ class RewardModel:
         check_same_dim(x, self.reference)
         return x
 
-    def score(self, generated: Any) -> CombinedResult:
-        """Every term's raw and standardised reward and their weighted sum."""
-        x = self._generated(generated, min_rows=2)
+    def _with_pool(self, x: np.ndarray, pool: Any) -> np.ndarray:
+        """``S u P``: the round's rows first (credit is read off rows 0..n-1), then the pool's."""
+        if pool is None:
+            return x
+        rows = as_features(pool, "pool features", min_rows=0) if len(pool) else np.empty((0, x.shape[1]))
+        check_same_dim(rows, self.reference)
+        return np.concatenate([x, rows]) if len(rows) else x
+
+    def score(self, generated: Any, pool: Any = None) -> CombinedResult:
+        """Every term's raw and standardised reward and their weighted sum (on ``S u pool``)."""
+        x = self._with_pool(self._generated(generated, min_rows=2), pool)
         baseline = self.baseline(len(x))
         scores, total = {}, 0.0
         for term in self.config.terms:
@@ -230,12 +243,15 @@ class RewardModel:
             scores[term.name] = TermScore(term.name, term.kind, term.weight, raw, standardised, result)
         return CombinedResult(total, scores, self.bandwidth, self.bandwidth_source, len(x))
 
-    def leave_one_out(self, generated: Any) -> PerImageCredit:
-        """Exact per-image credit of the combination and of each raw term (closed forms)."""
+    def leave_one_out(self, generated: Any, pool: Any = None) -> PerImageCredit:
+        """Exact per-image credit of the combination and of each raw term (closed forms), for the
+        rows of ``generated`` only; with a ``pool`` the sets are ``S u pool``."""
         x = self._generated(generated, min_rows=3)
+        n = len(x)
+        x = self._with_pool(x, pool)
         baseline = self.baseline(len(x))
-        per_term = {term.name: self.terms[term.name].leave_one_out(x) for term in self.config.terms}
-        combined = np.zeros(len(x))
+        per_term = {term.name: self.terms[term.name].leave_one_out(x)[:n] for term in self.config.terms}
+        combined = np.zeros(n)
         for term in self.config.terms:
             if term.weight != 0.0:
                 combined += term.weight * per_term[term.name] / baseline.std.get(term.name, 1.0)

@@ -13,6 +13,7 @@ information_gain                +0.5 log det(I + K_xx/s^2)                  nois
 conditional_information_gain    +IG(X | reference)                          noise_var
 frechet                         -FD between Gaussian fits                   (none)
 vendi                           +order-1 Vendi score                        (none)
+coverage                        +soft coverage of the reference crops       kernel_scale
 ==============================  ==========================================  ==================
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.rewards.coverage import Coverage
 from marsdiff.rewards.frechet import Frechet
 from marsdiff.rewards.information import InformationGain
 from marsdiff.rewards.kernels import kernel_from_sq_distances
@@ -36,10 +38,12 @@ TERM_OPTIONS: dict[str, dict[str, Any]] = {
     "conditional_information_gain": {"noise_var": 0.1},
     "frechet": {},
     "vendi": {},
+    # sigma = shared bandwidth x kernel_scale; 0.5 (with the shared 0.5 x median) chosen on the ladders
+    "coverage": {"kernel_scale": 0.5},
 }
 TERM_KINDS = tuple(TERM_OPTIONS)
 #: Kinds whose kernel uses the shared reward bandwidth (cmmd fixes its own; frechet has none).
-BANDWIDTH_KINDS = ("mmd", "information_gain", "conditional_information_gain", "vendi")
+BANDWIDTH_KINDS = ("mmd", "information_gain", "conditional_information_gain", "vendi", "coverage")
 
 
 def term_options(kind: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -80,4 +84,6 @@ def build_term(
         return InformationGain(reference, bandwidth, opts["noise_var"], conditional=True, reference_kernel=kyy)
     if kind == "frechet":
         return Frechet(reference)
+    if kind == "coverage":
+        return Coverage(reference, bandwidth, opts["kernel_scale"])
     return Vendi(reference, bandwidth)
