@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from marsdiff.rewards import RewardModel, build_term
-from marsdiff.rewards.coverage import Coverage, coverage_credit
+from marsdiff.rewards.coverage import Coverage, coverage_credit, reach
 
 
 def direct_coverage(x, reference, sigma):
-    """C(S) = (1/m) sum_j [1 - prod_i (1 - k_ij)], straight from the definition."""
+    """C(S) = (1/m) sum_j [1 - prod_i (1 - a_ij)], a = the kernel normalised over the reference."""
     d2 = ((x[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
     k = np.exp(-d2 / (2 * sigma * sigma))
-    return float(np.mean(1.0 - np.prod(1.0 - k, axis=0)))
+    a = k / k.sum(axis=1, keepdims=True)
+    return float(np.mean(1.0 - np.prod(1.0 - a, axis=0)))
 
 
 def brute_force(term, x):
@@ -45,26 +46,36 @@ def test_credit_matches_recomputation_with_duplicates(seed):
     assert closed[7] < alone[6]
 
 
-def test_credit_with_kernel_values_of_exactly_one_zero_and_near_one():
+def test_one_minus_reach_does_not_cancel_near_one():
+    # a row dominated by one crop: 1 - a must be the other crops' share, not 1 - 0.99999... = 0
+    d2 = np.array([[0.0, 60.0, 70.0]])
+    a, log_miss = reach(d2, 1.0)
+    np.testing.assert_allclose(np.exp(log_miss[0, 0]), (np.exp(-30) + np.exp(-35)) / (1 + np.exp(-30) + np.exp(-35)), rtol=1e-12)
+    np.testing.assert_allclose(a.sum(axis=1), 1.0, rtol=1e-15)
+
+
+def test_credit_with_reach_of_exactly_one_zero_and_near_one():
     rng = np.random.default_rng(4)
     reference = rng.normal(size=(25, 3))
     generated = rng.normal(size=(10, 3))
-    generated[0] = reference[4]  # k = 1 exactly: 1 - k = 0, log = -inf
-    generated[1] = reference[4]  # a second image on the same crop: two zeros on one column
+    sigma = 0.005
+    generated[0] = reference[4]  # every other crop underflows: a = 1, 1 - a = 0, log -inf
+    generated[1] = reference[4]  # a second image on the same crop: two zeros in one column
     generated[2] = reference[9]  # the only image on crop 9
-    generated[3] = reference[12] + 1e-9  # 1 - k ~ 1e-19: near one
-    generated[4] = reference[12] + 3e-9
-    generated[5] = 1e3  # k underflows to exactly 0 for every crop
-    term = Coverage(reference, bandwidth=0.9)
-    d2 = ((generated[:, None] - reference[None]) ** 2).sum(-1)
-    assert (np.exp(-d2 / (2 * 0.81)) == 0).any() and (d2 == 0).any()
+    reference[13] = reference[12] + np.array([0.05, 0.0, 0.0])  # a close pair of crops
+    generated[3] = (reference[12] + reference[13]) / 2  # half way: a = 0.5 on two crops
+    # logit gap 23 between crops 12 and 13: 1 - a ~ 1e-10, near one but not one
+    generated[4] = reference[12] + (0.5 - 23 * sigma**2 / 0.05**2) * (reference[13] - reference[12])
+    term = Coverage(reference, bandwidth=sigma)
+    a, log_miss = reach(((generated[:, None] - reference[None]) ** 2).sum(-1), sigma)
+    assert np.isneginf(log_miss[0, 4]) and np.isneginf(log_miss[1, 4]) and (a == 0).any()
+    assert 0 < np.exp(log_miss[4, 12]) < 1e-9  # 1 - a
+    np.testing.assert_allclose(a[3, [12, 13]], 0.5, rtol=1e-9)
     closed = term.leave_one_out(generated)
     assert np.isfinite(closed).all()
     np.testing.assert_allclose(closed, brute_force(term, generated), rtol=0, atol=1e-12)
-    assert closed[5] == 0.0  # reaches nothing
-    # alone on crop 9 (k = 1): at least what the others leave uncovered of that crop
-    others = np.prod(1.0 - np.exp(-np.delete(d2, 2, axis=0)[:, 9] / (2 * 0.81)))
-    assert closed[2] >= others / 25 > 0
+    assert closed[0] == 0.0 and closed[1] == 0.0  # each is redundant given the other
+    assert closed[2] == pytest.approx(1.0 / 25, abs=1e-12)  # alone and fully on crop 9
 
 
 def test_credit_formula_counts_zero_factors_without_dividing():

@@ -13,6 +13,11 @@ rule validate_rewards:
     output:
         ladder=RESULTS / "validation" / "ladder.csv",
         validation=RESULTS / "validation" / "validation.json",
+        rho_plot=report(
+            RESULTS / "validation" / "ladder_rho.png",
+            caption="../report/reward_ladders.rst",
+            category="2. Reward validation",
+        ),
         plots=report(
             expand(
                 str(RESULTS / "validation" / "ladder_{name}.png"),

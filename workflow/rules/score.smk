@@ -14,6 +14,22 @@ SCORE_REWARDS = {
     for exp in experiment_names(config)
 }
 SCORE_EXPERIMENTS = experiment_pattern(config)
+# reward.pool.rounds per experiment (its override merged in): how many previous rounds' features
+# join a round's set for the credit (docs/rewards.md, "Pool")
+POOL_ROUNDS = {
+    exp: int((reward_config(config["reward"], config["experiments"][exp] or {}).get("pool") or {}).get("rounds", 0))
+    for exp in experiment_names(config)
+}
+
+
+def pool_inputs(wildcards):
+    """The features of the experiment's previous reward.pool.rounds rounds, most recent first
+    (round 0 has none)."""
+    current = int(wildcards.round)
+    return [
+        str(RUNS_DIR / wildcards.exp / f"round_{r:03d}" / "features.npy")
+        for r in range(current - 1, max(-1, current - 1 - POOL_ROUNDS[wildcards.exp]), -1)
+    ]
 
 
 rule resize_reference:
@@ -93,9 +109,15 @@ rule score_round:
         # the split column: the reward sees train rows only
         index=REFERENCE_DIR / "images.csv",
         validation=RESULTS / "validation" / "validation.json",
+        # earlier rounds' features (the reward pool); their ids/json are written with them
+        pool=pool_inputs,
     output:
         rewards=RUNS_DIR / "{exp}" / "round_{round}" / "rewards.csv",
         summary=RUNS_DIR / "{exp}" / "round_{round}" / "reward_summary.json",
+        # the round's features through the feature-file contract: the next rounds' pool
+        features=RUNS_DIR / "{exp}" / "round_{round}" / "features.npy",
+        feature_ids=RUNS_DIR / "{exp}" / "round_{round}" / "features.ids.txt",
+        feature_info=RUNS_DIR / "{exp}" / "round_{round}" / "features.json",
     params:
         reward=lambda wildcards: SCORE_REWARDS[wildcards.exp],
         extractor=EXTRACTOR_PARAMS[SCORE_EXTRACTOR],

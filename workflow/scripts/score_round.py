@@ -25,6 +25,9 @@ def main(snakemake):
             rewards_csv=snakemake.output.rewards,
             summary_json=snakemake.output.summary,
             extractor=params_json(snakemake, "extractor")["extractor"],
+            features_npy=snakemake.output.features,
+            # the previous rounds' features, most recent first (score.smk's pool_inputs)
+            pool_features=list(snakemake.input.pool),
         )
         kill_point("score.done")
 

@@ -16,6 +16,7 @@ def main(snakemake):
             validation_json=snakemake.output.validation,
             plot_paths=dict(zip(ladders, snakemake.output.plots)),
             extractor=snakemake.params.extractor,
+            rho_plot=snakemake.output.rho_plot,
         )
 
     run_stage(snakemake, body)

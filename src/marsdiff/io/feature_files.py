@@ -67,6 +67,8 @@ def writer_rule(npy_path: str | os.PathLike) -> str:
     "re-run" hints): results/eval/features/<model>/ (generated sets), results/features/
     reference_<N>px/ (the reference at the scoring resolution), else results/features/reference/."""
     parts = Path(npy_path).parts
+    if "runs" in parts:  # a round's features (the reward pool), written by score_round
+        return "score_round"
     if "eval" in parts:
         return "extract_sample_features"
     if any(part.startswith("reference_") and part.endswith("px") for part in parts):

@@ -41,15 +41,17 @@ log = logging.getLogger(__name__)
 
 STANDARDISATIONS = ("none", "zscore")
 
-#: The default combination (also the config default): 0.7 MMD + 0.3 GP information gain,
-#: both z-scored against the reference baseline; the other kinds are reported with weight 0.
+#: The default combination (also the config default): 0.75 MMD + 0.25 GP information gain,
+#: both z-scored against the reference baseline, the mix the declared rule picked on the
+#: ladders (docs/rewards.md); the other kinds are reported with weight 0.
 DEFAULT_TERMS: dict[str, dict[str, Any]] = {
-    "mmd": {"kind": "mmd", "weight": 0.7, "standardise": "zscore"},
-    "information_gain": {"kind": "information_gain", "weight": 0.3, "standardise": "zscore"},
+    "mmd": {"kind": "mmd", "weight": 0.75, "standardise": "zscore"},
+    "information_gain": {"kind": "information_gain", "weight": 0.25, "standardise": "zscore"},
     "conditional_information_gain": {"kind": "conditional_information_gain", "weight": 0.0},
     "cmmd": {"kind": "cmmd", "weight": 0.0},
     "frechet": {"kind": "frechet", "weight": 0.0},
     "vendi": {"kind": "vendi", "weight": 0.0},
+    "coverage": {"kind": "coverage", "weight": 0.0, "standardise": "zscore"},
 }
 
 
@@ -72,6 +74,9 @@ class RewardConfig:
     seed: int = 0
     duplicate_factor: float = 0.25
     novel_factor: float = 2.0
+    #: previous rounds of the experiment whose features join a round's set (``reward.pool.rounds``);
+    #: 1 raised the credit's split-half r on the train stand-in (docs/rewards.md)
+    pool_rounds: int = 1
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> "RewardConfig":
@@ -97,7 +102,10 @@ class RewardConfig:
             seed=int(section.get("seed", 0)),
             duplicate_factor=float(section.get("duplicate_factor", 0.25)),
             novel_factor=float(section.get("novel_factor", 2.0)),
+            pool_rounds=int((section.get("pool") or {}).get("rounds", cls.pool_rounds)),
         )
+        if config.pool_rounds < 0:
+            raise MarsdiffError(f"reward.pool.rounds must be 0 (off) or a positive number of rounds, got {config.pool_rounds}")
         if config.baseline_repeats < 2:
             raise MarsdiffError("reward.baseline_repeats must be at least 2 (a standard deviation needs 2 draws)")
         return config
@@ -158,9 +166,12 @@ class RewardModel:
         reference: Any,
         config: RewardConfig | dict[str, Any] | None = None,
         reference_sq_distances: np.ndarray | None = None,
+        baseline_terms: tuple[str, ...] = (),
     ):
         """``reference_sq_distances``: the reference rows' squared-distance matrix, when the caller
-        already has it (validation reuses it across bandwidths); computed here otherwise."""
+        already has it (validation reuses it across bandwidths); computed here otherwise.
+        ``baseline_terms``: z-scored terms to standardise even at weight 0 (validation compares
+        mixes of them)."""
         self.config = config if isinstance(config, RewardConfig) else RewardConfig.from_dict(config)
         self.reference = as_features(reference, "reference features", min_rows=3)
         m = len(self.reference)
@@ -177,9 +188,11 @@ class RewardModel:
             for t in self.config.terms
         }
         self._baselines: dict[int, Baseline] = {}
+        self._baseline_terms = frozenset(baseline_terms)
 
     def _standardised_terms(self) -> list[TermConfig]:
-        return [t for t in self.config.terms if t.standardise == "zscore" and t.weight != 0.0]
+        return [t for t in self.config.terms
+                if t.standardise == "zscore" and (t.weight != 0.0 or t.name in self._baseline_terms)]
 
     def baseline(self, n: int) -> Baseline:
         """Mean and std of each z-scored term over reference subsets of size n vs the rest (cached)."""

@@ -8,11 +8,15 @@ higher = better). The ladders:
   (mode collapse up to n distinct real craters);
 * ``size`` / ``lighting`` / ``contrast`` - rows drawn evenly from k of the categories of that
   manifest column (k random categories per draw), k = 1 ... all categories;
+* ``categories`` - the "missing categories" ladder: rows drawn evenly from k of the joint
+  size x lighting categories (18 on the default reference), k = 1 ... all; a set that misses
+  categories of crater is less diverse whatever its within-category spread;
 * ``noise``    - a noise ladder in feature space: ``mu + t * eps`` with ``eps ~ N(0, S_pool)``
   (pool mean and covariance), t = 0 (every row at the mean) ... 1 (the pool's spread).
 
-Category draws are without replacement while a category has enough rows, with replacement
-otherwise (only the one-category level of a small pool needs it).
+Category draws are without replacement while a category has enough rows; otherwise every row
+of the category once and the rest with replacement (only the low levels of the joint ladder
+need it: a joint category holds 5-12 rows of a pool half).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import numpy as np
 from marsdiff.errors import MarsdiffError
 
 CATEGORY_COLUMNS = {"size": "size_cat", "lighting": "lighting_cat", "contrast": "contrast_cat"}
-LADDER_NAMES = ("copies", "size", "lighting", "contrast", "noise")
+#: the joint categories of the "missing categories" ladder
+JOINT_COLUMNS = ("size_cat", "lighting_cat")
+LADDER_NAMES = ("copies", "size", "lighting", "contrast", "categories", "noise")
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -49,7 +55,10 @@ def copies_ladder(pool: np.ndarray, n: int, rng: np.random.Generator) -> list[La
 
 
 def _draw(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.choice(rows, size=count, replace=len(rows) < count)
+    if len(rows) >= count:
+        return rng.choice(rows, size=count, replace=False)
+    # as few repeats as the category allows: a duplicate is collapse, which another ladder measures
+    return np.concatenate([rng.permutation(rows), rng.choice(rows, size=count - len(rows), replace=True)])
 
 
 def category_ladder(
@@ -89,6 +98,12 @@ def build_ladder(
         return copies_ladder(pool, n, rng)
     if name == "noise":
         return noise_ladder(pool, n, rng)
+    if name == "categories":
+        missing = [c for c in JOINT_COLUMNS if pool_meta is None or c not in pool_meta]
+        if missing:
+            raise MarsdiffError(f"ladder 'categories' needs the manifest column(s) {missing}")
+        joint = pool_meta[list(JOINT_COLUMNS)].astype(str).agg(" x ".join, axis=1)
+        return category_ladder(pool, np.asarray(joint), n, rng)
     if name in CATEGORY_COLUMNS:
         column = CATEGORY_COLUMNS[name]
         if pool_meta is None or column not in pool_meta:

@@ -48,9 +48,14 @@ def per_image_table(
     reference_ids: Sequence[str] | None = None,
     duplicate_distance: float | None = None,
     novel_distance: float | None = None,
+    pool: Any = None,
 ) -> pd.DataFrame:
-    """The per-image reward table for one generated set (see the module docstring)."""
-    credit = model.leave_one_out(generated)
+    """The per-image reward table for one generated set (see the module docstring).
+
+    ``pool``: earlier generated features that join the set for the credit (``R(S u P) -
+    R(S u P - x)``); the neighbourhood columns stay within the round's own images.
+    """
+    credit = model.leave_one_out(generated, pool=pool)
     x = as_features(generated, "generated features", min_rows=3)
     n = len(x)
     ids = [str(i) for i in (ids if ids is not None else range(n))]

@@ -14,7 +14,11 @@ Steps:
    evaluation's);
 4. the set reward (:meth:`RewardModel.score`: every term raw and standardised) and the exact
    per-image credit (:meth:`RewardModel.leave_one_out`, through
-   :func:`~marsdiff.rewards.per_image.per_image_table`).
+   :func:`~marsdiff.rewards.per_image.per_image_table`);
+5. with ``reward.pool.rounds`` K > 0, the features of the experiment's previous K rounds (their
+   ``features.npy``, most recent first) join the set for the credit: ``R(S u P) - R(S u P - x)``
+   for the round's own images. The pool is cut to the rows the z-score baseline allows
+   (``n + p <= m - 2``), most recent rounds first, and the summary says so.
 
 Outputs, both written atomically:
 
@@ -24,7 +28,11 @@ configured combination), ``rank`` (1 = largest credit), ``credit_<term>`` (raw c
 term, weight 0 included), ``nn_id, nn_distance, duplicate`` (nearest other generated image),
 ``ref_nn_id, ref_nn_distance, novel`` (nearest train reference image).
 
-``reward_summary.json``: ``set_reward``, ``terms`` (kind, weight, standardise, raw,
+``features.npy`` (+ ``.ids.txt``, ``.json``; the feature-file contract of
+:mod:`marsdiff.io.feature_files`): the round's features in samples.csv order, the next rounds' pool.
+
+``reward_summary.json``: ``set_reward`` (the round's own images; with a pool also
+``set_reward_with_pool``), ``pool`` (rounds, files, rows used), ``terms`` (kind, weight, standardise, raw,
 standardised, baseline mean/std at this n for z-scored terms), ``bandwidth``, ``n_images``,
 ``n_reference_train``, ``extractor``, ``resolution``, duplicate/novel thresholds and counts and
 ``validation`` (what was checked). Both files depend only on the inputs: feature-cache hits and
@@ -234,12 +242,39 @@ def train_reference_features(
 # ---------------------------------------------------------------------------- scoring
 
 
+def read_pool(
+    paths: list[str | os.PathLike] | tuple, extractor: str, dim: int, n: int, m: int, rounds: int
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The previous rounds' features (``paths`` most recent first) as one pool, cut to fit.
+
+    The z-scored baseline draws n + p reference rows and needs 2 more, so the pool keeps at most
+    ``m - n - 2`` rows, whole rounds most recent first, then the rows of the next that fit.
+    """
+    from marsdiff.io.feature_files import read_feature_set
+
+    info: dict[str, Any] = {"rounds": rounds, "files": [str(p) for p in paths], "rows_available": 0, "rows": 0}
+    if not paths:
+        return None, info
+    parts = [read_feature_set(p, extractor=extractor, expected_dim=dim)[0].astype(np.float64) for p in paths]
+    rows = np.concatenate(parts)
+    room = max(0, m - n - 2)
+    info.update(rows_available=len(rows), rows=min(len(rows), room))
+    if len(rows) > room:
+        info["limited_by"] = f"the z-score baseline: {m} train reference rows allow n + p <= {m - 2}"
+        log.warning("reward pool cut from %d to %d rows (%s)", len(rows), room, info["limited_by"])
+        rows = rows[:room]
+    return (rows if len(rows) else None), info
+
+
 def score_features(
-    model: RewardModel, features: np.ndarray, samples: pd.DataFrame, reference_ids: list[str]
+    model: RewardModel, features: np.ndarray, samples: pd.DataFrame, reference_ids: list[str],
+    pool: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, CombinedResult]:
-    """The rewards.csv table and the set reward for generated ``features`` (rows = samples rows)."""
+    """The rewards.csv table and the set reward for generated ``features`` (rows = samples rows);
+    the credit is taken with ``pool`` joining the set, the set reward on the round's own images."""
     result = model.score(features)
-    table = per_image_table(model, features, ids=samples["image_id"].astype(str).tolist(), reference_ids=reference_ids)
+    table = per_image_table(model, features, ids=samples["image_id"].astype(str).tolist(), reference_ids=reference_ids,
+                            pool=pool)
     table = table.rename(columns={"reward": "credit", **{f"reward_{name}": f"credit_{name}" for name in model.terms}})
     carried = samples[[c for c in SAMPLE_COLUMNS if c in samples]].reset_index(drop=True)
     out = pd.concat([carried, table.drop(columns=["id"])], axis=1)
@@ -288,10 +323,14 @@ def score_round(
     rewards_csv: str | os.PathLike,
     summary_json: str | os.PathLike,
     extractor: str | None = None,
+    features_npy: str | os.PathLike | None = None,
+    pool_features: list[str | os.PathLike] | tuple = (),
 ) -> RoundScore:
     """The score_round stage (see the module docstring). ``reward_section`` is the reward config
     the round is trained on (an experiment's override already merged in); ``features_cfg`` the
-    ``features`` section; ``resolution`` the matched size the reference features were made at."""
+    ``features`` section; ``resolution`` the matched size the reference features were made at;
+    ``features_npy`` where the round's features are written (the next rounds' pool);
+    ``pool_features`` the previous rounds' features files, most recent first."""
     from marsdiff.features.registry import build_extractor
     from marsdiff.io.atomic import atomic_path, write_json
 
@@ -305,15 +344,24 @@ def score_round(
     # both sides from the same extractor setting, or the distances mean nothing
     reference, reference_ids = train_reference_features(reference_features, manifest, extractor, encoder.dim)
     features, feature_info = round_features(paths, encoder, features_cfg.get("cache_dir"), int(resolution))
-    model = RewardModel(reference, RewardConfig.from_dict(reward_section))
-    table, result = score_features(model, features, samples, reference_ids)
+    config = RewardConfig.from_dict(reward_section)
+    model = RewardModel(reference, config)
+    pool, pool_info = read_pool(pool_features, extractor, encoder.dim, len(features), len(reference), config.pool_rounds)
+    table, result = score_features(model, features, samples, reference_ids, pool=pool)
     summary = _summary(model, result, table)
+    if pool is not None:
+        pool_info["set_reward_with_pool"] = model.score(features, pool=pool).value
+    summary["pool"] = pool_info
     summary.update(
         extractor=extractor,
         resolution={"matched": int(resolution), "generated": feature_info["generated_size"], "resized_images": feature_info["resized"]},
         feature_dim=feature_info["feature_dim"],
         validation=validation,
     )
+    if features_npy is not None:
+        from marsdiff.io.feature_files import write_feature_set
+
+        write_feature_set(features, samples["image_id"].astype(str).tolist(), features_npy, extractor=encoder)
     with atomic_path(rewards_csv) as tmp:
         table.to_csv(tmp, index=False)
     write_json(summary_json, summary)

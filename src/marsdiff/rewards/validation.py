@@ -13,9 +13,22 @@ goes from less to more diverse). A reward is validated when it passes every ladd
 Kernel rewards are also scored at each ``bandwidth_scales`` multiple of the median heuristic:
 the ``bandwidth_sweep`` section of validation.json, used to choose the default bandwidth.
 
-Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, bandwidth, value),
-``ladder_<name>.png`` (one panel per reward, mean with interval vs level) and
-``validation.json`` (see :func:`summarise`).
+Mix selection: the per-draw Spearman rho (one draw = one set) of every weight vector of a
+declared grid over ``mix.terms`` (weights summing to 1 in steps of ``mix.step``), computed from
+the terms' z-scores; the rule (:func:`select_mix`): among the mixes that pass the level-mean
+gate on every ladder, the highest *minimum* per-draw rho over the ladders (ties: the higher
+mean). Train split only, so the choice never reads held-out crops.
+
+Credit signal-to-noise (:mod:`marsdiff.rewards.reliability`): split-half correlation of a
+probe image's credit in two disjoint companion sets drawn from the pool half, scored against
+the target half, for the configured mix, the previous default (0.7 mmd + 0.3
+information_gain) and each of their terms, at ``snr.set_size`` images plus each pool of
+``snr.pool_rounds`` x set_size earlier images.
+
+Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, bandwidth, value,
+standardised), ``ladder_<name>.png`` (one panel per reward, mean with interval vs level),
+``ladder_rho.png`` (per-draw rho of every reward on every ladder) and ``validation.json`` (see
+:func:`summarise`, plus ``mix_selection`` and ``credit_snr``).
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from marsdiff.rewards.combined import RewardConfig, RewardModel
 from marsdiff.rewards.inputs import as_features
 from marsdiff.rewards.kernels import squared_distances
 from marsdiff.rewards.ladders import LADDER_NAMES, build_ladder
+from marsdiff.rewards.reliability import agreement, mix_credit, split_half_credits
 from marsdiff.rewards.terms import BANDWIDTH_KINDS
 
 log = logging.getLogger(__name__)
@@ -45,8 +59,11 @@ log = logging.getLogger(__name__)
 COMBINED = "combined"
 #: ladder.csv columns; ``bandwidth`` is the kernel sigma of that repeat's target half
 #: (unused by frechet and cmmd, which has its own sigma = 10)
-TABLE_COLUMNS = ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value"]
+#: ``standardised``: the z-score of a term at the validated bandwidth (NaN elsewhere / unstandardised)
+TABLE_COLUMNS = ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value", "standardised"]
 TRAIN_SPLIT = "train"
+#: the default mix before issue 18, measured beside the configured one (credit signal-to-noise)
+PREVIOUS_DEFAULT = {"mmd": 0.7, "information_gain": 0.3}
 
 
 @dataclass(frozen=True)
@@ -55,9 +72,16 @@ class ValidationConfig:
     enforce: bool = True
     set_size: int = 24
     repeats: int = 20
-    ladders: tuple[str, ...] = ("copies", "size", "lighting", "noise")
+    ladders: tuple[str, ...] = ("copies", "size", "lighting", "categories", "noise")
     bandwidth_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     seed: int = 0
+    mix_terms: tuple[str, ...] = ("mmd", "information_gain", "coverage")
+    mix_step: float = 0.25
+    mix_tolerance: float = 0.05
+    snr_set_size: int = 32
+    snr_pool_rounds: tuple[int, ...] = (0, 1)
+    snr_probes: int = 60
+    snr_repeats: int = 4
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> "ValidationConfig":
@@ -71,7 +95,18 @@ class ValidationConfig:
             ladders=tuple(section.get("ladders", default.ladders)),
             bandwidth_scales=tuple(float(s) for s in section.get("bandwidth_scales", default.bandwidth_scales)),
             seed=int(section.get("seed", default.seed)),
+            mix_terms=tuple((section.get("mix") or {}).get("terms", default.mix_terms)),
+            mix_step=float((section.get("mix") or {}).get("step", default.mix_step)),
+            mix_tolerance=float((section.get("mix") or {}).get("tolerance", default.mix_tolerance)),
+            snr_set_size=int((section.get("snr") or {}).get("set_size", default.snr_set_size)),
+            snr_pool_rounds=tuple(int(k) for k in (section.get("snr") or {}).get("pool_rounds", default.snr_pool_rounds)),
+            snr_probes=int((section.get("snr") or {}).get("probes", default.snr_probes)),
+            snr_repeats=int((section.get("snr") or {}).get("repeats", default.snr_repeats)),
         )
+        if not 0.0 < config.mix_step <= 1.0 or abs(round(1.0 / config.mix_step) * config.mix_step - 1.0) > 1e-9:
+            raise MarsdiffError(f"reward.validation.mix.step must divide 1 (e.g. 0.25), got {config.mix_step}")
+        if config.snr_set_size < 3 or config.snr_probes < 3 or config.snr_repeats < 1 or min(config.snr_pool_rounds, default=0) < 0:
+            raise MarsdiffError("reward.validation.snr needs set_size >= 3, probes >= 3, repeats >= 1 and pool_rounds >= 0")
         unknown = sorted(set(config.ladders) - set(LADDER_NAMES))
         if unknown:
             raise MarsdiffError(f"reward.validation.ladders: unknown ladder(s) {unknown}; choose from {LADDER_NAMES}")
@@ -137,15 +172,18 @@ def ladder_table(
         target_distances = squared_distances(target)
         for scale in scales:
             config = (reward if scale == primary else swept).with_bandwidth_scale(scale)
-            model = RewardModel(target, config, target_distances)
+            # at the validated bandwidth the mix-grid terms are z-scored too (select_mix combines them)
+            mix_terms = tuple(validation.mix_terms) if scale == primary else ()
+            model = RewardModel(target, config, target_distances, baseline_terms=mix_terms)
             for ladder, levels in ladders.items():
                 for level in levels:
                     result = model.score(level.features)
-                    values = {name: term.raw for name, term in result.terms.items()}
-                    values[COMBINED] = result.value
-                    for name, value in values.items():
+                    values = {name: (term.raw, term.standardised) for name, term in result.terms.items()}
+                    values[COMBINED] = (result.value, result.value)
+                    for name, (value, z) in values.items():
                         if scale == primary or name in kernel_terms or name == COMBINED:
-                            rows.append((ladder, level.level, repeat, name, scale, result.bandwidth, value))
+                            z = z if scale == primary else float("nan")
+                            rows.append((ladder, level.level, repeat, name, scale, result.bandwidth, value, z))
         log.info("ladder validation: repeat %d/%d done", repeat + 1, validation.repeats)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -194,6 +232,155 @@ def summarise(table: pd.DataFrame, min_spearman: float, primary_scale: float) ->
     }
 
 
+def mix_grid(terms: tuple[str, ...], step: float) -> list[dict[str, float]]:
+    """Every weight vector over ``terms`` with weights in multiples of ``step`` summing to 1."""
+    units = round(1.0 / step)
+
+    def split(total: int, parts: int):
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total, -1, -1):
+            for rest in split(total - first, parts - 1):
+                yield (first,) + rest
+
+    return [{t: k / units for t, k in zip(terms, combo)} for combo in split(units, len(terms))]
+
+
+def mix_name(weights: dict[str, float]) -> str:
+    return " + ".join(f"{w:g} {t}" for t, w in weights.items() if w) or "none"
+
+
+def select_mix(table: pd.DataFrame, validation: ValidationConfig, min_spearman: float, primary_scale: float,
+               snr: dict[str, Any] | None = None, pool_rounds: int = 0) -> dict[str, Any]:
+    """The declared grid of mixes scored on the ladders, and the one the rule picks.
+
+    Rule: among the mixes whose level means pass ``min_spearman`` on every ladder, those whose
+    minimum per-draw Spearman rho over the ladders is within ``mix.tolerance`` of the best; of
+    these, the one whose credit has the highest split-half Pearson r at ``pool_rounds`` (the
+    configured pool; ties and a missing measurement: the higher minimum rho, then the earlier
+    grid entry). Everything it reads comes from the train split.
+    """
+    data = table[(table["bandwidth_scale"] == primary_scale) & table["reward"].isin(validation.mix_terms)]
+    present = [t for t in validation.mix_terms if t in set(data["reward"])]
+    if len(present) != len(validation.mix_terms) or data["standardised"].isna().any():
+        missing = sorted(set(validation.mix_terms) - set(present))
+        return {"rule": None, "grid": [], "chosen": None,
+                "skipped": f"mix terms not all z-scored reward terms (missing: {missing or 'standardisation'})"}
+    wide = data.pivot_table(index=["ladder", "level", "repeat"], columns="reward", values="standardised").reset_index()
+    by_mix = ((snr or {}).get("by_pool_rounds") or {}).get(str(pool_rounds)) or {}
+    grid = []
+    for weights in mix_grid(validation.mix_terms, validation.mix_step):
+        value = sum(w * wide[t] for t, w in weights.items())
+        per_draw, level_mean, passed = {}, {}, True
+        for ladder in validation.ladders:
+            rows = (wide["ladder"] == ladder).to_numpy()
+            levels = wide.loc[rows, "level"].to_numpy()
+            per_draw[ladder] = _spearman(levels, value[rows].to_numpy())
+            means = value[rows].groupby(levels).mean()
+            level_mean[ladder] = _spearman(means.index.to_numpy(), means.to_numpy())
+            passed &= level_mean[ladder] is not None and level_mean[ladder] >= min_spearman
+        draws = [r if r is not None else -1.0 for r in per_draw.values()]
+        split_half = (by_mix.get(mix_name(weights)) or {}).get("pearson")
+        grid.append({"weights": weights, "name": mix_name(weights), "spearman_draws": per_draw, "spearman": level_mean,
+                     "passed": passed, "min_spearman_draws": float(min(draws)), "mean_spearman_draws": float(np.mean(draws)),
+                     "credit_split_half_r": split_half})
+    eligible = [g for g in grid if g["passed"]]
+    chosen = None
+    if eligible:
+        best = max(g["min_spearman_draws"] for g in eligible)
+        near = [g for g in eligible if g["min_spearman_draws"] >= best - validation.mix_tolerance]
+        # max keeps the first of equals: the earlier grid entry
+        chosen = max(near, key=lambda g: (g["credit_split_half_r"] if g["credit_split_half_r"] is not None else -2.0,
+                                          g["min_spearman_draws"]))
+    return {
+        "rule": f"among mixes passing the level-mean gate on every ladder, those within {validation.mix_tolerance:g} of "
+                f"the highest minimum per-draw Spearman rho over the ladders; of these the highest credit split-half "
+                f"Pearson r at pool_rounds {pool_rounds}",
+        "terms": list(validation.mix_terms),
+        "step": validation.mix_step,
+        "tolerance": validation.mix_tolerance,
+        "pool_rounds": pool_rounds,
+        "grid": grid,
+        "chosen": chosen,
+    }
+
+
+def credit_snr(features: np.ndarray, meta: pd.DataFrame, reward: RewardConfig, validation: ValidationConfig,
+               extra_mixes: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Split-half credit agreement of the configured mix, the previous default, ``extra_mixes``
+    and every term they use.
+
+    Pool half = candidate images, target half = reference (as on the ladders); each of
+    ``snr.repeats`` splits contributes ``snr.probes`` probes, at each pool size.
+    """
+    configured = {t.name: t.weight for t in reward.terms if t.weight != 0.0}
+    known = {t.name for t in reward.terms}
+    mixes = {COMBINED: configured}
+    if all(name in known for name in PREVIOUS_DEFAULT):
+        mixes["previous_default"] = dict(PREVIOUS_DEFAULT)
+    for name, weights in (extra_mixes or {}).items():
+        if all(t in known for t, w in weights.items() if w):
+            mixes.setdefault(name, {t: w for t, w in weights.items() if w})
+    names = sorted({name for weights in mixes.values() for name in weights})
+    # only the measured terms: weight-0 diagnostics (Vendi, FD) would dominate the cost
+    measured = dataclasses.replace(reward, terms=tuple(t for t in reward.terms if t.name in names))
+    out: dict[str, Any] = {"set_size": validation.snr_set_size, "probes_per_repeat": validation.snr_probes,
+                           "repeats": validation.snr_repeats, "mixes": mixes, "by_pool_rounds": {}}
+    for rounds in validation.snr_pool_rounds:
+        companions = validation.snr_set_size * (1 + rounds) - 1
+        pairs: dict[str, list[np.ndarray]] = {}
+        for repeat in range(validation.snr_repeats):
+            rng = np.random.default_rng([validation.seed, repeat, 18])
+            pool_rows, target_rows = _split(meta, rng)
+            if 2 * companions + 1 > len(pool_rows):
+                out["by_pool_rounds"][str(rounds)] = {"skipped": f"the pool half ({len(pool_rows)} rows) cannot hold "
+                                                                 f"two disjoint sets of {companions} companions"}
+                break
+            model = RewardModel(features[target_rows], measured, baseline_terms=tuple(names))
+            std = model.baseline(companions + 1).std
+            _, credits = split_half_credits(model, features[pool_rows], companions, validation.snr_probes, rng)
+            for name in names:
+                pairs.setdefault(name, []).append(credits[name])
+            for mix, weights in mixes.items():
+                pairs.setdefault(mix, []).append(mix_credit(credits, weights, std))
+        else:
+            out["by_pool_rounds"][str(rounds)] = {name: agreement(np.concatenate(p)) for name, p in pairs.items()}
+        log.info("credit split-half at pool %d round(s) done", rounds)
+    return out
+
+
+def plot_rho(summary: dict[str, Any], path: str | Path) -> None:
+    """Heat map of the per-draw Spearman rho of every reward (and the grid's chosen mix) on every ladder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ladders = list(summary["ladders"])
+    rewards = sorted(summary["rewards"], key=lambda name: (name == COMBINED, name))
+    rows = [[summary["rewards"][r]["ladders"].get(l, {}).get("spearman_draws") for l in ladders] for r in rewards]
+    labels = [f"{r} ({'pass' if summary['rewards'][r]['passed'] else 'FAIL'})" for r in rewards]
+    chosen = (summary.get("mix_selection") or {}).get("chosen")
+    if chosen:
+        rows.append([chosen["spearman_draws"].get(l) for l in ladders])
+        labels.append("grid choice: " + mix_name(chosen["weights"]))
+    values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(ladders) + 4.5, 0.38 * len(rows) + 1.6))
+    image = ax.imshow(values, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(ladders)), ladders, fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    ax.set_title("per-draw Spearman ρ (one set = one draw) of reward vs ladder level; higher = orders diversity better",
+                 fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path: str | Path) -> None:
     """One panel per reward: mean reward vs level with a 2.5-97.5 percentile interval over repeats."""
     import matplotlib
@@ -218,6 +405,8 @@ def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path:
         verdict = summary["rewards"].get(reward, {}).get("ladders", {}).get(ladder, {})
         rho = verdict.get("spearman")
         label = "ρ n/a" if rho is None else f"ρ {rho:.2f}"
+        if verdict.get("spearman_draws") is not None:
+            label += f", per draw {verdict['spearman_draws']:.2f}"
         outcome = "pass" if verdict.get("passed") else "FAIL"
         ax.set_title(f"{reward}\n{label} ({outcome}: needs ρ ≥ {summary['min_spearman']:g})", fontsize=8)
         ax.set_xlabel("ladder level (more diverse →)", fontsize=7)
@@ -242,8 +431,13 @@ def run_validation(
     section = dict(reward_section or {})
     reward = RewardConfig.from_dict(section)
     validation = ValidationConfig.from_dict(section.get("validation"))
-    table = ladder_table(as_features(features, "reference features"), meta, reward, validation)
+    features = as_features(features, "reference features")
+    table = ladder_table(features, meta, reward, validation)
     summary = summarise(table, validation.min_spearman, reward.bandwidth_scale)
+    grid = {mix_name(w): w for w in mix_grid(validation.mix_terms, validation.mix_step)}
+    summary["credit_snr"] = credit_snr(features, meta, reward, validation, grid)
+    summary["mix_selection"] = select_mix(table, validation, validation.min_spearman, reward.bandwidth_scale,
+                                          summary["credit_snr"], reward.pool_rounds)
     summary.update(
         set_size=validation.set_size,
         repeats=validation.repeats,
@@ -263,6 +457,7 @@ def validate_rewards(
     validation_json: str | Path,
     plot_paths: dict[str, str | Path],
     extractor: str = "",
+    rho_plot: str | Path | None = None,
 ) -> dict[str, Any]:
     """The validate_rewards stage: read reference features (and their ids file), write ladder.csv,
     plots and validation.json."""
@@ -280,6 +475,8 @@ def validate_rewards(
         table.to_csv(tmp, index=False)
     for ladder, path in plot_paths.items():
         plot_ladder(table, ladder, summary, path)
+    if rho_plot is not None:
+        plot_rho(summary, rho_plot)
     write_json(validation_json, summary)
     for name, entry in sorted(summary["rewards"].items()):
         log.info("reward %-30s %s %s", name, "PASS" if entry["passed"] else "FAIL", "; ".join(entry["failures"]))
