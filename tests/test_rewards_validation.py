@@ -9,9 +9,11 @@ import pytest
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.reading import sha256_of
 from marsdiff.rewards.ladders import build_ladder, copies_levels
-from marsdiff.rewards.validation import require_validated, summarise, validate_rewards
+from marsdiff.rewards.validation import (
+    ValidationConfig, mix_grid, require_validated, select_mix, summarise, validate_rewards,
+)
 
-LADDERS = ["copies", "size", "lighting", "noise"]
+LADDERS = ["copies", "size", "lighting", "categories", "noise"]
 
 
 def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
@@ -66,6 +68,24 @@ def test_ladder_levels_have_the_promised_structure():
     assert spreads == sorted(spreads)
     with pytest.raises(MarsdiffError, match="lighting_cat"):
         build_ladder("lighting", pool, meta, 12, rng)
+    with pytest.raises(MarsdiffError, match="lighting_cat"):
+        build_ladder("categories", pool, meta, 12, rng)
+
+
+def test_missing_categories_ladder_draws_from_k_joint_categories():
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(48, 3))
+    # 4 sizes x 3 lightings = 12 joint categories of 4 rows each
+    meta = pd.DataFrame({"size_cat": np.repeat(["a", "b", "c", "d"], 12), "lighting_cat": np.tile(["x", "y", "z"], 16)})
+    joint = (meta["size_cat"] + meta["lighting_cat"]).to_numpy()
+    levels = build_ladder("categories", pool, meta, 12, rng)
+    assert [lvl.level for lvl in levels] == list(range(1, 13))
+    for lvl in levels:
+        rows = [int(np.flatnonzero((pool == f).all(1))[0]) for f in lvl.features]
+        assert len(set(joint[rows])) == lvl.level and len(lvl.features) == 12
+        # a category short of rows gives each of its rows once before repeating any
+        counts = np.unique(rows, return_counts=True)[1]
+        assert counts.max() - counts.min() <= 1 if lvl.level <= 3 else counts.max() == 1
 
 
 def test_validate_rewards_end_to_end(tmp_path):
@@ -73,19 +93,25 @@ def test_validate_rewards_end_to_end(tmp_path):
     out = tmp_path / "validation"
     section = {
         "baseline_repeats": 4,
-        "validation": {"repeats": 3, "set_size": 10, "bandwidth_scales": [0.5, 1.0], "ladders": LADDERS},
+        "validation": {"repeats": 3, "set_size": 10, "bandwidth_scales": [0.5, 1.0], "ladders": LADDERS,
+                       "snr": {"set_size": 6, "pool_rounds": [0, 1, 5], "probes": 8, "repeats": 2}},
     }
     plots = {name: out / f"ladder_{name}.png" for name in LADDERS}
     summary = validate_rewards(
         root / "f.npy", root / "manifest.csv", section,
-        out / "ladder.csv", out / "validation.json", plots, extractor="synthetic",
+        out / "ladder.csv", out / "validation.json", plots, extractor="synthetic", rho_plot=out / "rho.png",
     )
     table = pd.read_csv(out / "ladder.csv")
-    assert list(table.columns) == ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value"]
+    assert list(table.columns) == ["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value",
+                                   "standardised"]
+    primary = table[table["bandwidth_scale"] == 0.5]
+    assert primary.loc[primary["reward"].isin(["mmd", "information_gain", "coverage"]), "standardised"].notna().all()
+    assert table.loc[table["bandwidth_scale"] == 1.0, "standardised"].isna().all()
+    assert (out / "rho.png").stat().st_size > 0
     assert (table["bandwidth"] > 0).all()
     assert set(table["ladder"]) == set(LADDERS) and table["value"].notna().all()
     assert set(table["reward"]) == {"mmd", "information_gain", "conditional_information_gain", "cmmd",
-                                    "frechet", "vendi", "combined"}
+                                    "frechet", "vendi", "coverage", "combined"}
     assert all(path.stat().st_size > 0 for path in plots.values())
     saved = json.loads((out / "validation.json").read_text())
     assert saved == json.loads(json.dumps(summary))
@@ -97,6 +123,42 @@ def test_validate_rewards_end_to_end(tmp_path):
     assert set(saved["bandwidth_sweep"]["mmd"]) == {"0.5", "1"}
     assert "frechet" not in saved["bandwidth_sweep"]  # no bandwidth, not swept
     assert require_validated(out / "validation.json", "combined")["passed"]
+    # every reward has a per-draw rho on every ladder
+    assert all(saved["rewards"][r]["ladders"][ladder]["spearman_draws"] is not None
+               for r in saved["rewards"] for ladder in LADDERS)
+    mixes = saved["mix_selection"]
+    assert len(mixes["grid"]) == 15 and mixes["chosen"]["passed"]
+    # split-half credit: pools of 0 and 1 rounds fit the 36-row pool half, 5 rounds does not
+    snr = saved["credit_snr"]["by_pool_rounds"]
+    assert "skipped" in snr["5"]
+    for rounds in ("0", "1"):
+        assert snr[rounds]["combined"]["n"] == 16 and snr[rounds]["previous_default"]["pearson"] is not None
+        assert snr[rounds]["combined"] == snr[rounds]["0.75 mmd + 0.25 information_gain"]
+
+
+def test_mix_rule_prefers_the_steadier_credit_among_near_best_orderings():
+    """Two terms: 'a' orders the ladder a bit better, 'b' has the steadier credit: within the
+    tolerance the split-half r decides; with no tolerance the ordering does."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for repeat in range(6):
+        for level in range(1, 6):
+            noise = rng.normal(size=2)
+            for name, z in (("a", level + 0.3 * noise[0]), ("b", level + 0.6 * noise[1])):
+                rows.append(("copies", level, repeat, name, 1.0, 1.0, z, z))
+    table = pd.DataFrame(rows, columns=["ladder", "level", "repeat", "reward", "bandwidth_scale", "bandwidth", "value",
+                                        "standardised"])
+    grid = mix_grid(("a", "b"), 0.5)
+    assert grid == [{"a": 1.0, "b": 0.0}, {"a": 0.5, "b": 0.5}, {"a": 0.0, "b": 1.0}]
+    names = {"1 a": 0.1, "0.5 a + 0.5 b": 0.5, "1 b": 0.9}
+    snr = {"by_pool_rounds": {"1": {name: {"pearson": r} for name, r in names.items()}}}
+    loose = ValidationConfig(ladders=("copies",), mix_terms=("a", "b"), mix_step=0.5, mix_tolerance=1.0)
+    assert select_mix(table, loose, 0.9, 1.0, snr, pool_rounds=1)["chosen"]["weights"] == {"a": 0.0, "b": 1.0}
+    strict = ValidationConfig(ladders=("copies",), mix_terms=("a", "b"), mix_step=0.5, mix_tolerance=0.0)
+    result = select_mix(table, strict, 0.9, 1.0, snr, pool_rounds=1)
+    best = max(result["grid"], key=lambda g: g["min_spearman_draws"])
+    assert result["chosen"]["weights"] == best["weights"] != {"a": 0.0, "b": 1.0}
+    assert select_mix(table, strict, 0.9, 1.0)["chosen"]["weights"] == best["weights"]  # no SNR measured
 
 
 def write_summary(path, passed):
@@ -152,10 +214,11 @@ def test_workflow_script_adapter(tmp_path):
     snakemake = SimpleNamespace(
         input=SimpleNamespace(features=str(root / "f.npy"), ids=str(root / "f.ids.txt"), manifest=str(root / "manifest.csv")),
         output=SimpleNamespace(ladder=str(out / "ladder.csv"), validation=str(out / "validation.json"),
-                               plots=[str(out / "ladder_copies.png")]),
+                               plots=[str(out / "ladder_copies.png")], rho_plot=str(out / "ladder_rho.png")),
         params=SimpleNamespace(cfg=json.dumps(section), ladders=["copies"], extractor="synthetic"),
         log=[str(tmp_path / "validate.log")],
     )
     module.main(snakemake)
     assert json.loads((out / "validation.json").read_text())["rewards"]["mmd"]["passed"]
     assert (out / "ladder_copies.png").exists() and "repeat 2/2" in (tmp_path / "validate.log").read_text()
+    assert (out / "ladder_rho.png").exists()

@@ -14,8 +14,8 @@ higher = better). The ladders:
 * ``noise``    - a noise ladder in feature space: ``mu + t * eps`` with ``eps ~ N(0, S_pool)``
   (pool mean and covariance), t = 0 (every row at the mean) ... 1 (the pool's spread).
 
-Category draws are without replacement while a category has enough rows; otherwise every row
-of the category once and the rest with replacement (only the low levels of the joint ladder
+Category draws are without replacement while a category has enough rows; otherwise the
+category's rows in random order, cycled (each repeated as evenly as possible) (only the low levels of the joint ladder
 need it: a joint category holds 5-12 rows of a pool half).
 """
 
@@ -57,8 +57,9 @@ def copies_ladder(pool: np.ndarray, n: int, rng: np.random.Generator) -> list[La
 def _draw(rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     if len(rows) >= count:
         return rng.choice(rows, size=count, replace=False)
-    # as few repeats as the category allows: a duplicate is collapse, which another ladder measures
-    return np.concatenate([rng.permutation(rows), rng.choice(rows, size=count - len(rows), replace=True)])
+    # as few and as even repeats as the category allows: a duplicate is collapse, which the
+    # copies ladder measures, not missing categories
+    return rng.permutation(rows)[np.arange(count) % len(rows)]
 
 
 def category_ladder(
