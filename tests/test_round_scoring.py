@@ -97,7 +97,8 @@ def make_round(round_dir, rng, n, side, rgb=False):
     return round_dir
 
 
-def run_score(world, out, round_dir=None, section=None, validation=None, resolution=32):
+def run_score(world, out, round_dir=None, section=None, validation=None, resolution=32, **pool):
+    """``pool``: features_npy / pool_features passed on to score_round."""
     out.mkdir(parents=True, exist_ok=True)
     section = section or reward_section()
     round_dir = round_dir or world["round"]
@@ -112,6 +113,7 @@ def run_score(world, out, round_dir=None, section=None, validation=None, resolut
         resolution=resolution,
         rewards_csv=out / "rewards.csv",
         summary_json=out / "reward_summary.json",
+        **pool,
     )
 
 
@@ -289,3 +291,39 @@ def test_reference_features_of_another_extractor_setting_are_refused(world, tmp_
             rewards_csv=tmp_path / "rewards.csv", summary_json=tmp_path / "reward_summary.json",
         )
     assert "\n" not in str(err.value) and "reference_32px" in str(err.value)
+
+
+def test_a_round_with_a_pool_credits_its_own_images_against_the_union(world, tmp_path):
+    """Round 0 writes its features (the feature-file contract); round 1 scores S u P with the
+    credit of its own images exactly f(S u P) - f(S u P - x); a pool too large for the z-score
+    baseline is cut to whole rows, most recent first, and says so."""
+    rng = np.random.default_rng(11)
+    round1 = make_round(tmp_path / "round_001", rng, N_ROUND, 32)
+    first = run_score(world, tmp_path / "r0", features_npy=tmp_path / "r0" / "features.npy")
+    features0, ids0 = read_feature_set(tmp_path / "r0" / "features.npy", extractor="mobilenet_v2")
+    assert ids0 == list(pd.read_csv(world["round"] / "samples.csv")["image_id"])
+    assert first.summary["pool"] == {"rounds": 1, "files": [], "rows_available": 0, "rows": 0}
+    second = run_score(world, tmp_path / "r1", round_dir=round1, features_npy=tmp_path / "r1" / "features.npy",
+                       pool_features=[tmp_path / "r0" / "features.npy"])
+    features1, _ = read_feature_set(tmp_path / "r1" / "features.npy", extractor="mobilenet_v2")
+    reference, _ = train_reference_features(world["reference_features"], world["reference"] / "manifest.csv")
+    model = RewardModel(reference, reward_section())
+    pool = features0.astype(np.float64)
+    table = pd.read_csv(tmp_path / "r1" / "rewards.csv")
+    np.testing.assert_array_equal(table["credit"].to_numpy(), model.leave_one_out(features1, pool=pool).combined)
+    union = np.concatenate([features1, pool])
+    for name in ("mmd", "coverage"):
+        term = model.terms[name]
+        brute = [term.value(union).reward - term.value(np.delete(union, a, 0)).reward for a in range(N_ROUND)]
+        np.testing.assert_allclose(table[f"credit_{name}"].to_numpy(), brute, rtol=0, atol=1e-12)
+    assert "credit_coverage" in table and len(table) == N_ROUND
+    summary = json.loads((tmp_path / "r1" / "reward_summary.json").read_text())
+    assert summary["set_reward"] == model.score(features1).value  # the round's own images
+    assert summary["pool"]["rows"] == N_ROUND and summary["pool"]["set_reward_with_pool"] == model.score(features1, pool=pool).value
+    # two earlier rounds: 18 train rows allow n + p <= 16, so 10 of the 12 pool rows, most recent first
+    third = run_score(world, tmp_path / "r2", round_dir=round1,
+                      pool_features=[tmp_path / "r1" / "features.npy", tmp_path / "r0" / "features.npy"])
+    assert third.summary["pool"]["rows"] == 10 and third.summary["pool"]["rows_available"] == 12
+    assert "z-score baseline" in third.summary["pool"]["limited_by"]
+    expected = model.leave_one_out(features1, pool=np.concatenate([features1, pool])[:10]).combined
+    np.testing.assert_array_equal(third.table["credit"].to_numpy(), expected)
