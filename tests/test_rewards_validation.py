@@ -133,7 +133,7 @@ def test_validate_rewards_end_to_end(tmp_path):
     assert "skipped" in snr["5"]
     for rounds in ("0", "1"):
         assert snr[rounds]["combined"]["n"] == 16 and snr[rounds]["previous_default"]["pearson"] is not None
-        assert snr[rounds]["combined"] == snr[rounds]["0.75 mmd + 0.25 information_gain"]
+        assert snr[rounds]["combined"] == snr[rounds]["0.5 mmd + 0.5 information_gain"]
 
 
 def test_mix_rule_prefers_the_steadier_credit_among_near_best_orderings():

@@ -41,12 +41,12 @@ log = logging.getLogger(__name__)
 
 STANDARDISATIONS = ("none", "zscore")
 
-#: The default combination (also the config default): 0.75 MMD + 0.25 GP information gain,
+#: The default combination (also the config default): 0.5 MMD + 0.5 GP information gain,
 #: both z-scored against the reference baseline, the mix the declared rule picked on the
 #: ladders (docs/rewards.md); the other kinds are reported with weight 0.
 DEFAULT_TERMS: dict[str, dict[str, Any]] = {
-    "mmd": {"kind": "mmd", "weight": 0.75, "standardise": "zscore"},
-    "information_gain": {"kind": "information_gain", "weight": 0.25, "standardise": "zscore"},
+    "mmd": {"kind": "mmd", "weight": 0.5, "standardise": "zscore"},
+    "information_gain": {"kind": "information_gain", "weight": 0.5, "standardise": "zscore"},
     "conditional_information_gain": {"kind": "conditional_information_gain", "weight": 0.0},
     "cmmd": {"kind": "cmmd", "weight": 0.0},
     "frechet": {"kind": "frechet", "weight": 0.0},

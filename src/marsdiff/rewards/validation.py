@@ -333,9 +333,11 @@ def credit_snr(features: np.ndarray, meta: pd.DataFrame, reward: RewardConfig, v
         for repeat in range(validation.snr_repeats):
             rng = np.random.default_rng([validation.seed, repeat, 18])
             pool_rows, target_rows = _split(meta, rng)
-            if 2 * companions + 1 > len(pool_rows):
+            if 2 * companions + 1 > len(pool_rows) or len(target_rows) < companions + 3:
+                # (the z-score baseline draws companions + 1 target rows and needs 2 more)
                 out["by_pool_rounds"][str(rounds)] = {"skipped": f"the pool half ({len(pool_rows)} rows) cannot hold "
-                                                                 f"two disjoint sets of {companions} companions"}
+                                                                 f"two disjoint sets of {companions} companions, or the "
+                                                                 f"target half ({len(target_rows)}) their baseline"}
                 break
             model = RewardModel(features[target_rows], measured, baseline_terms=tuple(names))
             std = model.baseline(companions + 1).std
