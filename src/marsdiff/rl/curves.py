@@ -122,7 +122,7 @@ def add_paired_improvement(table: pd.DataFrame, base_name: str | None, arm_rewar
 
 
 def _has(table: pd.DataFrame, column: str) -> bool:
-    return column in table and pd.to_numeric(table[column], errors="coerce").notna().any()
+    return bool(column in table and pd.to_numeric(table[column], errors="coerce").notna().any())
 
 
 def curve_figure(table: pd.DataFrame, title: str | None = None, note: str | None = None):
