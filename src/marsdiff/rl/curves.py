@@ -161,7 +161,7 @@ def curve_figure(table: pd.DataFrame, title: str | None = None, note: str | None
             for j, column in enumerate(plan_columns):
                 ax.plot(rounds, pd.to_numeric(table[column], errors="coerce"), "o-", color=f"C{j}",
                         label=column[len(PLAN_PREFIX):])
-            ax.set_ylabel("plan value after the round's update")
+            ax.set_ylabel("plan value (metrics.json plan/<knob>)")
             ax.set_title("plan policy", fontsize=10)
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -200,7 +200,8 @@ def _kl_panel(ax, table: pd.DataFrame, columns: Sequence[str]) -> None:
         if len(hidden):
             # a log axis cannot show 0 (a rejected TRPO step, an unmoved policy): say so in the legend
             label += f" (≤ 0 in round {', '.join(str(int(r)) for r in hidden)})"
-        ax.plot(rounds[shown], values[shown], "o-", color=f"C{j}", label=label)
+        # NaN breaks the line: a round without a positive KL is a gap, not an interpolated point
+        ax.plot(rounds, np.where(shown, values, np.nan), "o-", color=f"C{j}", label=label)
     if _has(table, "max_kl"):
         delta = pd.to_numeric(table["max_kl"], errors="coerce").to_numpy(dtype=float)
         ax.plot(rounds, delta, "--", color="k", lw=1.0, label="TRPO radius δ (max_kl)")

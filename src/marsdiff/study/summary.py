@@ -95,8 +95,16 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str
     return out
 
 
+TEXT_COLUMNS = ("stream", "model", "baseline", "metric", "role", "verdict")
+
+
 def read_comparisons(path: str | os.PathLike) -> pd.DataFrame:
-    return read_csv(path, "evaluation comparisons", "evaluate", columns=COMPARISON_COLUMNS)
+    # Names are text: pandas would read an experiment called "null" or "NA" as a missing value.
+    table = read_csv(path, "evaluation comparisons", "evaluate", columns=COMPARISON_COLUMNS,
+                     dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)
+    for column in set(COMPARISON_COLUMNS) - set(TEXT_COLUMNS):
+        table[column] = pd.to_numeric(table[column].replace("", np.nan), errors="coerce")
+    return table
 
 
 def seed_differences(comparisons: pd.DataFrame, design: Mapping[str, Mapping[str, Any]],
@@ -110,7 +118,7 @@ def seed_differences(comparisons: pd.DataFrame, design: Mapping[str, Mapping[str
             raise MarsdiffError(f"comparisons.csv has no rows for model {name!r} against {baseline!r}; "
                                 "re-run the evaluation with every study experiment (snakemake --forcerun evaluate)")
         for metric, group in mine.groupby("metric", sort=True):
-            group = group.sort_values("stream")
+            group = group.sort_values("stream", key=lambda s: s.astype(str))
             boot = "; ".join(f"stream {s}: [{l:.3g}, {h:.3g}]" for s, l, h in
                              zip(group["stream"], group["low"], group["high"]))
             excluded = int(((group["low"] > 0) | (group["high"] < 0)).sum())
