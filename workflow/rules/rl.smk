@@ -69,8 +69,8 @@ rule plot_experiment:
     """An experiment's metrics across rounds: metrics.csv (with the paired improvement over the
     A/A base on the same seeds, when there is one) and the reward curve."""
     input:
-        # curve_inputs, paired_base_of, experiment_control: workflow/rules/study.smk
-        unpack(lambda wildcards: curve_inputs(wildcards.exp)),
+        # curve_inputs, paired_base, experiment_control: marsdiff.study.pairing (imported in study.smk)
+        unpack(lambda wildcards: curve_inputs(config, wildcards.exp, RUNS_DIR)),
     output:
         table=RUNS_DIR / "{exp}" / "metrics.csv",
         curve=report(
@@ -82,8 +82,8 @@ rule plot_experiment:
     wildcard_constraints:
         exp=EXPERIMENT_PATTERN,
     params:
-        paired_base=lambda wildcards: paired_base_of(wildcards.exp) or "",
-        control=lambda wildcards: experiment_control(wildcards.exp),
+        paired_base=lambda wildcards: paired_base(config["experiments"], wildcards.exp, config["sampling"]) or "",
+        control=lambda wildcards: experiment_control(config, wildcards.exp),
         code=code_version("rl/curves.py", "scripts/plot_experiment.py"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",

@@ -101,3 +101,31 @@ def study_design(experiments: Mapping[str, Any], sampling: Mapping[str, Any] | N
                 )
             seeds[seed] = other
     return design
+
+
+def experiment_control(cfg: Mapping[str, Any], name: str) -> str:
+    return control_of(experiment_settings(cfg["experiments"], name, cfg["sampling"]))
+
+
+def curve_inputs(cfg: Mapping[str, Any], name: str, runs_dir) -> dict[str, list[str]]:
+    """plot_experiment's inputs: every round's metrics.json and, with a paired base, both
+    experiments' rewards.csv and the base's reward_summary.json of the same rounds."""
+    from pathlib import Path
+
+    runs_dir = Path(runs_dir)
+    rounds = [f"{r:03d}" for r in range(experiment_settings(cfg["experiments"], name, cfg["sampling"])["rounds"])]
+    inputs = {"metrics": [str(runs_dir / name / f"round_{r}" / "metrics.json") for r in rounds]}
+    base = paired_base(cfg["experiments"], name, cfg["sampling"])
+    if base:
+        inputs["rewards"] = [str(runs_dir / name / f"round_{r}" / "rewards.csv") for r in rounds]
+        inputs["base_rewards"] = [str(runs_dir / base / f"round_{r}" / "rewards.csv") for r in rounds]
+        inputs["base_summaries"] = [str(runs_dir / base / f"round_{r}" / "reward_summary.json") for r in rounds]
+    return inputs
+
+
+def study_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the study summary reads of the config: the design and the evaluation's declared
+    alpha and non-inferiority margins."""
+    endpoints = (cfg.get("evaluation") or {}).get("endpoints") or {}
+    return {"design": study_design(cfg["experiments"], cfg["sampling"]), "alpha": endpoints.get("alpha", 0.05),
+            "margins": endpoints.get("non_inferiority", {"precision": 0.03})}
