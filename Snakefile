@@ -44,6 +44,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/study.smk"
 
 
 # The report opens on the verdicts once report_summary has written them.

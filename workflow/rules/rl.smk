@@ -66,9 +66,11 @@ rule update_round:
 
 
 rule plot_experiment:
-    """An experiment's metrics across rounds: metrics.csv and the reward curve."""
+    """An experiment's metrics across rounds: metrics.csv (with the paired improvement over the
+    A/A base on the same seeds, when there is one) and the reward curve."""
     input:
-        experiment_metrics,
+        # curve_inputs, paired_base, experiment_control: marsdiff.study.pairing (imported in study.smk)
+        unpack(lambda wildcards: curve_inputs(config, wildcards.exp, RUNS_DIR)),
     output:
         table=RUNS_DIR / "{exp}" / "metrics.csv",
         curve=report(
@@ -80,6 +82,8 @@ rule plot_experiment:
     wildcard_constraints:
         exp=EXPERIMENT_PATTERN,
     params:
+        paired_base=lambda wildcards: paired_base(config["experiments"], wildcards.exp, config["sampling"]) or "",
+        control=lambda wildcards: experiment_control(config, wildcards.exp),
         code=code_version("rl/curves.py", "scripts/plot_experiment.py"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",

@@ -1,4 +1,6 @@
-"""Stage plot_experiment: an experiment's per-round metrics.json files -> metrics.csv + reward curve."""
+"""Stage plot_experiment: an experiment's per-round metrics.json files (and, with a paired base,
+both experiments' rewards.csv and the base's reward_summary.json per round) -> metrics.csv with
+the paired improvement + the reward-curve figure."""
 
 from marsdiff.stage import run_stage
 
@@ -7,7 +9,15 @@ def main(snakemake):
     def body():
         from marsdiff.rl.curves import write_experiment_curves
 
-        write_experiment_curves(list(snakemake.input), snakemake.output.table, snakemake.output.curve)
+        inputs = snakemake.input
+        paired = snakemake.params.paired_base or None
+        write_experiment_curves(
+            list(inputs.metrics), snakemake.output.table, snakemake.output.curve, paired_base=paired,
+            arm_rewards=list(inputs.rewards) if paired else [],
+            base_rewards=list(inputs.base_rewards) if paired else [],
+            base_summaries=list(inputs.base_summaries) if paired else [],
+            control=snakemake.params.control,
+        )
 
     run_stage(snakemake, body)
 
