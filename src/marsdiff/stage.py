@@ -2,6 +2,8 @@
 
 A script gets its stage's configuration as a JSON string param, logs into the rule's log file,
 and turns a :class:`~marsdiff.errors.MarsdiffError` into one line on stderr and exit status 1.
+Any other exception is a bug or a machine fault: its traceback goes into the rule's log as well
+as stderr, because on a cluster stderr ends up in the scheduler's log, far from the rule's.
 The library never reads Snakemake objects; only this module and ``workflow/scripts`` do.
 """
 
@@ -63,3 +65,7 @@ def run_stage(snakemake: Any, body: Callable[[], None]) -> None:
         logging.getLogger("marsdiff").error("%s", err)
         print(f"marsdiff error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        # the root logger writes to stderr and the rule log; re-raised for Snakemake's own report
+        logging.getLogger("marsdiff").exception("the stage failed")
+        raise

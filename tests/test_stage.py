@@ -1,0 +1,50 @@
+"""run_stage: a user error is one line; any other failure leaves its traceback in the rule log."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.stage import run_stage
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level
+
+
+def test_an_unexpected_exception_is_logged_with_its_traceback_and_re_raised(tmp_path):
+    log = tmp_path / "rule.log"
+
+    def body():
+        raise ZeroDivisionError("boom in the stage body")
+
+    with pytest.raises(ZeroDivisionError):
+        run_stage(SimpleNamespace(log=[str(log)]), body)
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text
+    assert "ZeroDivisionError: boom in the stage body" in text
+    assert "in body" in text  # the frame that raised, not only the message
+
+
+def test_a_user_error_is_one_line_in_the_log_and_exit_status_1(tmp_path, capsys):
+    log = tmp_path / "rule.log"
+
+    def body():
+        raise MarsdiffError("sampling.steps must be >= 1")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(SimpleNamespace(log=[str(log)]), body)
+    assert exit_info.value.code == 1
+    text = log.read_text()
+    assert "sampling.steps must be >= 1" in text and "Traceback" not in text
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "marsdiff error: sampling.steps must be >= 1"
