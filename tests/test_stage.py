@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -48,3 +49,22 @@ def test_a_user_error_is_one_line_in_the_log_and_exit_status_1(tmp_path, capsys)
     text = log.read_text()
     assert "sampling.steps must be >= 1" in text and "Traceback" not in text
     assert capsys.readouterr().err.strip().splitlines()[-1] == "marsdiff error: sampling.steps must be >= 1"
+
+
+@pytest.mark.parametrize("user_value, seen", [(None, "FALSE"), ("TRUE", "TRUE")])
+def test_stages_open_hdf5_files_without_file_locks_unless_the_user_says(tmp_path, monkeypatch, user_value, seen):
+    import h5py
+
+    if user_value is None:
+        monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    else:
+        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", user_value)
+    observed = {}
+
+    def body():
+        observed["value"] = os.environ.get("HDF5_USE_FILE_LOCKING")
+        with h5py.File(tmp_path / "x.h5", "w") as handle:  # opens under the setting
+            handle["a"] = [1]
+
+    run_stage(SimpleNamespace(log=[str(tmp_path / "rule.log")]), body)
+    assert observed["value"] == seen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -59,6 +60,11 @@ def run_stage(snakemake: Any, body: Callable[[], None]) -> None:
     """Run a stage body with logging into the rule's log; user errors exit 1 with one line."""
     log = list(getattr(snakemake, "log", []) or [])
     configure_logging(log[0] if log else None)
+    # HDF5's own file locks fail on many cluster file systems (NFS, Lustre: "unable to lock
+    # file"), and protect nothing here: every HDF5 file has one writer, which writes it under a
+    # temporary name and renames it. HDF5 reads the variable when it opens a file. A value the
+    # user set wins.
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     try:
         body()
     except MarsdiffError as err:
