@@ -68,3 +68,30 @@ def test_stages_open_hdf5_files_without_file_locks_unless_the_user_says(tmp_path
 
     run_stage(SimpleNamespace(log=[str(tmp_path / "rule.log")]), body)
     assert observed["value"] == seen
+
+
+def test_an_injected_raise_fault_fails_the_stage_with_its_traceback_in_the_log(tmp_path, monkeypatch):
+    from marsdiff.faults import kill_point
+
+    monkeypatch.setenv("MARSDIFF_KILL_AT", "score.start:2")
+    monkeypatch.setenv("MARSDIFF_FAULT_MODE", "raise")
+    monkeypatch.delenv("MARSDIFF_KILL_DIR", raising=False)
+    visits = []
+
+    def body():
+        for _ in range(3):
+            kill_point("score.start")
+            visits.append(1)
+
+    with pytest.raises(RuntimeError, match="fault injected at score.start"):
+        run_stage(SimpleNamespace(log=[str(tmp_path / "rule.log")]), body)
+    assert len(visits) == 1  # the first visit passes, the second raises
+    assert "RuntimeError: fault injected at score.start" in (tmp_path / "rule.log").read_text()
+
+
+def test_an_unknown_fault_mode_is_one_line(monkeypatch):
+    from marsdiff.faults import kill_point
+
+    monkeypatch.setenv("MARSDIFF_FAULT_MODE", "explode")
+    with pytest.raises(MarsdiffError, match="MARSDIFF_FAULT_MODE='explode': expected kill or raise"):
+        kill_point("score.start")
