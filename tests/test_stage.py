@@ -71,8 +71,10 @@ def test_stages_open_hdf5_files_without_file_locks_unless_the_user_says(tmp_path
 
 
 def test_an_injected_raise_fault_fails_the_stage_with_its_traceback_in_the_log(tmp_path, monkeypatch):
+    from marsdiff import faults
     from marsdiff.faults import kill_point
 
+    monkeypatch.setattr(faults, "_process_counts", {})  # visits count from here
     monkeypatch.setenv("MARSDIFF_KILL_AT", "score.start:2")
     monkeypatch.setenv("MARSDIFF_FAULT_MODE", "raise")
     monkeypatch.delenv("MARSDIFF_KILL_DIR", raising=False)
