@@ -12,7 +12,7 @@ CORES ?= 2
 CONFIG ?=
 CONFIG_ARGS = $(if $(strip $(CONFIG)),--configfile $(CONFIG))
 
-.PHONY: run test dryrun check-config lint report doctor bench base-checkpoint clean-results unlock
+.PHONY: run test test-cluster dryrun check-config lint report doctor bench base-checkpoint clean-results unlock
 
 $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ run: check-config
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The workflow through profiles/slurm on a real single-node SLURM started here (root, Debian's
+# slurm-wlm, munge, slurmdbd, mariadb-server; installed if missing), stopped again by pid.
+CLUSTER_STATE ?= /tmp/marsdiff-test-cluster
+test-cluster: $(STAMP)
+	tests/cluster/slurm_cluster.sh start $(CLUSTER_STATE)
+	SLURM_CONF=$(CLUSTER_STATE)/etc/slurm.conf MARSDIFF_TEST_CLUSTER=1 $(BIN)/python -m pytest -q -s \
+		--basetemp=$(CLUSTER_STATE)/pytest tests/cluster; \
+		status=$$?; tests/cluster/slurm_cluster.sh stop $(CLUSTER_STATE); exit $$status
 
 # After a killed run (node failure, SIGKILL, a closed terminal), Snakemake's lock stays behind and
 # the next run stops on it. This removes it; `make run` (or your own command) then resumes: jobs

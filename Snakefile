@@ -11,6 +11,18 @@ from marsdiff.errors import MarsdiffError
 
 min_version("9.20")
 
+# The jobs import marsdiff from the Python environment that runs Snakemake. A copied project
+# whose venv still points at the original's editable install would silently run the original's
+# code: say once which installation is used when it is not this project's src/.
+import marsdiff
+
+if Path(marsdiff.__file__).resolve().parents[1] != Path(workflow.basedir, "src").resolve():
+    print(
+        f"marsdiff warning: running the marsdiff installed at {Path(marsdiff.__file__).parent}, not "
+        f"{Path(workflow.basedir, 'src', 'marsdiff')}; `pip install -e .` in this project to run its own code",
+        file=sys.stderr,
+    )
+
 # Read the default config file first ourselves: a YAML error then names its file and line in one
 # line (Snakemake's own message names neither). --configfile files are read by Snakemake before
 # this file runs: `make run CONFIG=...` checks those (python -m marsdiff.config_checks).

@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL at named points of the stages, for the kill-and-resume tests.
+"""Fault injection: SIGKILL (or an exception) at named points of the stages, for the fault tests.
 
 Stages call :func:`kill_point` at the places where a crash is most harmful (half-way through a
 trajectory file, inside the policy's temporary folder, after an update's optimiser step, after a
@@ -35,6 +35,7 @@ from marsdiff.errors import MarsdiffError
 ENV_AT = "MARSDIFF_KILL_AT"
 ENV_DIR = "MARSDIFF_KILL_DIR"
 ENV_SCOPE = "MARSDIFF_KILL_SCOPE"
+ENV_MODE = "MARSDIFF_FAULT_MODE"
 KILLED_FILE = "killed"
 
 #: Every kill point a stage calls, and where it is.
@@ -93,6 +94,9 @@ def kill_point(site: str) -> None:
     """Die here with SIGKILL if the environment names this visit of ``site`` (see the module doc)."""
     if site not in SITES:
         raise ValueError(f"unknown kill point {site!r}: add it to marsdiff.faults.SITES")
+    mode = os.environ.get(ENV_MODE, "kill")
+    if mode not in ("kill", "raise"):
+        raise MarsdiffError(f"{ENV_MODE}={mode!r}: expected kill or raise")
     spec = kill_spec()
     if spec is None or spec[0] != site:
         return
@@ -105,6 +109,8 @@ def kill_point(site: str) -> None:
             handle.write(f"{site}:{count} {os.getpid()}\n")
             handle.flush()
             os.fsync(handle.fileno())
+    if mode == "raise":
+        raise RuntimeError(f"fault injected at {site} ({ENV_MODE}=raise)")
     if os.environ.get(ENV_SCOPE, "process") == "group":
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -2,6 +2,8 @@
 
 A script gets its stage's configuration as a JSON string param, logs into the rule's log file,
 and turns a :class:`~marsdiff.errors.MarsdiffError` into one line on stderr and exit status 1.
+Any other exception is a bug or a machine fault: its traceback goes into the rule's log as well
+as stderr, because on a cluster stderr ends up in the scheduler's log, far from the rule's.
 The library never reads Snakemake objects; only this module and ``workflow/scripts`` do.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -57,9 +60,18 @@ def run_stage(snakemake: Any, body: Callable[[], None]) -> None:
     """Run a stage body with logging into the rule's log; user errors exit 1 with one line."""
     log = list(getattr(snakemake, "log", []) or [])
     configure_logging(log[0] if log else None)
+    # HDF5's own file locks fail on many cluster file systems (NFS, Lustre: "unable to lock
+    # file"), and protect nothing here: every HDF5 file has one writer, which writes it under a
+    # temporary name and renames it. HDF5 reads the variable when it opens a file. A value the
+    # user set wins.
+    os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
     try:
         body()
     except MarsdiffError as err:
         logging.getLogger("marsdiff").error("%s", err)
         print(f"marsdiff error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        # the root logger writes to stderr and the rule log; re-raised for Snakemake's own report
+        logging.getLogger("marsdiff").exception("the stage failed")
+        raise

@@ -3,10 +3,18 @@
 One ``<cache_dir>/<extractor key>.npz`` per extractor configuration holds the SHA-256 of every
 image file seen so far and its feature vector. Re-extracting a set computes only the images whose
 bytes are new; the cache lives outside Snakemake's outputs so a re-run of the rule reuses it.
+
+Several jobs may extract with the same extractor at once (cluster jobs, ``--cores`` > 1). A save
+therefore takes an exclusive lock on ``<cache file>.lock``, merges the entries another job saved
+since this one loaded, and replaces the file atomically: no job's entries are lost, and a reader
+never sees a half-written file. (``flock`` works on local disks and on NFS v4; on a file system
+without locks, give each job its own ``features.cache_dir``.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 from dataclasses import dataclass
@@ -38,22 +46,42 @@ class FeatureCache:
             self._load()
 
     def _load(self) -> None:
+        self.vectors = self._stored()
+
+    def _stored(self) -> dict[str, np.ndarray]:
+        """The entries in the cache file now (empty when it is missing or unreadable)."""
+        if not self.path.is_file():
+            return {}
         try:
             with np.load(self.path, allow_pickle=False) as stored:
                 digests, features = stored["digests"], stored["features"]
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable feature cache %s (%s); it will be rebuilt", self.path, err)
-            return
+            return {}
         if features.ndim != 2 or features.shape[1] != self.dim or len(digests) != len(features):
             log.warning("ignoring feature cache %s with unexpected shape %s", self.path, features.shape)
-            return
-        self.vectors = {str(d): features[i] for i, d in enumerate(digests)}
+            return {}
+        return {str(d): features[i] for i, d in enumerate(digests)}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def save(self) -> None:
-        digests = np.array(sorted(self.vectors), dtype="U64")
-        features = np.stack([self.vectors[d] for d in digests]) if len(digests) else np.zeros((0, self.dim), np.float32)
-        with atomic_path(self.path, suffix=".npz") as tmp:
-            np.savez(tmp, digests=digests, features=features.astype(np.float32))
+        """Merge this job's entries into the file on disk, under the lock (see the module docstring)."""
+        with self._locked():
+            # an entry is a pure function of the image bytes and the extractor: either copy will do
+            self.vectors = {**self._stored(), **self.vectors}
+            digests = np.array(sorted(self.vectors), dtype="U64")
+            features = np.stack([self.vectors[d] for d in digests]) if len(digests) else np.zeros((0, self.dim), np.float32)
+            with atomic_path(self.path, suffix=".npz") as tmp:
+                np.savez(tmp, digests=digests, features=features.astype(np.float32))
 
 
 def extract_with_cache(paths: Sequence[str | os.PathLike], extractor: FeatureExtractor,
