@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage
 
 
@@ -15,7 +14,6 @@ def main(snakemake):
         torch.set_num_threads(max(1, int(snakemake.threads)))
         cfg = params_json(snakemake, "cfg")
         meta = getattr(snakemake.input, "meta", None)
-        kill_point("select_knob.start")
         select_knob(
             cfg["selection"],
             model_cfg=cfg["model"],
@@ -30,7 +28,6 @@ def main(snakemake):
             out_csv=snakemake.output.table,
             model_dir=str(Path(meta).parent) if meta else None,
         )
-        kill_point("select_knob.done")
 
     run_stage(snakemake, body)
 

@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -138,12 +138,14 @@ def select_knob(
     out_csv: str | os.PathLike,
     model_dir: str | os.PathLike | None = None,
     backend: Any = None,
-    extractor: Any = None,
+    featurise: Callable[[list[Path]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Stage select_knob: draw, featurise and score every grid point, apply the rule, write JSON + CSV.
 
-    ``settings``: :func:`marsdiff.evalset.models.selection_settings`. ``backend`` / ``extractor``:
-    already loaded ones (tests); else they are loaded from ``model_cfg`` / ``features_cfg``.
+    ``settings``: :func:`marsdiff.evalset.models.selection_settings`. ``backend``: an already
+    loaded one (tests), else loaded from ``model_cfg``. ``featurise``: image paths -> features
+    (tests); else the evaluation images' path, the extractor ``extractor_name`` of
+    ``features_cfg`` at ``resolution`` through the feature cache.
     """
     import pandas as pd
 
@@ -163,10 +165,13 @@ def select_knob(
         device = str(sampling.get("device", "auto"))
         backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(
             model_cfg, device=device)
-    if extractor is None:
+    if featurise is None:
         from marsdiff.features.registry import build_extractor
 
         extractor = build_extractor(extractor_name, dict(features_cfg))
+
+        def featurise(paths: list[Path]) -> np.ndarray:
+            return round_features(paths, extractor, features_cfg.get("cache_dir"), int(resolution))[0]
     weights = class_weights(settings["class_weights"], backend, "sampling.class_distribution")
     table = []
     with tempfile.TemporaryDirectory(prefix="marsdiff-select-") as scratch:
@@ -178,7 +183,7 @@ def select_knob(
             rows = draw_images(backend, generation, sampling, settings["images"], settings["seed"], settings["steps"],
                                folder, VALIDATION_ROUND, f"eta {point['eta']:g}, noise {point['noise_scale']:g}")
             paths = [folder / r["file"] for r in sorted(rows, key=lambda r: r["image_index"])]
-            generated, _ = round_features(paths, extractor, features_cfg.get("cache_dir"), int(resolution))
+            generated = featurise(paths)
             scores = score_setting(np.asarray(generated, dtype=np.float64), validation, int(settings["k"]))
             table.append({"eta": float(point["eta"]), "noise_scale": float(point["noise_scale"]), **scores})
             log.info("eta %g, noise %g: %s", point["eta"], point["noise_scale"],
