@@ -27,6 +27,9 @@ Owns ``results/eval/comparisons.csv`` (the study's machine-readable contract): o
   ``better`` / ``worse`` / ``no clear difference`` by whether the interval excludes 0, without
   any correction.
 
+Resolution: B replicates cannot give a p-value below 2 / (B + 1), so a family of m tests needs
+m x 2 / (B + 1) < alpha (:func:`smallest_holm_p`); the summary says so when it does not hold.
+
 The rule (study protocol, docs/evaluation.md): a policy **beats** a baseline on a stream when at
 least one primary endpoint is better after Holm, none is worse after Holm, and every
 non-inferiority metric is non-inferior (:func:`beats`).
@@ -169,6 +172,12 @@ def comparison_table(streams: Mapping[int, tuple[pd.DataFrame, pd.DataFrame | No
             verdicts.append(_interval_verdict(r["low"], r["high"], r["difference"]))
     table["verdict"] = verdicts
     return table
+
+
+def smallest_holm_p(family_size: int, replicates: int) -> float:
+    """The smallest Holm-adjusted p-value B bootstrap replicates can give in a family of m tests:
+    m x 2 / (B + 1). At or above alpha, no primary endpoint can be called better or worse."""
+    return min(1.0, int(family_size) * 2.0 / (int(replicates) + 1)) if replicates > 0 else 1.0
 
 
 def beats(rows: pd.DataFrame) -> bool:

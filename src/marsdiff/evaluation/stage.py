@@ -25,7 +25,8 @@ import pandas as pd
 from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, FROZEN, KNOB, ROUND, number_text
 from marsdiff.evaluation.endpoints import (
-    BASE_BASELINE, DESCRIPTIVE, FROZEN_BASELINE, NON_INFERIORITY, PRIMARY, comparison_table, verdict_line,
+    BASE_BASELINE, DESCRIPTIVE, FROZEN_BASELINE, NON_INFERIORITY, PRIMARY, comparison_table, smallest_holm_p,
+    verdict_line,
 )
 from marsdiff.evaluation.report import format_interval, format_number, metric_by_model_table
 from marsdiff.evaluation.results import Evaluation
@@ -188,6 +189,12 @@ def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], co
             *verdict_lines(table, policies, endpoints),
             "",
         ]
+        replicates = int(evaluation.replicates["replicate"].nunique()) if evaluation.replicates is not None else 0
+        floor = smallest_holm_p(len(endpoints["primary"]) * len(finals), replicates)
+        if floor >= alpha:
+            parts += [f"**Too few bootstrap replicates to decide**: with B = {replicates} the smallest Holm-adjusted "
+                      f"p-value of this family is {floor:.3g} ≥ alpha {alpha:g}, so no primary endpoint can be called "
+                      "better or worse; raise evaluation.metrics.bootstrap_replicates.", ""]
     elif not policies:
         parts += ["No RL experiment is configured: the tables describe the base model and the frozen knob only.", ""]
     if selection is not None:
