@@ -70,7 +70,7 @@ def test_default_selection_settings_are_the_protocols_grid():
 
 @pytest.mark.parametrize("change, message", [
     ({"grid": {"eta": [0.0, 0.5]}}, "must hold the base setting"),
-    ({"images": 5}, "must be larger than evaluation.metrics.k_precision_recall"),
+    ({"images": 5}, "evaluation.baseline.images = 5 must be larger than evaluation.baseline.k = 5"),
 ])
 def test_bad_selection_settings_are_refused_naming_the_key(change, message):
     cfg = load_config(overrides={"evaluation": {"baseline": change}})

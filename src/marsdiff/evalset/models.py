@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "every_k_rounds": 0,
     "streams": 1,
     "knobs": {"grid": "one_at_a_time", "eta": [1.0], "noise_scale": [1.0], "class_weights": {"uniform": "uniform"}},
-    "baseline": {"grid": {"eta": [0.0, 0.5, 0.75, 1.0], "noise_scale": [1.0, 1.15]}, "images": 32, "steps": None,
+    "baseline": {"grid": {"eta": [0.0, 0.5, 0.75, 1.0], "noise_scale": [1.0, 1.15]}, "images": 32, "steps": None, "k": 5,
                  "validation_fraction": 0.5, "maximise": "recall", "precision_margin": 0.03},
     "endpoints": {"primary": ["recall", "coverage"], "non_inferiority": {"precision": 0.03}, "alpha": 0.05},
     "metrics": {},
@@ -128,7 +128,7 @@ def selection_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "maximise": str(baseline["maximise"]),
         "precision_margin": float(baseline["precision_margin"]),
         "base": dict(zip(("eta", "noise_scale"), base_knobs(cfg))),
-        "k": int((evaluation_section(cfg)["metrics"]).get("k_precision_recall", NEIGHBOUR_KEYS["k_precision_recall"])),
+        "k": int(baseline["k"]),
         "seed": int(evaluation_section(cfg)["seed"]),
         "class_weights": (cfg.get("sampling") or {}).get("class_distribution", "uniform"),
     }
@@ -313,12 +313,11 @@ def check_selection(cfg: Mapping[str, Any]) -> None:
     fraction = baseline["validation_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise MarsdiffError(f"{where}.validation_fraction must be in (0, 1], got {fraction!r}")
-    images = baseline["images"]
-    k = evaluation_section(cfg)["metrics"].get("k_precision_recall", NEIGHBOUR_KEYS["k_precision_recall"])
-    if isinstance(images, bool) or not isinstance(images, int) or images <= int(k):
-        raise MarsdiffError(
-            f"{where}.images = {images!r} must be larger than evaluation.metrics.k_precision_recall = {k}"
-        )
+    images, k = baseline["images"], baseline["k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MarsdiffError(f"{where}.k must be an integer >= 1, got {k!r}")
+    if isinstance(images, bool) or not isinstance(images, int) or images <= k:
+        raise MarsdiffError(f"{where}.images = {images!r} must be larger than {where}.k = {k}")
 
 
 def check_endpoints(endpoints: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ seeds), writes them as PNG and featurises them exactly like the evaluation image
 (:func:`marsdiff.rewards.round_scoring.round_features`, the reward's extractor at the matched size).
 
 Each setting is scored with k-NN precision, recall, density and coverage (k =
-``evaluation.metrics.k_precision_recall``) against the **validation part of the train split**:
+``evaluation.baseline.k``) against the **validation part of the train split**:
 ``validation_fraction`` of the train crops, a draw fixed by ``reference.seed``
 (:func:`validation_ids`). Only those rows of the reference feature file are read as numbers
 (:func:`read_rows`): the held-out rows are never touched, so the choice cannot depend on them
@@ -99,7 +99,7 @@ def score_setting(generated: np.ndarray, validation: np.ndarray, k: int) -> dict
     if len(validation) <= k:
         raise MarsdiffError(
             f"the validation part of the train split has {len(validation)} crops, need more than "
-            f"k = {k} (raise evaluation.baseline.validation_fraction)"
+            f"evaluation.baseline.k = {k} (raise evaluation.baseline.validation_fraction or lower the k)"
         )
     return precision_recall_density_coverage(generated, validation, k, k)
 
