@@ -146,15 +146,17 @@ def plot_tsne(
 def place_points(points: np.ndarray, fitted: np.ndarray, embedding: np.ndarray, neighbours: int = 10) -> np.ndarray:
     """Positions of new ``points`` in a fitted 2-D embedding: each one's Gaussian-kernel-weighted
     mean of the embedded positions of its ``neighbours`` nearest fitted points (in the space the
-    embedding was fitted from), the kernel width that point's median distance to them. A point
-    on top of a fitted one lands on it; t-SNE itself never sees the placed points."""
+    embedding was fitted from), the kernel width that point's distance to its nearest fitted
+    point: the nearest dominates (a point on top of a fitted one lands on it), a tie between two
+    near neighbours lands between them, and the far ones barely count (a width as wide as all k
+    would pull every placed point toward the map's centre). t-SNE itself never sees the placed points."""
     from marsdiff.evaluation.distances import pairwise_distances
 
     k = max(1, min(int(neighbours), len(fitted)))
     distances = pairwise_distances(np.asarray(points, dtype=np.float64), np.asarray(fitted, dtype=np.float64))
     nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
     near = np.take_along_axis(distances, nearest, axis=1)
-    width = np.maximum(np.median(near, axis=1, keepdims=True), 1e-12)
+    width = np.maximum(near[:, :1], 1e-12)
     weights = np.exp(-0.5 * (near / width) ** 2)
     weights /= weights.sum(axis=1, keepdims=True)
     return np.einsum("nk,nkd->nd", weights, embedding[nearest])
