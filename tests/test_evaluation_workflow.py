@@ -298,7 +298,7 @@ def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finish
     assert '"params": "cfg=' in report and '\\\\\\"' not in report.split('"params": "cfg=', 1)[1][:500]
     for caption in ("t-SNE map", "Column i shows image i", "Coverage by category", "Every evaluation metric per model",
                     "The set reward of each RL round", "Most novel (top row)", "All evaluation metrics in long form",
-                    "as a page: the metric x model table", "against the frozen knob", "The frozen knob, chosen before",
+                    "as a page: one verdict line per RL policy", "against the frozen knob", "The frozen knob, chosen before",
                     "Brightness spread (standard deviation of the image means)"):
         assert caption in report, caption
 
