@@ -335,7 +335,7 @@ def test_the_report_and_the_summary_open_on_the_verdict_in_a_browser(finished, t
     assert grey.shape == (900, 1400) and (grey[:450, 280:800] < 100).mean() > 0.01, "text on the first screen"
     dom, png = render(finished / "results/report/summary.html", tmp_path, "summary")
     headings = re.findall(r"<h2>(.*?)</h2>", dom)
-    assert headings[:2] == ["Verdict", "Metrics"], headings
+    assert headings[:3] == ["Verdict", "The frozen knob", "Metrics"], headings
 
 
 @pytest.mark.slow
