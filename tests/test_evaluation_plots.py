@@ -87,3 +87,35 @@ def test_metric_intervals_forest_plot(tmp_path):
     path = plots.plot_metric_intervals(table, tmp_path / "metrics.png")
     height = max(1.6, 0.35 * 2 + 0.9)
     check_png(path, 3.2 * 3 + 1.5, height * 2 + 0.6)
+
+
+def test_placed_points_land_on_their_fitted_twins_and_between_close_pairs():
+    fitted = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    embedding = np.array([[1.0, 1.0], [5.0, 1.0], [1.0, 5.0], [5.0, 5.0]])
+    placed = plots.place_points(np.array([[10.0, 0.0], [5.0, 0.0], [0.1, 0.0]]), fitted, embedding, neighbours=4)
+    assert placed[0] == pytest.approx([5.0, 1.0]), "an exact copy lands on its twin"
+    assert placed[1][0] == pytest.approx(3.0), "equidistant from two: halfway between them"
+    assert 1.0 < placed[1][1] < 2.0, "the two farther points pull a little, the near pair dominates"
+    assert np.linalg.norm(placed[2] - [1.0, 1.0]) < 0.01, "the nearest dominates, far points barely count"
+
+
+def test_tsne_fits_on_the_named_sets_only(tmp_path, monkeypatch):
+    from sklearn import manifold
+
+    rng = np.random.default_rng(0)
+    reference, base = rng.normal(size=(30, 8)), rng.normal(size=(20, 8))
+    policy = base + rng.normal(scale=1e-3, size=base.shape)  # same-seed near-copies
+    fitted_sizes = []
+    original = manifold.TSNE.fit_transform
+
+    def recording(self, X, *args, **kwargs):
+        fitted_sizes.append(len(X))
+        return original(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(manifold.TSNE, "fit_transform", recording)
+    path = plots.plot_tsne({"held-out": reference, "base": base, "policy": policy}, tmp_path / "tsne.png",
+                           reference="held-out", fit=["held-out", "base"], max_iter=250)
+    assert fitted_sizes == [50], "the policy's near-copies are placed, not fitted"
+    assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(MarsdiffError, match="must be among the fitted sets"):
+        plots.plot_tsne({"held-out": reference, "base": base}, tmp_path / "x.png", reference="held-out", fit=["base"])

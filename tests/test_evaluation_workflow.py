@@ -1,6 +1,7 @@
 """The evaluation and report stages in Snakemake (workflow/rules/evaluate.smk).
 
-Fast: which models are evaluated (base, the noise-knob grid, final policies, every k-th round),
+Fast: which models are evaluated (base, the frozen knob, the descriptive knob grid, final
+policies, every k-th round), the test streams,
 the parse-time refusals of bad settings (one line naming the key), the evaluation seeds, and the
 evaluate stage's refusal of an empty held-out split. Slow (one tiny end-to-end run): every metric
 for every model against the held-out split only, every figure, summary.md with a verdict per
@@ -42,7 +43,7 @@ def tiny_config():
 
 # The experiments come from the config (tests/config/tiny.yaml over config/config.yaml).
 TINY_EXPERIMENTS = sorted(tiny_config()["experiments"])
-TINY_KNOBS = ["base", "knob-eta0.5-ns1-uniform", "knob-eta1-ns1-tails"]
+TINY_KNOBS = ["base", "frozen_knob", "knob-eta0.5-ns1-uniform", "knob-eta1-ns1-tails"]
 TINY_MODELS = TINY_KNOBS + TINY_EXPERIMENTS
 FIGURES = ("tsne", "sample_grid", "category_coverage", "metric_intervals", "reward_curves", "novel_redundant_base",
            *(f"novel_redundant_{exp}" for exp in TINY_EXPERIMENTS))
@@ -51,11 +52,22 @@ FIGURES = ("tsne", "sample_grid", "category_coverage", "metric_intervals", "rewa
 # ---------------------------------------------------------------------------- which models
 
 
-def test_default_config_evaluates_base_one_knob_at_a_time_and_final_policies():
+def test_default_config_evaluates_base_the_frozen_knob_and_final_policies_no_test_set_grid():
     cfg = load_config()
     names = [m["name"] for m in check_evaluation(cfg)]
-    assert names == ["base", "knob-eta0.5-ns1-uniform", "knob-eta1-ns1.15-uniform", "knob-eta1-ns1-tails",
-                     *sorted(cfg["experiments"])]
+    assert names == ["base", "frozen_knob", *sorted(cfg["experiments"])]
+    frozen = next(m for m in evaluation_models(cfg) if m["kind"] == "frozen")
+    assert frozen["eta"] is None and frozen["noise_scale"] is None, "its knobs come from select_knob, not the config"
+
+
+def test_streams_are_checked_and_stream_zero_draws_the_historic_evaluation_round():
+    from marsdiff.evalset.models import evaluation_streams, stream_round
+
+    assert stream_round(0) == EVALUATION_ROUND
+    cfg = load_config(overrides={"evaluation": {"streams": 2}})
+    assert evaluation_streams(cfg) == [0, 1] and check_evaluation(cfg)
+    with pytest.raises(MarsdiffError, match=r"evaluation.streams must be an integer in 1..99, got 0"):
+        check_evaluation({**cfg, "evaluation": {**cfg["evaluation"], "streams": 0}})
 
 
 def test_tiny_config_models():
@@ -176,7 +188,7 @@ def finished(tiny_evaluation):
 
 def evaluation_targets():
     tables = ["metrics.csv", "bootstrap.csv", "category_coverage.csv", "category_shares.csv", "reference.csv"]
-    return ([f"results/eval/{t}" for t in tables + ["pixel_statistics.csv"]]
+    return ([f"results/eval/{t}" for t in tables + ["pixel_statistics.csv", "comparisons.csv", "knob_selection.csv"]]
             + [f"results/eval/plots/{f}.png" for f in FIGURES]
             + ["results/report/summary.md", "results/report/summary.html", "results/report/comparison.csv"])
 
@@ -208,6 +220,10 @@ def test_images_share_seeds_across_models_and_none_is_a_training_image(finished)
     assert not set(trained["seed"]) & set(seeds["base"])
     knob = pd.read_csv(finished / "results/eval/samples/knob-eta0.5-ns1-uniform/samples.csv")
     assert set(knob["eta"]) == {0.5} and set(knob["noise_scale"]) == {1.0}
+    # the frozen knob is drawn at the setting select_knob chose, on the test seeds
+    chosen = json.loads((finished / "results/eval/knob_selection.json").read_text())["chosen"]
+    frozen = pd.read_csv(finished / "results/eval/samples/frozen_knob/samples.csv")
+    assert set(frozen["eta"]) == {chosen["eta"]} and set(frozen["noise_scale"]) == {chosen["noise_scale"]}
     features = np.load(finished / "results/eval/features/base/mobilenet_v2.npy")
     ids = (finished / "results/eval/features/base/mobilenet_v2.ids.txt").read_text().split()
     assert features.shape == (8, 256) and ids == [f"e{i:05d}" for i in range(8)]
@@ -249,15 +265,27 @@ def test_summary_has_the_table_a_verdict_per_experiment_and_the_models(finished)
     assert all(f" {m} " in header for m in TINY_MODELS + ["real"])
     for metric in METRICS:
         assert re.search(rf"^\| {metric} \|", summary, re.M), metric
+    verdict = summary.split("## Verdict\n", 1)[1].split("\n## ", 1)[0]
     for experiment in TINY_EXPERIMENTS:
+        line = next(line for line in verdict.splitlines() if line.startswith(f"- **{experiment}**"))
+        assert "frozen_knob" in line and "Against the base model" in line, line
         section = summary.split(f"### {experiment}\n", 1)[1].split("###", 1)[0]
-        assert "- Overall: " in section and "Memorisation check" in section
-    assert "## Models" in summary and "knob-eta1-ns1-tails | base model, knob setting | 1 | 1 | tails (2, 1, 2)" in summary
-    comparison = pd.read_csv(finished / "results/report/comparison.csv")
-    assert set(comparison["model"]) == set(TINY_EXPERIMENTS)
-    scores = comparison[~comparison["metric"].str.startswith("memorisation_")]
-    assert set(scores["best_baseline"]) <= set(TINY_KNOBS)
-    assert comparison.loc[comparison["metric"] == "memorisation_ratio", "best_baseline"].isna().all(), "a check"
+        assert "| recall | primary |" in section and "| precision | non_inferiority |" in section
+    assert "best knob setting" not in summary, "no best-of-N on the test set"
+    assert "## The frozen knob" in summary and "**Chosen: eta" in summary
+    assert "## Models" in summary and "knob-eta1-ns1-tails | base model, knob setting (descriptive) | 1 | 1 | tails (2, 1, 2)" in summary
+    comparisons = pd.read_csv(finished / "results/eval/comparisons.csv")
+    assert list(comparisons.columns) == ["stream", "model", "baseline", "metric", "role", "value", "baseline_value",
+                                         "difference", "low", "high", "p_value", "p_holm", "verdict"]
+    assert set(comparisons["model"]) == set(TINY_EXPERIMENTS) | {"frozen_knob"}
+    assert set(comparisons["baseline"]) == {"frozen_knob", "base"} and set(comparisons["stream"]) == {0}
+    assert not comparisons["metric"].str.startswith("memorisation_").any(), "a check is not compared"
+    assert set(comparisons.loc[comparisons["role"] == "primary", "metric"]) == {"recall", "coverage"}
+    family = comparisons[(comparisons["role"] == "primary") & (comparisons["model"] != "frozen_knob")]
+    assert family["p_holm"].notna().all() and (family["p_holm"] >= family["p_value"]).all()
+    # the tiny run's 20 replicates cannot reach significance over 2 x 3 tests: the summary says so
+    assert "Too few bootstrap replicates to decide" in summary
+    assert pd.read_csv(finished / "results/report/comparison.csv").equals(comparisons)
     html = (finished / "results/report/summary.html").read_text()
     assert "<table>" in html and f"<h3>{TINY_EXPERIMENTS[0]}</h3>" in html
 
@@ -270,7 +298,7 @@ def test_the_html_report_builds_with_a_caption_for_every_figure_and_table(finish
     assert '"params": "cfg=' in report and '\\\\\\"' not in report.split('"params": "cfg=', 1)[1][:500]
     for caption in ("t-SNE map", "Column i shows image i", "Coverage by category", "Every evaluation metric per model",
                     "The set reward of each RL round", "Most novel (top row)", "All evaluation metrics in long form",
-                    "as a page: the metric x model table", "Every RL policy against the best knob setting",
+                    "as a page: one verdict line per RL policy", "against the frozen knob", "The frozen knob, chosen before",
                     "Brightness spread (standard deviation of the image means)"):
         assert caption in report, caption
 
@@ -307,7 +335,7 @@ def test_the_report_and_the_summary_open_on_the_verdict_in_a_browser(finished, t
     assert grey.shape == (900, 1400) and (grey[:450, 280:800] < 100).mean() > 0.01, "text on the first screen"
     dom, png = render(finished / "results/report/summary.html", tmp_path, "summary")
     headings = re.findall(r"<h2>(.*?)</h2>", dom)
-    assert headings[:2] == ["Verdict", "Metrics"], headings
+    assert headings[:3] == ["Verdict", "The frozen knob", "Metrics"], headings
 
 
 @pytest.mark.slow
@@ -328,6 +356,11 @@ def test_a_finished_evaluation_reruns_only_what_a_setting_touches(finished, tmp_
     # One more knob value: one new model is drawn, the others' images stay.
     assert plan({"evaluation": {"knobs": {"noise_scale": [1.0, 1.2]}}}) == {
         "generate_samples": 1, "extract_sample_features": 1, **report}
+    # The selection rule re-chooses the knob; only the frozen knob is re-drawn (its JSON is its input)
+    assert plan({"evaluation": {"baseline": {"precision_margin": 0.5}}}) == {
+        "select_knob": 1, "generate_samples": 1, "extract_sample_features": 1, **report}
+    # The endpoints re-run the summary only
+    assert plan({"evaluation": {"endpoints": {"alpha": 0.1}}}) == {"report_summary": 1}
 
 
 @pytest.mark.slow

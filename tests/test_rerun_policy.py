@@ -228,7 +228,9 @@ def folder_run(tmp_path_factory):
         {"reference": {"source": "folder", "folder": "craters", "metadata_csv": "craters/meta.csv", "image_size": 32},
          "reward": {"validation": {"set_size": 4}},
          "evaluation": {"images": 6, "knobs": {"class_weights": {"tails": "tails"}},
-                        "metrics": {"k_precision_recall": 3, "k_density_coverage": 3}}}
+                        "metrics": {"k_precision_recall": 3, "k_density_coverage": 3},
+                        # the frozen knob's k-NN radius against 4 validation train crops
+                        "baseline": {"images": 6, "k": 3}}}
     ))
     snakemake(project, "results/reference/manifest.csv", *configs(project))
     return project

@@ -27,6 +27,8 @@ PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 
 CUDA = REPO / "tests" / "config" / "cuda_devices.yaml"
+# a second test stream, so the dry runs hold every rule of the evaluation
+STREAMS = REPO / "tests" / "config" / "two_streams.yaml"
 
 # rule -> (partition, --gpus value on a CUDA config or None, --mem in MB, -t in minutes, cpus per task)
 # On the tiny CPU config no rule asks for a GPU.
@@ -42,8 +44,11 @@ EXPECTED = {
     "score_round": ("gpu-v100", "1", 16000, 60, 4),
     "extract_sample_features": ("gpu-v100", "1", 16000, 60, 4),
     "evaluate": ("cpu", None, 16000, 120, 4),
+    "evaluate_stream": ("cpu", None, 16000, 120, 4),
     "plot_evaluation": ("cpu", None, 4000, 30, 1),
     "generate_samples": ("gpu-h100", "1", 32000, 240, 8),
+    "generate_stream_samples": ("gpu-h100", "1", 32000, 240, 8),
+    "select_knob": ("gpu-h100", "1", 32000, 240, 8),
     "export_dataset": ("gpu-h100", "1", 32000, 240, 8),
     "pretrain_base": ("gpu-h100", "1", 32000, 240, 8),
     "preview_base": ("gpu-h100", "1", 16000, 30, 4),
@@ -121,13 +126,13 @@ def _submissions(tmp_path_factory, *configfiles: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def submissions(tmp_path_factory):
     """The tiny CPU config: no rule may ask for a GPU."""
-    return _submissions(tmp_path_factory, TINY)
+    return _submissions(tmp_path_factory, TINY, STREAMS)
 
 
 @pytest.fixture(scope="module")
 def cuda_submissions(tmp_path_factory):
     """The tiny config with every stage on CUDA: the GPU stages ask for one GPU each."""
-    return _submissions(tmp_path_factory, TINY, CUDA)
+    return _submissions(tmp_path_factory, TINY, STREAMS, CUDA)
 
 
 def _option(call: str, name: str) -> str | None:

@@ -326,8 +326,9 @@ def sampling_gpus(cfg):
 
 
 # ---------------------------------------------------------------------------- evaluation
-# Helpers of workflow/rules/evaluate.smk. The evaluated models (base, the noise-knob grid, each
-# experiment's final policy, every k-th round) come from the config alone, checked when the
+# Helpers of workflow/rules/evaluate.smk. The evaluated models (base, the frozen knob, the
+# descriptive knob grid, each experiment's final policy, every k-th round) and the test streams
+# come from the config alone, checked when the
 # Snakefile is parsed: a bad evaluation setting stops with one line before anything runs.
 EVAL_DIR = RESULTS / "eval"
 EVAL_SAMPLES = EVAL_DIR / "samples"
@@ -352,6 +353,43 @@ def evaluation_plan(cfg):
 
 EVAL_MODELS = evaluation_plan(config)
 EVAL_MODEL = {model["name"]: model for model in EVAL_MODELS}
+# The frozen knob's choice (stage select_knob): the input that gives model frozen_knob its knobs.
+KNOB_SELECTION = EVAL_DIR / "knob_selection.json"
+KNOB_SELECTION_TABLE = EVAL_DIR / "knob_selection.csv"
+# Per (stream, model, baseline, metric) comparisons: the study's machine-readable contract.
+EVAL_COMPARISONS = EVAL_DIR / "comparisons.csv"
+
+
+def evaluation_stream_list(cfg):
+    from marsdiff.evalset.models import evaluation_streams
+
+    return evaluation_streams(cfg)
+
+
+EVAL_STREAMS = evaluation_stream_list(config)
+
+
+def stream_dir(stream):
+    """Where test stream ``stream``'s samples, features and tables live: results/eval/ for stream
+    0 (the figures, pixel statistics and exports read it), results/eval/stream<s>/ for the others."""
+    return EVAL_DIR if int(stream) == 0 else EVAL_DIR / f"stream{int(stream)}"
+
+
+def stream_samples(stream, name):
+    return stream_dir(stream) / "samples" / name
+
+
+def stream_features(stream, name, suffix):
+    """One model's feature file of one stream (suffix: npy, ids.txt or json)."""
+    return stream_dir(stream) / "features" / name / f"{SCORE_EXTRACTOR}.{suffix}"
+
+
+def stream_set_label(stream, name):
+    return name if int(stream) == 0 else f"stream{int(stream)}/{name}"
+
+
+# Every (stream, model) image set, stream-major: one extraction job featurises all of them.
+EVAL_SETS = [(stream, name) for stream in EVAL_STREAMS for name in EVAL_MODEL]
 
 
 def evaluation_settings(cfg):
@@ -371,11 +409,12 @@ def pixel_statistics_params(cfg):
     return param_text({"metrics": {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}})
 
 
-def generation_params(cfg, name):
+def generation_params(cfg, name, stream=0):
     """What one evaluated model's images depend on: its spec (knobs, or experiment and round: the
-    policy's content is an input), M, the evaluation seed and steps, the chain's floor and the
-    backend. The grid's other points, the metric and plot settings and the batch size are left
-    out, so editing them re-draws no image."""
+    policy's content is an input; the frozen knob's knobs are select_knob's JSON, an input), M,
+    the evaluation seed, stream and steps, the chain's floor and the backend. The grid's other
+    points, the metric and plot settings and the batch size are left out, so editing them
+    re-draws no image. Stream 0 has no stream key: adding streams re-draws none of its images."""
     section = evaluation_settings(cfg)
     model = {"backend": cfg["model"]["backend"]}
     if cfg["model"]["backend"] == "stable_diffusion":
@@ -383,10 +422,31 @@ def generation_params(cfg, name):
     else:
         model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
     sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device", "eta")}
-    return param_text(
-        {"model_spec": EVAL_MODEL[name], "images": section["images"], "seed": section["seed"],
-         "steps": section["steps"], "sampling": sampling, "model": model},
-    )
+    params = {"model_spec": EVAL_MODEL[name], "images": section["images"], "seed": section["seed"],
+              "steps": section["steps"], "sampling": sampling, "model": model}
+    if int(stream) > 0:
+        params["stream"] = int(stream)
+    return param_text(params)
+
+
+def selection_params(cfg):
+    """What the frozen knob's choice depends on: the resolved evaluation.baseline settings (grid,
+    images, steps, fraction, rule, k, evaluation seed, base knobs and class weights), the
+    reference seed (the validation draw of train crops), the chain's floor and the backend."""
+    from marsdiff.evalset.models import selection_settings
+
+    model = {"backend": cfg["model"]["backend"]}
+    if cfg["model"]["backend"] == "stable_diffusion":
+        model["stable_diffusion"] = cfg["model"]["stable_diffusion"]
+    else:
+        model["pixel"] = {"device": cfg["model"]["pixel"].get("device", "auto")}
+    sampling = {k: v for k, v in cfg["sampling"].items() if k in ("min_std", "device")}
+    return param_text({"selection": selection_settings(cfg), "reference_seed": int(cfg["reference"].get("seed", 0)),
+                       "sampling": sampling, "model": model})
+
+
+def endpoint_params(cfg):
+    return evaluation_settings(cfg)["endpoints"]
 
 
 def evaluation_sample_inputs(wildcards):
@@ -394,6 +454,8 @@ def evaluation_sample_inputs(wildcards):
     folder's changes) for an RL policy."""
     model = EVAL_MODEL[wildcards.model]
     inputs = dict(base_model_inputs())
+    if model["kind"] == "frozen":
+        inputs["selection"] = str(KNOB_SELECTION)
     if model["experiment"] is not None:
         round_dir = RUNS_DIR / model["experiment"] / f"round_{model['round']:03d}"
         inputs["policy"] = directory_input(str(round_dir / "policy"))
@@ -431,6 +493,8 @@ def evaluation_targets():
     """Targets of the evaluation and report stages (workflow/rules/evaluate.smk)."""
     return (
         [str(EVAL_DIR / name) for name in EVAL_TABLES]
+        + [str(stream_dir(s) / name) for s in EVAL_STREAMS[1:] for name in EVAL_TABLES]
+        + [str(KNOB_SELECTION), str(KNOB_SELECTION_TABLE), str(EVAL_COMPARISONS)]
         + [str(EVAL_DIR / "pixel_statistics.csv")]
         + [str(path) for path in evaluation_figures().values()]
         + [str(REPORT_DIR / name) for name in ("summary.md", "summary.html", "comparison.csv")]

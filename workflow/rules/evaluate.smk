@@ -1,16 +1,61 @@
 # Evaluation and report (docs/evaluation.md): does RL cover the real variety of craters better
-# than turning up the noise? Every evaluated model (common.smk, EVAL_MODELS: the base model, the
-# noise-knob grid, each experiment's final policy, every k-th round) draws M images from the same
-# seeds (generate_samples); their features come from the reward's extractor at the matched
-# resolution, the path the reference took (extract_sample_features, score.smk's
-# resize_reference / extract_resized_features); evaluate compares them with the HELD-OUT split
-# only; pixel_statistics measures brightness spread and contrast against the held-out crops;
-# plot_evaluation and report_summary write the figures, summary.md and the report's tables.
+# than the best sampling knob chosen without seeing the test set? select_knob fixes the baseline
+# first: the base model's factorial knob grid on a validation stream, scored against a validation
+# part of the TRAIN split (never the held-out crops), by the rule evaluation.baseline declares.
+# Then every evaluated model (common.smk, EVAL_MODELS: the base model, the frozen knob, any
+# descriptive knob setting, each experiment's final policy, every k-th round) draws M images on
+# each test stream (generate_samples: stream 0; generate_stream_samples: streams 1..); their
+# features come from the reward's extractor at the matched resolution, the path the reference
+# took (extract_sample_features, score.smk's resize_reference / extract_resized_features);
+# evaluate / evaluate_stream compare each stream with the HELD-OUT split only; pixel_statistics
+# measures brightness spread and contrast against the held-out crops; plot_evaluation writes the
+# figures (stream 0), report_summary the declared-endpoint comparisons of every stream
+# (comparisons.csv), summary.md and the report's tables.
 import re
 
 EVAL_EXTRACTOR = SCORE_EXTRACTOR  # the reward's feature space, at SCORE_SIZE like a scored round
 EVAL_MODEL_PATTERN = "|".join(re.escape(name) for name in EVAL_MODEL)
 EVAL_SECTION = evaluation_settings(config)
+
+
+rule select_knob:
+    """The frozen knob: the base model's knob grid on the validation stream against train crops, one job."""
+    input:
+        **base_model_inputs(),
+        # the reference at the matched resolution: only the validation train rows are read
+        reference=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.npy",
+        reference_ids=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.ids.txt",
+        reference_info=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.json",
+        manifest=REFERENCE_DIR / "manifest.csv",
+    output:
+        selection=KNOB_SELECTION,
+        table=report(
+            KNOB_SELECTION_TABLE,
+            caption="../report/eval_knob_selection.rst",
+            category=EVAL_CATEGORY,
+            labels={"table": "frozen knob: validation grid"},
+        ),
+    params:
+        cfg=selection_params(config),
+        extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
+        resolution=SCORE_SIZE,
+        # batch size, device and the feature cache change no image and no feature value
+        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
+        features_untracked=untracked(stage_params(config, "features")),
+        code=code_version("evalset/select.py", "scripts/select_knob.py"),
+    log:
+        LOGS / "eval" / "select_knob.log",
+    benchmark:
+        BENCH / "eval" / "select_knob.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="60m",
+        gpu=sampling_gpus(config),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/select_knob.py"
 
 
 rule generate_samples:
@@ -42,20 +87,37 @@ rule generate_samples:
         "../scripts/generate_samples.py"
 
 
+use rule generate_samples as generate_stream_samples with:
+    output:
+        images=directory(EVAL_DIR / "stream{stream}" / "samples" / "{model}" / "images"),
+        samples=EVAL_DIR / "stream{stream}" / "samples" / "{model}" / "samples.csv",
+    params:
+        cfg=lambda wildcards: generation_params(config, wildcards.model, int(wildcards.stream)),
+        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
+        code=code_version("evalset/generate.py", "scripts/generate_samples.py"),
+    log:
+        LOGS / "eval" / "generate_samples" / "stream{stream}" / "{model}.log",
+    benchmark:
+        BENCH / "eval" / "generate_samples" / "stream{stream}" / "{model}.tsv"
+    wildcard_constraints:
+        model=EVAL_MODEL_PATTERN,
+        stream="[1-9][0-9]*",
+
+
 rule extract_sample_features:
-    """Features of every model's evaluation images with the reward's extractor at the matched size."""
+    """Features of every model's evaluation images, every stream, with the reward's extractor at the matched size."""
     input:
         # samples.csv is rewritten with the images; the folders' time stamps are ignored
-        samples=[EVAL_SAMPLES / name / "samples.csv" for name in EVAL_MODEL],
-        images=[directory_input(EVAL_SAMPLES / name / "images") for name in EVAL_MODEL],
+        samples=[stream_samples(s, name) / "samples.csv" for s, name in EVAL_SETS],
+        images=[directory_input(stream_samples(s, name) / "images") for s, name in EVAL_SETS],
     output:
-        # one job for all models: one extractor load, and the content-keyed feature cache makes
-        # the unchanged models' images cache hits when one model is re-drawn
-        features=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.npy" for name in EVAL_MODEL],
-        ids=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.ids.txt" for name in EVAL_MODEL],
-        info=[EVAL_DIR / "features" / name / f"{EVAL_EXTRACTOR}.json" for name in EVAL_MODEL],
+        # one job for all models and streams: one extractor load, and the content-keyed feature
+        # cache makes the unchanged models' images cache hits when one model is re-drawn
+        features=[stream_features(s, name, "npy") for s, name in EVAL_SETS],
+        ids=[stream_features(s, name, "ids.txt") for s, name in EVAL_SETS],
+        info=[stream_features(s, name, "json") for s, name in EVAL_SETS],
     params:
-        models=param_text(list(EVAL_MODEL)),
+        models=param_text([stream_set_label(s, name) for s, name in EVAL_SETS]),
         extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
         resolution=SCORE_SIZE,
         # batch size, device and cache folder change no feature value
@@ -117,6 +179,27 @@ rule evaluate:
         "../envs/marsdiff.yaml"
     script:
         "../scripts/evaluate.py"
+
+
+use rule evaluate as evaluate_stream with:
+    input:
+        features=lambda w: [stream_features(w.stream, name, "npy") for name in EVAL_MODEL],
+        ids=lambda w: [stream_features(w.stream, name, "ids.txt") for name in EVAL_MODEL],
+        info=lambda w: [stream_features(w.stream, name, "json") for name in EVAL_MODEL],
+        samples=lambda w: [stream_samples(w.stream, name) / "samples.csv" for name in EVAL_MODEL],
+        reference=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.npy",
+        reference_ids=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.ids.txt",
+        reference_info=RESIZED_FEATURES / f"{EVAL_EXTRACTOR}.json",
+        manifest=REFERENCE_DIR / "manifest.csv",
+    output:
+        metrics=EVAL_DIR / "stream{stream}" / "metrics.csv",
+        tables=[EVAL_DIR / "stream{stream}" / name for name in EVAL_TABLES if name != "metrics.csv"],
+    log:
+        LOGS / "eval" / "evaluate_stream{stream}.log",
+    benchmark:
+        BENCH / "eval" / "evaluate_stream{stream}.tsv"
+    wildcard_constraints:
+        stream="[1-9][0-9]*",
 
 
 rule pixel_statistics:
@@ -198,10 +281,15 @@ rule plot_evaluation:
 
 
 rule report_summary:
-    """summary.md: the metric x model table and a verdict per policy against the best knob setting."""
+    """Declared-endpoint comparisons of every policy with the frozen knob and the base model on every
+    stream (comparisons.csv), summary.md with the verdict per policy, and the report's tables."""
     input:
         metrics=EVAL_DIR / "metrics.csv",
         tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
+        # every stream's metrics and paired bootstrap replicates, stream order
+        stream_metrics=[stream_dir(s) / "metrics.csv" for s in EVAL_STREAMS],
+        stream_replicates=[stream_dir(s) / "bootstrap.csv" for s in EVAL_STREAMS],
+        selection=KNOB_SELECTION,
         pixels=EVAL_DIR / "pixel_statistics.csv",
         intro=REPORT_INTRO,
     output:
@@ -218,12 +306,13 @@ rule report_summary:
             REPORT_DIR / "comparison.csv",
             caption="../report/eval_comparison.rst",
             category=EVAL_CATEGORY,
-            labels={"table": "policies vs best knob setting"},
+            labels={"table": "policies vs frozen knob and base"},
         ),
+        comparisons=EVAL_COMPARISONS,
     params:
         cfg=param_text(
             {"models": EVAL_MODELS, "metrics": EVAL_SECTION["metrics"], "images": EVAL_SECTION["images"],
-             "steps": EVAL_SECTION["steps"]},
+             "steps": EVAL_SECTION["steps"], "streams": EVAL_STREAMS, "endpoints": endpoint_params(config)},
         ),
         code=code_version("evaluation/stage.py", "scripts/report_summary.py"),
     log:

@@ -12,13 +12,20 @@ def main(snakemake):
         import torch
 
         from marsdiff.evalset.generate import generate_model_samples
+        from marsdiff.evalset.models import FROZEN, frozen_spec, stream_round
+        from marsdiff.io.reading import read_json
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         cfg = params_json(snakemake, "cfg")
         meta = getattr(snakemake.input, "meta", None)
+        spec = cfg["model_spec"]
+        if spec["kind"] == FROZEN:
+            # the frozen knob's knobs: what select_knob chose before any test image was drawn
+            spec = frozen_spec(spec, read_json(snakemake.input.selection, "knob selection", "select_knob",
+                                               keys=("chosen",)))
         kill_point("generate.start")
         generate_model_samples(
-            cfg["model_spec"],
+            spec,
             model_cfg=cfg["model"],
             sampling={**cfg["sampling"], **params_json(snakemake, "sampling_untracked")},
             n_images=cfg["images"],
@@ -28,6 +35,7 @@ def main(snakemake):
             samples_csv=snakemake.output.samples,
             model_dir=str(Path(meta).parent) if meta else None,
             policy_dir=getattr(snakemake.input, "policy", None),
+            round_index=stream_round(cfg.get("stream", 0)),
         )
         kill_point("generate.done")
 

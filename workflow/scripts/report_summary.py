@@ -22,6 +22,10 @@ def main(snakemake):
             pixel_csv=snakemake.input.pixels,
             landing_rst=snakemake.output.landing,
             intro=Path(snakemake.input.intro).read_text(),
+            stream_dirs={s: Path(m).parent for s, m in zip(cfg["streams"], snakemake.input.stream_metrics)},
+            selection_json=snakemake.input.selection,
+            endpoints=cfg["endpoints"],
+            comparisons_csv=snakemake.output.comparisons,
         )
 
     run_stage(snakemake, body)

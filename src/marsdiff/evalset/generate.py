@@ -6,7 +6,7 @@ one row per image: ``image_id, file, image_index, seed, condition, condition_nam
 noise_scale, guidance_scale``.
 
 Pairing: image i of every model is drawn from the same per-image random stream (seed from
-``(evaluation.seed, EVALUATION_ROUND, i)``), so the condition draw and the initial noise are
+``(evaluation.seed, stream_round(s), i)`` on test stream s), so the condition draw and the initial noise are
 shared wherever the plans agree, and differences between models are paired (the bootstrap of
 :mod:`marsdiff.evaluation.bootstrap` pairs replicates by image index for the same reason).
 The chain is the RL sampler's (:class:`~marsdiff.diffusion.sampler.RecordingSampler`), so a
@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from marsdiff.evalset.models import EVALUATION_ROUND, BASE, FINAL, KNOB, ROUND
+from marsdiff.evalset.models import EVALUATION_ROUND, BASE, FINAL, FROZEN, KNOB, ROUND
 from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ def generation_for(spec: Mapping[str, Any], backend: Any, policy_dir: str | os.P
     from marsdiff.diffusion.plan import FixedGeneration
 
     kind = spec["kind"]
-    if kind in (BASE, KNOB):
+    if kind in (BASE, FROZEN, KNOB):
+        if spec.get("eta") is None or spec.get("noise_scale") is None:
+            raise MarsdiffError(f"evaluation model {spec['name']!r}: no knob setting (the frozen knob's comes from select_knob)")
         where = (
             f"evaluation.knobs.class_weights.{spec['class_weights_name']}" if kind == KNOB else "sampling.class_distribution"
         )
@@ -89,6 +91,50 @@ def generation_for(spec: Mapping[str, Any], backend: Any, policy_dir: str | os.P
     raise MarsdiffError(f"evaluation model {spec.get('name')!r}: unknown kind {kind!r}")
 
 
+def draw_images(
+    backend: Any,
+    generation: Any,
+    sampling: Mapping[str, Any],
+    n_images: int,
+    seed: int,
+    steps: int,
+    images_dir: str | os.PathLike,
+    round_index: int = EVALUATION_ROUND,
+    label: str = "",
+) -> list[dict[str, Any]]:
+    """Draw ``n_images`` seeded images of one plan into ``images_dir`` (written as they come, not
+    atomically: callers wrap the folder); the samples-table rows, in image-index order."""
+    from marsdiff.data.images import save_png
+    from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
+
+    settings = SamplingSettings.from_config({
+        **{k: v for k, v in dict(sampling).items() if k in ("min_std", "batch_size", "device", "eta")},
+        "steps": int(steps),
+        "seed": int(seed),
+        "store": {"dtype": "float32"},
+    })
+    sampler = RecordingSampler(backend, settings, generation)
+    names = backend.conditions()
+    rows: list[dict[str, Any]] = []
+    for batch in sampler.sample(int(n_images), round_index=int(round_index)):
+        for j, index in enumerate(batch.image_index.tolist()):
+            name = image_file(index)
+            save_png(Path(images_dir) / name, batch.images[j])
+            rows.append({
+                "image_id": name[:-4],
+                "file": name,
+                "image_index": int(index),
+                "seed": int(batch.seed[j]),
+                "condition": int(batch.condition[j]),
+                "condition_name": names[int(batch.condition[j])],
+                "eta": f"{float(batch.eta[j]):.6g}",
+                "noise_scale": f"{float(batch.noise_scale[j]):.6g}",
+                "guidance_scale": f"{float(batch.guidance_scale[j]):.6g}",
+            })
+        log.info("%s: %d/%d images", label, len(rows), n_images)
+    return rows
+
+
 def generate_model_samples(
     spec: Mapping[str, Any],
     model_cfg: Mapping[str, Any],
@@ -100,16 +146,17 @@ def generate_model_samples(
     samples_csv: str | os.PathLike,
     model_dir: str | os.PathLike | None = None,
     policy_dir: str | os.PathLike | None = None,
+    round_index: int = EVALUATION_ROUND,
 ) -> dict[str, Any]:
     """Draw ``n_images`` seeded images of one evaluated model into ``images_dir`` + ``samples_csv``.
 
-    ``spec``: one entry of :func:`marsdiff.evalset.models.evaluation_models`; ``sampling``: the
-    sampling section (min_std, batch_size, device; the seed and steps are the evaluation's).
+    ``spec``: one entry of :func:`marsdiff.evalset.models.evaluation_models` (the frozen knob's
+    with its chosen knobs filled, :func:`~marsdiff.evalset.models.frozen_spec`); ``sampling``: the
+    sampling section (min_std, batch_size, device; the seed and steps are the evaluation's);
+    ``round_index``: the test stream's (:func:`~marsdiff.evalset.models.stream_round`).
     """
-    from marsdiff.data.images import save_png
     from marsdiff.diffusion.loading import load_backend
-    from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
-    from marsdiff.io.atomic import atomic_dir, atomic_path
+    from marsdiff.io.atomic import atomic_dir
 
     if int(n_images) < 2:
         raise MarsdiffError(f"evaluation.images = {n_images}: evaluation needs at least 2 images per model (set M >= 2)")
@@ -117,39 +164,22 @@ def generate_model_samples(
     device = str(sampling.get("device", "auto"))
     backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(model_cfg, device=device)
     backend, generation = generation_for(spec, backend, policy_dir)
-    settings = SamplingSettings.from_config({
-        **{k: v for k, v in dict(sampling).items() if k in ("min_std", "batch_size", "device", "eta")},
-        "steps": int(steps),
-        "seed": int(seed),
-        "store": {"dtype": "float32"},
-    })
-    sampler = RecordingSampler(backend, settings, generation)
     names = backend.conditions()
-    rows: list[dict[str, Any]] = []
     with atomic_dir(images_dir) as tmp_images:
-        for batch in sampler.sample(int(n_images), round_index=EVALUATION_ROUND):
-            for j, index in enumerate(batch.image_index.tolist()):
-                name = image_file(index)
-                save_png(Path(tmp_images) / name, batch.images[j])
-                rows.append({
-                    "image_id": name[:-4],
-                    "file": name,
-                    "image_index": int(index),
-                    "seed": int(batch.seed[j]),
-                    "condition": int(batch.condition[j]),
-                    "condition_name": names[int(batch.condition[j])],
-                    "eta": f"{float(batch.eta[j]):.6g}",
-                    "noise_scale": f"{float(batch.noise_scale[j]):.6g}",
-                    "guidance_scale": f"{float(batch.guidance_scale[j]):.6g}",
-                })
-            log.info("%s: %d/%d images", spec["name"], len(rows), n_images)
-    with atomic_path(samples_csv) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(SAMPLE_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+        rows = draw_images(backend, generation, sampling, n_images, seed, steps, tmp_images, round_index, spec["name"])
+    write_samples_table(samples_csv, rows)
     counts = np.bincount([r["condition"] for r in rows], minlength=len(names))
     seconds = time.perf_counter() - started
     log.info("%s: %d images x %d steps in %.1f s; conditions %s", spec["name"], len(rows), steps, seconds,
              dict(zip(names, counts.tolist())))
     return {"images": len(rows), "steps": int(steps), "seconds": seconds}
+
+
+def write_samples_table(samples_csv: str | os.PathLike, rows: list[Mapping[str, Any]]) -> None:
+    from marsdiff.io.atomic import atomic_path
+
+    with atomic_path(samples_csv) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(SAMPLE_COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)

@@ -6,17 +6,23 @@ costs seconds per parse). The models, in table order:
 
 * ``base``: the base model with the sampling section's knobs (eta = ``sampling.eta``, initial
   noise temperature 1, ``sampling.class_distribution``);
-* ``knob-eta<e>-ns<t>-<w>``: the base model at one point of the noise-knob grid
-  (``evaluation.knobs``: eta, noise_scale, class_weights). ``grid: one_at_a_time`` varies one
+* ``frozen_knob``: the base model at the knob setting stage ``select_knob`` chose on the
+  validation stream (:mod:`marsdiff.evalset.select`) before any test image is drawn: the
+  baseline every policy's verdict is judged against (its knobs come from that stage's JSON);
+* ``knob-eta<e>-ns<t>-<w>``: descriptive only, off by default: the base model at one point of
+  the noise-knob grid (``evaluation.knobs``: eta, noise_scale, class_weights). ``grid: one_at_a_time`` varies one
   knob at a time from the base setting (cost linear in the values); ``factorial`` takes every
   combination. The point equal to the base setting is ``base`` itself (same seeds, same knobs:
   the same images);
 * ``<exp>``: the final policy of each experiment (round ``rounds - 1``);
 * ``<exp>-r<NNN>``: the policy of round NNN, for every k-th round (``evaluation.every_k_rounds``).
 
-Every model draws image i from the same per-image seed, derived from (``evaluation.seed``,
-:data:`EVALUATION_ROUND`, i). Training rounds use round indices 0..998 (three digits), so no
-evaluation image shares its random stream with an image any RL round trained on.
+Every model draws image i of stream s from the same per-image seed, derived from
+(``evaluation.seed``, :func:`stream_round` (s), i). Round indices: training rounds 0..998 (three
+digits), test stream 0 :data:`EVALUATION_ROUND` (1000), the exported datasets 1001, the knob
+selection's validation stream :data:`VALIDATION_ROUND` (1002), test streams 1..99 at 1101..1199. So
+no evaluation image shares its random stream with an image any RL round trained on, the
+validation stream shares none with any test stream, and the streams share none with each other.
 """
 
 from __future__ import annotations
@@ -28,12 +34,19 @@ from typing import Any, Mapping
 
 from marsdiff.errors import MarsdiffError
 
-#: Round index of the evaluation seeds: above every training round (rounds have three digits).
+#: Round index of the evaluation seeds (test stream 0): above every training round (rounds have three digits).
 EVALUATION_ROUND = 1000
+#: Round index of the frozen knob's validation stream (1001 is the exported datasets').
+VALIDATION_ROUND = 1002
+#: Test streams 1.. draw at STREAM_ROUND_BASE + s (stream 0 keeps EVALUATION_ROUND).
+STREAM_ROUND_BASE = 1100
+MAX_STREAMS = 99
 BASE_MODEL = "base"
+FROZEN_MODEL = "frozen_knob"
 KNOB_PREFIX = "knob-"
-#: Model kinds: the base model, a knob setting of it, an experiment's final policy, an earlier round's policy.
-BASE, KNOB, FINAL, ROUND = "base", "knob", "final", "round"
+#: Model kinds: the base model, the frozen knob, a (descriptive) knob setting of it, an
+#: experiment's final policy, an earlier round's policy.
+BASE, FROZEN, KNOB, FINAL, ROUND = "base", "frozen", "knob", "final", "round"
 #: Names the evaluation library gives its real-vs-real rows.
 RESERVED_NAMES = ("real", "real (held-out halves)")
 #: Class-weight schemes resolved against the model's classes when its images are drawn:
@@ -47,10 +60,16 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "steps": None,
     "every_k_rounds": 0,
+    "streams": 1,
     "knobs": {"grid": "one_at_a_time", "eta": [1.0], "noise_scale": [1.0], "class_weights": {"uniform": "uniform"}},
+    "baseline": {"grid": {"eta": [0.0, 0.5, 0.75, 1.0], "noise_scale": [1.0, 1.15]}, "images": 32, "steps": None, "k": 5,
+                 "validation_fraction": 0.5, "maximise": "recall", "precision_margin": 0.03},
+    "endpoints": {"primary": ["recall", "coverage"], "non_inferiority": {"precision": 0.03}, "alpha": 0.05},
     "metrics": {},
     "plots": {},
 }
+#: What the knob selection can maximise: the k-NN metrics it measures on the validation stream.
+SELECTION_METRICS = ("precision", "recall", "density", "coverage")
 GRIDS = ("one_at_a_time", "factorial")
 #: Metric settings whose k-NN radius needs k other generated images (checked against M).
 NEIGHBOUR_KEYS = {"k_precision_recall": 3, "k_density_coverage": 5}
@@ -61,6 +80,9 @@ def evaluation_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
     section = dict(cfg.get("evaluation") or {})
     out = {key: section.get(key, value) for key, value in DEFAULTS.items()}
     out["knobs"] = {**DEFAULTS["knobs"], **dict(section.get("knobs") or {})}
+    out["baseline"] = {**DEFAULTS["baseline"], **dict(section.get("baseline") or {})}
+    out["baseline"]["grid"] = {**DEFAULTS["baseline"]["grid"], **dict(out["baseline"]["grid"] or {})}
+    out["endpoints"] = {**DEFAULTS["endpoints"], **dict(section.get("endpoints") or {})}
     out["metrics"] = dict(section.get("metrics") or {})
     out["plots"] = dict(section.get("plots") or {})
     return out
@@ -73,6 +95,43 @@ def number_text(value: float) -> str:
 
 def knob_model_name(eta: float, noise_scale: float, weights_name: str) -> str:
     return f"{KNOB_PREFIX}eta{number_text(eta)}-ns{number_text(noise_scale)}-{weights_name}"
+
+
+def stream_round(stream: int) -> int:
+    """Round index of test stream ``stream`` (see the module docstring for the whole layout)."""
+    stream = int(stream)
+    if not 0 <= stream <= MAX_STREAMS:
+        raise MarsdiffError(f"evaluation stream {stream} is outside 0..{MAX_STREAMS}")
+    return EVALUATION_ROUND if stream == 0 else STREAM_ROUND_BASE + stream
+
+
+def evaluation_streams(cfg: Mapping[str, Any]) -> list[int]:
+    """The test streams 0 .. ``evaluation.streams`` - 1."""
+    return list(range(int(evaluation_section(cfg)["streams"])))
+
+
+def base_knobs(cfg: Mapping[str, Any]) -> tuple[float, float]:
+    """(eta, noise_scale) of the model ``base``: the point the selection rule's margin is measured from."""
+    return float((cfg.get("sampling") or {}).get("eta", 1.0)), 1.0
+
+
+def selection_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``evaluation.baseline`` resolved: the grid points, images, steps, split fraction and the rule."""
+    baseline = evaluation_section(cfg)["baseline"]
+    steps = baseline["steps"] if baseline["steps"] is not None else evaluation_steps(cfg)
+    points = [(float(e), float(t)) for e, t in itertools.product(baseline["grid"]["eta"], baseline["grid"]["noise_scale"])]
+    return {
+        "grid": [{"eta": e, "noise_scale": t} for e, t in dict.fromkeys(points)],
+        "images": int(baseline["images"]),
+        "steps": int(steps),
+        "validation_fraction": float(baseline["validation_fraction"]),
+        "maximise": str(baseline["maximise"]),
+        "precision_margin": float(baseline["precision_margin"]),
+        "base": dict(zip(("eta", "noise_scale"), base_knobs(cfg))),
+        "k": int(baseline["k"]),
+        "seed": int(evaluation_section(cfg)["seed"]),
+        "class_weights": (cfg.get("sampling") or {}).get("class_distribution", "uniform"),
+    }
 
 
 def evaluation_steps(cfg: Mapping[str, Any]) -> int:
@@ -96,6 +155,9 @@ def evaluation_models(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     base_weights = sampling.get("class_distribution", "uniform")
     models = [dict(name=BASE_MODEL, kind=BASE, eta=base_eta, noise_scale=1.0, class_weights=base_weights,
                    class_weights_name="sampling.class_distribution", experiment=None, round=None)]
+    # The knobs of the frozen knob are chosen by stage select_knob (its JSON is the model's input).
+    models.append(dict(name=FROZEN_MODEL, kind=FROZEN, eta=None, noise_scale=None, class_weights=base_weights,
+                       class_weights_name="sampling.class_distribution", experiment=None, round=None))
     knobs = section["knobs"]
     weights = list(dict(knobs.get("class_weights") or {}).items())
     if knobs.get("grid", "one_at_a_time") == "factorial":
@@ -129,6 +191,14 @@ def evaluation_models(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     return models
 
 
+def frozen_spec(spec: Mapping[str, Any], selection: Mapping[str, Any]) -> dict[str, Any]:
+    """The frozen knob's spec with the knobs stage select_knob chose (its JSON, read)."""
+    chosen = selection.get("chosen") or {}
+    if "eta" not in chosen or "noise_scale" not in chosen:
+        raise MarsdiffError("the knob selection names no chosen setting; re-run stage select_knob")
+    return {**dict(spec), "eta": float(chosen["eta"]), "noise_scale": float(chosen["noise_scale"])}
+
+
 def model_names(models: list[Mapping[str, Any]], kinds: tuple[str, ...] | None = None) -> list[str]:
     return [m["name"] for m in models if kinds is None or m["kind"] in kinds]
 
@@ -156,6 +226,11 @@ def check_evaluation(cfg: Mapping[str, Any], models: list[Mapping[str, Any]] | N
     every = section["every_k_rounds"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise MarsdiffError(f"evaluation.every_k_rounds must be an integer >= 0 (0: final policies only), got {every!r}")
+    streams = section["streams"]
+    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
+        raise MarsdiffError(f"evaluation.streams must be an integer in 1..{MAX_STREAMS}, got {streams!r}")
+    check_selection(cfg)
+    check_endpoints(section["endpoints"])
     knobs = section["knobs"]
     if knobs.get("grid", "one_at_a_time") not in GRIDS:
         raise MarsdiffError(f"evaluation.knobs.grid: {knobs.get('grid')!r} is not one of {', '.join(GRIDS)}")
@@ -205,3 +280,63 @@ def check_evaluation(cfg: Mapping[str, Any], models: list[Mapping[str, Any]] | N
             )
         seen[name] = model["kind"]
     return models
+
+
+def check_selection(cfg: Mapping[str, Any]) -> None:
+    """``evaluation.baseline``: a grid that holds the base setting, a known metric to maximise,
+    a validation part that leaves train crops, enough images for the k-NN radius."""
+    baseline = evaluation_section(cfg)["baseline"]
+    where = "evaluation.baseline"
+    for key in ("eta", "noise_scale"):
+        values = baseline["grid"].get(key)
+        if not isinstance(values, list) or not values:
+            raise MarsdiffError(f"{where}.grid.{key} must be a non-empty list of values")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise MarsdiffError(f"{where}.grid.{key}: every value must be a number, got {bad[0]!r}")
+    if not all(0.0 <= float(v) <= 1.0 for v in baseline["grid"]["eta"]):
+        raise MarsdiffError(f"{where}.grid.eta: DDIM eta must be in [0, 1], got {baseline['grid']['eta']!r}")
+    if not all(float(v) > 0.0 for v in baseline["grid"]["noise_scale"]):
+        raise MarsdiffError(f"{where}.grid.noise_scale: every temperature must be > 0, got {baseline['grid']['noise_scale']!r}")
+    base_eta, base_noise = base_knobs(cfg)
+    if base_eta not in [float(v) for v in baseline["grid"]["eta"]] or base_noise not in [
+            float(v) for v in baseline["grid"]["noise_scale"]]:
+        raise MarsdiffError(
+            f"{where}.grid must hold the base setting (eta {number_text(base_eta)} = sampling.eta, noise_scale 1): "
+            "the rule's precision margin is measured from it"
+        )
+    if baseline["maximise"] not in SELECTION_METRICS:
+        raise MarsdiffError(f"{where}.maximise: {baseline['maximise']!r} is not one of {', '.join(SELECTION_METRICS)}")
+    margin = baseline["precision_margin"]
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
+        raise MarsdiffError(f"{where}.precision_margin must be a number >= 0, got {margin!r}")
+    fraction = baseline["validation_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise MarsdiffError(f"{where}.validation_fraction must be in (0, 1], got {fraction!r}")
+    images, k = baseline["images"], baseline["k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MarsdiffError(f"{where}.k must be an integer >= 1, got {k!r}")
+    if isinstance(images, bool) or not isinstance(images, int) or images <= k:
+        raise MarsdiffError(f"{where}.images = {images!r} must be larger than {where}.k = {k}")
+
+
+def check_endpoints(endpoints: Mapping[str, Any]) -> None:
+    """``evaluation.endpoints``: a non-empty primary list, margins >= 0, no metric in two roles, 0 < alpha < 1.
+    Whether each name is a metric the evaluation computes is checked by report_summary (the
+    names depend on the extractor)."""
+    primary = endpoints.get("primary")
+    if not isinstance(primary, list) or not primary or not all(isinstance(m, str) for m in primary):
+        raise MarsdiffError("evaluation.endpoints.primary must be a non-empty list of metric names")
+    if len(set(primary)) != len(primary):
+        raise MarsdiffError(f"evaluation.endpoints.primary names a metric twice: {primary!r}")
+    margins = endpoints.get("non_inferiority") or {}
+    if not isinstance(margins, Mapping):
+        raise MarsdiffError("evaluation.endpoints.non_inferiority must map a metric name to its margin")
+    for name, margin in margins.items():
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
+            raise MarsdiffError(f"evaluation.endpoints.non_inferiority.{name}: the margin must be a number >= 0, got {margin!r}")
+        if name in primary:
+            raise MarsdiffError(f"evaluation.endpoints: {name!r} is both a primary and a non-inferiority endpoint")
+    alpha = endpoints.get("alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise MarsdiffError(f"evaluation.endpoints.alpha must be in (0, 1), got {alpha!r}")

@@ -20,7 +20,10 @@ Modules, one concept each:
 ``memorisation``   distance to the nearest train crop vs the held-out crops' own
 ``evaluate``       :func:`evaluate_models` / :func:`evaluate_feature_set`, real-vs-real baselines
 ``results``        :class:`Evaluation` tables, written to / read from CSV
-``report``         comparison with the noise-knob baseline, verdicts, summary.md
+``endpoints``      the workflow's verdict: each policy vs the frozen knob and the base on declared
+                   endpoints (paired bootstrap p-values, Holm), comparisons.csv
+``report``         formatting, the metric x model table; ``compare_to_baseline`` (best setting per
+                   metric: a library helper, never the workflow's verdict)
 ``plots``          t-SNE, reward curves, category coverage, sample grids, novel/redundant images, intervals
 =================  ========================================================================================
 

@@ -1,6 +1,7 @@
 """The evaluation figures of the workflow (stage ``plot_evaluation``), drawn from files.
 
-* ``tsne.png``: held-out reference vs the base model vs every experiment's final policy;
+* ``tsne.png``: t-SNE fitted on the held-out crops + the base model; the frozen knob and every
+  experiment's final policy placed into it (:func:`marsdiff.evaluation.plots.place_points`);
 * ``sample_grid.png``: every model's first images, the same seeds in each column;
 * ``category_coverage.png``: per size / lighting category, the share of held-out crops each
   model reaches (real draws, base model, final policies);
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from marsdiff.io.reading import read_csv
-from marsdiff.evalset.models import BASE, FINAL
+from marsdiff.evalset.models import BASE, FINAL, FROZEN
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
 from marsdiff.evaluation.results import Evaluation
@@ -128,7 +129,7 @@ def draw_evaluation_figures(
     settings = plot_settings(plot_cfg)
     evaluation = Evaluation.read(eval_dir)
     names = [m["name"] for m in models]
-    focus = [m["name"] for m in models if m["kind"] in (BASE, FINAL)]  # base vs tuned
+    focus = [m["name"] for m in models if m["kind"] in (BASE, FROZEN, FINAL)]  # base vs frozen knob vs tuned
     x = {name: read_feature_set(features[name], extractor=extractor)[0] for name in names}
     written: dict[str, Path] = {}
 
@@ -141,7 +142,10 @@ def draw_evaluation_figures(
         {HELDOUT_LABEL: heldout, **{name: x[name] for name in focus}}, outputs["tsne"], reference=HELDOUT_LABEL,
         seed=int(settings["seed"]), perplexity=float(settings["tsne_perplexity"]),
         max_iter=int(settings["tsne_max_iter"]),
-        title=f"t-SNE of {extractor} features: held-out vs base vs RL",
+        title=f"t-SNE of {extractor} features: fitted on held-out + base, others placed",
+        # fitted on the held-out crops and the base model only: the frozen knob's and the
+        # policies' same-seed near-copies of the base images are placed, not fitted (plots.place_points)
+        fit=[HELDOUT_LABEL, *[m["name"] for m in models if m["kind"] == BASE]],
     )
 
     images = {name: load_model_images(*samples[name]) for name in names}

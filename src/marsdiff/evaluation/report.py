@@ -1,4 +1,10 @@
-"""Comparison with the noise-knob baseline, plain-language verdicts, and ``summary.md``.
+"""Comparison with the best of several knob settings, plain-language verdicts, and table formatting.
+
+The workflow's verdict is **not** made here: it compares each policy with a knob setting frozen
+before the test on declared endpoints (:mod:`marsdiff.evaluation.endpoints`). Picking the best
+setting per metric on the test set (:func:`compare_to_baseline`) inflates the baseline and, over
+many metrics, finds "wins" by chance; it stays a library helper for exploratory use, and the
+formatting helpers and :func:`metric_by_model_table` serve the workflow's ``summary.md``.
 
 The question the report answers: does an RL-tuned model cover the real variety of craters better
 than the base model with its simplest diversity knobs (sampling noise eta, initial-noise

@@ -1,0 +1,36 @@
+"""Stage select_knob: the frozen knob, chosen on the validation stream against train crops (marsdiff.evalset.select)."""
+
+from pathlib import Path
+
+from marsdiff.stage import params_json, run_stage
+
+
+def main(snakemake):
+    def body():
+        import torch
+
+        from marsdiff.evalset.select import select_knob
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+        cfg = params_json(snakemake, "cfg")
+        meta = getattr(snakemake.input, "meta", None)
+        select_knob(
+            cfg["selection"],
+            model_cfg=cfg["model"],
+            sampling={**cfg["sampling"], **params_json(snakemake, "sampling_untracked")},
+            features_cfg=params_json(snakemake, "features_untracked")["features"],
+            extractor_name=params_json(snakemake, "extractor")["extractor"],
+            resolution=int(snakemake.params.resolution),
+            manifest=snakemake.input.manifest,
+            reference_features=snakemake.input.reference,
+            reference_seed=cfg["reference_seed"],
+            out_json=snakemake.output.selection,
+            out_csv=snakemake.output.table,
+            model_dir=str(Path(meta).parent) if meta else None,
+        )
+
+    run_stage(snakemake, body)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
