@@ -106,15 +106,21 @@ class DenoiseActions:
     def entropy(self, batch: TransitionBatch) -> torch.Tensor | None:
         return None  # sigma is fixed by the schedule: no learnable spread
 
-    def kl_to_base(self, batch: TransitionBatch, scored: Scored) -> torch.Tensor:
-        """KL(pi_theta || pi_base) per transition, mean over dimensions: ||mu - mu_base||^2 / (2 sigma^2)."""
+    def base_mean(self, batch: TransitionBatch) -> torch.Tensor:
+        """The base model's step mean (the same UNet with the adapter disabled), without gradient."""
         unet = self.policy.backend.unet
         set_adapter_enabled(unet, False)
         try:
             with torch.no_grad():
-                base_mean = self._gaussian(batch).mean
+                return self._gaussian(batch).mean
         finally:
             set_adapter_enabled(unet, True)
+
+    def kl_to_base(self, batch: TransitionBatch, scored: Scored, base_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(pi_theta || pi_base) per transition, mean over dimensions: ||mu - mu_base||^2 / (2 sigma^2).
+        ``base_mean``: :meth:`base_mean` of the batch when the caller keeps it (it does not depend on theta)."""
+        if base_mean is None:
+            base_mean = self.base_mean(batch)
         return gaussian_mean_kl(scored.mean, base_mean, scored.std)
 
     def close(self) -> None:
@@ -170,7 +176,7 @@ class PlanActions:
     def entropy(self, rows: np.ndarray) -> torch.Tensor:
         return self.generation.entropy(self.condition[torch.as_tensor(rows, dtype=torch.long)])
 
-    def kl_to_base(self, rows: np.ndarray, scored: Scored) -> torch.Tensor | None:
+    def kl_to_base(self, rows: np.ndarray, scored: Scored, base_mean: Any = None) -> torch.Tensor | None:
         return None  # the base model has no plan distribution to stay close to
 
     def distributions(self, rows: np.ndarray) -> tuple[Any, torch.Tensor | None]:

@@ -5,7 +5,9 @@
     algorithm: ppo | trpo        mode: lora_unet | scheduler_policy | diversity_policy
     rounds, images_per_round, steps, eta, seed, class_distribution
     optimiser: {lr, weight_decay, betas}      ppo: {...} / trpo: {...}
-    advantages: {clip, min_group_size, value_head, gamma, gae_lambda, value_lr}
+    advantages: {clip, normalisation, min_count, value_head, gamma, gae_lambda, value_lr}
+    kl_to_base: weight of the KL penalty to the base model (LoRA mode; null = the mode's default)
+    control: none | shuffled_credit | zero_lr (the study's control arms)
     lora: {rank, alpha, dropout, target_modules}    policy: {distribution, init_std, knobs}
     reward: an optional override of the top-level reward section (deep-merged)
     max_skipped_updates: updates in a row skipped for a NaN/inf before the run stops
@@ -42,7 +44,16 @@ DEFAULTS: dict[str, Any] = {
     "policy": {},
     "reward": {},
     "max_skipped_updates": 3,
+    "kl_to_base": None,
+    "control": "none",
 }
+
+CONTROLS = ("none", "shuffled_credit", "zero_lr")
+# kl_to_base per mode when the experiment leaves it null. LoRA: 1.0 per mean_per_dim_nats of KL
+# (docs/rl.md, "KL to the base model": at the measured surrogate gain per sqrt(KL) of a round,
+# the penalty balances the gain at a KL to the base of about ten TRPO radii). The plan policies
+# have no base distribution to stay near: 0.
+KL_TO_BASE_DEFAULT = {"lora_unet": 1.0, "scheduler_policy": 0.0, "diversity_policy": 0.0}
 
 
 # Experiment keys whose default is the sampling section's value.
@@ -80,8 +91,20 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
     limit = settings["max_skipped_updates"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise MarsdiffError(f"{where}.max_skipped_updates: must be an integer >= 1, got {limit!r}")
-    if not settings["optimiser"].get("lr", 0) > 0:
-        raise MarsdiffError(f"{where}.optimiser.lr must be > 0")
+    lr = settings["optimiser"].get("lr", 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise MarsdiffError(f"{where}.optimiser.lr must be > 0 (an A/A run with learning rate 0 is control: zero_lr)")
+    if settings["control"] not in CONTROLS:
+        raise MarsdiffError(f"{where}.control: {settings['control']!r} is not one of {', '.join(CONTROLS)}")
+    coef = settings["kl_to_base"]
+    if coef is None:
+        coef = KL_TO_BASE_DEFAULT[settings["mode"]]
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not coef >= 0 or coef == float("inf"):
+        raise MarsdiffError(f"{where}.kl_to_base must be a number >= 0, got {coef!r}")
+    if coef > 0 and settings["mode"] != "lora_unet":
+        raise MarsdiffError(f"{where}.kl_to_base: {settings['mode']} has no base distribution to stay near; "
+                            "use 0 (or leave it out)")
+    settings["kl_to_base"] = float(coef)
     return settings
 
 
