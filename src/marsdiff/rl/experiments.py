@@ -48,6 +48,19 @@ DEFAULTS: dict[str, Any] = {
     "control": "none",
 }
 
+# The plan policies' own defaults (docs/rl.md, "Reaching the knob settings"): eta 0.5 and noise
+# temperature 1.15 lie about 1.5 raw action units (before the sigmoid squashing) from the start,
+# so a round must move the location about 0.4. init_std 1.0 explores that far (at 0.3 the PPO
+# clip stopped each round's move at ~0.05); 8 epochs of 4 minibatches of 8 images give 32 Adam
+# steps of lr 0.05 per round (a reach of 1.6), which the clip (0.2 nats) and the reward's noise
+# cut to the measured 0.1-0.2 eta per round. TRPO's radius in nats per image: 0.1 (the mean may
+# move sqrt(2 * 0.1) = 0.45 scales per round).
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    mode: {"optimiser": {"lr": 0.05}, "ppo": {"epochs": 8, "minibatch_size": 8}, "trpo": {"max_kl": 0.1},
+           "policy": {"init_std": 1.0}}
+    for mode in ("scheduler_policy", "diversity_policy")
+}
+
 CONTROLS = ("none", "shuffled_credit", "zero_lr")
 # kl_to_base per mode when the experiment leaves it null. LoRA: 1.0 per mean_per_dim_nats of KL
 # (docs/rl.md, "KL to the base model": at the measured surrogate gain per sqrt(KL) of a round,
@@ -70,7 +83,9 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
     if not re.fullmatch(NAME_PATTERN, name):
         raise MarsdiffError(f"experiment name {name!r}: use letters, digits, '_', '.', '-' (not starting with a symbol)")
     shared = {k: v for k, v in dict(sampling or {}).items() if k in SAMPLING_DEFAULTS}
-    settings = deep_merge(deep_merge(DEFAULTS, shared), dict(experiments[name] or {}))
+    own = dict(experiments[name] or {})
+    defaults = deep_merge(DEFAULTS, MODE_DEFAULTS.get(own.get("mode", DEFAULTS["mode"]), {}))
+    settings = deep_merge(deep_merge(defaults, shared), own)
     settings["name"] = name
     where = f"experiments.{name}"
     if settings["algorithm"] not in ALGORITHMS:
