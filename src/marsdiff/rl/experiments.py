@@ -55,10 +55,14 @@ DEFAULTS: dict[str, Any] = {
 # steps of lr 0.05 per round (a reach of 1.6), which the clip (0.2 nats) and the reward's noise
 # cut to the measured 0.1-0.2 eta per round. TRPO's radius in nats per image: 0.1 (the mean may
 # move sqrt(2 * 0.1) = 0.45 scales per round).
+# LoRA: lr 1.5e-3 gave a post-update KL of 1.04e-5 mean_per_dim_nats on the default run's round 000
+# (3e-4: 5.9e-7, 3e-3: 4.6e-5; config.yaml's 2 epochs of 64, timestep fraction 0.5): the rule is a
+# round's KL of the order of TRPO's radius, 1e-5 (docs/rl.md, "Step size of the LoRA policy").
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    mode: {"optimiser": {"lr": 0.05}, "ppo": {"epochs": 8, "minibatch_size": 8}, "trpo": {"max_kl": 0.1},
-           "policy": {"init_std": 1.0}}
-    for mode in ("scheduler_policy", "diversity_policy")
+    "lora_unet": {"optimiser": {"lr": 1.5e-3}},
+    **{mode: {"optimiser": {"lr": 0.05}, "ppo": {"epochs": 8, "minibatch_size": 8}, "trpo": {"max_kl": 0.1},
+              "policy": {"init_std": 1.0}}
+       for mode in ("scheduler_policy", "diversity_policy")},
 }
 
 CONTROLS = ("none", "shuffled_credit", "zero_lr")
