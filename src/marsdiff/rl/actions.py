@@ -75,6 +75,7 @@ class DenoiseActions:
         self.minibatch_size = int(minibatch_size)
         self.steps = trainable_steps(self.file.array("std"), self.scheduler.min_std, timestep_fraction, seed)
         self.seed = seed
+        self._base_means: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def num_actions(self) -> int:
@@ -106,15 +107,31 @@ class DenoiseActions:
     def entropy(self, batch: TransitionBatch) -> torch.Tensor | None:
         return None  # sigma is fixed by the schedule: no learnable spread
 
-    def kl_to_base(self, batch: TransitionBatch, scored: Scored) -> torch.Tensor:
-        """KL(pi_theta || pi_base) per transition, mean over dimensions: ||mu - mu_base||^2 / (2 sigma^2)."""
-        unet = self.policy.backend.unet
-        set_adapter_enabled(unet, False)
-        try:
-            with torch.no_grad():
-                base_mean = self._gaussian(batch).mean
-        finally:
-            set_adapter_enabled(unet, True)
+    def base_mean(self, batch: TransitionBatch) -> torch.Tensor:
+        """The base model's step mean (the same UNet with the adapter disabled), without gradient.
+
+        It does not depend on the adapter, so each action's mean is computed once per update and
+        kept (keyed by image and step): PPO's later epochs and the post-update statistics reuse it.
+        """
+        keys = list(zip(batch.image_index.tolist(), batch.step_index.tolist()))
+        missing = [i for i, key in enumerate(keys) if key not in self._base_means]
+        if missing:
+            unet = self.policy.backend.unet
+            set_adapter_enabled(unet, False)
+            try:
+                with torch.no_grad():
+                    fresh = self._gaussian(batch.take(np.asarray(missing))).mean
+            finally:
+                set_adapter_enabled(unet, True)
+            for i, row in zip(missing, fresh):
+                self._base_means[keys[i]] = row
+        return torch.stack([self._base_means[key] for key in keys])
+
+    def kl_to_base(self, batch: TransitionBatch, scored: Scored, base_mean: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(pi_theta || pi_base) per transition, mean over dimensions: ||mu - mu_base||^2 / (2 sigma^2).
+        ``base_mean``: :meth:`base_mean` of the batch when the caller keeps it (it does not depend on theta)."""
+        if base_mean is None:
+            base_mean = self.base_mean(batch)
         return gaussian_mean_kl(scored.mean, base_mean, scored.std)
 
     def close(self) -> None:
@@ -170,7 +187,7 @@ class PlanActions:
     def entropy(self, rows: np.ndarray) -> torch.Tensor:
         return self.generation.entropy(self.condition[torch.as_tensor(rows, dtype=torch.long)])
 
-    def kl_to_base(self, rows: np.ndarray, scored: Scored) -> torch.Tensor | None:
+    def kl_to_base(self, rows: np.ndarray, scored: Scored, base_mean: Any = None) -> torch.Tensor | None:
         return None  # the base model has no plan distribution to stay close to
 
     def distributions(self, rows: np.ndarray) -> tuple[Any, torch.Tensor | None]:

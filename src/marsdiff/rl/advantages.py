@@ -1,11 +1,18 @@
 """Advantages from per-image credit: group normalisation, clipping, and the optional value head.
 
 The reward of an image is its exact leave-one-out credit in the round's set reward
-(``rewards.csv``, column ``credit``). Credit is only comparable between images generated under
-the same condition (a large crater and a small one add diversity in different ways), so it is
-normalised within condition groups: (credit - group mean) / group std. A group with fewer than
-``min_group_size`` images is normalised with the batch statistics instead (DDPO's fallback for
-prompts with few samples). Advantages are clipped to +-``clip``.
+(``rewards.csv``, column ``credit``), standardised as (credit - mean) / std:
+
+* ``normalisation: batch`` (default): one mean and std for the whole round. A round of 32 images
+  over the pixel model's size classes holds about 5 images per class; a std from 5 draws is
+  off by about 35% (its relative standard error is 1/sqrt(2(n-1))) and a class whose 5 credits
+  happen to agree gets its noise blown up to unit variance (docs/rl.md, "Advantages").
+* ``normalisation: class``: per-condition statistics (credit may only be comparable within a
+  condition), but only for a class with at least ``min_count`` images in the round; smaller
+  classes use the batch statistics (DDPO's fallback for prompts with few samples).
+
+The key ``min_group_size`` of earlier versions is refused with a line naming ``min_count``.
+Advantages are clipped to +-``clip``.
 
 Value head (optional, ``advantages.value_head``): the reward is terminal (one credit per image
 after the last step), so the per-step TD errors are delta_k = gamma V(s_{k+1}) - V(s_k) and
@@ -27,10 +34,14 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.rl.settings import settings_from_mapping
 
 
+NORMALISATIONS = ("batch", "class")
+
+
 @dataclass(frozen=True)
 class AdvantageSettings:
     clip: float = 5.0
-    min_group_size: int = 4
+    normalisation: str = "batch"
+    min_count: int = 8
     value_head: bool = False
     gamma: float = 1.0
     gae_lambda: float = 0.95
@@ -38,7 +49,15 @@ class AdvantageSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "AdvantageSettings":
+        if "min_group_size" in dict(cfg or {}):
+            raise MarsdiffError("advantages.min_group_size was replaced by advantages.min_count "
+                                "(with advantages.normalisation: class); rename the key")
         settings = settings_from_mapping(cls, cfg, "advantages")
+        if settings.normalisation not in NORMALISATIONS:
+            raise MarsdiffError(f"advantages.normalisation must be one of {', '.join(NORMALISATIONS)}, "
+                                f"got {settings.normalisation!r}")
+        if settings.min_count < 2:
+            raise MarsdiffError(f"advantages.min_count must be >= 2 (a std needs two images), got {settings.min_count}")
         if settings.clip <= 0:
             raise MarsdiffError(f"advantages.clip must be > 0, got {settings.clip}")
         if not 0 <= settings.gamma <= 1 or not 0 <= settings.gae_lambda <= 1:
@@ -51,7 +70,8 @@ def _standardise(values: np.ndarray, mean: float, std: float) -> np.ndarray:
 
 
 def group_advantages(credit: np.ndarray, groups: np.ndarray, settings: AdvantageSettings) -> np.ndarray:
-    """Per-image advantages: credit normalised within groups (batch fallback), clipped."""
+    """Per-image advantages: credit standardised with the batch statistics, or (``normalisation:
+    class``) within each group of at least ``min_count`` images (batch fallback), clipped."""
     credit = np.asarray(credit, dtype=np.float64)
     groups = np.asarray(groups)
     if credit.ndim != 1 or len(credit) != len(groups):
@@ -62,9 +82,11 @@ def group_advantages(credit: np.ndarray, groups: np.ndarray, settings: Advantage
         raise MarsdiffError("advantages: non-finite credit in rewards.csv")
     batch_mean, batch_std = float(credit.mean()), float(credit.std())
     out = np.empty_like(credit)
+    if settings.normalisation == "batch":
+        return np.clip(_standardise(credit, batch_mean, batch_std), -settings.clip, settings.clip)
     for group in np.unique(groups):
         rows = groups == group
-        if rows.sum() >= settings.min_group_size:
+        if rows.sum() >= settings.min_count:
             out[rows] = _standardise(credit[rows], float(credit[rows].mean()), float(credit[rows].std()))
         else:
             out[rows] = _standardise(credit[rows], batch_mean, batch_std)

@@ -3,14 +3,17 @@
 One update = ``epochs`` passes over shuffled minibatches of the round's actions
 (:mod:`marsdiff.rl.actions`). Per minibatch the loss is
 
-    - mean(min(r A, clip(r, 1 - e, 1 + e) A))  - entropy_coef * H  + kl_coef * KL(pi || pi_base)
+    - mean(min(r A, clip(r, 1 - e, 1 + e) A))  - entropy_coef * H  + kl_to_base * KL(pi || pi_base)
 
 with r the per-action ratio in the action family's stored unit (denoising steps:
 mean_per_dim_nats, so the DDPO clip of 1e-4 applies; plan actions: nats, clip 0.2), H the
 entropy where the policy's spread is learnable, and the KL penalty to the base model in closed
-form for the equal-sigma Gaussian steps (DPOK). Gradients are clipped to ``max_grad_norm``.
+form for the equal-sigma Gaussian steps (DPOK; the coefficient is the experiment's ``kl_to_base``,
+shared with TRPO, see :mod:`marsdiff.rl.experiments`). Gradients are clipped to ``max_grad_norm``.
 Every minibatch logs clip fraction, approximate KL, entropy, gradient norm, ratio mean and max
-and the learning rate; :func:`summarise_updates` averages them for the round's metrics.
+and the learning rate, each taken before that minibatch's step; :func:`summarise_updates`
+averages them for the round's metrics. How far the whole update moved the policy is measured
+after it (:mod:`marsdiff.rl.movement`).
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ class PPOSettings:
     minibatch_size: int = 32
     max_grad_norm: float = 1.0
     entropy_coef: float = 0.0
-    kl_coef: float = 0.0
     timestep_fraction: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "PPOSettings":
+        if "kl_coef" in dict(cfg or {}):
+            raise MarsdiffError("ppo.kl_coef was replaced by the experiment key kl_to_base (shared by PPO and TRPO); "
+                                "move the value there")
         settings = settings_from_mapping(cls, cfg, "ppo")
         if settings.epochs < 1 or settings.minibatch_size < 1:
             raise MarsdiffError("ppo.epochs and ppo.minibatch_size must be >= 1")
@@ -58,8 +63,11 @@ def _clip_for(actions, settings: PPOSettings) -> float:
 
 
 def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: torch.optim.Optimizer,
-               settings: PPOSettings, progress: bool = True) -> list[dict[str, float]]:
-    """Run the PPO epochs over ``actions``; returns one log row per minibatch."""
+               settings: PPOSettings, progress: bool = True, kl_to_base: float = 0.0) -> list[dict[str, float]]:
+    """Run the PPO epochs over ``actions``; returns one log row per minibatch.
+
+    ``kl_to_base`` weighs the closed-form KL to the base model (actions without a base
+    distribution, the plan actions, ignore it)."""
     from tqdm import tqdm
 
     parameters = list(parameters)
@@ -78,12 +86,10 @@ def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: tor
             if entropy is not None:
                 entropy = entropy.mean()
                 loss = loss - settings.entropy_coef * entropy
-            kl_base = None
-            if settings.kl_coef > 0:
+            if kl_to_base > 0:
                 kl_per_row = actions.kl_to_base(batch, scored)
                 if kl_per_row is not None:
-                    kl_base = kl_per_row.mean()
-                    loss = loss + settings.kl_coef * kl_base
+                    loss = loss + kl_to_base * kl_per_row.mean()
             # A NaN/inf loss or gradient would turn every weight NaN at the step: skip the update instead.
             require_finite(f"the PPO loss (epoch {epoch}, minibatch {len(rows)})", loss.detach())
             optimiser.zero_grad(set_to_none=True)
@@ -99,7 +105,6 @@ def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: tor
                 "objective": float(objective.detach()),
                 **stats.as_dict(),
                 "entropy": float(entropy.detach()) if entropy is not None else float("nan"),
-                "kl_to_base": float(kl_base.detach()) if kl_base is not None else float("nan"),
                 "grad_norm": float(grad_norm),
                 "learning_rate": float(optimiser.param_groups[0]["lr"]),
                 "seconds": time.perf_counter() - started,

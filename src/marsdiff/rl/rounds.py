@@ -32,6 +32,8 @@ from marsdiff.rl.actions import DenoiseActions, PlanActions
 from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
 from marsdiff.faults import kill_point
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
+from marsdiff.rl.generation_policies import KnobPolicy
+from marsdiff.rl.movement import plan_values, post_update_stats, snapshot
 from marsdiff.rl.policy import LORA_UNET, RoundPolicy
 from marsdiff.rl.skips import (
     REASON, SKIPPED, STREAK, NonFiniteUpdate, max_skipped_updates, previous_streak, require_finite, stop_if_too_many,
@@ -97,9 +99,24 @@ def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.nda
 def make_optimiser(policy: RoundPolicy, experiment: Mapping[str, Any]) -> torch.optim.Optimizer:
     opt = dict(experiment["optimiser"])
     return torch.optim.AdamW(
-        policy.trainable_parameters(), lr=float(opt.get("lr", 3e-4)), weight_decay=float(opt.get("weight_decay", 0.0)),
+        policy.trainable_parameters(), lr=learning_rate(experiment), weight_decay=float(opt.get("weight_decay", 0.0)),
         betas=tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
     )
+
+
+def learning_rate(experiment: Mapping[str, Any]) -> float:
+    """optimiser.lr, or exactly 0 for the A/A control (``control: zero_lr``): AdamW then runs every
+    step (moments, weight decay factor 1 - 0 * wd = 1) and leaves the weights bit for bit."""
+    if experiment.get("control") == "zero_lr":
+        return 0.0
+    return float(dict(experiment["optimiser"]).get("lr", 3e-4))
+
+
+def shuffled_credit(credit: np.ndarray, experiment: Mapping[str, Any], round_index: int) -> np.ndarray:
+    """The shuffled-credit control: the round's credits permuted among its images by a permutation
+    seeded by (experiment seed, round), so the same arm re-run permutes the same way."""
+    rng = np.random.default_rng([int(experiment["seed"]), int(round_index), 0x5C0])
+    return np.asarray(credit)[rng.permutation(len(credit))]
 
 
 def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int,
@@ -136,6 +153,9 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
         optimiser = make_optimiser(policy, experiment)
         if previous_policy is not None:
             load_trainer_state(previous_policy, optimiser)
+        # The saved state carries its own lr: the experiment's (a zero_lr control's 0) wins.
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(experiment)
         return optimiser
 
     optimiser = fresh_optimiser()
@@ -165,6 +185,8 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
                     f"policy {round_index - 1:03d}" if previous_policy is not None else "the initial policy", streak)
         stop_if_too_many(dict(experiment), round_index, streak, str(fault))
         metrics = {SKIPPED: 1.0, REASON: str(fault), STREAK: streak}
+        if isinstance(policy.generation, KnobPolicy):
+            metrics.update(plan_values(policy.generation))
     else:
         metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages)),
                         SKIPPED: 0.0, STREAK: 0})
@@ -183,6 +205,8 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
     adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
     metrics: dict[str, Any] = {}
     seed = int(experiment["seed"]) * 1000 + round_index
+    if experiment.get("control") == "shuffled_credit":
+        credit = shuffled_credit(credit, experiment, round_index)
     algorithm = experiment["algorithm"]
     minibatch = int((experiment.get(algorithm) or {}).get("minibatch_size", 32))
     if policy.mode == LORA_UNET:
@@ -197,7 +221,7 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
         actions = DenoiseActions(policy, trajectories, advantages, minibatch, fraction, seed)
     else:
         # When the condition is itself an action (diversity policy), normalising within condition
-        # groups would erase exactly the signal of which condition pays: use batch statistics.
+        # groups would erase exactly the signal of which condition pays: batch statistics always.
         groups = np.zeros_like(condition) if policy.generation.learn_conditions else condition
         advantages = group_advantages(credit, groups, adv_settings)
         actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
@@ -205,18 +229,27 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
         if isinstance(actions, PlanActions):
             # torch's distributions refuse a NaN sample with a ValueError: name the file instead.
             require_finite(f"the plan actions stored in {trajectories}", actions.actions)
+        kl_to_base = float(experiment.get("kl_to_base") or 0.0)
+        zero_lr = experiment.get("control") == "zero_lr"
+        before = snapshot(actions)  # the pre-update distributions, for the post-update KL
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
-            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")), progress)
+            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")),
+                              progress, kl_to_base=kl_to_base)
             metrics.update(summarise_updates(rows))
         else:
             from marsdiff.rl.trpo import TRPOSettings, trpo_update
 
             settings = TRPOSettings.from_config(experiment.get("trpo"))
-            metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress))
+            metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress,
+                                       kl_to_base=kl_to_base, apply_step=not zero_lr))
+        metrics.update(post_update_stats(actions, before))
+        metrics["kl_to_base_coef"] = kl_to_base
     finally:
         actions.close()
+    if isinstance(policy.generation, KnobPolicy):
+        metrics.update(plan_values(policy.generation))
     return metrics, advantages
 
 
@@ -229,6 +262,7 @@ def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round
         "algorithm": experiment["algorithm"],
         "mode": experiment["mode"],
         "round": round_index,
+        "control": str(experiment.get("control", "none")),
         "set_reward": _json_number(reward_summary.get("set_reward", float("nan"))),
         **{k: _json_number(v) for k, v in credit_stats.items()},
         **{k: _json_number(v) for k, v in update.items()},

@@ -24,10 +24,20 @@ One update (the structure of sb3-contrib's TRPO, one policy step per rollout):
    PyTorch's fused attention kernels have neither a double backward nor a forward-mode
    derivative: kl_hessian runs wholly, gauss_newton's J v only, through diffusers' classic
    attention processor (:func:`twice_differentiable_attention`).
-3. Conjugate gradient solves (F + cg_damping I) s = g in at most ``cg_iterations`` products,
-   stopping once the squared residual is below ``cg_tolerance``.
+3. Conjugate gradient solves (F + lambda I) s = g in at most ``cg_iterations`` products,
+   stopping once the squared residual is below ``cg_tolerance``. The damping is relative to
+   the Fisher's scale: lambda = ``cg_damping`` * (g^T F g) / (g^T g), the Rayleigh quotient of F
+   along the gradient (one extra product). An absolute lambda cannot be right in every unit: in
+   mean_per_dim_nats the LoRA Fisher's Rayleigh quotient is about 1e-3, so an absolute 0.1 made
+   (F + 0.1 I) about 0.1 I and the "natural" step a rescaled gradient after one CG product.
+   With lambda a fraction of F's scale along g, directions whose curvature is above lambda are
+   solved for (F^-1 g), those below are damped (cut at about g / lambda).
 4. Step length beta = sqrt(2 max_kl / s^T F s) (undamped F: the step whose quadratic KL model is
    exactly max_kl; damping only regularises the solve).
+   With ``kl_to_base`` c > 0 (LoRA mode) the surrogate is mean(r A) - c * KL(pi_theta || pi_base),
+   the per-step KL to the base model (the adapter disabled, no gradient; the base means are
+   computed once per round) in mean_per_dim_nats: its gradient enters g, and the line search
+   asks the penalised surrogate to improve.
 5. Backtracking line search: theta_old + shrink^k beta s, k = 0 .. line_search_max_tries - 1;
    the first step whose mean KL(old || new) over the round's actions is <= max_kl and whose
    surrogate improves is kept. If none is, the old parameters are copied back bit for bit and the
@@ -71,7 +81,7 @@ class TRPOSettings:
 
     max_kl: float = 0.01  # in the action family's stored unit (mean_per_dim_nats / nats)
     cg_iterations: int = 10
-    cg_damping: float = 0.1
+    cg_damping: float = 0.01  # relative: lambda = cg_damping * g^T F g / g^T g (docs/rl.md, "TRPO")
     cg_tolerance: float = 1e-10  # on the squared residual norm, as sb3-contrib
     line_search_shrink: float = 0.8
     line_search_max_tries: int = 10
@@ -377,15 +387,24 @@ def conjugate_gradient(fvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Ten
 
 # --- the update -------------------------------------------------------------------------------------
 
+def _base_penalty(actions, batch, scored, base_mean, coef: float) -> torch.Tensor | float:
+    """c * sum over the batch of KL(pi_theta || pi_base) per action (0 when c is 0)."""
+    if coef <= 0 or base_mean is None:
+        return 0.0
+    return coef * actions.kl_to_base(batch, scored, base_mean=base_mean).sum()
+
+
 @torch.no_grad()
 def _evaluate_all(actions, family, batches: Sequence[Any], olds: Sequence[Any], total: int,
-                  bar=None) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Mean surrogate and mean KL(old || current) over all ``batches``, plus all log-probs."""
+                  bar=None, bases: Sequence[Any] | None = None,
+                  coef: float = 0.0) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Mean (penalised) surrogate and mean KL(old || current) over all ``batches``, plus all log-probs."""
     surrogate = kl = 0.0
     new_parts, old_parts = [], []
-    for batch, old in zip(batches, olds):
+    for k, (batch, old) in enumerate(zip(batches, olds)):
         scored = actions.evaluate(batch)
         surrogate += float(surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages)) * len(batch) / total
+        surrogate -= float(_base_penalty(actions, batch, scored, bases[k] if bases else None, coef)) / total
         kl += float(family.kl(actions, batch, old, scored).double().sum()) / total
         new_parts.append(scored.new_log_prob.detach().cpu())
         old_parts.append(scored.old_log_prob.detach().cpu())
@@ -395,8 +414,12 @@ def _evaluate_all(actions, family, batches: Sequence[Any], olds: Sequence[Any], 
 
 
 def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRPOSettings,
-                progress: bool = True) -> dict[str, float]:
-    """One TRPO step on the round's ``actions``; returns the update's log (one row of metrics)."""
+                progress: bool = True, kl_to_base: float = 0.0, apply_step: bool = True) -> dict[str, float]:
+    """One TRPO step on the round's ``actions``; returns the update's log (one row of metrics).
+
+    ``kl_to_base``: weight of the KL penalty to the base model in the surrogate (denoising
+    actions only). ``apply_step`` False (the zero_lr control) computes and logs everything up to
+    the step and leaves the parameters as they were, bit for bit."""
     from tqdm import tqdm
 
     parameters = list(parameters)
@@ -417,10 +440,14 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         raise MarsdiffError("TRPO: the round has no actions to learn from")
     gradient = torch.zeros(sum(p.numel() for p in parameters), dtype=torch.float64, device=parameters[0].device)
     olds, surrogate_old, start_log_ratio = [], 0.0, 0.0
+    # The base model's step means, once per round (they do not depend on theta): the penalty's reference.
+    coef = float(kl_to_base) if getattr(actions, "base_mean", None) is not None else 0.0
+    bases = [actions.base_mean(batch) for batch in batches] if coef > 0 else None
     bar = tqdm(total=total, desc="TRPO gradient", unit="action", leave=False, disable=not progress)
-    for batch in batches:
+    for k, batch in enumerate(batches):
         scored = actions.evaluate(batch)
         part = surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages) * (len(batch) / total)
+        part = part - _base_penalty(actions, batch, scored, bases[k] if bases else None, coef) / total
         gradient += _flat(torch.autograd.grad(part, parameters, allow_unused=True), parameters)
         surrogate_old += float(part.detach())
         start_log_ratio = max(start_log_ratio, float((scored.new_log_prob.detach() - scored.old_log_prob).abs().max()))
@@ -434,18 +461,21 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
 
     # 2-3. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample.
     fvp_rows = actions.subsample(settings.fvp_subsample, int(getattr(actions, "seed", 0)))
-    fvp = FisherVectorProduct(actions, parameters, fvp_rows, method, settings.minibatch_size, settings.cg_damping)
+    fvp = FisherVectorProduct(actions, parameters, fvp_rows, method, settings.minibatch_size, 0.0)
     cg_started = time.perf_counter()
     grad_norm = float(gradient.norm())
     direction = torch.zeros_like(gradient)
-    cg_residual, cg_used, s_f_s = 0.0, 0, 0.0
+    cg_residual, cg_used, s_f_s, rayleigh_g = 0.0, 0, 0.0, 0.0
     if grad_norm > 0:
+        # Relative damping: a fraction of F's curvature along g (undamped product, fvp.damping is 0 here).
+        rayleigh_g = float(gradient @ fvp(gradient)) / float(gradient @ gradient)
+        fvp.damping = settings.cg_damping * max(rayleigh_g, 0.0)
         direction, cg_residual, cg_used = conjugate_gradient(fvp, gradient, settings.cg_iterations, settings.cg_tolerance)
         require_finite("the TRPO natural-gradient direction", direction)
         f_direction = fvp(direction)
         s_s = float(direction @ direction)
         # The undamped quadratic KL model s^T F s; damping regularised the solve only.
-        s_f_s = float(direction @ f_direction) - settings.cg_damping * s_s
+        s_f_s = float(direction @ f_direction) - fvp.damping * s_s
         if not s_f_s > 0:
             s_f_s = float(direction @ f_direction)
     fvp.release()
@@ -459,14 +489,18 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         "cg_iterations": float(cg_used), "cg_residual": cg_residual,
         "cg_relative_residual": cg_residual / grad_norm if grad_norm > 0 else 0.0,
         "fisher_rayleigh": s_f_s / float(direction @ direction) if s_f_s > 0 else 0.0,
+        "fisher_rayleigh_gradient": rayleigh_g, "cg_damping_absolute": fvp.damping,
+        "kl_to_base_coef": coef,
     }
+    # lambda over F's curvature along the step: << 1 means the solve followed F, ~1 or more a gradient step.
+    row["damping_ratio"] = fvp.damping / row["fisher_rayleigh"] if row["fisher_rayleigh"] > 0 else float("nan")
     accepted, tries, kl, gain, fraction, kl_last, gain_last = False, 0, 0.0, 0.0, 0.0, float("nan"), float("nan")
     beta = math.sqrt(2 * settings.max_kl / s_f_s) if s_f_s > 0 else 0.0
     full_step = beta * direction
     expected_gain = float(gradient @ full_step)
     saved = [p.detach().clone() for p in parameters]
     new_log_prob = old_log_prob = None
-    if beta > 0 and math.isfinite(beta):
+    if beta > 0 and math.isfinite(beta) and apply_step:
         step_parts = _unflat(full_step, parameters)
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
                    disable=not progress)
@@ -477,7 +511,8 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
                 for p, p0, d in zip(parameters, saved, step_parts):
                     p.copy_(p0 + fraction * d)
             kill_point("update.trpo.line_search")
-            surrogate_new, kl_last, new_log_prob, old_log_prob = _evaluate_all(actions, family, batches, olds, total, bar)
+            surrogate_new, kl_last, new_log_prob, old_log_prob = _evaluate_all(actions, family, batches, olds, total, bar,
+                                                                               bases, coef)
             gain_last = surrogate_new - surrogate_old
             if kl_last <= settings.max_kl and gain_last > 0:
                 accepted, kl, gain = True, kl_last, gain_last
@@ -487,6 +522,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         with torch.no_grad():
             for p, p0 in zip(parameters, saved):
                 p.copy_(p0)  # exact: the saved tensors themselves, no arithmetic
+    if not accepted and apply_step:
         log.warning(
             "TRPO step rejected after %d line-search tries: KL %.4g (max %.4g), surrogate gain %.4g; parameters unchanged",
             tries, kl_last, settings.max_kl, gain_last,
