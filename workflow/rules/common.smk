@@ -316,6 +316,17 @@ def round_policy_inputs(wildcards):
     return {**base_model_inputs(), **previous_policy(wildcards)}
 
 
+# score_round's reward pool (POOL_ROUNDS is set in score.smk)
+def pool_inputs(wildcards):
+    """The features of the experiment's previous reward.pool.rounds rounds, most recent first
+    (round 0 has none)."""
+    current = int(wildcards.round)
+    return [
+        str(RUNS_DIR / wildcards.exp / f"round_{r:03d}" / "features.npy")
+        for r in range(current - 1, max(-1, current - 1 - POOL_ROUNDS[wildcards.exp]), -1)
+    ]
+
+
 def experiment_metrics(wildcards):
     return [str(RUNS_DIR / wildcards.exp / f"round_{r}" / "metrics.json") for r in experiment_rounds(config, wildcards.exp)]
 
@@ -532,10 +543,17 @@ def export_models(cfg):
     from marsdiff.errors import MarsdiffError
 
     def check():
-        unknown = [name for name in cfg["export"]["models"] if name not in EVAL_MODEL]
+        exportable = [name for name, spec in EVAL_MODEL.items() if spec["kind"] != "frozen"]
+        unknown = [name for name in cfg["export"]["models"] if name not in exportable]
+        if unknown and unknown[0] in EVAL_MODEL:
+            # its knob values exist only once select_knob has run; the dataset rule cannot wait for them
+            raise MarsdiffError(
+                f"export.models: {unknown[0]!r} is chosen by select_knob at run time: export the base model "
+                "with `marsdiff sample --eta E --noise-scale S`, E and S from results/eval/knob_selection.json"
+            )
         if unknown:
             raise MarsdiffError(
-                f"export.models: {unknown[0]!r} is not an evaluated model (choose from {', '.join(EVAL_MODEL)})"
+                f"export.models: {unknown[0]!r} is not an evaluated model (choose from {', '.join(exportable)})"
             )
         return list(cfg["export"]["models"])
 

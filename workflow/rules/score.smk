@@ -22,16 +22,6 @@ POOL_ROUNDS = {
 }
 
 
-def pool_inputs(wildcards):
-    """The features of the experiment's previous reward.pool.rounds rounds, most recent first
-    (round 0 has none)."""
-    current = int(wildcards.round)
-    return [
-        str(RUNS_DIR / wildcards.exp / f"round_{r:03d}" / "features.npy")
-        for r in range(current - 1, max(-1, current - 1 - POOL_ROUNDS[wildcards.exp]), -1)
-    ]
-
-
 rule resize_reference:
     """The reference images box-downsampled to the matched resolution, as the training set is."""
     input:
