@@ -106,7 +106,7 @@ def test_without_a_paired_base_the_columns_are_empty_and_the_figure_says_raw(tmp
     table = curves.add_paired_improvement(curves.read_round_metrics([arm / "round_000" / "metrics.json"]), None)
     assert table["paired_improvement"].isna().all() and table["paired_base"].tolist() == [""]
     fig = curves.curve_figure(table, note=curves.curve_note("arm", "none"))
-    texts = [t.get_text() for t in fig.axes[0].texts]
+    texts = [t.get_text() for t in fig.texts]  # under the panels
     assert any(t.startswith("raw set reward: arm has no paired base") for t in texts)
     assert "raw set reward" in fig.axes[0].get_ylabel()
     assert curves.curve_note("aa_s0", "zero_lr").startswith("raw set reward: A/A control")

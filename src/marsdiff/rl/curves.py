@@ -164,7 +164,13 @@ def curve_figure(table: pd.DataFrame, title: str | None = None, note: str | None
             ax.set_ylabel("plan value (metrics.json plan/<knob>)")
             ax.set_title("plan policy", fontsize=10)
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    if _has(table, "paired_improvement"):
+        fig.tight_layout()
+    else:
+        # below the panels, not inside one: a long note inside an axis pushed the panels apart
+        fig.text(0.01, 0.015, note or "raw set reward: no paired base on the same seeds", fontsize=8, color="C3",
+                 va="bottom", ha="left")
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -186,8 +192,6 @@ def _reward_panel(ax, table: pd.DataFrame, note: str | None) -> None:
                     label="per-image credit (mean ± std)")
     ax.set_ylabel("raw set reward (z-scored, higher is better)")
     ax.legend(fontsize=7, loc="best")
-    ax.text(0.02, 0.02, note or "raw set reward: no paired base on the same seeds", transform=ax.transAxes,
-            fontsize=7, color="C3", va="bottom", ha="left", wrap=True)
 
 
 def _kl_panel(ax, table: pd.DataFrame, columns: Sequence[str]) -> None:
