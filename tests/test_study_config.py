@@ -100,7 +100,7 @@ def test_the_study_target_dry_runs_every_arm_control_and_the_summary(tmp_path):
 
     jobs = planned_jobs(result)
     assert jobs["study_summary"] == 1 and jobs["study"] == 1
-    assert jobs["update_round"] == 13 * 4 and jobs["plot_experiment"] == 13
+    assert jobs["update_round"] == 12 * 4 and jobs["plot_experiment"] == 12
     assert "runs/study/results/study/summary.md" in result.stdout
     # ppo_lora_s2's curve reads its A/A base's rounds on the same seed
     assert "runs/study/results/runs/aa_s2/round_003/rewards.csv" in result.stdout
