@@ -158,6 +158,17 @@ def test_the_tiny_config_passes_every_check():
     assert parse_time_error({}) == ""
 
 
+@pytest.mark.parametrize("experiment, message", [
+    # a trpo section without `algorithm: trpo` once ran PPO and ignored it, silently
+    ({"mode": "lora_unet", "trpo": {"max_kl": 0.1}},
+     "experiments.x.trpo is set but experiments.x.algorithm is ppo: add `algorithm: trpo` or remove the trpo section"),
+    ({"algorithm": "trpo", "mode": "lora_unet", "ppo": {"epochs": 3}},
+     "experiments.x.ppo is set but experiments.x.algorithm is trpo: add `algorithm: ppo` or remove the ppo section"),
+])
+def test_settings_of_the_other_algorithm_are_refused(experiment, message):
+    assert parse_time_error({"experiments": {"x": experiment}}) == message
+
+
 def test_an_override_that_keeps_the_validated_terms_passes_under_enforce():
     change = {"reward": {"validation": {"enforce": True}},
               "experiments": {"ppo_lora": {"reward": {"terms": {"mmd": {"weight": 1.0}, "information_gain": {"weight": 0.5}}}}}}

@@ -69,6 +69,14 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
         if "class_distribution" in own:
             check_class_distribution(own["class_distribution"], f"{where}.class_distribution")
         check_knobs((own.get("policy") or {}).get("knobs") or {}, f"{where}.policy.knobs")
+        for algorithm in ("ppo", "trpo"):
+            # settings for the other algorithm are never read: a missing `algorithm:` would otherwise
+            # run PPO with the TRPO section silently ignored
+            if own.get(algorithm) and settings["algorithm"] != algorithm:
+                raise MarsdiffError(
+                    f"{where}.{algorithm} is set but {where}.algorithm is {settings['algorithm']}: "
+                    f"add `algorithm: {algorithm}` or remove the {algorithm} section"
+                )
         trpo = own.get("trpo") or {}
         if settings["algorithm"] == "trpo" and trpo.get("fvp_method") == "gauss_newton" and settings["mode"] != "lora_unet":
             raise MarsdiffError(
