@@ -69,3 +69,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def option_value(words: list[str], name: str) -> str | None:
+    """The value of option ``name`` in a command's words (``name value`` or ``name=value``), or None."""
+    for i, word in enumerate(words):
+        if word == name:
+            return words[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import REPO, make_workdir, run_snakemake
+from conftest import REPO, make_workdir, option_value, run_snakemake
 
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 TINY = REPO / "tests" / "config" / "tiny.yaml"
@@ -136,13 +136,7 @@ def cuda_submissions(tmp_path_factory):
 
 
 def _option(call: str, name: str) -> str | None:
-    words = shlex.split(call)
-    for i, word in enumerate(words):
-        if word == name:
-            return words[i + 1]
-        if word.startswith(name + "="):
-            return word.split("=", 1)[1]
-    return None
+    return option_value(shlex.split(call), name)
 
 
 def test_every_cluster_rule_of_the_workflow_has_a_profile_entry(profile, workflow_rules):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, make_workdir
+from conftest import REPO, make_workdir, option_value
 
 # Only against the cluster make test-cluster starts: never a user's real cluster by accident.
 if os.environ.get("MARSDIFF_TEST_CLUSTER") != "1" or shutil.which("sbatch") is None:
@@ -73,12 +73,7 @@ class Cluster:
 
 def _options(argv: list[str]) -> dict:
     def option(name: str) -> str | None:
-        for i, word in enumerate(argv):
-            if word == name:
-                return argv[i + 1]
-            if word.startswith(name + "="):
-                return word.split("=", 1)[1]
-        return None
+        return option_value(argv, name)
 
     # the plugin's comment is rule_<name>, or rule_<name>_wildcards_<values>
     rule = (option("--comment") or "").removeprefix("rule_").split("_wildcards_")[0]
