@@ -60,16 +60,11 @@ class StudySettings:
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (same order as given; NaN stays NaN, outside the family)."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    family = np.flatnonzero(np.isfinite(p))
-    m = family.size
-    running = 0.0
-    for rank, index in enumerate(family[np.argsort(p[family], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        adjusted[index] = running
-    return adjusted
+    """Holm's step-down adjusted p-values (same order as given; NaN stays NaN, outside the family):
+    the evaluation's own correction, so the study and the per-run report cannot disagree."""
+    from marsdiff.evaluation.endpoints import holm as holm_adjusted
+
+    return np.asarray(holm_adjusted(p_values), dtype=float)
 
 
 def seed_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
