@@ -55,30 +55,12 @@ def validation_ids(train_ids: Sequence[str], fraction: float, seed: int) -> list
 
 
 def read_rows(npy_path: str | os.PathLike, wanted: Sequence[str], extractor: str) -> np.ndarray:
-    """The feature rows of ``wanted`` ids (float64, in that order) from a feature set, checked like
-    :func:`marsdiff.io.feature_files.read_feature_set` (sha256, extractor, shape) except that only
-    the wanted rows must be finite: the other rows' values are never read."""
-    from marsdiff.io.feature_files import ids_path_for, info_path_for, writer_rule
-    from marsdiff.io.reading import load_npy, read_json, rerun_hint, verify_sha256
+    """The feature rows of ``wanted`` ids (float64, in that order), checked like every feature
+    set, except that only the wanted rows must be finite: the other rows' values are never read."""
+    from marsdiff.io.feature_files import read_feature_set
 
-    npy_path = Path(npy_path)
-    rule = writer_rule(npy_path)
-    info = read_json(info_path_for(npy_path), "feature description", rule)
-    verify_sha256(npy_path, info.get("sha256"), info_path_for(npy_path), rule)
-    if info.get("extractor") != extractor:
-        raise MarsdiffError(f"{npy_path}: features of extractor {info.get('extractor')}, expected {extractor}")
-    features = load_npy(npy_path, "feature array", rule)
-    ids = ids_path_for(npy_path).read_text().splitlines()
-    if features.ndim != 2 or len(ids) != len(features):
-        raise MarsdiffError(f"{npy_path}: {features.shape} features do not match {len(ids)} ids; {rerun_hint(rule)}")
-    where = {i: n for n, i in enumerate(ids)}
-    missing = [i for i in wanted if i not in where]
-    if missing:
-        raise MarsdiffError(f"{npy_path}: no features for crop {missing[0]} of the manifest; {rerun_hint(rule)}")
-    rows = np.asarray(features[[where[i] for i in wanted]], dtype=np.float64)
-    if not np.isfinite(rows).all():
-        raise MarsdiffError(f"{npy_path}: NaN or inf in the validation crops' features; {rerun_hint(rule)}")
-    return rows
+    rows, _ = read_feature_set(npy_path, extractor=extractor, rows=wanted, rows_name="the validation crops")
+    return np.asarray(rows, dtype=np.float64)
 
 
 def validation_reference(manifest: str | os.PathLike, features: str | os.PathLike, extractor: str,

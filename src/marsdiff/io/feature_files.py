@@ -77,14 +77,17 @@ def writer_rule(npy_path: str | os.PathLike) -> str:
 
 
 def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
-                     expected_dim: int | None = None) -> tuple[np.ndarray, list[str]]:
+                     expected_dim: int | None = None, rows: Sequence[str] | None = None,
+                     rows_name: str = "the requested rows") -> tuple[np.ndarray, list[str]]:
     """Features and ids of a feature set; one-line error when missing, inconsistent or not what
     the reader expects.
 
     Always: a 2-D float32 array with one id per row. ``extractor``: the ``<name>.json`` written
     with the features must exist and name this extractor, and the width must be its dimension.
     ``expected_dim``: the width the reader's own extractor produces (e.g. ``extractor.dim`` when
-    the reader embeds new images to compare with these).
+    the reader embeds new images to compare with these). ``rows``: only these ids, in this order;
+    only their values are looked at (``rows_name`` names them in the errors), so a reader that must
+    not depend on the other rows (the knob selection and the held-out crops) does not.
     """
     npy_path = Path(npy_path)
     ids_path = ids_path_for(npy_path)
@@ -112,6 +115,15 @@ def read_feature_set(npy_path: str | os.PathLike, extractor: str | None = None,
     if expected_dim is not None and features.shape[1] != int(expected_dim):
         raise MarsdiffError(f"{npy_path}: {features.shape[1]}-D features, the extractor gives {int(expected_dim)}-D "
                             f"(features from another extractor setting? {rerun_hint(rule)})")
+    if rows is not None:
+        where = {i: n for n, i in enumerate(ids)}
+        missing = [i for i in rows if i not in where]
+        if missing:
+            raise MarsdiffError(f"{npy_path}: no features for {missing[0]} of {rows_name}; {rerun_hint(rule)}")
+        features, ids = features[[where[i] for i in rows]], list(rows)
+        if not np.isfinite(features).all():
+            raise MarsdiffError(f"{npy_path}: NaN or inf in {rows_name}' features; {rerun_hint(rule)}")
+        return features, ids
     # Checked here, where the file is known: the reward and metric code sees only an array.
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
