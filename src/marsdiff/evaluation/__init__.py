@@ -22,8 +22,7 @@ Modules, one concept each:
 ``results``        :class:`Evaluation` tables, written to / read from CSV
 ``endpoints``      the workflow's verdict: each policy vs the frozen knob and the base on declared
                    endpoints (paired bootstrap p-values, Holm), comparisons.csv
-``report``         formatting, the metric x model table; ``compare_to_baseline`` (best setting per
-                   metric: a library helper, never the workflow's verdict)
+``report``         number formatting and the metric x model table of summary.md
 ``plots``          t-SNE, reward curves, category coverage, sample grids, novel/redundant images, intervals
 =================  ========================================================================================
 
@@ -32,18 +31,13 @@ Typical use in the ``evaluate`` stage::
     reference = ReferenceSet.from_files(manifest_csv, reference_features_npy, settings.category_columns)
     evaluation = evaluate_models({"base eta=1": x_base, "exp_mmd": x_tuned}, reference, settings)
     evaluation.write("results/eval")          # metrics.csv, bootstrap.csv, ...
-    write_summary_markdown("results/report/summary.md", evaluation.metrics, ["exp_mmd"],
-                           ["base eta=1"], evaluation.replicates, evaluation.reference_summary)
+
+The verdict (each policy against the base and the frozen knob on declared endpoints) is
+:func:`marsdiff.evaluation.endpoints.comparison_table`.
 """
 
 from marsdiff.evaluation.evaluate import REAL_MODEL, REAL_MODELS, SPLIT_HALF_MODEL, evaluate_feature_set, evaluate_models
 from marsdiff.evaluation.reference import ReferenceSet
-from marsdiff.evaluation.report import (
-    compare_to_baseline,
-    experiment_verdict,
-    summary_markdown,
-    write_summary_markdown,
-)
 from marsdiff.evaluation.results import Evaluation
 from marsdiff.evaluation.settings import EvaluationSettings
 
@@ -54,10 +48,6 @@ __all__ = [
     "Evaluation",
     "EvaluationSettings",
     "ReferenceSet",
-    "compare_to_baseline",
     "evaluate_feature_set",
     "evaluate_models",
-    "experiment_verdict",
-    "summary_markdown",
-    "write_summary_markdown",
 ]

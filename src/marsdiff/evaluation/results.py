@@ -23,8 +23,8 @@ detail                  one line: kernel, bandwidth, k, thresholds, classifier a
 ======================  ==================================================================
 
 ``bootstrap.csv`` (model, metric, replicate, value) keeps the replicates so that
-:func:`marsdiff.evaluation.report.compare_to_baseline` can put an interval on differences
-between models; ``category_coverage.csv``, ``category_shares.csv`` and ``reference.csv`` feed
+:func:`marsdiff.evaluation.endpoints.comparison_table` can put an interval on paired
+differences between models; ``category_coverage.csv``, ``category_shares.csv`` and ``reference.csv`` feed
 the per-category plot and the report's notes on the held-out set and the classifier.
 """
 
