@@ -333,7 +333,7 @@ def test_make_check_config_refuses_a_missing_file():
 @pytest.mark.parametrize("parts", [
     ("rl", "diffusion", "io/trajectories.py", "scripts/sample_round.py"),
     ("evalset/generate.py", "scripts/generate_samples.py"),
-    ("evaluation/stage.py", "scripts/report_summary.py"),
+    ("stages/report_summary.py", "scripts/report_summary.py"),
 ])
 def test_no_stage_code_version_follows_the_parse_time_checks(parts):
     """Stages import marsdiff.config; the checks live apart so that editing one re-runs no stage."""

@@ -18,7 +18,6 @@ Snakefile is parsed, so bad input stops the run before Snakemake deletes any pre
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from marsdiff.data.images import is_image_name, load_image, save_png
 from marsdiff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_dir, atomic_path
+from marsdiff.io.digests import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ def check_class_sizes(table: pd.DataFrame, cfg: ReferenceConfig) -> None:
 def _checked_sha256(path: Path, check=None, kind: str = "file") -> str:
     if check is not None:
         check(path)
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_digest(path)
 
 
 def _check_image(path: Path) -> None:
@@ -513,7 +513,7 @@ def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     check_class_sizes(table, cfg)
     # The index changes whenever an image does: downstream stages that skip the image folder's
     # time stamp (a copied project) still see content changes through this small file.
-    table["sha256"] = [hashlib.sha256((images_dir / Path(rel).name).read_bytes()).hexdigest() for rel in table["path"]]
+    table["sha256"] = [file_digest(images_dir / Path(rel).name) for rel in table["path"]]
     return table[_index_columns(table)]
 
 

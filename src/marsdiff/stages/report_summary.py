@@ -9,7 +9,7 @@ stream, by the declared endpoints (:mod:`marsdiff.evaluation.endpoints`): ``comp
 (the study's contract), ``summary.md`` (and the same text as HTML for ``snakemake --report``),
 the report's ``comparison.csv`` and landing page, plus the brightness-and-contrast table of the
 ``pixel_statistics`` stage (:mod:`marsdiff.evaluation.pixels`) (:func:`write_report_summary`).
-Figures are :mod:`marsdiff.evaluation.figures`.
+Figures are :mod:`marsdiff.stages.plot_evaluation`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from marsdiff.evaluation.endpoints import (
 )
 from marsdiff.evaluation.report import format_interval, format_number, metric_by_model_table
 from marsdiff.evaluation.results import Evaluation
-# The evaluate stage itself lives in marsdiff.evaluation.run, apart from the summary code, so that
-# its code version does not follow the pixel statistics this module's summary reads.
-from marsdiff.evaluation.run import evaluation_settings, load_generated, load_reference, run_evaluation  # noqa: F401
 
 log = logging.getLogger(__name__)
 
