@@ -491,11 +491,6 @@ def assign_appearance(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame
     return table[MANIFEST_COLUMNS + extra]
 
 
-def assign_categories(table: pd.DataFrame, cfg: ReferenceConfig) -> pd.DataFrame:
-    """Every category and the split (both stages at once)."""
-    return assign_appearance(assign_size_and_split(table, cfg), cfg)
-
-
 def _index_columns(table: pd.DataFrame) -> list[str]:
     first = [c for c in MANIFEST_COLUMNS if c in table.columns]
     return first + [c for c in table.columns if c not in first]

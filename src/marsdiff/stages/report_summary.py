@@ -250,12 +250,9 @@ def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], co
 
 def markdown_to_html(text: str, title: str) -> str:
     """summary.md as a standalone HTML page (the report shows HTML inline, Markdown only as a download)."""
-    try:
-        from markdown_it import MarkdownIt
+    from markdown_it import MarkdownIt
 
-        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-    except ImportError:  # markdown-it-py comes with transformers' CLI; without it the text is still readable
-        body = f"<pre>{html.escape(text)}</pre>"
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     style = (
         "body{font-family:sans-serif;max-width:80em;margin:1em auto;padding:0 1em;line-height:1.4}"
         "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"
