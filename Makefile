@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.marsdiff-installed
+TEST_STAMP := $(VENV)/.marsdiff-test-installed
 CORES ?= 2
 # Your own config files, later ones winning: make run CONFIG="my.yaml more.yaml". check-config reads
 # them first and stops with one line on a missing or malformed file (Snakemake reads --configfile
@@ -23,19 +24,24 @@ $(STAMP): requirements.txt requirements-offline-assets.txt pyproject.toml
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Test tools stay out of requirements.txt, which is also every rule's conda env.
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(BIN)/python -m pip install -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 check-config: $(STAMP)
 	@$(BIN)/python -m marsdiff.config_checks $(CONFIG)
 
 run: check-config
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(CONFIG_ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # The workflow through profiles/slurm on a real single-node SLURM started here (root, Debian's
 # slurm-wlm, munge, slurmdbd, mariadb-server; installed if missing), stopped again by pid.
 CLUSTER_STATE ?= /tmp/marsdiff-test-cluster
-test-cluster: $(STAMP)
+test-cluster: $(TEST_STAMP)
 	tests/cluster/slurm_cluster.sh start $(CLUSTER_STATE)
 	SLURM_CONF=$(CLUSTER_STATE)/etc/slurm.conf MARSDIFF_TEST_CLUSTER=1 $(BIN)/python -m pytest -q -s \
 		--basetemp=$(CLUSTER_STATE)/pytest tests/cluster; \

@@ -322,9 +322,14 @@ def test_snakemake_names_the_line_of_a_broken_default_config(tmp_path):
     assert errors and errors[0].startswith(f"marsdiff error: config/config.yaml, line {lines + 1}"), errors
 
 
-def test_make_check_config_refuses_a_missing_file():
+def test_make_check_config_refuses_a_missing_file(tmp_path):
+    # A fresh stamp, newer than the requirements files, so make installs nothing. (STAMP=Makefile
+    # made the install rule a rule for the Makefile itself, which make runs whenever a
+    # requirements file is newer, even under -n: it re-installed the venv's editable marsdiff.)
+    stamp = tmp_path / "installed"
+    stamp.touch()
     result = subprocess.run(["make", "-s", "check-config", "CONFIG=no/such.yaml", f"BIN={sys.executable.rsplit('/', 1)[0]}",
-                             "STAMP=Makefile"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                             f"STAMP={stamp}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "marsdiff error: no/such.yaml: config file not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -333,7 +338,7 @@ def test_make_check_config_refuses_a_missing_file():
 @pytest.mark.parametrize("parts", [
     ("rl", "diffusion", "io/trajectories.py", "scripts/sample_round.py"),
     ("evalset/generate.py", "scripts/generate_samples.py"),
-    ("evaluation/stage.py", "scripts/report_summary.py"),
+    ("stages/report_summary.py", "scripts/report_summary.py"),
 ])
 def test_no_stage_code_version_follows_the_parse_time_checks(parts):
     """Stages import marsdiff.config; the checks live apart so that editing one re-runs no stage."""

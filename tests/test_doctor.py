@@ -13,7 +13,7 @@ import yaml
 
 from conftest import REPO
 from marsdiff.cli import main
-from marsdiff.io.reading import sha256_of
+from marsdiff.io.digests import file_digest
 
 from test_sampler import CLASS_NAMES, ddpm_config, tiny_unet
 
@@ -26,7 +26,7 @@ def write_tiny_pixel_model(model_dir):
     DDPMScheduler.from_config(ddpm_config()).save_pretrained(model_dir / "scheduler")
     meta = {"backend": "pixel", "image_size": 16, "channels": 1, "class_names": CLASS_NAMES,
             # pretrain_base records the weights' hash; loaders refuse a model without it
-            "weights_sha256": sha256_of(model_dir / "unet" / "diffusion_pytorch_model.safetensors")}
+            "weights_sha256": file_digest(model_dir / "unet" / "diffusion_pytorch_model.safetensors")}
     (model_dir / "marsdiff_model.json").write_text(json.dumps(meta))
 
 

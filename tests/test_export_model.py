@@ -172,7 +172,7 @@ def test_the_two_weights_copies_must_agree(tmp_path):
     """A folder whose peft copy was replaced (and re-hashed) is refused: peft users would get
     other weights than marsdiff samples with."""
     from marsdiff.errors import MarsdiffError
-    from marsdiff.io.reading import sha256_of
+    from marsdiff.io.digests import file_digest
     from marsdiff.io.weights import save_safetensors
     from safetensors.torch import load_file
 
@@ -185,7 +185,7 @@ def test_the_two_weights_copies_must_agree(tmp_path):
     tensors[key] = tensors[key] + 1.0
     save_safetensors(tensors, lora / "adapter_model.safetensors", {"format": "pt"})
     own = json.loads((lora / "marsdiff_adapter.json").read_text())
-    own["files_sha256"]["adapter_model.safetensors"] = sha256_of(lora / "adapter_model.safetensors")
+    own["files_sha256"]["adapter_model.safetensors"] = file_digest(lora / "adapter_model.safetensors")
     (lora / "marsdiff_adapter.json").write_text(json.dumps(own))
     with pytest.raises(MarsdiffError, match=r"adapter_model.safetensors: peft and diffusers copies .* differ"):
         RoundPolicy.load(tmp_path / "p", load_backend({"backend": "pixel"}, model_dir, device="cpu"))

@@ -311,7 +311,7 @@ def test_evaluation_settings_rerun_only_the_stage_they_feed(evaluated, tmp_path,
 
 def test_pixel_and_summary_code_rerun_no_evaluation(evaluated):
     pixels = evaluated / "src" / "marsdiff" / "evaluation" / "pixels.py"
-    stage = evaluated / "src" / "marsdiff" / "evaluation" / "stage.py"
+    stage = evaluated / "src" / "marsdiff" / "stages" / "report_summary.py"
     original_pixels, original_stage = pixels.read_text(), stage.read_text()
     try:
         pixels.write_text(original_pixels.replace("HELDOUT_SEED_OFFSET = 7919", "HELDOUT_SEED_OFFSET = 7920"))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.reading import sha256_of
+from marsdiff.io.digests import file_digest
 from marsdiff.rewards.ladders import build_ladder, copies_levels
 from marsdiff.rewards.validation import (
     ValidationConfig, mix_grid, require_validated, select_mix, summarise, validate_rewards,
@@ -46,7 +46,7 @@ def synthetic_reference(tmp_path, n_train=72, n_heldout=12, dim=6, seed=0):
     (tmp_path / "f.ids.txt").write_text("\n".join(ids) + "\n")
     # What extract_features writes beside the features: the stage checks it names its extractor.
     (tmp_path / "f.json").write_text(json.dumps({"extractor": "synthetic", "dim": dim, "dtype": "float32",
-                                                 "sha256": sha256_of(tmp_path / "f.npy")}))
+                                                 "sha256": file_digest(tmp_path / "f.npy")}))
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     return tmp_path
 

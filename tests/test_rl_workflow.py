@@ -99,7 +99,7 @@ def test_a_200_round_experiment_builds_its_dag(tmp_path):
     tiny = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())["experiments"]
     assert jobs["sample_round"] == jobs["update_round"] == jobs["score_round"] == 200 + len(tiny)
     assert jobs["plot_experiment"] == 1 + len(tiny)
-    print(f"200-round dry run: {seconds:.1f} s")  # measured, not asserted (benchmarks/bench_dag.py)
+    print(f"200-round dry run: {seconds:.1f} s")  # measured, not asserted
 
 
 def test_an_unconfigured_experiment_name_matches_no_rule(finished, tmp_path):

@@ -151,7 +151,7 @@ def test_resized_reference_never_upsamples(world, tmp_path):
 def test_resized_manifest_carries_the_digests_of_the_resized_images(world, tmp_path):
     """images.csv lists each image's sha256; the resized manifest lists the resized files' own,
     so the workflow can follow the resized folder through it."""
-    from marsdiff.features.base import file_digest
+    from marsdiff.io.digests import file_digest
 
     ref = world["reference"]
     index = pd.read_csv(ref / "manifest.csv")

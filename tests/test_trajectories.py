@@ -15,10 +15,10 @@ from marsdiff.io.trajectories import (
     FORMAT_VERSION,
     LOG_PROB_CONVENTION,
     TrajectoryHeader,
-    TransitionBuffer,
     open_trajectories,
     write_trajectories,
 )
+from marsdiff.rl.replay import TransitionBuffer
 
 SHAPE = (1, 8, 8)
 STEPS = 5

@@ -318,7 +318,7 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
             check_class_distribution(spec, f"evaluation.knobs.class_weights.{weights_name}", names)
     images = evaluation["images"]
     # plot_evaluation credits every base / final model's M images under its reward, against
-    # the train split, as score_round does a round (marsdiff.evaluation.figures).
+    # the train split, as score_round does a round (marsdiff.stages.plot_evaluation).
     sections = [("reward", reward)] + [(f"experiments.{n}.reward", reward_config(reward, dict(experiments[n] or {})))
                                        for n in sorted(experiments)]
     for where, section in sections:

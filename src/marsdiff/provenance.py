@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import current_umask
+from marsdiff.io.digests import file_digest
 
 #: Digest -> the files it covers (relative names), filled by :func:`code_digest`; lets tests
 #: check which files a rule's ``code`` param follows.
@@ -184,14 +185,6 @@ def code_digest(library: str | os.PathLike, scripts: str | os.PathLike, parts: I
 
 # ---------------------------------------------------------------------------- user data
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def combine_digests(named: Iterable[tuple[str, str]]) -> str:
     """One short digest over ``(name, digest)`` pairs, independent of their order."""
     combined = hashlib.sha256()
@@ -241,7 +234,7 @@ class ContentDigests:
         if check is not None:
             check(path)
         try:
-            digest = _file_sha256(path)
+            digest = file_digest(path)
         except OSError as err:
             raise MarsdiffError(f"{path}: cannot read ({err.strerror})") from None
         if time.time() - max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9 > self.RACY_SECONDS:

@@ -164,7 +164,7 @@ rule evaluate:
         # the model list is in the order of the inputs; metric settings are the only other knobs
         cfg=param_text(
             {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}),
-        # the tables' code only: evaluation/stage.py's summary reads evaluation/pixels.py
+        # the tables' code only: stages/report_summary.py's summary reads evaluation/pixels.py
         code=code_version("evaluation/run.py", "scripts/evaluate.py"),
     log:
         LOGS / "eval" / "evaluate.log",
@@ -264,7 +264,7 @@ rule plot_evaluation:
             {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "plots": EVAL_SECTION["plots"],
              "rewards": evaluation_rewards(config)},
         ),
-        code=code_version("evaluation/figures.py", "scripts/plot_evaluation.py"),
+        code=code_version("stages/plot_evaluation.py", "scripts/plot_evaluation.py"),
     log:
         LOGS / "eval" / "plot_evaluation.log",
     benchmark:
@@ -314,7 +314,7 @@ rule report_summary:
             {"models": EVAL_MODELS, "metrics": EVAL_SECTION["metrics"], "images": EVAL_SECTION["images"],
              "steps": EVAL_SECTION["steps"], "streams": EVAL_STREAMS, "endpoints": endpoint_params(config)},
         ),
-        code=code_version("evaluation/stage.py", "scripts/report_summary.py"),
+        code=code_version("stages/report_summary.py", "scripts/report_summary.py"),
     log:
         LOGS / "eval" / "report_summary.log",
     threads: 1

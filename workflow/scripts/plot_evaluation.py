@@ -1,5 +1,5 @@
 """Stage plot_evaluation: t-SNE, sample grid, category coverage, metric intervals, reward curves,
-most novel / most redundant images (marsdiff.evaluation.figures)."""
+most novel / most redundant images (marsdiff.stages.plot_evaluation)."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ def main(snakemake):
     def body():
         from threadpoolctl import threadpool_limits
 
-        from marsdiff.evaluation.figures import draw_evaluation_figures
+        from marsdiff.stages.plot_evaluation import draw_evaluation_figures
 
         cfg = params_json(snakemake, "cfg")
         names = [m["name"] for m in cfg["models"]]

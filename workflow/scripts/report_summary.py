@@ -1,4 +1,4 @@
-"""Stage report_summary: summary.md (+ HTML for the report) and comparison.csv (marsdiff.evaluation.stage)."""
+"""Stage report_summary: summary.md (+ HTML for the report) and comparison.csv (marsdiff.stages.report_summary)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ from marsdiff.stage import params_json, run_stage
 
 def main(snakemake):
     def body():
-        from marsdiff.evaluation.stage import write_report_summary
+        from marsdiff.stages.report_summary import write_report_summary
 
         cfg = params_json(snakemake, "cfg")
         write_report_summary(

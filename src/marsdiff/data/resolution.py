@@ -98,7 +98,7 @@ def write_resized_reference(manifest_path: str | os.PathLike, out_dir: str | os.
     """
     from marsdiff.data.images import load_image, resize_to, save_png
     from marsdiff.data.manifest import read_manifest
-    from marsdiff.features.base import file_digest
+    from marsdiff.io.digests import file_digest
     from marsdiff.io.atomic import atomic_dir, atomic_path
 
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)

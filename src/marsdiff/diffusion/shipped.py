@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.base import file_digest
-from marsdiff.io.reading import read_json, sha256_of
+from marsdiff.io.digests import file_digest
+from marsdiff.io.reading import read_json
 from marsdiff.io.weights import follow_umask
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def record_weights_hash(model_dir: str | os.PathLike) -> dict[str, Any]:
 
     model_dir = Path(model_dir)
     meta = read_json(model_dir / MODEL_META_NAME, "model metadata", "pretrain_base")
-    meta["weights_sha256"] = sha256_of(model_dir / UNET_WEIGHTS)
+    meta["weights_sha256"] = file_digest(model_dir / UNET_WEIGHTS)
     write_json(model_dir / MODEL_META_NAME, meta)
     follow_umask(model_dir)
     return meta

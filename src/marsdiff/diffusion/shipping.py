@@ -24,7 +24,7 @@ from marsdiff.diffusion.shipped import (
     training_config,
 )
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.base import file_digest
+from marsdiff.io.digests import file_digest
 from marsdiff.io.reading import read_json
 
 

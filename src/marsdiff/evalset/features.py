@@ -10,27 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
-from marsdiff.errors import MarsdiffError
-
 log = logging.getLogger(__name__)
-
-
-def read_samples(samples_csv: str | os.PathLike, images_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
-    """Image ids and paths of one model's evaluation images, in image-index order."""
-    from marsdiff.io.reading import read_csv
-
-    samples_csv, images_dir = Path(samples_csv), Path(images_dir)
-    samples = read_csv(samples_csv, "samples file", "generate_samples", columns=("image_id", "file", "image_index"),
-                       dtype={"image_id": str, "file": str})
-    samples = samples.sort_values("image_index", kind="stable").reset_index(drop=True)
-    paths = [images_dir / name for name in samples["file"]]
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise MarsdiffError(f"{absent[0]}: image listed in {samples_csv.name} not found ({len(absent)} missing)")
-    return samples["image_id"].astype(str).tolist(), paths
 
 
 def extract_sample_features(
@@ -47,6 +29,7 @@ def extract_sample_features(
     """
     from marsdiff.features.registry import build_extractor
     from marsdiff.io.feature_files import write_feature_set
+    from marsdiff.io.reading import read_samples
     from marsdiff.rewards.round_scoring import round_features
 
     extractor = build_extractor(extractor_name, dict(features_cfg))

@@ -199,10 +199,6 @@ def frozen_spec(spec: Mapping[str, Any], selection: Mapping[str, Any]) -> dict[s
     return {**dict(spec), "eta": float(chosen["eta"]), "noise_scale": float(chosen["noise_scale"])}
 
 
-def model_names(models: list[Mapping[str, Any]], kinds: tuple[str, ...] | None = None) -> list[str]:
-    return [m["name"] for m in models if kinds is None or m["kind"] in kinds]
-
-
 def check_evaluation(cfg: Mapping[str, Any], models: list[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Refuse evaluation settings that cannot work, with one line naming the key; return the models.
 

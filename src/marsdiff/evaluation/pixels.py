@@ -146,9 +146,9 @@ def run_pixel_statistics(manifest: str | os.PathLike, sets: Mapping[str, tuple[s
     """Stage ``pixel_statistics``: ``sets`` maps a model to (samples.csv, images folder); the
     manifest is the reference at the matched resolution. Bootstrap replicates, seed and confidence
     are the evaluation's (``evaluation.metrics``)."""
-    from marsdiff.evalset.features import read_samples
     from marsdiff.evaluation.settings import EvaluationSettings
     from marsdiff.io.atomic import atomic_path
+    from marsdiff.io.reading import read_samples
 
     settings = EvaluationSettings.from_config(dict(metrics_cfg or {}))
     heldout = heldout_images(manifest)

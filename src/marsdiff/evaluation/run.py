@@ -1,7 +1,7 @@
 """The ``evaluate`` stage on files: every model's evaluation features against the **held-out**
 rows of the reference features at the matched resolution, written as CSV tables.
 
-Kept apart from :mod:`marsdiff.evaluation.stage` (the summary, which reads the pixel statistics)
+Kept apart from :mod:`marsdiff.stages.report_summary` (the summary, which reads the pixel statistics)
 so that the stage's code version (``code_version`` in workflow/rules/evaluate.smk) covers only the
 code that computes the tables: editing the pixel statistics or the summary re-runs no evaluation.
 """

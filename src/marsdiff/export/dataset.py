@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, EVALUATION_ROUND, FINAL, KNOB, ROUND, evaluation_models, knob_model_name
+from marsdiff.io.digests import file_digest
 
 #: Round index of exported images' seeds (training rounds are 0..998, the evaluation is 1000).
 EXPORT_ROUND = EVALUATION_ROUND + 1
@@ -196,9 +197,7 @@ def folder_digest(folder: str | os.PathLike) -> str:
     root = Path(folder)
     total = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        with open(path, "rb") as handle:
-            content = hashlib.file_digest(handle, "sha256").hexdigest()
-        total.update(f"{path.relative_to(root).as_posix()}\0{content}\n".encode())
+        total.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\n".encode())
     return total.hexdigest()
 
 

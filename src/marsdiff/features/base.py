@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,14 +18,6 @@ from marsdiff.devices import resolve_device
 
 # Bump when preprocessing changes in a way that alters features for the same config.
 PREPROCESSING_VERSION = 1
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def as_rgb_batch(images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:

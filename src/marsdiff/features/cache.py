@@ -25,8 +25,9 @@ import numpy as np
 
 from marsdiff.data.images import load_image
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.base import FeatureExtractor, file_digest
+from marsdiff.features.base import FeatureExtractor
 from marsdiff.io.atomic import atomic_path
+from marsdiff.io.digests import file_digest
 
 log = logging.getLogger(__name__)
 

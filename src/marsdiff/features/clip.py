@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from marsdiff.errors import MarsdiffError, MissingPackageError
-from marsdiff.features.base import FeatureExtractor, file_digest
+from marsdiff.features.base import FeatureExtractor
+from marsdiff.io.digests import file_digest
 
 
 class ClipFeatures(FeatureExtractor):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.features.base import FeatureExtractor, file_digest
+from marsdiff.features.base import FeatureExtractor
+from marsdiff.io.digests import file_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,8 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path, write_json, write_text
-from marsdiff.io.reading import load_npy, read_json, rerun_hint, sha256_of, verify_sha256
+from marsdiff.io.digests import file_digest
+from marsdiff.io.reading import load_npy, read_json, rerun_hint, verify_sha256
 
 FEATURE_DTYPE = np.dtype(np.float32)
 
@@ -55,7 +56,7 @@ def write_feature_set(features: np.ndarray, ids: Sequence[str], npy_path: str | 
         np.save(tmp, features)
     write_text(ids_path, "".join(f"{i}\n" for i in ids))
     info = {"dim": int(features.shape[1]) if features.ndim == 2 else None, "dtype": FEATURE_DTYPE.name,
-            "rows": len(features), "sha256": sha256_of(npy_path), "extractor": None}
+            "rows": len(features), "sha256": file_digest(npy_path), "extractor": None}
     if extractor is not None:
         info.update({"extractor": extractor.name, "dim": int(extractor.dim), "cache_key": extractor.cache_key()})
     write_json(info_path_for(npy_path), info)

@@ -7,20 +7,20 @@ truncated, garbled or wrong-shaped file (``SafetensorError``, ``JSONDecodeError`
 ``ValueError``...) becomes a :class:`~marsdiff.errors.MarsdiffError` naming the file and what to
 do: re-run the rule that wrote it with ``snakemake --forcerun <rule>``.
 
-Content hashes live here too: :func:`sha256_of` hashes a file, :func:`verify_sha256` checks a file
-against the hash its sidecar recorded. A sidecar without a hash (written before hashes existed)
-is refused the same way, so corrupt weights can never be loaded silently.
+Content hashes are checked here too: :func:`verify_sha256` checks a file against the hash its
+sidecar recorded (:func:`marsdiff.io.digests.file_digest`). A sidecar without a hash (written
+before hashes existed) is refused the same way, so corrupt weights can never be loaded silently.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.io.digests import file_digest
 
 #: Errors a loader raises for a file whose bytes are wrong (not for a bug in our code).
 _DECODE_ERRORS = (OSError, ValueError, EOFError, UnicodeDecodeError)
@@ -56,12 +56,6 @@ def _require(path: Path, what: str, rule: str | None) -> None:
 # Hashes
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """The sha256 hex digest of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def verify_sha256(path: str | os.PathLike, expected: Any, sidecar: str | os.PathLike, rule: str | None) -> None:
     """Refuse ``path`` unless its content hash is ``expected`` (recorded in ``sidecar``)."""
     path = Path(path)
@@ -69,7 +63,7 @@ def verify_sha256(path: str | os.PathLike, expected: Any, sidecar: str | os.Path
     if not isinstance(expected, str) or len(expected) != 64:
         raise MarsdiffError(f"{sidecar}: records no sha256 of {path.name} (written by an older marsdiff); "
                             f"{rerun_hint(rule)}")
-    actual = sha256_of(path)
+    actual = file_digest(path)
     if actual != expected:
         raise MarsdiffError(f"{path}: content does not match the sha256 in {Path(sidecar).name} "
                             f"({actual[:12]} != {expected[:12]}): the file is corrupt or was changed; {rerun_hint(rule)}")
@@ -155,3 +149,17 @@ def open_image(path: str | os.PathLike, what: str, rule: str | None):
     except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, *_DECODE_ERRORS) as err:
         # PIL raises SyntaxError for some broken PNG chunks.
         raise unreadable(path, what, rule, err) from None
+
+
+def read_samples(samples_csv: str | os.PathLike, images_dir: str | os.PathLike) -> tuple[list[str], list[Path]]:
+    """Image ids and paths of the images a ``samples.csv`` lists (stage ``generate_samples``), in
+    image-index order; every listed image must exist in ``images_dir``."""
+    samples_csv, images_dir = Path(samples_csv), Path(images_dir)
+    samples = read_csv(samples_csv, "samples file", "generate_samples", columns=("image_id", "file", "image_index"),
+                       dtype={"image_id": str, "file": str})
+    samples = samples.sort_values("image_index", kind="stable").reset_index(drop=True)
+    paths = [images_dir / name for name in samples["file"]]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise MarsdiffError(f"{absent[0]}: image listed in {samples_csv.name} not found ({len(absent)} missing)")
+    return samples["image_id"].astype(str).tolist(), paths

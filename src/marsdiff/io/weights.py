@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from marsdiff.io.atomic import atomic_path, current_umask
-from marsdiff.io.reading import sha256_of
+from marsdiff.io.digests import file_digest
 
 #: safetensors pads its JSON header with spaces to a multiple of this many bytes.
 _HEADER_ALIGN = 8
@@ -49,7 +49,7 @@ def save_safetensors(tensors: Mapping, target: str | os.PathLike, metadata: Mapp
                 metadata=dict(metadata) if metadata else None)
     with atomic_path(target, suffix=".safetensors") as tmp:
         tmp.write_bytes(canonical_safetensors_bytes(data))
-    return sha256_of(target)
+    return file_digest(target)
 
 
 def follow_umask(root: str | os.PathLike) -> None:

@@ -21,8 +21,9 @@ import torch
 
 from marsdiff.diffusion.rescoring import scheduler_for_trajectories, transition_log_prob
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.trajectories import LOG_PROB_CONVENTION, TransitionBatch, TransitionBuffer, open_trajectories
+from marsdiff.io.trajectories import LOG_PROB_CONVENTION, open_trajectories
 from marsdiff.rl.lora import set_adapter_enabled
+from marsdiff.rl.replay import TransitionBatch, TransitionBuffer
 
 
 @dataclass

@@ -32,7 +32,8 @@ import torch
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import write_json
-from marsdiff.io.reading import load_safetensors, read_json, rerun_hint, sha256_of, verify_sha256
+from marsdiff.io.digests import file_digest
+from marsdiff.io.reading import load_safetensors, read_json, rerun_hint, verify_sha256
 from marsdiff.io.weights import save_safetensors
 
 #: The rule that writes a round's policy (adapter included): what to --forcerun when it is bad.
@@ -168,7 +169,7 @@ def save_lora(unet: torch.nn.Module, settings: LoraSettings, out_dir: str | os.P
         PEFT_WEIGHTS_NAME: save_safetensors(peft_state, out_dir / PEFT_WEIGHTS_NAME, {"format": "pt"}),
     }
     write_json(out_dir / CONFIG_NAME, config)
-    hashes[CONFIG_NAME] = sha256_of(out_dir / CONFIG_NAME)
+    hashes[CONFIG_NAME] = file_digest(out_dir / CONFIG_NAME)
     write_json(out_dir / MARSDIFF_NAME, {
         "settings": {"rank": settings.rank, "alpha": settings.alpha, "dropout": settings.dropout,
                      "target_modules": settings.target_modules, "init_seed": settings.init_seed},

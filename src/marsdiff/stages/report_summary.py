@@ -9,7 +9,7 @@ stream, by the declared endpoints (:mod:`marsdiff.evaluation.endpoints`): ``comp
 (the study's contract), ``summary.md`` (and the same text as HTML for ``snakemake --report``),
 the report's ``comparison.csv`` and landing page, plus the brightness-and-contrast table of the
 ``pixel_statistics`` stage (:mod:`marsdiff.evaluation.pixels`) (:func:`write_report_summary`).
-Figures are :mod:`marsdiff.evaluation.figures`.
+Figures are :mod:`marsdiff.stages.plot_evaluation`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from marsdiff.evaluation.endpoints import (
 )
 from marsdiff.evaluation.report import format_interval, format_number, metric_by_model_table
 from marsdiff.evaluation.results import Evaluation
-# The evaluate stage itself lives in marsdiff.evaluation.run, apart from the summary code, so that
-# its code version does not follow the pixel statistics this module's summary reads.
-from marsdiff.evaluation.run import evaluation_settings, load_generated, load_reference, run_evaluation  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +250,9 @@ def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], co
 
 def markdown_to_html(text: str, title: str) -> str:
     """summary.md as a standalone HTML page (the report shows HTML inline, Markdown only as a download)."""
-    try:
-        from markdown_it import MarkdownIt
+    from markdown_it import MarkdownIt
 
-        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-    except ImportError:  # markdown-it-py comes with transformers' CLI; without it the text is still readable
-        body = f"<pre>{html.escape(text)}</pre>"
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     style = (
         "body{font-family:sans-serif;max-width:80em;margin:1em auto;padding:0 1em;line-height:1.4}"
         "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}"

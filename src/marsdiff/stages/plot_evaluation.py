@@ -23,12 +23,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from marsdiff.io.reading import read_csv
+from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, FROZEN
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
 from marsdiff.evaluation.results import Evaluation
 from marsdiff.evaluation.run import load_conditioning
+from marsdiff.io.reading import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def load_model_images(samples_csv: str | os.PathLike, images_dir: str | os.PathL
     """One model's evaluation images (uint8, image-index order) and their ids."""
     from marsdiff.data.images import load_image
     from marsdiff.data.resolution import file_mode
-    from marsdiff.evalset.features import read_samples
+    from marsdiff.io.reading import read_samples
 
     ids, paths = read_samples(samples_csv, images_dir)
     return ids, np.stack([load_image(p, mode=file_mode(p)) for p in paths])
