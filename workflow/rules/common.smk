@@ -86,6 +86,11 @@ def evaluation_sample_inputs(wildcards):
     return inputs
 
 
+def stream_features(stream, name, suffix):
+    """One evaluated model's feature file of one stream, in the reward's feature space."""
+    return LAYOUT.stream_features(stream, name, SCORE_EXTRACTOR, suffix)
+
+
 def evaluation_figure_outputs():
     """Every figure of plot_evaluation wrapped for the report, with its caption and label."""
     outputs = {}

@@ -18,10 +18,6 @@ EVAL_COMPARISONS, REPORT_INTRO = LAYOUT.comparisons, LAYOUT.report_intro
 stream_dir, stream_samples = LAYOUT.stream_dir, LAYOUT.stream_samples
 
 
-def stream_features(stream, name, suffix):
-    return LAYOUT.stream_features(stream, name, EVAL_EXTRACTOR, suffix)
-
-
 rule select_knob:
     """The frozen knob: the base model's knob grid on the validation stream against train crops, one job."""
     input:
