@@ -22,6 +22,12 @@ EXTRACTOR_PARAMS = {
 }
 
 
+def extractor_param(wildcards):
+    """The {extractor}'s params, also for one outside features.extractors asked for by path."""
+    name = wildcards.extractor
+    return EXTRACTOR_PARAMS.get(name) or param_text(stop_on_user_error(params.extractor, config, name, file_digest))
+
+
 def code_version(rule):
     """The ``code`` param of ``rule``: digest of its roots' behaviour (marsdiff.workflow.code)."""
     return code.rule_code(LAYOUT, rule)

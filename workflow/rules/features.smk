@@ -11,7 +11,7 @@ rule extract_features:
         info=FEATURES_DIR / "reference" / "{extractor}.json",
     params:
         # batch size, device and cache folder change no feature value: the script reads them untracked
-        extractor=lambda wildcards: EXTRACTOR_PARAMS[wildcards.extractor],
+        extractor=extractor_param,
         code=code_version("extract_features"),
     log:
         LOGS / "extract_features" / "reference_{extractor}.log",

@@ -45,7 +45,7 @@ rule extract_resized_features:
         info=FEATURES_DIR / "reference_{size}px" / "{extractor}.json",
     params:
         # batch size, device and cache folder change no feature value: the script reads them untracked
-        extractor=lambda wildcards: EXTRACTOR_PARAMS[wildcards.extractor],
+        extractor=extractor_param,
         code=code_version("extract_resized_features"),
     log:
         LOGS / "extract_features" / "reference_{size}px_{extractor}.log",
