@@ -344,3 +344,14 @@ def test_the_scripts_decode_what_the_rules_encode(tiny_config):
                   params.select_knob(tiny_config), params.score_round(plan, "ppo_lora")):
         assert params_json(SimpleNamespace(params=SimpleNamespace(cfg=param_text(value))), "cfg") == json.loads(
             json.dumps(value))
+
+
+def test_untracked_reads_the_jobs_config_and_names_a_missing_key():
+    from marsdiff.errors import MarsdiffError
+    from marsdiff.stage import untracked
+
+    job = SimpleNamespace(config={"sampling": {"batch_size": 5, "store": {"dtype": "float16"}}})
+    assert untracked(job, "sampling.batch_size") == 5 and untracked(job, "sampling.store.dtype") == "float16"
+    assert untracked(job, "sampling") == {"batch_size": 5, "store": {"dtype": "float16"}}
+    with pytest.raises(MarsdiffError, match="config key sampling.device: not in the workflow's config"):
+        untracked(job, "sampling.device")
