@@ -1,5 +1,6 @@
 # marsdiff: RL fine-tuning of diffusion models toward diverse synthetic Mars craters.
-# Stages read like a table of contents; helpers live in workflow/rules/common.smk.
+# Stages read like a table of contents; what they compute at parse time lives in marsdiff.workflow
+# (workflow/rules/common.smk is its thin include).
 import sys
 from pathlib import Path
 
@@ -48,6 +49,19 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+# Every wildcard's pattern, once for all rules: rounds have three digits (the target asks for
+# every round in order), only configured experiments and evaluated models match.
+wildcard_constraints:
+    round=r"\d{3}",
+    exp=PLAN.experiment_pattern,
+    extractor="|".join(EXTRACTOR_CHOICES),
+    size=r"[1-9]\d*",
+    model=PLAN.eval_model_pattern,
+    stream=r"[1-9]\d*",
+
+
 include: "workflow/rules/reference.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/rewards.smk"
@@ -67,9 +81,4 @@ rule all:
     default_target: True
     localrule: True
     input:
-        reference_targets(),
-        feature_targets(),
-        reward_targets(),
-        model_targets(),
-        rl_targets(),
-        evaluation_targets(),
+        targets.all_targets(LAYOUT, PLAN),

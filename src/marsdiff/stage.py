@@ -5,6 +5,11 @@ and turns a :class:`~marsdiff.errors.MarsdiffError` into one line on stderr and 
 Any other exception is a bug or a machine fault: its traceback goes into the rule's log as well
 as stderr, because on a cluster stderr ends up in the scheduler's log, far from the rule's.
 The library never reads Snakemake objects; only this module and ``workflow/scripts`` do.
+
+Two kinds of settings reach a script. Tracked ones arrive as params (:func:`params_json`):
+Snakemake compares their text and re-runs the job when it changes. Settings that change no
+output (batch sizes, devices, the feature cache, where the user's data lives) are read from the
+validated config with :func:`untracked`, which Snakemake's params trigger never sees.
 """
 
 from __future__ import annotations
@@ -54,6 +59,18 @@ def params_json(snakemake: Any, name: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return json.loads(text)
+
+
+def untracked(snakemake: Any, key: str) -> Any:
+    """The value of the dotted config ``key`` (``"sampling.batch_size"``, ``"features"``) as the
+    job sees it: the validated config, every schema default filled. For settings that change no
+    output: editing them re-runs nothing, yet the stage gets the value the config gives."""
+    value: Any = snakemake.config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise MarsdiffError(f"config key {key}: not in the workflow's config (the schema gives every default)")
+        value = value[part]
+    return value
 
 
 def run_stage(snakemake: Any, body: Callable[[], None]) -> None:

@@ -2,7 +2,7 @@
 # than the best sampling knob chosen without seeing the test set? select_knob fixes the baseline
 # first: the base model's factorial knob grid on a validation stream, scored against a validation
 # part of the TRAIN split (never the held-out crops), by the rule evaluation.baseline declares.
-# Then every evaluated model (common.smk, EVAL_MODELS: the base model, the frozen knob, any
+# Then every evaluated model (marsdiff.workflow.plan, EVAL_MODEL: the base model, the frozen knob, any
 # descriptive knob setting, each experiment's final policy, every k-th round) draws M images on
 # each test stream (generate_samples: stream 0; generate_stream_samples: streams 1..); their
 # features come from the reward's extractor at the matched resolution, the path the reference
@@ -11,11 +11,11 @@
 # measures brightness spread and contrast against the held-out crops; plot_evaluation writes the
 # figures (stream 0), report_summary the declared-endpoint comparisons of every stream
 # (comparisons.csv), summary.md and the report's tables.
-import re
-
 EVAL_EXTRACTOR = SCORE_EXTRACTOR  # the reward's feature space, at SCORE_SIZE like a scored round
-EVAL_MODEL_PATTERN = "|".join(re.escape(name) for name in EVAL_MODEL)
-EVAL_SECTION = evaluation_settings(config)
+EVAL_TABLES, EVAL_SETS = targets.EVAL_TABLES, PLAN.eval_sets
+KNOB_SELECTION, KNOB_SELECTION_TABLE = LAYOUT.knob_selection, LAYOUT.knob_selection_table
+EVAL_COMPARISONS, REPORT_INTRO = LAYOUT.comparisons, LAYOUT.report_intro
+stream_dir, stream_samples = LAYOUT.stream_dir, LAYOUT.stream_samples
 
 
 rule select_knob:
@@ -36,13 +36,12 @@ rule select_knob:
             labels={"table": "frozen knob: validation grid"},
         ),
     params:
-        cfg=selection_params(config),
+        # batch size, device and the feature cache change no image and no feature value: the
+        # script reads them untracked
+        cfg=param_text(params.select_knob(config)),
         extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
         resolution=SCORE_SIZE,
-        # batch size, device and the feature cache change no image and no feature value
-        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
-        features_untracked=untracked(stage_params(config, "features")),
-        code=code_version("evalset/select.py", "scripts/select_knob.py"),
+        code=code_version("select_knob"),
     log:
         LOGS / "eval" / "select_knob.log",
     benchmark:
@@ -51,7 +50,7 @@ rule select_knob:
     resources:
         mem_mb=4000,
         runtime="60m",
-        gpu=sampling_gpus(config),
+        gpu=gpus("select_knob"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -66,21 +65,18 @@ rule generate_samples:
         images=directory(EVAL_SAMPLES / "{model}" / "images"),
         samples=EVAL_SAMPLES / "{model}" / "samples.csv",
     params:
-        cfg=lambda wildcards: generation_params(config, wildcards.model),
-        # each image has its own random stream: the batch size changes no image
-        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
-        code=code_version("evalset/generate.py", "scripts/generate_samples.py"),
+        # each image has its own random stream: the batch size changes no image (read untracked)
+        cfg=lambda wildcards: param_text(params.generate_samples(config, PLAN, wildcards.model)),
+        code=code_version("generate_samples"),
     log:
         LOGS / "eval" / "generate_samples" / "{model}.log",
     benchmark:
         BENCH / "eval" / "generate_samples" / "{model}.tsv"
-    wildcard_constraints:
-        model=EVAL_MODEL_PATTERN,
     threads: 2
     resources:
         mem_mb=4000,
         runtime="60m",
-        gpu=sampling_gpus(config),
+        gpu=gpus("generate_samples"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -92,16 +88,12 @@ use rule generate_samples as generate_stream_samples with:
         images=directory(EVAL_DIR / "stream{stream}" / "samples" / "{model}" / "images"),
         samples=EVAL_DIR / "stream{stream}" / "samples" / "{model}" / "samples.csv",
     params:
-        cfg=lambda wildcards: generation_params(config, wildcards.model, int(wildcards.stream)),
-        sampling_untracked=untracked({"batch_size": config["sampling"]["batch_size"]}),
-        code=code_version("evalset/generate.py", "scripts/generate_samples.py"),
+        cfg=lambda wildcards: param_text(params.generate_samples(config, PLAN, wildcards.model, int(wildcards.stream))),
+        code=code_version("generate_stream_samples"),
     log:
         LOGS / "eval" / "generate_samples" / "stream{stream}" / "{model}.log",
     benchmark:
         BENCH / "eval" / "generate_samples" / "stream{stream}" / "{model}.tsv"
-    wildcard_constraints:
-        model=EVAL_MODEL_PATTERN,
-        stream="[1-9][0-9]*",
 
 
 rule extract_sample_features:
@@ -117,12 +109,11 @@ rule extract_sample_features:
         ids=[stream_features(s, name, "ids.txt") for s, name in EVAL_SETS],
         info=[stream_features(s, name, "json") for s, name in EVAL_SETS],
     params:
-        models=param_text([stream_set_label(s, name) for s, name in EVAL_SETS]),
+        # batch size, device and cache folder change no feature value: the script reads them untracked
+        models=param_text(params.extract_sample_features(PLAN)),
         extractor=EXTRACTOR_PARAMS[EVAL_EXTRACTOR],
         resolution=SCORE_SIZE,
-        # batch size, device and cache folder change no feature value
-        cfg=untracked(stage_params(config, "features")),
-        code=code_version("evalset/features.py", "scripts/extract_sample_features.py"),
+        code=code_version("extract_sample_features"),
     log:
         LOGS / "eval" / "extract_sample_features.log",
     benchmark:
@@ -131,7 +122,7 @@ rule extract_sample_features:
     resources:
         mem_mb=4000,
         runtime="30m",
-        gpu=int(config["features"].get("device") == "cuda"),
+        gpu=gpus("extract_sample_features"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -162,10 +153,8 @@ rule evaluate:
         tables=[EVAL_DIR / name for name in EVAL_TABLES if name != "metrics.csv"],
     params:
         # the model list is in the order of the inputs; metric settings are the only other knobs
-        cfg=param_text(
-            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "metrics": EVAL_SECTION["metrics"]}),
-        # the tables' code only: stages/report_summary.py's summary reads evaluation/pixels.py
-        code=code_version("evaluation/run.py", "scripts/evaluate.py"),
+        cfg=param_text(params.evaluate(config, PLAN)),
+        code=code_version("evaluate"),
     log:
         LOGS / "eval" / "evaluate.log",
     benchmark:
@@ -198,8 +187,6 @@ use rule evaluate as evaluate_stream with:
         LOGS / "eval" / "evaluate_stream{stream}.log",
     benchmark:
         BENCH / "eval" / "evaluate_stream{stream}.tsv"
-    wildcard_constraints:
-        stream="[1-9][0-9]*",
 
 
 rule pixel_statistics:
@@ -222,8 +209,8 @@ rule pixel_statistics:
         resolution=SCORE_SIZE,
         # bootstrap replicates, seed and confidence are the evaluation's; its other metric
         # settings (k, n_modes, ...) change no pixel statistic
-        cfg=pixel_statistics_params(config),
-        code=code_version("evaluation/pixels.py", "scripts/pixel_statistics.py"),
+        cfg=param_text(params.pixel_statistics(config)),
+        code=code_version("pixel_statistics"),
     log:
         LOGS / "eval" / "pixel_statistics.log",
     benchmark:
@@ -256,15 +243,12 @@ rule plot_evaluation:
         # the held-out crops at the evaluation's resolution: the sample grid's real row
         resized_manifest=REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "manifest.csv",
         resized_images=directory_input(REFERENCE_DIR / f"at_{SCORE_SIZE}px" / "images"),
-        run_metrics=[RUNS_DIR / exp / "metrics.csv" for exp in experiment_names(config)],
+        run_metrics=[RUNS_DIR / exp / "metrics.csv" for exp in PLAN.experiments],
     output:
         **evaluation_figure_outputs(),
     params:
-        cfg=param_text(
-            {"models": EVAL_MODELS, "extractor": EVAL_EXTRACTOR, "plots": EVAL_SECTION["plots"],
-             "rewards": evaluation_rewards(config)},
-        ),
-        code=code_version("stages/plot_evaluation.py", "scripts/plot_evaluation.py"),
+        cfg=param_text(params.plot_evaluation(config, PLAN)),
+        code=code_version("plot_evaluation"),
     log:
         LOGS / "eval" / "plot_evaluation.log",
     benchmark:
@@ -310,11 +294,8 @@ rule report_summary:
         ),
         comparisons=EVAL_COMPARISONS,
     params:
-        cfg=param_text(
-            {"models": EVAL_MODELS, "metrics": EVAL_SECTION["metrics"], "images": EVAL_SECTION["images"],
-             "steps": EVAL_SECTION["steps"], "streams": EVAL_STREAMS, "endpoints": endpoint_params(config)},
-        ),
-        code=code_version("stages/report_summary.py", "scripts/report_summary.py"),
+        cfg=param_text(params.report_summary(config, PLAN)),
+        code=code_version("report_summary"),
     log:
         LOGS / "eval" / "report_summary.log",
     threads: 1

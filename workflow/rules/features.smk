@@ -10,21 +10,18 @@ rule extract_features:
         ids=FEATURES_DIR / "reference" / "{extractor}.ids.txt",
         info=FEATURES_DIR / "reference" / "{extractor}.json",
     params:
-        extractor=lambda wildcards: EXTRACTOR_PARAMS.get(wildcards.extractor) or extractor_params(config, wildcards.extractor),
-        # batch size, device and cache folder change no feature value
-        cfg=untracked(stage_params(config, "features")),
-        code=code_version("scripts/extract_features.py"),
+        # batch size, device and cache folder change no feature value: the script reads them untracked
+        extractor=extractor_param,
+        code=code_version("extract_features"),
     log:
         LOGS / "extract_features" / "reference_{extractor}.log",
     benchmark:
         BENCH / "extract_features" / "reference_{extractor}.tsv"
-    wildcard_constraints:
-        extractor="|".join(EXTRACTOR_CHOICES),
     threads: 2
     resources:
         mem_mb=6000,
         runtime="30m",
-        gpu=int(config["features"].get("device") == "cuda"),
+        gpu=gpus("extract_features"),
     conda:
         "../envs/marsdiff.yaml"
     script:

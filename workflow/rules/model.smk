@@ -17,13 +17,13 @@ rule pretrain_base:
         meta=BASE_MODEL_DIR / "marsdiff_model.json",
         loss=BASE_MODEL_DIR / "loss.csv",
     params:
-        cfg=pretrain_params(config),
-        settings=untracked(pretrain_settings(config)),
+        # the preset's name and the log cadence change no weight: the script reads them untracked
+        cfg=param_text(params.pretrain_base(config)),
         # a new shipped checkpoint re-runs the rule where it may be installed
-        shipped=shipped_checkpoint_version(config),
-        code=code_version("scripts/pretrain_base.py"),
-        # the digest the shipped model's provenance records (already covered by `code`)
-        training_code=untracked(code_version(*SHIPPED_TRAINING_CODE_ROOTS)),
+        shipped=params.shipped_checkpoint(config, LAYOUT.shipped_provenance),
+        code=code_version("pretrain_base"),
+        # the digest the shipped model's provenance records (covered by `code` already)
+        training_code=code.shipped_training_code(LAYOUT),
     log:
         LOGS / "pretrain_base.log",
     benchmark:
@@ -33,7 +33,7 @@ rule pretrain_base:
         mem_mb=4000,
         runtime="60m",
         # Ask the cluster for a GPU only when the config wants one (e.g. preset 'large').
-        gpu=int(config["model"]["pixel"]["device"] == "cuda"),
+        gpu=gpus("pretrain_base"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -56,9 +56,9 @@ rule preview_base:
             category="3. Base model",
         ),
     params:
-        cfg=preview_params(config),
-        device=untracked(config["model"]["pixel"]["device"]),
-        code=code_version("scripts/preview_base.py"),
+        # the device reaches the script untracked
+        cfg=param_text(params.preview_base(config)),
+        code=code_version("preview_base"),
     log:
         LOGS / "preview_base.log",
     benchmark:
@@ -67,7 +67,7 @@ rule preview_base:
     resources:
         mem_mb=4000,
         runtime="20m",
-        gpu=int(config["model"]["pixel"]["device"] == "cuda"),
+        gpu=gpus("preview_base"),
     conda:
         "../envs/marsdiff.yaml"
     script:

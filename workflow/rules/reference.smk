@@ -6,7 +6,7 @@
 # Snakefile is parsed: bad input stops the run with one line before Snakemake deletes any old
 # output, and prepare_reference re-runs when the data's content changes, never because files
 # were touched, copied or moved (docs/workflow.md, "Re-run policy").
-REFERENCE_DATA = reference_data_version(config)
+REFERENCE_DATA = stop_on_user_error(reference_data_version, config)
 
 
 rule prepare_reference:
@@ -20,10 +20,10 @@ rule prepare_reference:
             category="1. Reference set",
         ),
     params:
-        cfg=reference_params(config, "images"),
+        # the data's locations reach the script untracked (its content is `data`)
+        cfg=param_text(params.prepare_reference(config)),
         data=REFERENCE_DATA,
-        locations=untracked(reference_locations(config)),
-        code=code_version("scripts/prepare_reference.py"),
+        code=code_version("prepare_reference"),
     log:
         LOGS / "prepare_reference.log",
     benchmark:
@@ -46,8 +46,8 @@ rule categorize_reference:
     output:
         manifest=REFERENCE_DIR / "manifest.csv",
     params:
-        cfg=reference_params(config, "appearance"),
-        code=code_version("scripts/categorize_reference.py"),
+        cfg=param_text(params.categorize_reference(config)),
+        code=code_version("categorize_reference"),
     log:
         LOGS / "categorize_reference.log",
     threads: 1

@@ -6,9 +6,9 @@
 rule validate_rewards:
     """Every configured reward on diversity ladders: ladder.csv, one plot per ladder, validation.json."""
     input:
-        features=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.npy",
-        ids=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.ids.txt",
-        info=FEATURES_DIR / "reference" / f"{extractor_names(config)[0]}.json",
+        features=FEATURES_DIR / "reference" / f"{SCORE_EXTRACTOR}.npy",
+        ids=FEATURES_DIR / "reference" / f"{SCORE_EXTRACTOR}.ids.txt",
+        info=FEATURES_DIR / "reference" / f"{SCORE_EXTRACTOR}.json",
         manifest=REFERENCE_DIR / "manifest.csv",
     output:
         ladder=RESULTS / "validation" / "ladder.csv",
@@ -27,10 +27,10 @@ rule validate_rewards:
             category="2. Reward validation",
         ),
     params:
-        cfg=stage_params(config, "reward"),
-        ladders=config["reward"]["validation"]["ladders"],
-        extractor=extractor_names(config)[0],
-        code=code_version("scripts/validate_rewards.py"),
+        cfg=param_text(params.validate_rewards(config)),
+        ladders=list(config["reward"]["validation"]["ladders"]),
+        extractor=SCORE_EXTRACTOR,
+        code=code_version("validate_rewards"),
     log:
         LOGS / "validate_rewards.log",
     benchmark:

@@ -1,8 +1,7 @@
 # The RL round loop (docs/rl.md): round r samples with the policy of round r-1 (round 000: the
 # experiment's initial policy on the base model), score_round (score.smk) rewards it, and
-# update_round turns it into policy r. Only configured experiment names match {exp}.
-EXPERIMENT_PATTERN = experiment_pattern(config)
-RL_CODE = ("rl", "diffusion", "io/trajectories.py")
+# update_round turns it into policy r. Only configured experiment names match {exp} (the
+# Snakefile's wildcard_constraints).
 
 
 rule sample_round:
@@ -13,12 +12,10 @@ rule sample_round:
         trajectories=RUNS_DIR / "{exp}" / "round_{round}" / "trajectories.h5",
         images=directory(RUNS_DIR / "{exp}" / "round_{round}" / "images"),
         samples=RUNS_DIR / "{exp}" / "round_{round}" / "samples.csv",
-    wildcard_constraints:
-        round=r"\d{3}",
-        exp=EXPERIMENT_PATTERN,
     params:
-        cfg=lambda wildcards: rl_params(config, wildcards.exp, "sample"),
-        code=code_version(*RL_CODE, "scripts/sample_round.py"),
+        # the batch size changes no image: the script reads it untracked
+        cfg=lambda wildcards: param_text(params.sample_round(config, wildcards.exp)),
+        code=code_version("sample_round"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "sample_round.log",
     benchmark:
@@ -27,7 +24,7 @@ rule sample_round:
     resources:
         mem_mb=4000,
         runtime="60m",
-        gpu=sampling_gpus(config),
+        gpu=gpus("sample_round"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -44,12 +41,9 @@ rule update_round:
     output:
         policy=directory(RUNS_DIR / "{exp}" / "round_{round}" / "policy"),
         metrics=RUNS_DIR / "{exp}" / "round_{round}" / "metrics.json",
-    wildcard_constraints:
-        round=r"\d{3}",
-        exp=EXPERIMENT_PATTERN,
     params:
-        cfg=lambda wildcards: rl_params(config, wildcards.exp, "update"),
-        code=code_version(*RL_CODE, "scripts/update_round.py"),
+        cfg=lambda wildcards: param_text(params.update_round(config, wildcards.exp)),
+        code=code_version("update_round"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",
     benchmark:
@@ -58,7 +52,7 @@ rule update_round:
     resources:
         mem_mb=6000,
         runtime="2h",
-        gpu=sampling_gpus(config),
+        gpu=gpus("update_round"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -79,12 +73,9 @@ rule plot_experiment:
             category="4. RL",
             labels={"experiment": "{exp}", "figure": "reward curve"},
         ),
-    wildcard_constraints:
-        exp=EXPERIMENT_PATTERN,
     params:
-        paired_base=lambda wildcards: paired_base(config["experiments"], wildcards.exp, config["sampling"]) or "",
-        control=lambda wildcards: experiment_control(config, wildcards.exp),
-        code=code_version("rl/curves.py", "scripts/plot_experiment.py"),
+        cfg=lambda wildcards: param_text(params.plot_experiment(config, wildcards.exp)),
+        code=code_version("plot_experiment"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",
     threads: 1

@@ -1,25 +1,8 @@
 # Scoring a round: the reference set at the generator's output size (matched resolution), its
 # features, and per-round rewards. Generated and reference images must meet the encoder at one
 # size (docs/rewards.md, "Scoring a round ... at matched resolution"): min(generator output size,
-# reference crop size), resolved from the config alone (no torch) when the Snakefile is parsed.
-from marsdiff.data.resolution import matched_size
-from marsdiff.rl.experiments import reward_config
-
-SCORE_SIZE = stop_on_user_error(matched_size, config)
-SCORE_EXTRACTOR = extractor_names(config)[0]  # the reward's extractor, as validate_rewards uses
-RESIZED_FEATURES = FEATURES_DIR / f"reference_{SCORE_SIZE}px"
-# The reward each experiment is scored with: the top-level section with its override merged in.
-SCORE_REWARDS = {
-    exp: param_text({"reward": reward_config(config["reward"], config["experiments"][exp] or {})})
-    for exp in experiment_names(config)
-}
-SCORE_EXPERIMENTS = experiment_pattern(config)
-# reward.pool.rounds per experiment (its override merged in): how many previous rounds' features
-# join a round's set for the credit (docs/rewards.md, "Pool")
-POOL_ROUNDS = {
-    exp: int((reward_config(config["reward"], config["experiments"][exp] or {}).get("pool") or {}).get("rounds", 0))
-    for exp in experiment_names(config)
-}
+# reference crop size), resolved from the config alone (no torch) when the Snakefile is parsed
+# (common.smk: SCORE_SIZE; SCORE_EXTRACTOR, the reward's extractor, is the first of features.extractors).
 
 
 rule resize_reference:
@@ -34,13 +17,11 @@ rule resize_reference:
         images=directory(REFERENCE_DIR / "at_{size}px" / "images"),
     params:
         # the size is the path's wildcard; nothing else in the config changes these pixels
-        code=code_version("scripts/resize_reference.py"),
+        code=code_version("resize_reference"),
     log:
         LOGS / "resize_reference" / "at_{size}px.log",
     benchmark:
         BENCH / "resize_reference" / "at_{size}px.tsv"
-    wildcard_constraints:
-        size=r"[1-9]\d*",
     threads: 1
     resources:
         mem_mb=1000,
@@ -63,22 +44,18 @@ rule extract_resized_features:
         ids=FEATURES_DIR / "reference_{size}px" / "{extractor}.ids.txt",
         info=FEATURES_DIR / "reference_{size}px" / "{extractor}.json",
     params:
-        extractor=lambda wildcards: EXTRACTOR_PARAMS.get(wildcards.extractor) or extractor_params(config, wildcards.extractor),
-        # batch size, device and cache folder change no feature value
-        cfg=untracked(stage_params(config, "features")),
-        code=code_version("scripts/extract_features.py"),
+        # batch size, device and cache folder change no feature value: the script reads them untracked
+        extractor=extractor_param,
+        code=code_version("extract_resized_features"),
     log:
         LOGS / "extract_features" / "reference_{size}px_{extractor}.log",
     benchmark:
         BENCH / "extract_features" / "reference_{size}px_{extractor}.tsv"
-    wildcard_constraints:
-        size=r"[1-9]\d*",
-        extractor="|".join(EXTRACTOR_CHOICES),
     threads: 2
     resources:
         mem_mb=6000,
         runtime="30m",
-        gpu=int(config["features"].get("device") == "cuda"),
+        gpu=gpus("extract_resized_features"),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -109,24 +86,20 @@ rule score_round:
         feature_ids=RUNS_DIR / "{exp}" / "round_{round}" / "features.ids.txt",
         feature_info=RUNS_DIR / "{exp}" / "round_{round}" / "features.json",
     params:
-        reward=lambda wildcards: SCORE_REWARDS[wildcards.exp],
+        # batch size, device and cache folder change no reward: the script reads them untracked
+        reward=lambda wildcards: param_text(params.score_round(PLAN, wildcards.exp)),
         extractor=EXTRACTOR_PARAMS[SCORE_EXTRACTOR],
         resolution=SCORE_SIZE,
-        # batch size, device and cache folder change no reward
-        features=untracked(stage_params(config, "features")),
-        code=code_version("scripts/score_round.py"),
+        code=code_version("score_round"),
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "score_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "score_round.tsv"
-    wildcard_constraints:
-        round=r"\d{3}",
-        exp=SCORE_EXPERIMENTS,
     threads: 2
     resources:
         mem_mb=4000,
         runtime="20m",
-        gpu=int(config["features"].get("device") == "cuda"),
+        gpu=gpus("score_round"),
     conda:
         "../envs/marsdiff.yaml"
     script:

@@ -2,10 +2,10 @@
 # named <arm>_s<k> (marsdiff.study.pairing), evaluated on every evaluation stream against the
 # frozen knob and the base (evaluate.smk: comparisons.csv). study_summary aggregates the paired
 # differences over training seeds. Not in `all`: run the target `study` (docs/rl.md).
-# The import below also serves plot_experiment (rl.smk): each experiment's paired base on the same seeds.
-from marsdiff.study.pairing import curve_inputs, experiment_control, paired_base, study_settings
+# The import below also serves plot_experiment (rl.smk): its inputs, with the paired base's.
+from marsdiff.study.pairing import curve_inputs
 
-STUDY_DIR = RESULTS / "study"
+STUDY_DIR = LAYOUT.study
 
 
 rule study:
@@ -23,15 +23,15 @@ rule study_summary:
     localrule: True
     input:
         comparisons=EVAL_DIR / "comparisons.csv",
-        metrics=[RUNS_DIR / exp / "metrics.csv" for exp in experiment_names(config)],
+        metrics=[RUNS_DIR / exp / "metrics.csv" for exp in PLAN.experiments],
     output:
         summary=STUDY_DIR / "summary.csv",
         seeds=STUDY_DIR / "seeds.csv",
         markdown=STUDY_DIR / "summary.md",
     params:
-        cfg=param_text(study_settings(config)),
-        experiments=experiment_names(config),
-        code=code_version("study/summary.py", "scripts/study_summary.py"),
+        cfg=param_text(params.study_summary(config)),
+        experiments=list(PLAN.experiments),
+        code=code_version("study_summary"),
     log:
         LOGS / "study" / "study_summary.log",
     benchmark:

@@ -6,7 +6,7 @@ from marsdiff.stage import params_json, run_stage
 
 def main(snakemake):
     def body():
-        write_manifest(snakemake.input.index, params_json(snakemake, "cfg")["reference"], snakemake.output.manifest)
+        write_manifest(snakemake.input.index, params_json(snakemake, "cfg"), snakemake.output.manifest)
 
     run_stage(snakemake, body)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -17,7 +17,7 @@ def main(snakemake):
         results = Path(snakemake.input.reference).parent.parent
         spec = next(m for m in evaluation_models(config) if m["name"] == snakemake.wildcards.model)
         options = DrawOptions(seed=config["export"]["seed"], device=config["sampling"].get("device", "auto"),
-                              batch_size=int(params_json(snakemake, "batch_size")), results=results, progress=False)
+                              batch_size=int(untracked(snakemake, "sampling.batch_size")), results=results, progress=False)
         draw_dataset(config, source_of_evaluated_model(spec, results), snakemake.output[0], config["export"]["images"],
                      options)
 

@@ -1,12 +1,13 @@
 """Stage extract_features: one extractor's features of the reference set, via the cache."""
 
 from marsdiff.features import extract_image_set
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import run_stage, untracked
 
 
 def main(snakemake):
     def body():
-        cfg = params_json(snakemake, "cfg")["features"]
+        # the extractor's own options are the tracked `extractor` param's, taken from this section
+        cfg = untracked(snakemake, "features")
         extract_image_set(snakemake.input.manifest, snakemake.wildcards.extractor, cfg, snakemake.output.features)
 
     run_stage(snakemake, body)

@@ -1,6 +1,6 @@
 """Stage extract_sample_features: every evaluated model's image features at the matched resolution."""
 
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -15,7 +15,7 @@ def main(snakemake):
         extract_sample_features(
             {name: sets for name, sets in zip(names, zip(inputs.samples, inputs.images, outputs.features))},
             params_json(snakemake, "extractor")["extractor"],
-            params_json(snakemake, "cfg")["features"],
+            untracked(snakemake, "features"),
             int(snakemake.params.resolution),
         )
 

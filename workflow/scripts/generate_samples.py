@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from marsdiff.faults import kill_point
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -27,7 +27,7 @@ def main(snakemake):
         generate_model_samples(
             spec,
             model_cfg=cfg["model"],
-            sampling={**cfg["sampling"], **params_json(snakemake, "sampling_untracked")},
+            sampling={**cfg["sampling"], "batch_size": untracked(snakemake, "sampling.batch_size")},
             n_images=cfg["images"],
             seed=cfg["seed"],
             steps=cfg["steps"],

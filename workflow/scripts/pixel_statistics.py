@@ -13,7 +13,7 @@ def main(snakemake):
             snakemake.input.manifest,
             {name: pair for name, pair in zip(names, zip(snakemake.input.samples, snakemake.input.images))},
             int(snakemake.params.resolution),
-            params_json(snakemake, "cfg")["metrics"],
+            params_json(snakemake, "cfg"),
             snakemake.output.table,
         )
 

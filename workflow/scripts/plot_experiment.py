@@ -2,7 +2,7 @@
 both experiments' rewards.csv and the base's reward_summary.json per round) -> metrics.csv with
 the paired improvement + the reward-curve figure."""
 
-from marsdiff.stage import run_stage
+from marsdiff.stage import params_json, run_stage
 
 
 def main(snakemake):
@@ -10,13 +10,14 @@ def main(snakemake):
         from marsdiff.rl.curves import write_experiment_curves
 
         inputs = snakemake.input
-        paired = snakemake.params.paired_base or None
+        cfg = params_json(snakemake, "cfg")
+        paired = cfg["paired_base"] or None
         write_experiment_curves(
             list(inputs.metrics), snakemake.output.table, snakemake.output.curve, paired_base=paired,
             arm_rewards=list(inputs.rewards) if paired else [],
             base_rewards=list(inputs.base_rewards) if paired else [],
             base_summaries=list(inputs.base_summaries) if paired else [],
-            control=snakemake.params.control,
+            control=cfg["control"],
         )
 
     run_stage(snakemake, body)

@@ -3,17 +3,20 @@ or install the shipped one when it was trained from exactly this config, train s
 
 from pathlib import Path
 
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
     def body():
         # Imported inside the body so a missing package is reported like any other user error.
+        from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS
         from marsdiff.diffusion.shipped import pretrain_or_install
 
-        # Tracked training keys plus the untracked preset name and log cadence; samples.png is
-        # stage preview_base's.
-        section = {**params_json(snakemake, "cfg")["model"]["pixel"], **params_json(snakemake, "settings")}
+        # Tracked training keys plus the untracked preset name (recorded in the model's metadata)
+        # and log cadence; samples.png is stage preview_base's.
+        pixel = untracked(snakemake, "model.pixel")
+        settings = {"preset": pixel.get("preset") or "small", **{k: pixel.get(k) for k in PIXEL_LOGGING_KEYS}}
+        section = {**params_json(snakemake, "cfg"), **settings}
         pretrain_or_install(snakemake.input.index, Path(snakemake.output.meta).parent, section,
                             code_version=snakemake.params.training_code, threads=snakemake.threads)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -12,10 +12,10 @@ def main(snakemake):
         write_preview(
             Path(snakemake.input.meta).parent,
             snakemake.input.index,
-            params_json(snakemake, "cfg")["model"]["pixel"],
+            params_json(snakemake, "cfg"),
             snakemake.output.samples,
             threads=snakemake.threads,
-            device=snakemake.params.device,
+            device=untracked(snakemake, "model.pixel.device"),
         )
 
     run_stage(snakemake, body)

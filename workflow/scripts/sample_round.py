@@ -3,7 +3,15 @@
 from pathlib import Path
 
 from marsdiff.faults import kill_point
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
+
+
+def stage_config(snakemake):
+    """The sections the round stage reads: the tracked experiment, sampling setup and backend,
+    with the untracked sampling batch size (it changes no image)."""
+    cfg = params_json(snakemake, "cfg")
+    sampling = {**cfg["sampling"], "batch_size": untracked(snakemake, "sampling.batch_size")}
+    return {"experiments": {snakemake.wildcards["exp"]: cfg["experiment"]}, "sampling": sampling, "model": cfg["model"]}
 
 
 def main(snakemake):
@@ -18,7 +26,7 @@ def main(snakemake):
         policy = getattr(snakemake.input, "policy", None)
         kill_point("sample.start")
         sample_round_stage(
-            params_json(snakemake, "cfg"),
+            stage_config(snakemake),
             experiment_name=snakemake.wildcards["exp"],
             round_index=int(snakemake.wildcards["round"]),
             model_dir=str(Path(meta).parent) if meta else None,

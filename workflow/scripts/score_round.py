@@ -1,7 +1,7 @@
 """Stage score_round: one round's rewards.csv and reward_summary.json (marsdiff.rewards.round_scoring)."""
 
 from marsdiff.faults import kill_point
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -19,8 +19,8 @@ def main(snakemake):
             reference_features=snakemake.input.features,
             manifest=snakemake.input.index,
             validation_json=snakemake.input.validation,
-            reward_section=params_json(snakemake, "reward")["reward"],
-            features_cfg=params_json(snakemake, "features")["features"],
+            reward_section=params_json(snakemake, "reward"),
+            features_cfg=untracked(snakemake, "features"),
             resolution=int(snakemake.params.resolution),
             rewards_csv=snakemake.output.rewards,
             summary_json=snakemake.output.summary,

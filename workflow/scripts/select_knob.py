@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from marsdiff.stage import params_json, run_stage
+from marsdiff.stage import params_json, run_stage, untracked
 
 
 def main(snakemake):
@@ -17,8 +17,8 @@ def main(snakemake):
         select_knob(
             cfg["selection"],
             model_cfg=cfg["model"],
-            sampling={**cfg["sampling"], **params_json(snakemake, "sampling_untracked")},
-            features_cfg=params_json(snakemake, "features_untracked")["features"],
+            sampling={**cfg["sampling"], "batch_size": untracked(snakemake, "sampling.batch_size")},
+            features_cfg=untracked(snakemake, "features"),
             extractor_name=params_json(snakemake, "extractor")["extractor"],
             resolution=int(snakemake.params.resolution),
             manifest=snakemake.input.manifest,

@@ -14,8 +14,11 @@ def main(snakemake):
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         meta = getattr(snakemake.input, "meta", None)
+        # the round stage takes the config sections it reads; the experiment arrives resolved
+        cfg = params_json(snakemake, "cfg")
         update_round_stage(
-            params_json(snakemake, "cfg"),
+            {"experiments": {snakemake.wildcards["exp"]: cfg["experiment"]}, "sampling": cfg["sampling"],
+             "model": cfg["model"]},
             experiment_name=snakemake.wildcards["exp"],
             round_index=int(snakemake.wildcards["round"]),
             model_dir=str(Path(meta).parent) if meta else None,

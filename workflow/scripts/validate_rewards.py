@@ -6,7 +6,7 @@ from marsdiff.stage import params_json, run_stage
 
 def main(snakemake):
     def body():
-        section = params_json(snakemake, "cfg")["reward"]
+        section = params_json(snakemake, "cfg")
         ladders = list(snakemake.params.ladders)
         validate_rewards(
             features_path=snakemake.input.features,

@@ -1,0 +1,31 @@
+"""GPU counts per rule: the ``gpu`` resource the SLURM profile turns into ``--gpus=<n>``.
+
+A stage asks for a GPU only where the config runs it on CUDA: feature extraction by
+``features.device``, pixel training and preview by ``model.pixel.device``, and every sampling
+stage when the backend is Stable Diffusion (which wants a GPU) or ``sampling.device`` is cuda.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+FEATURE_RULES = ("extract_features", "extract_resized_features", "score_round", "extract_sample_features")
+PIXEL_RULES = ("pretrain_base", "preview_base")
+SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_samples", "generate_stream_samples",
+                  "export_dataset")
+
+
+def sampling_gpus(config: Mapping[str, Any]) -> int:
+    """Stable Diffusion wants a GPU; the pixel model only when the config asks for CUDA."""
+    return int(config["model"]["backend"] == "stable_diffusion" or config["sampling"].get("device") == "cuda")
+
+
+def gpus(config: Mapping[str, Any], rule: str) -> int:
+    """The GPUs one job of ``rule`` asks for (0 for the CPU-only rules)."""
+    if rule in FEATURE_RULES:
+        return int(config["features"].get("device") == "cuda")
+    if rule in PIXEL_RULES:
+        return int(config["model"]["pixel"]["device"] == "cuda")
+    if rule in SAMPLING_RULES:
+        return sampling_gpus(config)
+    return 0
