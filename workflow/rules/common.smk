@@ -336,6 +336,17 @@ def sampling_gpus(cfg):
     return int(cfg["model"]["backend"] == "stable_diffusion" or cfg["sampling"].get("device") == "cuda")
 
 
+def round_group(wildcards):
+    """The Snakemake group of one round's sample_round, score_round and update_round: one SLURM
+    job per round, or per cluster.rounds_per_job consecutive rounds of an experiment (local runs
+    ignore groups). The id names the experiment and the block's first round because Snakemake
+    merges every connected job of one group id: a single id for all rounds would make the whole
+    chain of an experiment one job."""
+    block = int(config["cluster"]["rounds_per_job"])
+    first = int(wildcards.round) // block * block
+    return f"rounds-{wildcards.exp}-{first:03d}"
+
+
 # ---------------------------------------------------------------------------- evaluation
 # Helpers of workflow/rules/evaluate.smk. The evaluated models (base, the frozen knob, the
 # descriptive knob grid, each experiment's final policy, every k-th round) and the test streams

@@ -23,6 +23,8 @@ rule sample_round:
         LOGS / "runs" / "{exp}" / "round_{round}" / "sample_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "sample_round.tsv"
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=4000,
@@ -54,6 +56,8 @@ rule update_round:
         LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "update_round.tsv"
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=6000,
@@ -87,6 +91,9 @@ rule plot_experiment:
         code=code_version("rl/curves.py", "scripts/plot_experiment.py"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",
+    # small and bounded by the reference set or a few tables: a failure here repeats, so the
+    # cluster profile's retry (for jobs killed for memory or time) is off for it
+    retries: 0
     threads: 1
     resources:
         mem_mb=1000,

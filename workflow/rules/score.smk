@@ -41,6 +41,9 @@ rule resize_reference:
         BENCH / "resize_reference" / "at_{size}px.tsv"
     wildcard_constraints:
         size=r"[1-9]\d*",
+    # small and bounded by the reference set or a few tables: a failure here repeats, so the
+    # cluster profile's retry (for jobs killed for memory or time) is off for it
+    retries: 0
     threads: 1
     resources:
         mem_mb=1000,
@@ -122,6 +125,8 @@ rule score_round:
     wildcard_constraints:
         round=r"\d{3}",
         exp=SCORE_EXPERIMENTS,
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=4000,
