@@ -8,7 +8,8 @@ What it checks, in order:
 1. a stage that raises: SLURM reports the failure, the rule's own log holds the traceback, and the
    one retry asked for twice the memory and run time;
 2. the run completes: every output is present and each rule's sbatch call carries the profile's
-   partition, memory, run time and CPUs, and no GPU (a CPU config);
+   partition, memory, run time and CPUs, and no GPU (a CPU config); a round's rules go as one
+   group job with their largest memory and CPUs and the sum of their run times;
 3. a second run plans nothing and submits nothing;
 4. the plugin's squeue status command (sites without slurmdbd) sees a job through.
 
@@ -41,6 +42,7 @@ TINY = REPO / "tests" / "config" / "tiny.yaml"
 EXPERIMENT = "ppo_lora"
 TARGETS = [f"results/runs/{EXPERIMENT}/metrics.csv"]
 STATUS_SETTINGS = ["--slurm-init-seconds-before-status-checks", "2"]
+ROUND_RULES = ("sample_round", "score_round", "update_round")  # one group job per round
 SBATCH_WRAPPER = """#!/usr/bin/env python3
 # Records each sbatch call's arguments, then submits it with the real sbatch.
 import json, os, sys
@@ -75,9 +77,11 @@ def _options(argv: list[str]) -> dict:
     def option(name: str) -> str | None:
         return option_value(argv, name)
 
-    # the plugin's comment is rule_<name>, or rule_<name>_wildcards_<values>
+    # the plugin's comment is rule_<name>, or rule_<name>_wildcards_<values>; for a group job
+    # rule_<group id>_<its rules, sorted and joined by _> (round groups: rounds-<exp>-<round>)
     rule = (option("--comment") or "").removeprefix("rule_").split("_wildcards_")[0]
-    return {"rule": rule, "partition": option("-p"),
+    rules = [name for name in ROUND_RULES if name in rule] if rule.startswith("rounds-") else [rule]
+    return {"rule": rule, "rules": rules, "partition": option("-p"),
             "mem": option("--mem"), "time": option("-t"), "cpus": option("--cpus-per-task"),
             "gpus": option("--gpus"), "gres": option("--gres")}
 
@@ -92,11 +96,16 @@ def cluster(tmp_path_factory):
     return Cluster(workdir, bindir)
 
 
-def _expected(rule: str, attempt: int) -> dict:
+def _expected(rules: list[str], attempt: int) -> dict:
+    """The sbatch options of a job of these rules (one rule, or a group run one after another):
+    the profile's values, the largest memory and CPUs and the summed run time of a group."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    resources = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
-    return {"partition": resources["slurm_partition"], "mem": str(eval(str(resources["mem_mb"]), {"attempt": attempt})),
-            "time": str(eval(str(resources["runtime"]), {"attempt": attempt})), "cpus": str(resources["cpus_per_task"])}
+    each = [{**profile["default-resources"], **profile["set-resources"].get(rule, {})} for rule in rules]
+    (partition,) = {resources["slurm_partition"] for resources in each}
+    return {"partition": partition,
+            "mem": str(max(eval(str(resources["mem_mb"]), {"attempt": attempt}) for resources in each)),
+            "time": str(sum(eval(str(resources["runtime"]), {"attempt": attempt}) for resources in each)),
+            "cpus": str(max(resources["cpus_per_task"] for resources in each))}
 
 
 def test_1_a_raising_stage_is_reported_with_its_traceback_in_the_rule_log(cluster):
@@ -108,9 +117,12 @@ def test_1_a_raising_stage_is_reported_with_its_traceback_in_the_rule_log(cluste
     log = cluster.workdir / "logs" / "runs" / EXPERIMENT / "round_000" / "score_round.log"
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "RuntimeError: fault injected at score.start" in text, text
-    attempts = [call for call in cluster.calls() if call["rule"] == "score_round"]
-    assert [call["mem"] for call in attempts] == [_expected("score_round", 1)["mem"], _expected("score_round", 2)["mem"]]
-    assert [call["time"] for call in attempts] == [_expected("score_round", 1)["time"], _expected("score_round", 2)["time"]]
+    # score_round runs in its round's group job (with sample_round: the target needs no update)
+    attempts = [call for call in cluster.calls() if "score_round" in call["rules"]]
+    assert [call["rules"] for call in attempts] == [["sample_round", "score_round"]] * 2
+    rules = attempts[0]["rules"]
+    assert [call["mem"] for call in attempts] == [_expected(rules, 1)["mem"], _expected(rules, 2)["mem"]]
+    assert [call["time"] for call in attempts] == [_expected(rules, 1)["time"], _expected(rules, 2)["time"]]
     print(f"failure run (upstream jobs, then two failing attempts) reported after {reported_after:.0f} s")
 
 
@@ -121,13 +133,17 @@ def test_2_the_run_completes_with_the_profile_s_options_and_no_gpus(cluster):
         assert (cluster.workdir / "results" / "runs" / EXPERIMENT / "round_000" / name).is_file(), name
     assert (cluster.workdir / "results" / "runs" / EXPERIMENT / "metrics.csv").is_file()
     calls = cluster.calls()
-    rules = {call["rule"] for call in calls}
+    rules = {rule for call in calls for rule in call["rules"]}
     assert {"prepare_reference", "pretrain_base", "sample_round", "score_round", "update_round", "plot_experiment"} <= rules
+    # the update went in one job with the scoring before it (and the sampling, unless test 1's
+    # failed group kept its outputs)
+    updates = [call["rules"] for call in calls if "update_round" in call["rules"]]
+    assert updates and all({"score_round", "update_round"} <= set(rules) for rules in updates), updates
     first_attempts = {}
     for call in calls:
         first_attempts.setdefault(call["rule"], call)
     for rule, call in first_attempts.items():
-        assert {key: call[key] for key in ("partition", "mem", "time", "cpus")} == _expected(rule, 1), rule
+        assert {key: call[key] for key in ("partition", "mem", "time", "cpus")} == _expected(call["rules"], 1), rule
         assert call["gpus"] is None and call["gres"] is None, f"{rule}: the tiny CPU config asked for a GPU"
 
 

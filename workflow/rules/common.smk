@@ -81,6 +81,17 @@ def pool_inputs(wildcards):
     return [str(LAYOUT.round_dir(wildcards.exp, r) / "features.npy") for r in range(current - 1, first, -1)]
 
 
+def round_group(wildcards):
+    """The Snakemake group of one round's sample_round, score_round and update_round: one SLURM
+    job per round, or per cluster.rounds_per_job consecutive rounds of an experiment (local runs
+    ignore groups). The id names the experiment and the block's first round because Snakemake
+    merges every connected job of one group id: a single id for all rounds would make the whole
+    chain of an experiment one job."""
+    block = int(config["cluster"]["rounds_per_job"])
+    first = int(wildcards.round) // block * block
+    return f"rounds-{wildcards.exp}-{first:03d}"
+
+
 def evaluation_sample_inputs(wildcards):
     """The base model, select_knob's choice for the frozen knob, an RL policy's folder."""
     model = EVAL_MODEL[wildcards.model]

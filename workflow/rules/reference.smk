@@ -28,6 +28,9 @@ rule prepare_reference:
         LOGS / "prepare_reference.log",
     benchmark:
         BENCH / "prepare_reference.tsv"
+    # small and bounded by the reference set or a few tables: a failure here repeats, so the
+    # cluster profile's retry (for jobs killed for memory or time) is off for it
+    retries: 0
     threads: 1
     resources:
         mem_mb=2000,

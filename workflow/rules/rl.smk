@@ -20,6 +20,8 @@ rule sample_round:
         LOGS / "runs" / "{exp}" / "round_{round}" / "sample_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "sample_round.tsv"
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=4000,
@@ -48,6 +50,8 @@ rule update_round:
         LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "update_round.tsv"
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=6000,
@@ -78,6 +82,9 @@ rule plot_experiment:
         code=code_version("plot_experiment"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",
+    # small and bounded by the reference set or a few tables: a failure here repeats, so the
+    # cluster profile's retry (for jobs killed for memory or time) is off for it
+    retries: 0
     threads: 1
     resources:
         mem_mb=1000,

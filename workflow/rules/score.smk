@@ -22,6 +22,9 @@ rule resize_reference:
         LOGS / "resize_reference" / "at_{size}px.log",
     benchmark:
         BENCH / "resize_reference" / "at_{size}px.tsv"
+    # small and bounded by the reference set or a few tables: a failure here repeats, so the
+    # cluster profile's retry (for jobs killed for memory or time) is off for it
+    retries: 0
     threads: 1
     resources:
         mem_mb=1000,
@@ -95,6 +98,8 @@ rule score_round:
         LOGS / "runs" / "{exp}" / "round_{round}" / "score_round.log",
     benchmark:
         BENCH / "runs" / "{exp}" / "round_{round}" / "score_round.tsv"
+    group:
+        round_group
     threads: 2
     resources:
         mem_mb=4000,

@@ -4,13 +4,15 @@ Owns loading (``model.stable_diffusion.pretrained``: a hub id from the local Hug
 or a local directory; never a download unless ``allow_download`` is set), the prompt set (one
 prompt per line of ``prompt_file``, each line one category the sampler can draw), prompt
 encoding (computed once), classifier-free guidance inside :meth:`predict`, precision (fp16/bf16
-on a GPU, float32 on a CPU) and VAE decoding. The denoising chain itself is the shared DDIM
+on a GPU, float32 on a CPU), the memory options for smaller cards (``gradient_checkpointing`` of
+the UNet, ``autocast`` of every UNet call) and VAE decoding. The denoising chain itself is the shared DDIM
 sampler of :mod:`marsdiff.diffusion.sampler`; the pipeline's own ``__call__`` is never used.
 Guidance may be set per image (the scheduler policy's ``guidance_scale`` knob).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import os
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PACKAGED_PROMPTS = "prompts_craters.txt"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def read_prompts(prompt_file: str | os.PathLike | None = None) -> list[str]:
@@ -62,6 +65,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise MarsdiffError(f"model.stable_diffusion.dtype: {name!r} is not one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
+
+
+def resolve_autocast(name: str | None) -> torch.dtype | None:
+    """``model.stable_diffusion.autocast``: None (off) or the half precision of torch.autocast."""
+    if name is None:
+        return None
+    if name not in _AUTOCAST:
+        raise MarsdiffError(f"model.stable_diffusion.autocast: {name!r} is not one of null, {', '.join(_AUTOCAST)}")
+    return _AUTOCAST[name]
+
+
+def _forward_ad_level() -> int:
+    """The innermost torch.autograd.forward_ad dual level, -1 outside any (torch keeps it in a
+    module global; there is no public accessor)."""
+    import torch.autograd.forward_ad as forward_ad
+
+    return int(getattr(forward_ad, "_current_level", -1))
 
 
 def _is_local_reference(pretrained: str) -> bool:
@@ -118,11 +138,25 @@ class StableDiffusionBackend(DiffusionBackend):
         dtype: torch.dtype | None = None,
         negative_prompt: str = "",
         source: str = "",
+        gradient_checkpointing: bool = False,
+        autocast: torch.dtype | None = None,
     ):
         device = resolve_device(device, "model.stable_diffusion.device")
         dtype = dtype or resolve_dtype("auto", device)
         super().__init__(device, dtype)
         self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # Gradient checkpointing keeps only each UNet block's inputs for the backward pass and
+        # recomputes the rest there: the update's memory per minibatch transition drops, its time
+        # grows by about one forward. diffusers only checkpoints while gradients are recorded, so
+        # sampling (no_grad) is unchanged. Its default function is torch's non-reentrant
+        # checkpoint, which also supports TRPO's double backward and forward-mode products.
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        # Autocast runs every UNet call in half precision (weights stay in ``dtype``). The
+        # recorded log-probs then come from half-precision means; the update recomputes them
+        # through the same predict(), so the ratio at the old policy stays 1.
+        self.autocast = autocast
         self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -151,6 +185,15 @@ class StableDiffusionBackend(DiffusionBackend):
     def conditions(self) -> list[str]:
         return list(self.prompts)
 
+    def _precision(self):
+        # torch.autocast has no forward-mode AD rules (a float32 tangent meets a half-precision
+        # primal in the first matmul): TRPO's gauss_newton J v, the one forward-mode pass, runs in
+        # the weights' precision. It only shapes the step direction through the Fisher model; the
+        # ratio, the surrogate and the line search's KL are all evaluated under autocast.
+        if self.autocast is None or _forward_ad_level() >= 0:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
     def predict(
         self,
         latents: torch.Tensor,
@@ -158,18 +201,22 @@ class StableDiffusionBackend(DiffusionBackend):
         condition: torch.Tensor,
         guidance_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # The one place the UNet runs, for the sampler and for the update's log-prob recompute
+        # (marsdiff.diffusion.rescoring) alike: both see the same precision.
         cond = self.prompt_embeds[condition.to(self.device)]
         x = latents.to(self.model_dtype)
         t = timestep.to(self.device)
         if guidance_scale is None:
             if self.guidance_scale == 1.0:
-                return self.unet(x, t, encoder_hidden_states=cond).sample.float()
+                with self._precision():
+                    return self.unet(x, t, encoder_hidden_states=cond).sample.float()
             scale = torch.full((x.shape[0],), self.guidance_scale, device=self.device)
         else:
             scale = guidance_scale.to(device=self.device, dtype=torch.float32)
         uncond = self.negative_embeds.expand(cond.shape[0], -1, -1)
         # One UNet call on [uncond; cond], as the diffusers pipelines do.
-        out = self.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        with self._precision():
+            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
         out_uncond, out_cond = out.float().chunk(2)
         return out_uncond + scale.view(-1, 1, 1, 1) * (out_cond - out_uncond)
 
@@ -191,6 +238,8 @@ class StableDiffusionBackend(DiffusionBackend):
             "guidance_scale": self.guidance_scale,
             "resolution": self.resolution,
             "prompts": self.prompts,
+            # the precision of the recorded log-probs (gradient checkpointing changes none)
+            "autocast": None if self.autocast is None else str(self.autocast),
         }
 
 
@@ -198,10 +247,13 @@ def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
     """Build the backend from the ``model.stable_diffusion`` config section."""
     device = resolve_device(cfg.get("device", "auto"), "model.stable_diffusion.device")
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
+    autocast = resolve_autocast(cfg.get("autocast"))
     pretrained = str(cfg.get("pretrained") or DEFAULT_PRETRAINED)
     pipe = load_pipeline_components(pretrained, dtype, allow_download=bool(cfg.get("allow_download", False)))
     prompts = read_prompts(cfg.get("prompt_file"))
-    log.info("stable diffusion %s on %s (%s), %d prompts", pretrained, device, dtype, len(prompts))
+    log.info("stable diffusion %s on %s (%s%s%s), %d prompts", pretrained, device, dtype,
+             f", autocast {autocast}" if autocast is not None else "",
+             ", gradient checkpointing" if cfg.get("gradient_checkpointing") else "", len(prompts))
     return StableDiffusionBackend(
         unet=pipe.unet,
         vae=pipe.vae,
@@ -215,4 +267,6 @@ def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
         dtype=dtype,
         negative_prompt=str(cfg.get("negative_prompt", "")),
         source=pretrained,
+        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        autocast=autocast,
     )
