@@ -5,6 +5,17 @@ EXPERIMENT_PATTERN = experiment_pattern(config)
 RL_CODE = ("rl", "diffusion", "io/trajectories.py")
 
 
+def round_processes(cfg):
+    """sampling.processes: the processes of a sample_round / update_round job (docs/rl.md,
+    "Multi-GPU"). A resource, not a param: the results do not depend on it, so it re-runs nothing."""
+    return int(cfg["sampling"].get("processes", 1))
+
+
+def round_gpus(cfg):
+    """One GPU per process where the rounds run on CUDA, none on the CPU."""
+    return sampling_gpus(cfg) * round_processes(cfg)
+
+
 rule sample_round:
     """Sample one round with the recording sampler: chains, plan actions and every log-prob."""
     input:
@@ -27,7 +38,8 @@ rule sample_round:
     resources:
         mem_mb=4000,
         runtime="60m",
-        gpu=sampling_gpus(config),
+        gpu=round_gpus(config),
+        processes=round_processes(config),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -58,7 +70,8 @@ rule update_round:
     resources:
         mem_mb=6000,
         runtime="2h",
-        gpu=sampling_gpus(config),
+        gpu=round_gpus(config),
+        processes=round_processes(config),
     conda:
         "../envs/marsdiff.yaml"
     script:
