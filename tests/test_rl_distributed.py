@@ -9,7 +9,10 @@ Each launch starts fresh Python processes (spawn), so the cases share launches: 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -21,6 +24,7 @@ from marsdiff.rl.distributed import SINGLE, RankGroup, launch, processes_setting
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
+from conftest import REPO
 from rl_helpers import brightness
 from tiny_models import tiny_pixel_backend
 
@@ -29,9 +33,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODES = ("lora_unet", "scheduler_policy", "diversity_policy")
 ALGORITHMS = ("ppo", "trpo")
 CASES = [(mode, algorithm) for mode in MODES for algorithm in ALGORITHMS]
-# float32 sums in another order (each rank's share, then the all-reduce) differ in the last bits;
-# a few optimiser steps carry that to at most ~1e-7 of a weight (measured max: see the report).
-TOLERANCE = 1e-4
+# float32 sums in another order (each rank's share, then the all-reduce) differ in the last bits
+# (gradient norms: 1e-6 relative). The weights then agree to 1e-6 of how far the update moved
+# them (4e-6 LoRA TRPO, <= 3e-7 the plan policies), except PPO-LoRA's, 3e-4 of it: AdamW divides
+# each gradient by its own running size, and the LoRA A matrices start with gradients near zero
+# (B = 0), where that division magnifies the rounding.
+TOLERANCE = 1e-3  # of the largest weight change
 
 
 def experiment(mode: str, algorithm: str) -> dict:
@@ -124,17 +131,21 @@ def test_two_processes_update_like_one(mode, algorithm, rounds, two_process_upda
     moved = float((one - start).abs().max())
     difference = float((one - two).abs().max())
     print(f"{mode} {algorithm}: moved {moved:.3g}, max |1 process - 2 processes| {difference:.3g}")
-    # The update moved the policy far beyond the tolerance (an un-reduced gradient, a share
-    # weighted wrongly or a rank's own step would show), and both runs agree within it.
-    assert moved > 100 * TOLERANCE
-    assert difference <= TOLERANCE
+    # Both runs agree to a small fraction of how far the update moved the policy: an un-reduced
+    # gradient or a rank's own step would differ by a sizeable part of the move.
+    assert moved > 1e-2
+    assert difference <= TOLERANCE * moved
     if algorithm == "trpo":
         assert metrics1["accepted"] == metrics2[f"{mode}-{algorithm}"]["accepted"] == 1.0
     else:
         assert metrics1["minibatches"] == metrics2[f"{mode}-{algorithm}"]["minibatches"]
-    # The logged statistics are over all ranks' actions, not rank 0's share.
-    for key in ("actions", "grad_norm", "kl_post_update", "ratio_mean_post"):
-        assert metrics2[f"{mode}-{algorithm}"][key] == pytest.approx(metrics1[key], rel=1e-4, abs=1e-9), key
+    # The logged statistics are over all ranks' actions, not rank 0's share. The gradient norm
+    # also catches a gradient summed with the wrong weights, which AdamW's scale invariance
+    # would hide from the weights.
+    keys = ("actions", "grad_norm", "kl_post_update", "ratio_mean_post", "approx_kl_post")
+    keys += ("objective", "clip_fraction") if algorithm == "ppo" else ("surrogate_before", "kl", "surrogate_gain")
+    for key in keys:
+        assert metrics2[f"{mode}-{algorithm}"][key] == pytest.approx(metrics1[key], rel=1e-5, abs=1e-9), key
 
 
 def _h5_items(path: Path) -> dict:
@@ -190,3 +201,41 @@ def test_shards_and_settings():
         if torch.cuda.device_count() >= 2:
             raise MarsdiffError("sampling.processes is 2 but only (skipped: this machine has 2 GPUs)")
         launch(_fail, 2, device="cuda", args=("user", 5))
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_round_scripts_run_the_processes_the_rule_asks_for(tmp_path):
+    """sample_round.py and update_round.py as Snakemake runs them, with the rules' resource
+    processes=2: rank 0 writes the outputs, every rank logs into the rule log."""
+    from test_integrity import write_pixel_model
+
+    model_dir = write_pixel_model(tmp_path / "base")
+    cfg = {"experiments": {"d": {"algorithm": "ppo", "mode": "scheduler_policy", "images_per_round": 5, "steps": 2}},
+           "sampling": {"device": "cpu"}, "model": {"backend": "pixel", "pixel": {"device": "cpu"}}}
+    round_dir = tmp_path / "runs" / "d" / "round_000"
+    common = dict(threads=2, resources=SimpleNamespace(processes=2), params=SimpleNamespace(cfg=json.dumps(cfg)),
+                  wildcards={"exp": "d", "round": "000"})
+    meta = str(model_dir / "marsdiff_model.json")
+    _script("sample_round").main(SimpleNamespace(
+        **common, input=SimpleNamespace(meta=meta), output=SimpleNamespace(trajectories=str(round_dir / "trajectories.h5")),
+        log=[str(tmp_path / "sample.log")]))
+    assert len(list((round_dir / "images").iterdir())) == 5
+    (round_dir / "rewards.csv").write_text("image_index,credit\n" + "".join(f"{i},{i * 0.1}\n" for i in range(5)))
+    (round_dir / "reward_summary.json").write_text('{"set_reward": 1.0}')
+    _script("update_round").main(SimpleNamespace(
+        **common,
+        input=SimpleNamespace(meta=meta, trajectories=str(round_dir / "trajectories.h5"), rewards=str(round_dir / "rewards.csv"),
+                              summary=str(round_dir / "reward_summary.json")),
+        output=SimpleNamespace(policy=str(round_dir / "policy"), metrics=str(round_dir / "metrics.json")),
+        log=[str(tmp_path / "update.log")]))
+    assert json.loads((round_dir / "metrics.json").read_text())["actions"] == 5
+    assert (round_dir / "policy" / "policy.json").is_file()
+    for name in ("sample.log", "update.log"):
+        text = (tmp_path / name).read_text()
+        assert "starting 2 processes (cpu, gloo" in text and "[rank 0]" in text and "[rank 1]" in text, text

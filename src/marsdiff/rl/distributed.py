@@ -312,6 +312,7 @@ def _worker(rank: int, spec: _Spec) -> None:
     else:
         backend, device = "gloo", torch.device("cpu")
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=rank, world_size=spec.world)
+    log.info("rank %d of %d up (%s, %s, %d threads)", rank, spec.world, device, backend, spec.threads)
     try:
         # Pickled objects travel on the CPU: a gloo group beside NCCL keeps them off the GPUs.
         objects = dist.new_group(backend="gloo") if backend == "nccl" else None
