@@ -142,10 +142,14 @@ def test_two_processes_update_like_one(mode, algorithm, rounds, two_process_upda
     # The logged statistics are over all ranks' actions, not rank 0's share. The gradient norm
     # also catches a gradient summed with the wrong weights, which AdamW's scale invariance
     # would hide from the weights.
-    keys = ("actions", "grad_norm", "kl_post_update", "ratio_mean_post", "approx_kl_post")
-    keys += ("objective", "clip_fraction") if algorithm == "ppo" else ("surrogate_before", "kl", "surrogate_gain")
-    for key in keys:
-        assert metrics2[f"{mode}-{algorithm}"][key] == pytest.approx(metrics1[key], rel=1e-5, abs=1e-9), key
+    ours = metrics2[f"{mode}-{algorithm}"]
+    tight = ("actions", "grad_norm") + (("objective",) if algorithm == "ppo" else ("surrogate_before", "kl"))
+    for key in tight:
+        assert ours[key] == pytest.approx(metrics1[key], rel=1e-5, abs=1e-9), key
+    # Statistics of differences of log-probs (ratios near 1, small KLs) keep less of the precision.
+    for key in ("kl_post_update", "ratio_mean_post", "approx_kl_post", "clip_fraction", "surrogate_gain"):
+        if key in metrics1:
+            assert ours[key] == pytest.approx(metrics1[key], rel=1e-3, abs=1e-7), key
 
 
 def _h5_items(path: Path) -> dict:
@@ -197,10 +201,9 @@ def test_shards_and_settings():
     for bad in (0, 1.5, True, "2"):
         with pytest.raises(MarsdiffError, match="sampling.processes"):
             processes_setting(bad)
-    with pytest.raises(MarsdiffError, match="sampling.processes is 2 but only"):
-        if torch.cuda.device_count() >= 2:
-            raise MarsdiffError("sampling.processes is 2 but only (skipped: this machine has 2 GPUs)")
-        launch(_fail, 2, device="cuda", args=("user", 5))
+    if torch.cuda.device_count() < 2:  # more processes than GPUs: refused before any process starts
+        with pytest.raises(MarsdiffError, match="sampling.processes is 2 but only"):
+            launch(_fail, 2, device="cuda", args=("user", 5))
 
 
 def _script(name: str):
