@@ -143,11 +143,13 @@ def test_two_processes_update_like_one(mode, algorithm, rounds, two_process_upda
     # also catches a gradient summed with the wrong weights, which AdamW's scale invariance
     # would hide from the weights.
     ours = metrics2[f"{mode}-{algorithm}"]
-    tight = ("actions", "grad_norm") + (("objective",) if algorithm == "ppo" else ("surrogate_before", "kl"))
+    tight = ("actions", "grad_norm") + (("objective",) if algorithm == "ppo" else ())
     for key in tight:
         assert ours[key] == pytest.approx(metrics1[key], rel=1e-5, abs=1e-9), key
-    # Statistics of differences of log-probs (ratios near 1, small KLs) keep less of the precision.
-    for key in ("kl_post_update", "ratio_mean_post", "approx_kl_post", "clip_fraction", "surrogate_gain"):
+    # Statistics of differences of log-probs (ratios near 1, small KLs) keep less of the precision;
+    # TRPO's surrogate before the step is mean(A) = 0 up to float32 rounding (about 3e-8).
+    for key in ("kl_post_update", "ratio_mean_post", "approx_kl_post", "clip_fraction", "surrogate_gain",
+                "surrogate_before", "kl"):
         if key in metrics1:
             assert ours[key] == pytest.approx(metrics1[key], rel=1e-3, abs=1e-7), key
 

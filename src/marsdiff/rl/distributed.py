@@ -249,7 +249,7 @@ def launch(fn: Callable[..., Any], processes: int, *, device: str = "cpu", threa
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="marsdiff-ranks-") as tmp:
-        spec = _Spec(fn, tuple(args), kwargs, processes, free_port(), device, per_rank, tmp, log_paths)
+        spec = _Spec(fn, tuple(args), kwargs, processes, free_port(), device, per_rank, tmp, log_paths, os.getpid())
         log.info("starting %d processes (%s, %s, %d threads each)", processes, device,
                  "nccl" if device == "cuda" else "gloo", per_rank)
         try:
@@ -274,6 +274,7 @@ class _Spec:
     threads: int
     tmp: str
     log_paths: list[str]
+    parent: int
 
 
 def _append_mode_log_files() -> list[str]:
@@ -297,10 +298,27 @@ def _append_mode_log_files() -> list[str]:
     return paths
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this rank when the stage process is gone (killed by Snakemake or a signal): an orphaned
+    rank would otherwise run on, holding its GPU, and rank 0 could still write outputs of a job
+    Snakemake has already marked failed."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="marsdiff-parent-watch", daemon=True).start()
+
+
 def _worker(rank: int, spec: _Spec) -> None:
     import torch.distributed as dist
 
     from marsdiff.stage import LOG_FORMAT
+
+    _exit_with_parent(spec.parent)
 
     handlers: list[logging.Handler] = [logging.FileHandler(p, mode="a") for p in spec.log_paths]
     handlers.append(logging.StreamHandler())
