@@ -27,6 +27,7 @@ rule sample_round:
         mem_mb=4000,
         runtime="60m",
         gpu=gpus("sample_round"),
+        processes=resources.round_processes(config),
     conda:
         "../envs/marsdiff.yaml"
     script:
@@ -57,6 +58,7 @@ rule update_round:
         mem_mb=6000,
         runtime="2h",
         gpu=gpus("update_round"),
+        processes=resources.round_processes(config),
     conda:
         "../envs/marsdiff.yaml"
     script:

@@ -19,19 +19,27 @@ def main(snakemake):
         # Imported inside the body so a missing package is reported like any other user error.
         import torch
 
+        from marsdiff.rl.distributed import launch, round_device
         from marsdiff.rl.rounds import sample_round_stage
 
-        torch.set_num_threads(max(1, int(snakemake.threads)))
+        threads = max(1, int(snakemake.threads))
+        torch.set_num_threads(threads)
+        cfg = stage_config(snakemake)
         meta = getattr(snakemake.input, "meta", None)
         policy = getattr(snakemake.input, "policy", None)
         kill_point("sample.start")
-        sample_round_stage(
-            stage_config(snakemake),
-            experiment_name=snakemake.wildcards["exp"],
-            round_index=int(snakemake.wildcards["round"]),
-            model_dir=str(Path(meta).parent) if meta else None,
-            previous_policy=policy,
-            out_dir=Path(snakemake.output.trajectories).parent,
+        # sampling.processes > 1: the stage runs in that many processes (one GPU each on CUDA),
+        # rank 0 writing the outputs (marsdiff.rl.distributed, docs/rl.md "Multi-GPU").
+        launch(
+            sample_round_stage, getattr(snakemake.resources, "processes", 1), device=round_device(cfg), threads=threads,
+            args=(cfg,),
+            kwargs=dict(
+                experiment_name=snakemake.wildcards["exp"],
+                round_index=int(snakemake.wildcards["round"]),
+                model_dir=str(Path(meta).parent) if meta else None,
+                previous_policy=policy,
+                out_dir=Path(snakemake.output.trajectories).parent,
+            ),
         )
         kill_point("sample.done")
 

@@ -10,25 +10,33 @@ def main(snakemake):
     def body():
         import torch
 
+        from marsdiff.rl.distributed import launch, round_device
         from marsdiff.rl.rounds import update_round_stage
 
-        torch.set_num_threads(max(1, int(snakemake.threads)))
-        meta = getattr(snakemake.input, "meta", None)
+        threads = max(1, int(snakemake.threads))
+        torch.set_num_threads(threads)
         # the round stage takes the config sections it reads; the experiment arrives resolved
-        cfg = params_json(snakemake, "cfg")
-        update_round_stage(
-            {"experiments": {snakemake.wildcards["exp"]: cfg["experiment"]}, "sampling": cfg["sampling"],
-             "model": cfg["model"]},
-            experiment_name=snakemake.wildcards["exp"],
-            round_index=int(snakemake.wildcards["round"]),
-            model_dir=str(Path(meta).parent) if meta else None,
-            previous_policy=getattr(snakemake.input, "policy", None),
-            trajectories=snakemake.input.trajectories,
-            rewards_csv=snakemake.input.rewards,
-            reward_summary=snakemake.input.summary,
-            out_policy=snakemake.output.policy,
-            metrics_json=snakemake.output.metrics,
-            previous_metrics=getattr(snakemake.input, "policy_metrics", None),
+        params = params_json(snakemake, "cfg")
+        cfg = {"experiments": {snakemake.wildcards["exp"]: params["experiment"]}, "sampling": params["sampling"],
+               "model": params["model"]}
+        meta = getattr(snakemake.input, "meta", None)
+        # sampling.processes > 1: data-parallel over that many processes (one GPU each on CUDA),
+        # rank 0 writing the policy and metrics (marsdiff.rl.distributed, docs/rl.md "Multi-GPU").
+        launch(
+            update_round_stage, getattr(snakemake.resources, "processes", 1), device=round_device(cfg), threads=threads,
+            args=(cfg,),
+            kwargs=dict(
+                experiment_name=snakemake.wildcards["exp"],
+                round_index=int(snakemake.wildcards["round"]),
+                model_dir=str(Path(meta).parent) if meta else None,
+                previous_policy=getattr(snakemake.input, "policy", None),
+                trajectories=snakemake.input.trajectories,
+                rewards_csv=snakemake.input.rewards,
+                reward_summary=snakemake.input.summary,
+                out_policy=snakemake.output.policy,
+                metrics_json=snakemake.output.metrics,
+                previous_metrics=getattr(snakemake.input, "policy_metrics", None),
+            ),
         )
         kill_point("update.done")
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.surrogate import ratio_stats
 
 PLAN_PREFIX = "plan/"
@@ -39,25 +40,30 @@ _QUADRATURE_NODES = 257
 
 
 @torch.no_grad()
-def snapshot(actions) -> list[tuple[Any, Any]]:
-    """(batch, the pre-update distribution of its actions) for every trainable action of the round."""
+def snapshot(actions, group: RankGroup = SINGLE) -> list[tuple[Any, Any]]:
+    """(batch, the pre-update distribution of its actions) for every trainable action of the
+    round (with several processes: this rank's share of each minibatch)."""
     from marsdiff.rl.trpo import _family
 
     family = _family(actions)
     out = []
     for batch in actions.minibatches(0):
+        batch = group.shard(batch)
+        if not len(batch):
+            continue
         scored = actions.evaluate(batch)
         out.append((batch, family.snapshot(actions, batch, scored)))
     return out
 
 
 @torch.no_grad()
-def post_update_stats(actions, before: list[tuple[Any, Any]]) -> dict[str, float]:
-    """Re-score the snapshot's actions under the current (updated) parameters (module docstring)."""
+def post_update_stats(actions, before: list[tuple[Any, Any]], group: RankGroup = SINGLE) -> dict[str, float]:
+    """Re-score the snapshot's actions under the current (updated) parameters (module docstring);
+    with several processes each rank its own share, the statistics over all of them."""
     from marsdiff.rl.trpo import _family
 
     family = _family(actions)
-    total = sum(len(batch) for batch, _ in before)
+    total = int(group.sum(float(sum(len(batch) for batch, _ in before))))
     kl = kl_base = 0.0
     has_base = False
     new_parts, old_parts = [], []
@@ -70,7 +76,11 @@ def post_update_stats(actions, before: list[tuple[Any, Any]]) -> dict[str, float
             kl_base += float(base.double().sum()) / total
         new_parts.append(scored.new_log_prob.detach().cpu())
         old_parts.append(scored.old_log_prob.detach().cpu())
-    stats = ratio_stats(torch.cat(new_parts), torch.cat(old_parts))
+    kl, kl_base = group.sum(kl), group.sum(kl_base)
+    has_base = group.max(float(has_base)) > 0
+    new = group.cat(torch.cat(new_parts) if new_parts else torch.zeros(0))
+    old = group.cat(torch.cat(old_parts) if old_parts else torch.zeros(0))
+    stats = ratio_stats(new, old)
     return {
         "kl_post_update": max(kl, 0.0),  # exact KL >= 0; float rounding of a zero step gives -0.0 at most
         "ratio_mean_post": stats.ratio_mean,

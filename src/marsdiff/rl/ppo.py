@@ -28,6 +28,7 @@ import torch
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.faults import kill_point
+from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.skips import require_finite
 from marsdiff.rl.surrogate import clipped_surrogate_objective, ratio_stats
@@ -63,11 +64,15 @@ def _clip_for(actions, settings: PPOSettings) -> float:
 
 
 def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: torch.optim.Optimizer,
-               settings: PPOSettings, progress: bool = True, kl_to_base: float = 0.0) -> list[dict[str, float]]:
+               settings: PPOSettings, progress: bool = True, kl_to_base: float = 0.0,
+               group: RankGroup = SINGLE) -> list[dict[str, float]]:
     """Run the PPO epochs over ``actions``; returns one log row per minibatch.
 
     ``kl_to_base`` weighs the closed-form KL to the base model (actions without a base
-    distribution, the plan actions, ignore it)."""
+    distribution, the plan actions, ignore it). With several processes (``group``) every rank
+    walks the same minibatches and scores its contiguous share of each; each share's loss terms
+    are means weighted by share / minibatch, so the gradients summed over ranks are the
+    gradient of the whole minibatch's loss, and every rank takes the same optimiser step."""
     from tqdm import tqdm
 
     parameters = list(parameters)
@@ -75,41 +80,56 @@ def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: tor
         raise MarsdiffError("PPO: the policy has no trainable parameters")
     clip = _clip_for(actions, settings)
     rows: list[dict[str, float]] = []
-    bar = tqdm(total=settings.epochs * actions.num_actions, desc="PPO update", unit="action", leave=False, disable=not progress)
+    bar = tqdm(total=settings.epochs * actions.num_actions, desc="PPO update", unit="action", leave=False,
+               disable=not progress or not group.is_writer)
     for epoch in range(settings.epochs):
         for batch in actions.minibatches(epoch):
             started = time.perf_counter()
-            scored = actions.evaluate(batch)
-            objective = clipped_surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages, clip)
-            loss = -objective
-            entropy = actions.entropy(batch)
-            if entropy is not None:
-                entropy = entropy.mean()
-                loss = loss - settings.entropy_coef * entropy
-            if kl_to_base > 0:
-                kl_per_row = actions.kl_to_base(batch, scored)
-                if kl_per_row is not None:
-                    loss = loss + kl_to_base * kl_per_row.mean()
-            # A NaN/inf loss or gradient would turn every weight NaN at the step: skip the update instead.
-            require_finite(f"the PPO loss (epoch {epoch}, minibatch {len(rows)})", loss.detach())
+            local = group.shard(batch)
+            # 1.0 in one process (an exact product: the single-process loss is unchanged)
+            share = len(local) / len(batch)
+            objective = entropy = None
+            new_log_prob = torch.zeros(0)
+            old_log_prob = torch.zeros(0)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value = 0.0
+            if len(local):
+                scored = actions.evaluate(local)
+                objective = clipped_surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages, clip) * share
+                loss = -objective
+                entropy = actions.entropy(local)
+                if entropy is not None:
+                    entropy = entropy.mean() * share
+                    loss = loss - settings.entropy_coef * entropy
+                if kl_to_base > 0:
+                    kl_per_row = actions.kl_to_base(local, scored)
+                    if kl_per_row is not None:
+                        loss = loss + kl_to_base * (kl_per_row.mean() * share)
+                loss_value = float(loss.detach())
+                new_log_prob, old_log_prob = scored.new_log_prob.detach(), scored.old_log_prob
+            # A NaN/inf loss or gradient would turn every weight NaN at the step: skip the update instead.
+            # (The loss summed over ranks: every rank skips, or none does.)
+            require_finite(f"the PPO loss (epoch {epoch}, minibatch {len(rows)})", group.sum(loss_value))
+            if len(local):
+                loss.backward()
+            group.sum_gradients(parameters)
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
             require_finite(f"the PPO gradient (epoch {epoch}, minibatch {len(rows)})", grad_norm.detach())
             optimiser.step()
             kill_point("update.ppo.step")
-            stats = ratio_stats(scored.new_log_prob.detach(), scored.old_log_prob, clip)
+            stats = ratio_stats(group.cat(new_log_prob), group.cat(old_log_prob), clip)
+            has_entropy = group.max(float(entropy is not None)) > 0
             rows.append({
                 "epoch": epoch,
-                "actions": int(len(scored.advantages)),
-                "objective": float(objective.detach()),
+                "actions": int(len(batch)),
+                "objective": group.sum(float(objective.detach()) if objective is not None else 0.0),
                 **stats.as_dict(),
-                "entropy": float(entropy.detach()) if entropy is not None else float("nan"),
+                "entropy": group.sum(float(entropy.detach()) if entropy is not None else 0.0) if has_entropy else float("nan"),
                 "grad_norm": float(grad_norm),
                 "learning_rate": float(optimiser.param_groups[0]["lr"]),
                 "seconds": time.perf_counter() - started,
             })
-            bar.update(len(scored.advantages))
+            bar.update(len(batch))
     bar.close()
     return rows
 

@@ -32,6 +32,7 @@ from marsdiff.rl.actions import DenoiseActions, PlanActions
 from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
 from marsdiff.faults import kill_point
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
+from marsdiff.rl.distributed import SINGLE, RankGroup, ShardedSampler
 from marsdiff.rl.generation_policies import KnobPolicy
 from marsdiff.rl.movement import plan_values, post_update_stats, snapshot
 from marsdiff.rl.policy import LORA_UNET, RoundPolicy
@@ -65,10 +66,20 @@ def build_policy(model_cfg: Mapping[str, Any], experiment: Mapping[str, Any], mo
 
 def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experiment: Mapping[str, Any], round_index: int,
                         out_dir: str | os.PathLike, stage_config: Mapping[str, Any] | None = None,
-                        compression: str = "gzip", compression_level: int = 4) -> dict[str, Any]:
-    """Sample one round with ``policy``: out_dir/trajectories.h5, images/, samples.csv."""
+                        compression: str = "gzip", compression_level: int = 4,
+                        group: RankGroup = SINGLE) -> dict[str, Any]:
+    """Sample one round with ``policy``: out_dir/trajectories.h5, images/, samples.csv.
+
+    With several processes (``group``) the batches are shared out over the ranks
+    (:class:`~marsdiff.rl.distributed.ShardedSampler`) and rank 0 alone writes the files."""
     out_dir = Path(out_dir)
     sampler = RecordingSampler(policy.backend, settings, policy.generation)
+    if group.world > 1:
+        sampler = ShardedSampler(sampler, group)
+        if not group.is_writer:
+            for _ in sampler.sample(int(experiment["images_per_round"]), round_index=round_index):
+                pass
+            return {}
     return write_round(
         sampler, int(experiment["images_per_round"]), out_dir / "trajectories.h5", out_dir / "images",
         out_dir / "samples.csv", round_index=round_index, stage_config=stage_config, policy_hash=policy.policy_hash(),
@@ -123,13 +134,16 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
                         trajectories: str | os.PathLike, credit: np.ndarray,
                         previous_policy: str | os.PathLike | None, out_policy: str | os.PathLike,
                         progress: bool = True, skipped_before: int = 0,
-                        reward_fault: str | None = None) -> dict[str, Any]:
+                        reward_fault: str | None = None, group: RankGroup = SINGLE) -> dict[str, Any]:
     """One RL update of ``policy`` on a scored round; writes policy r (+ trainer state) atomically.
 
     A NaN or inf in the credit, the loss, a gradient or the updated weights (or ``reward_fault``,
     a non-finite set reward found by the caller) skips the update (:mod:`marsdiff.rl.skips`):
     policy r is policy r-1 with the same weights and trainer state, and the metrics say why.
     ``skipped_before`` skips in a row before this round count toward the experiment's limit.
+    With several processes (``group``) every rank starts from the same policy r-1 and trainer
+    state, the update reduces across them (every rank ends with the same weights), and rank 0
+    alone writes policy r.
     """
     from marsdiff.io.trajectories import open_trajectories
 
@@ -169,7 +183,7 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
             raise NonFiniteUpdate(reward_fault)
         require_finite(f"the credit of round {round_index:03d}", credit)
         metrics, advantages = _run_update(policy, experiment, round_index, trajectories, credit, condition,
-                                          num_steps, num_conditions, optimiser, progress)
+                                          num_steps, num_conditions, optimiser, progress, group)
         require_finite("the updated policy weights", list(policy.trainable_parameters()))
         if policy.value_table is not None:
             require_finite("the updated value table", policy.value_table)
@@ -190,17 +204,19 @@ def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], roun
     else:
         metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages)),
                         SKIPPED: 0.0, STREAK: 0})
-    with atomic_dir(out_policy) as tmp:
-        policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": experiment["algorithm"]})
-        kill_point(f"update.{experiment['algorithm']}.policy_folder")
-        save_trainer_state(tmp, optimiser)
+    if group.is_writer:
+        with atomic_dir(out_policy) as tmp:
+            policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": experiment["algorithm"]})
+            kill_point(f"update.{experiment['algorithm']}.policy_folder")
+            save_trainer_state(tmp, optimiser)
     metrics["update_seconds"] = time.perf_counter() - started
     return metrics
 
 
 def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int, trajectories: str | os.PathLike,
                 credit: np.ndarray, condition: np.ndarray, num_steps: int, num_conditions: int,
-                optimiser: torch.optim.Optimizer, progress: bool) -> tuple[dict[str, Any], np.ndarray]:
+                optimiser: torch.optim.Optimizer, progress: bool,
+                group: RankGroup = SINGLE) -> tuple[dict[str, Any], np.ndarray]:
     """Advantages and the PPO/TRPO update itself; returns its metrics and the advantages."""
     adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
     metrics: dict[str, Any] = {}
@@ -231,20 +247,20 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
             require_finite(f"the plan actions stored in {trajectories}", actions.actions)
         kl_to_base = float(experiment.get("kl_to_base") or 0.0)
         zero_lr = experiment.get("control") == "zero_lr"
-        before = snapshot(actions)  # the pre-update distributions, for the post-update KL
+        before = snapshot(actions, group)  # the pre-update distributions, for the post-update KL
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
             rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")),
-                              progress, kl_to_base=kl_to_base)
+                              progress, kl_to_base=kl_to_base, group=group)
             metrics.update(summarise_updates(rows))
         else:
             from marsdiff.rl.trpo import TRPOSettings, trpo_update
 
             settings = TRPOSettings.from_config(experiment.get("trpo"))
             metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress,
-                                       kl_to_base=kl_to_base, apply_step=not zero_lr))
-        metrics.update(post_update_stats(actions, before))
+                                       kl_to_base=kl_to_base, apply_step=not zero_lr, group=group))
+        metrics.update(post_update_stats(actions, before, group))
         metrics["kl_to_base_coef"] = kl_to_base
     finally:
         actions.close()
@@ -279,8 +295,10 @@ def _json_number(value: Any) -> Any:
 
 
 def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
-                       previous_policy: str | None, out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Stage sample_round. ``cfg`` holds the model, sampling and experiments sections."""
+                       previous_policy: str | None, out_dir: str | os.PathLike,
+                       group: RankGroup = SINGLE) -> dict[str, Any]:
+    """Stage sample_round. ``cfg`` holds the model, sampling and experiments sections; ``group``:
+    this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several."""
     from marsdiff.rl.experiments import experiment_settings
 
     experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
@@ -290,15 +308,19 @@ def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     return sample_policy_round(
         policy, round_sampling_settings(sampling, experiment), experiment, round_index, out_dir, stage_config=cfg,
         compression=str(store.get("compression", "gzip")), compression_level=int(store.get("compression_level", 4)),
+        group=group,
     )
 
 
 def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
                        previous_policy: str | None, trajectories: str, rewards_csv: str, reward_summary: str,
-                       out_policy: str, metrics_json: str, previous_metrics: str | None = None) -> dict[str, Any]:
+                       out_policy: str, metrics_json: str, previous_metrics: str | None = None,
+                       group: RankGroup = SINGLE) -> dict[str, Any]:
     """Stage update_round: the RL update of one round, its policy, trainer state and metrics.json.
 
-    ``previous_metrics`` (round r-1's metrics.json) carries the count of updates skipped in a row."""
+    ``previous_metrics`` (round r-1's metrics.json) carries the count of updates skipped in a row.
+    ``group``: this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several
+    (each rank reads the same inputs; rank 0 writes policy r and metrics.json)."""
     from marsdiff.io.trajectories import open_trajectories
     from marsdiff.rl.experiments import experiment_settings
 
@@ -311,8 +333,10 @@ def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     summary = read_json(reward_summary, "reward summary", "score_round")
     update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy,
                                  skipped_before=previous_streak(previous_metrics),
-                                 reward_fault=_reward_fault(summary, credit, reward_summary, rewards_csv))
+                                 reward_fault=_reward_fault(summary, credit, reward_summary, rewards_csv), group=group)
     row = round_metrics_row(experiment_name, experiment, round_index, summary, credit_stats, update)
+    if not group.is_writer:
+        return row
     write_json(metrics_json, row)
     if row.get(SKIPPED):
         return row

@@ -64,6 +64,7 @@ import torch
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.faults import kill_point
+from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.actions import gaussian_mean_kl
 from marsdiff.rl.skips import require_finite
@@ -271,7 +272,7 @@ class FisherVectorProduct:
     """
 
     def __init__(self, actions, parameters: Sequence[torch.nn.Parameter], batch: Any, method: str,
-                 chunk_size: int, damping: float):
+                 chunk_size: int, damping: float, group: RankGroup = SINGLE):
         if method not in FVP_METHODS:
             raise MarsdiffError(f"trpo.fvp_method must be one of {', '.join(FVP_METHODS)}, got {method!r}")
         self.actions = actions
@@ -281,8 +282,11 @@ class FisherVectorProduct:
         self.parameters = list(parameters)
         self.method = method
         self.damping = float(damping)
+        # With several processes each rank takes its share of the subsample; the products are
+        # sums over actions divided by the whole subsample's count, summed over ranks.
+        self.group = group
         self.count = len(batch)
-        self.chunks = _split(batch, max(1, int(chunk_size)))
+        self.chunks = _split(group.shard(batch), max(1, int(chunk_size)))
         self.module = _policy_module(actions)
         self._cached: Any = None
         self.seconds = 0.0
@@ -311,6 +315,7 @@ class FisherVectorProduct:
                     self._cached = self._first_order(chunk)
                 first = self._cached if keep else self._first_order(chunk)
                 out += self._product(chunk, first, v_parts, retain=keep)
+        self.group.sum_tensor(out)
         self.seconds += time.perf_counter() - started
         self.products += 1
         return out + self.damping * vector
@@ -397,8 +402,9 @@ def _base_penalty(actions, batch, scored, base_mean, coef: float) -> torch.Tenso
 @torch.no_grad()
 def _evaluate_all(actions, family, batches: Sequence[Any], olds: Sequence[Any], total: int,
                   bar=None, bases: Sequence[Any] | None = None,
-                  coef: float = 0.0) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Mean (penalised) surrogate and mean KL(old || current) over all ``batches``, plus all log-probs."""
+                  coef: float = 0.0, group: RankGroup = SINGLE) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Mean (penalised) surrogate and mean KL(old || current) over all ``batches``, plus all log-probs
+    (``batches``: this rank's shares; the means and log-probs are over every rank's)."""
     surrogate = kl = 0.0
     new_parts, old_parts = [], []
     for k, (batch, old) in enumerate(zip(batches, olds)):
@@ -410,16 +416,24 @@ def _evaluate_all(actions, family, batches: Sequence[Any], olds: Sequence[Any], 
         old_parts.append(scored.old_log_prob.detach().cpu())
         if bar is not None:
             bar.update(len(batch))
-    return surrogate, kl, torch.cat(new_parts), torch.cat(old_parts)
+    new = torch.cat(new_parts) if new_parts else torch.zeros(0)
+    old = torch.cat(old_parts) if old_parts else torch.zeros(0)
+    return group.sum(surrogate), group.sum(kl), group.cat(new), group.cat(old)
 
 
 def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRPOSettings,
-                progress: bool = True, kl_to_base: float = 0.0, apply_step: bool = True) -> dict[str, float]:
+                progress: bool = True, kl_to_base: float = 0.0, apply_step: bool = True,
+                group: RankGroup = SINGLE) -> dict[str, float]:
     """One TRPO step on the round's ``actions``; returns the update's log (one row of metrics).
 
     ``kl_to_base``: weight of the KL penalty to the base model in the surrogate (denoising
     actions only). ``apply_step`` False (the zero_lr control) computes and logs everything up to
-    the step and leaves the parameters as they were, bit for bit."""
+    the step and leaves the parameters as they were, bit for bit.
+
+    With several processes (``group``) each rank takes its contiguous share of every minibatch
+    and of the FVP subsample; the surrogate, its gradient, the Fisher-vector products, the KL
+    and the line search's surrogate are sums over actions divided by the whole round's count,
+    summed over ranks, so every rank computes the same direction, step and acceptance."""
     from tqdm import tqdm
 
     parameters = list(parameters)
@@ -438,12 +452,13 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     total = sum(len(b) for b in batches)
     if total == 0:
         raise MarsdiffError("TRPO: the round has no actions to learn from")
+    batches = [b for b in (group.shard(b) for b in batches) if len(b)]
     gradient = torch.zeros(sum(p.numel() for p in parameters), dtype=torch.float64, device=parameters[0].device)
     olds, surrogate_old, start_log_ratio = [], 0.0, 0.0
     # The base model's step means, once per round (they do not depend on theta): the penalty's reference.
     coef = float(kl_to_base) if getattr(actions, "base_mean", None) is not None else 0.0
     bases = [actions.base_mean(batch) for batch in batches] if coef > 0 else None
-    bar = tqdm(total=total, desc="TRPO gradient", unit="action", leave=False, disable=not progress)
+    bar = tqdm(total=total, desc="TRPO gradient", unit="action", leave=False, disable=not progress or not group.is_writer)
     for k, batch in enumerate(batches):
         scored = actions.evaluate(batch)
         part = surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages) * (len(batch) / total)
@@ -454,6 +469,8 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         olds.append(family.snapshot(actions, batch, scored))
         bar.update(len(batch))
     bar.close()
+    group.sum_tensor(gradient)
+    surrogate_old, start_log_ratio = group.sum(surrogate_old), group.max(start_log_ratio)
     # A NaN/inf surrogate or gradient makes the whole step NaN: the round loop skips the update.
     require_finite("the TRPO surrogate", surrogate_old)
     require_finite("the TRPO surrogate gradient", gradient)
@@ -461,7 +478,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
 
     # 2-3. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample.
     fvp_rows = actions.subsample(settings.fvp_subsample, int(getattr(actions, "seed", 0)))
-    fvp = FisherVectorProduct(actions, parameters, fvp_rows, method, settings.minibatch_size, 0.0)
+    fvp = FisherVectorProduct(actions, parameters, fvp_rows, method, settings.minibatch_size, 0.0, group)
     cg_started = time.perf_counter()
     grad_norm = float(gradient.norm())
     direction = torch.zeros_like(gradient)
@@ -503,7 +520,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     if beta > 0 and math.isfinite(beta) and apply_step:
         step_parts = _unflat(full_step, parameters)
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
-                   disable=not progress)
+                   disable=not progress or not group.is_writer)
         for k in range(settings.line_search_max_tries):
             tries = k + 1
             fraction = settings.line_search_shrink ** k
@@ -512,7 +529,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
                     p.copy_(p0 + fraction * d)
             kill_point("update.trpo.line_search")
             surrogate_new, kl_last, new_log_prob, old_log_prob = _evaluate_all(actions, family, batches, olds, total, bar,
-                                                                               bases, coef)
+                                                                               bases, coef, group)
             gain_last = surrogate_new - surrogate_old
             if kl_last <= settings.max_kl and gain_last > 0:
                 accepted, kl, gain = True, kl_last, gain_last

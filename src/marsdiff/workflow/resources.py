@@ -3,6 +3,8 @@
 A stage asks for a GPU only where the config runs it on CUDA: feature extraction by
 ``features.device``, pixel training and preview by ``model.pixel.device``, and every sampling
 stage when the backend is Stable Diffusion (which wants a GPU) or ``sampling.device`` is cuda.
+The round stages run ``sampling.processes`` data-parallel processes, one GPU each on CUDA
+(docs/rl.md, "Multi-GPU").
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ FEATURE_RULES = ("extract_features", "extract_resized_features", "score_round", 
 PIXEL_RULES = ("pretrain_base", "preview_base")
 SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_samples", "generate_stream_samples",
                   "export_dataset")
+#: The stages that run sampling.processes data-parallel processes.
+ROUND_RULES = ("sample_round", "update_round")
 
 
 def sampling_gpus(config: Mapping[str, Any]) -> int:
@@ -26,6 +30,14 @@ def gpus(config: Mapping[str, Any], rule: str) -> int:
         return int(config["features"].get("device") == "cuda")
     if rule in PIXEL_RULES:
         return int(config["model"]["pixel"]["device"] == "cuda")
+    if rule in ROUND_RULES:
+        return sampling_gpus(config) * round_processes(config)
     if rule in SAMPLING_RULES:
         return sampling_gpus(config)
     return 0
+
+
+def round_processes(config: Mapping[str, Any]) -> int:
+    """``sampling.processes``: the processes of a sample_round / update_round job. A resource, not
+    a param: the results do not depend on it, so changing it re-runs nothing."""
+    return int(config["sampling"].get("processes", 1))
