@@ -11,7 +11,9 @@ What it checks, in order:
    partition, memory, run time and CPUs, and no GPU (a CPU config); a round's rules go as one
    group job with their largest memory and CPUs and the sum of their run times;
 3. a second run plans nothing and submits nothing;
-4. the plugin's squeue status command (sites without slurmdbd) sees a job through.
+4. the plugin's squeue status command (sites without slurmdbd) sees a job through;
+5. a round run with sampling.processes 2 goes as one group job of 2 gloo processes per stage
+   (docs/rl.md, "Multi-GPU"), asks for no GPU on the CPU config, and samples the same images.
 
 The plugin starts polling 2 s after a submission here (`--slurm-init-seconds-before-status-checks`,
 40 s by default; the poll interval then grows by 10 s per poll while jobs run, up to 180 s).
@@ -59,10 +61,11 @@ class Cluster:
         self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "SBATCH_CALLS": str(self.calls_file),
                     "PYTHONWARNINGS": "ignore"}
 
-    def snakemake(self, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    def snakemake(self, *args: str, env: dict | None = None, timeout: int = 900,
+                  configfiles: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
         # targets and options before --configfile, which takes every following word as a config file
         command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--profile", str(PROFILE), *STATUS_SETTINGS,
-                   *args, "--configfile", str(TINY)]
+                   *args, "--configfile", str(TINY), *map(str, configfiles)]
         return subprocess.run(command, cwd=self.workdir, capture_output=True, text=True, timeout=timeout,
                               env={**self.env, **(env or {})})
 
@@ -161,3 +164,26 @@ def test_4_the_squeue_status_command_sees_a_job_through(cluster):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [call["rule"] for call in cluster.calls()[before:]] == ["plot_experiment"]
     assert "squeue" in result.stdout + result.stderr
+
+
+def test_5_a_round_job_runs_two_data_parallel_processes(cluster):
+    round_dir = cluster.workdir / "results" / "runs" / EXPERIMENT / "round_000"
+    images_before = {path.name: path.read_bytes() for path in (round_dir / "images").iterdir()}
+    samples_before = (round_dir / "samples.csv").read_bytes()
+    before = len(cluster.calls())
+    # processes is a resource, not a param: only the forced sampling (and what follows it) re-runs
+    two_processes = cluster.workdir / "two_processes.yaml"
+    two_processes.write_text("sampling:\n  processes: 2\n")
+    result = cluster.snakemake(f"results/runs/{EXPERIMENT}/round_000/metrics.json", "--forcerun", "sample_round",
+                               configfiles=(two_processes,))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    calls = cluster.calls()[before:]
+    assert [call["rules"] for call in calls] == [list(ROUND_RULES)], calls
+    assert calls[0]["gpus"] is None and calls[0]["gres"] is None, "a CPU config asked for a GPU"
+    logs = cluster.workdir / "logs" / "runs" / EXPERIMENT / "round_000"
+    for stage in ("sample_round", "update_round"):
+        text = (logs / f"{stage}.log").read_text()
+        assert "starting 2 processes (cpu, gloo" in text and "[rank 1]" in text, f"{stage}: {text[-2000:]}"
+    # per-image seeds: the images of 2 processes are the images of 1
+    assert {path.name: path.read_bytes() for path in (round_dir / "images").iterdir()} == images_before
+    assert (round_dir / "samples.csv").read_bytes() == samples_before
