@@ -26,8 +26,9 @@ PACKAGE = "marsdiff"
 #: (layer, its units, whether those units may import one another), lowest layer first.
 LAYERS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     # The package root holds __version__ only; io and provenance write files, faults plants the
-    # kill points the reliability tests fire, config reads and validates config files.
-    ("foundation", ("marsdiff", "errors", "faults", "devices", "config", "io", "provenance"), True),
+    # kill points the reliability tests fire, config reads and validates config files, logs holds
+    # the rule logs' line format.
+    ("foundation", ("marsdiff", "errors", "faults", "devices", "config", "io", "provenance", "logs"), True),
     ("data", ("data",), False),
     ("features", ("features",), False),
     # Two independent consumers of data and features: neither imports the other.

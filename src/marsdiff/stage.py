@@ -22,8 +22,8 @@ import sys
 from typing import Any, Callable
 
 from marsdiff.errors import MarsdiffError
+from marsdiff.logs import LOG_FORMAT
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(log_path: str | None = None, level: int = logging.INFO) -> None:

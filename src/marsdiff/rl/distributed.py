@@ -316,7 +316,7 @@ def _exit_with_parent(parent: int) -> None:
 def _worker(rank: int, spec: _Spec) -> None:
     import torch.distributed as dist
 
-    from marsdiff.stage import LOG_FORMAT
+    from marsdiff.logs import LOG_FORMAT
 
     _exit_with_parent(spec.parent)
 
