@@ -237,7 +237,7 @@ def run_script(rule: str, probed, monkeypatch) -> dict:
     models = params_json(SimpleNamespace(params=SimpleNamespace(**probed["params"]["evaluate"])), "cfg")["models"]
     snakemake = SimpleNamespace(
         params=SimpleNamespace(**probed["params"][rule]), config=copy.deepcopy(probed["config"]),
-        wildcards=Wildcards(wildcards), threads=1, log=[], rule=rule,
+        wildcards=Wildcards(wildcards), threads=1, resources=SimpleNamespace(processes=1), log=[], rule=rule,
         input=Files(len(models), intro=str(REPO / "workflow" / "report" / "workflow.rst")), output=Files(len(models)),
     )
     with pytest.raises(Captured) as captured:
