@@ -74,21 +74,19 @@ class RankGroup:
     # --- reductions ------------------------------------------------------------------------
     def sum(self, value: float) -> float:
         """The sum of a float over ranks (float64), the same on every rank."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item())
+        return self._reduce_float(value, "SUM")
 
     def max(self, value: float) -> float:
+        """The largest of a float over ranks, the same on every rank."""
+        return self._reduce_float(value, "MAX")
+
+    def _reduce_float(self, value: float, op: str) -> float:
         if self.world == 1:
             return value
         import torch.distributed as dist
 
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return float(t.item())
 
     def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
