@@ -176,7 +176,19 @@ def test_code_digests_follow_the_roots_not_the_rule(layout, tmp_path):
     ({"sampling": {"device": "cuda"}}, {"sample_round": 1, "update_round": 1, "generate_samples": 1, "pretrain_base": 0,
                                         "export_dataset": 1, "evaluate": 0}),
     ({"model": {"backend": "stable_diffusion"}}, {"sample_round": 1, "select_knob": 1, "extract_features": 0}),
+    # data-parallel rounds: one GPU per process for the round stages only
+    ({"sampling": {"device": "cuda", "processes": 2}}, {"sample_round": 2, "update_round": 2, "generate_samples": 1,
+                                                        "score_round": 0}),
+    ({"sampling": {"processes": 2}}, {"sample_round": 0, "update_round": 0}),
 ])
 def test_gpus(tiny_config, overrides, expected):
     config = deep_merge(tiny_config, overrides)
     assert {rule: resources.gpus(config, rule) for rule in expected} == expected
+
+
+def test_round_groups_hold_blocks_of_rounds_per_experiment(tiny_config):
+    assert [resources.round_group(tiny_config, "a", r) for r in (0, 1)] == ["rounds-a-000", "rounds-a-001"]
+    packed = deep_merge(tiny_config, {"cluster": {"rounds_per_job": 3}})
+    assert [resources.round_group(packed, "a", r) for r in range(7)] == (
+        ["rounds-a-000"] * 3 + ["rounds-a-003"] * 3 + ["rounds-a-006"])
+    assert resources.round_group(packed, "b", 4) == "rounds-b-003"

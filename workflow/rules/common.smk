@@ -82,14 +82,8 @@ def pool_inputs(wildcards):
 
 
 def round_group(wildcards):
-    """The Snakemake group of one round's sample_round, score_round and update_round: one SLURM
-    job per round, or per cluster.rounds_per_job consecutive rounds of an experiment (local runs
-    ignore groups). The id names the experiment and the block's first round because Snakemake
-    merges every connected job of one group id: a single id for all rounds would make the whole
-    chain of an experiment one job."""
-    block = int(config["cluster"]["rounds_per_job"])
-    first = int(wildcards.round) // block * block
-    return f"rounds-{wildcards.exp}-{first:03d}"
+    """The group of a round's three jobs (marsdiff.workflow.resources.round_group)."""
+    return resources.round_group(config, wildcards.exp, int(wildcards.round))
 
 
 def evaluation_sample_inputs(wildcards):

@@ -1,4 +1,5 @@
-"""GPU counts per rule: the ``gpu`` resource the SLURM profile turns into ``--gpus=<n>``.
+"""Cluster resources per rule: the ``gpu`` count the SLURM profile turns into ``--gpus=<n>``, the
+processes of a round job, and the group that puts a round's jobs in one allocation.
 
 A stage asks for a GPU only where the config runs it on CUDA: feature extraction by
 ``features.device``, pixel training and preview by ``model.pixel.device``, and every sampling
@@ -40,4 +41,15 @@ def gpus(config: Mapping[str, Any], rule: str) -> int:
 def round_processes(config: Mapping[str, Any]) -> int:
     """``sampling.processes``: the processes of a sample_round / update_round job. A resource, not
     a param: the results do not depend on it, so changing it re-runs nothing."""
-    return int(config["sampling"].get("processes", 1))
+    return int(config["sampling"]["processes"])
+
+
+def round_group(config: Mapping[str, Any], exp: str, round_index: int) -> str:
+    """The Snakemake group of one round's sample_round, score_round and update_round: one SLURM
+    job per round, or per ``cluster.rounds_per_job`` consecutive rounds of an experiment (local
+    runs ignore groups). The id names the experiment and the block's first round because
+    Snakemake merges every connected job of one group id: a single id for all rounds would make
+    the whole chain of an experiment one job."""
+    block = int(config["cluster"]["rounds_per_job"])
+    first = int(round_index) // block * block
+    return f"rounds-{exp}-{first:03d}"
