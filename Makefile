@@ -74,8 +74,11 @@ base-checkpoint: $(STAMP)
 		--profile profiles/default --cores $(CORES) --configfile config/base_model.yaml
 	$(BIN)/python -m marsdiff ship-base-model results/models/base --config config/base_model.yaml
 
+# Every benchmark, then one table: benchmarks-out/summary.md (README, "Benchmarks"). QUICK=1 (on the
+# command line or in the environment; passed on to every bench) keeps the rows with smaller sizes.
+QUICK ?=
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	QUICK=$(QUICK) $(BIN)/python benchmarks/run_all.py
 
 clean-results:
 	rm -rf results logs benchmarks-out .snakemake

@@ -2,7 +2,7 @@
 
 One command, prints tables:
 
-    .venv/bin/python benchmarks/bench_rl_update.py [--images 24 --steps 10 --repeats 2]
+    .venv/bin/python benchmarks/bench_rl_update.py [--images 24 --steps 10 --repeats 2] [--quick]
 
 * PPO: one update (1 epoch, minibatches of ``--minibatch``) in transitions/s, and its ratio to
   (minibatches x one UNet forward+backward at the same batch size): the overhead of re-scoring,
@@ -17,6 +17,10 @@ The UNet is the embedded default's size (the "small" preset's image size, block_
 layers_per_block; mid-block attention, 6 classes) with random weights and a rank-4
 LoRA adapter on the default targets (conv1, conv2, time_emb_proj); timing does not depend on
 the weights. Median of ``--repeats`` runs, PPO and TRPO interleaved. Not a test: nothing is asserted.
+
+``--quick`` (or ``QUICK=1``): 8 images x 8 steps, one repeat, only the default TRPO setting, no
+Fisher-vector product table. Writes benchmarks-out/bench/rl_update.json (update / (transitions x
+fwd+bwd), target <= 1.15; default TRPO / PPO, target <= 2.5) for ``benchmarks/summary.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchlib import add_common_args, pick, row, write_result
 
 CLASSES = 6
 
@@ -142,16 +148,23 @@ def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--images", type=int, help="default 24 (quick 8)")
+    parser.add_argument("--steps", type=int, help="default 10 (quick 8)")
     parser.add_argument("--minibatch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--subsamples", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--cg", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--repeats", type=int, help="default 2 (quick 1)")
+    parser.add_argument("--subsamples", type=int, nargs="+", help="default 32 64 128 (quick: the minibatch only)")
+    parser.add_argument("--cg", type=int, nargs="+", help="default 5 10 20 (quick 10)")
     # One thread by default: double backward is many small kernels, and on a shared 2-core
     # machine two threads per process oversubscribe the cores (measured 10-50x slower).
     parser.add_argument("--threads", type=int, default=1)
+    add_common_args(parser)
     args = parser.parse_args()
+    started = time.perf_counter()
+    args.images = pick(args.quick, 8, 24, args.images)
+    args.steps = pick(args.quick, 8, 10, args.steps)
+    args.repeats = pick(args.quick, 1, 2, args.repeats)
+    args.subsamples = pick(args.quick, [args.minibatch], [32, 64, 128], args.subsamples)
+    args.cg = pick(args.quick, [10], [5, 10, 20], args.cg)
     torch.set_num_threads(args.threads)
 
     policy = make_policy()
@@ -165,12 +178,13 @@ def main() -> None:
         # The default (fvp_method auto = gauss_newton here, fvp_subsample = minibatch, 10 CG
         # iterations), kl_hessian beside it, then one knob at a time.
         base = {"fvp_subsample": args.minibatch, "cg_iterations": 10, "minibatch_size": args.minibatch}
-        configs = [("gauss_newton (default)", dict(base, fvp_method="gauss_newton")),
-                   ("kl_hessian", dict(base, fvp_method="kl_hessian"))]
+        configs = [("gauss_newton (default)", dict(base, fvp_method="gauss_newton"))]
+        if not args.quick:
+            configs.append(("kl_hessian", dict(base, fvp_method="kl_hessian")))
         for s in args.subsamples:
             if s != base["fvp_subsample"]:
                 configs.append((f"gauss_newton fvp_subsample {s}", dict(base, fvp_method="gauss_newton", fvp_subsample=s)))
-        if len(args.subsamples) > 1:
+        if len(args.subsamples) > 1 and not args.quick:
             s = sorted(args.subsamples)[1]
             configs.append((f"kl_hessian fvp_subsample {s}", dict(base, fvp_method="kl_hessian", fvp_subsample=s)))
         for c in args.cg:
@@ -187,7 +201,7 @@ def main() -> None:
             (method, keep): fvp_product_seconds(policy, actions, method, args.minibatch if keep else 2 * args.minibatch,
                                                args.minibatch, args.repeats)
             for method in ("kl_hessian", "gauss_newton") for keep in (True, False)
-        }
+        } if not args.quick else {}
         actions.close()
 
     ppo = statistics.median(ppo_times)
@@ -214,6 +228,21 @@ def main() -> None:
               f"{med['fvp_seconds']:8.3f} {med['fvp_products']:9.0f} {med['cg_seconds']:7.3f} "
               f"{med['line_search_seconds']:7.3f} {med['line_search_tries']:6.0f} {med['kl']:8.4f} {med['fisher_rayleigh']:8.4f}")
     print("\n  sFs/ss: Rayleigh quotient of the Fisher along the step (undamped), to compare with cg_damping 0.1")
+
+    default_name = configs[0][0]
+    trpo = statistics.median(r["seconds"] for r in trpo_rows[default_name])
+    setup = f"{n} transitions ({args.images} images x {args.steps} steps), minibatch {args.minibatch}, " \
+            f"{args.threads} thread(s), median of {args.repeats}"
+    rows = [
+        row("update_ratio", "PPO update / (transitions x one UNet forward+backward)", ppo / bare, "x", ("<=", 1.15),
+            f"PPO 1 epoch {ppo:.2f} s, fwd+bwd {fb:.3f} s per batch of {args.minibatch}; {setup}"),
+        row("trpo_ppo", "TRPO update / PPO update, same transitions", trpo / ppo, "x", ("<=", 2.5),
+            f"TRPO {default_name}, 10 CG iterations run to the end, {trpo:.2f} s vs PPO {ppo:.2f} s; {setup}",
+            digits=2),
+    ]
+    write_result(args.out, "rl_update", rows, args.quick, started,
+                 {"images": args.images, "steps": args.steps, "minibatch": args.minibatch, "repeats": args.repeats,
+                  "threads": args.threads, "subsamples": args.subsamples, "cg": args.cg})
 
 
 if __name__ == "__main__":

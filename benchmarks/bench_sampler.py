@@ -2,14 +2,18 @@
 
 One command, prints a table:
 
-    .venv/bin/python benchmarks/bench_sampler.py [--images 16 --steps 20 --repeats 4]
+    .venv/bin/python benchmarks/bench_sampler.py [--images 16 --steps 20 --repeats 4] [--quick]
 
 * wall time of plain sampling (diffusers ``DDIMScheduler.step`` with eta, one batch generator,
   no recording) and of :class:`marsdiff.diffusion.sampler.RecordingSampler` (per-image seeds,
   Gaussian mean/std/log-prob per step, the whole chain kept), interleaved and repeated, median;
   target ratio <= 1.05;
 * peak resident memory above the process baseline of each, measured in a fresh subprocess;
-* HDF5 bytes per trajectory for each store dtype / compression.
+* HDF5 bytes per trajectory for each store dtype / compression, and of a round written by the
+  sample_round stage itself with the default config's store settings, model and steps.
+
+``--quick`` (or ``QUICK=1``): 8 images, 10 steps, 2 repeats, no memory subprocesses, a 4-image
+round. Writes benchmarks-out/bench/sampler.json for ``benchmarks/summary.py``.
 
 The UNet is the embedded default's size (UNet2DModel 32-64-64 channels, 32x32 grey, 6 classes,
 no attention) with random weights: timing does not depend on the weights.
@@ -30,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchlib import add_common_args, pick, row, write_result
 
 CLASSES = 6
 
@@ -176,17 +182,45 @@ def hdf5_sizes(batch, steps: int) -> list[tuple[str, str, float]]:
     return rows
 
 
+def default_round_bytes(images: int) -> tuple[float, dict]:
+    """Bytes per trajectory of a round that the sample_round stage writes with the default config:
+    the shipped base model, the default steps and ``sampling.store`` (only images_per_round is
+    lowered: a trajectory's size does not depend on how many there are)."""
+    from marsdiff.config import load_config
+    from marsdiff.diffusion.shipped import install
+    from marsdiff.io.trajectories import bytes_per_trajectory
+    from marsdiff.rl.rounds import sample_round_stage
+
+    cfg = load_config()
+    experiment = next(iter(cfg["experiments"]))
+    cfg["sampling"]["images_per_round"] = images
+    cfg["experiments"][experiment].pop("images_per_round", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The default run starts from the shipped model, installed as pretrain_base installs it.
+        install(Path(tmp) / "base")
+        sample_round_stage(cfg, experiment, 0, str(Path(tmp) / "base"), None, Path(tmp) / "round")
+        size = bytes_per_trajectory(Path(tmp) / "round" / "trajectories.h5")
+    return size, {"experiment": experiment, "steps": cfg["sampling"]["steps"], **cfg["sampling"]["store"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--images", type=int, help="default 16 (quick 8)")
+    parser.add_argument("--steps", type=int, help="default 20 (quick 10)")
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, help="default 4 (quick 2)")
+    parser.add_argument("--round-images", type=int, help="images of the default-config round (default 16, quick 4)")
     # One thread by default: on a shared 2-core machine two OpenMP threads per process
     # oversubscribe the cores and a UNet forward got ~9x slower (measured), drowning the signal.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-child", choices=["plain", "recording"], help=argparse.SUPPRESS)
+    add_common_args(parser)
     args = parser.parse_args()
+    started = time.perf_counter()
+    args.images = pick(args.quick, 8, 16, args.images)
+    args.steps = pick(args.quick, 10, 20, args.steps)
+    args.repeats = pick(args.quick, 2, 4, args.repeats)
+    args.round_images = pick(args.quick, 4, 16, args.round_images)
     if args.memory_child:
         memory_child(args.memory_child, args.images, args.steps, args.size, args.threads)
         return
@@ -219,8 +253,9 @@ def main() -> None:
             if variant == "recording":
                 batch = result
 
-    memory = {}
-    for variant in ("plain", "recording"):
+    # Peak memory needs a fresh process per variant (model build and imports again): not in quick mode.
+    memory = {"plain": float("nan"), "recording": float("nan")}
+    for variant in () if args.quick else ("plain", "recording"):
         out = subprocess.run(
             [sys.executable, __file__, "--memory-child", variant, "--images", str(args.images),
              "--steps", str(args.steps), "--size", str(args.size), "--threads", str(args.threads)],
@@ -250,6 +285,24 @@ def main() -> None:
     raw = (args.steps + 1) * args.size * args.size * 4
     print(f"(raw float32 chain: {raw:,} bytes per trajectory; SD 1.5 4x64x64 x {args.steps + 1} steps: "
           f"{(args.steps + 1) * 4 * 64 * 64 * 4:,} bytes float32 before compression)")
+    round_bytes, store = default_round_bytes(args.round_images)
+    store_text = f"{store['dtype']}, {store['compression']} level {store['compression_level']}"
+    print(f"default config round ({store['experiment']}, shipped base model, {store['steps']} steps, {store_text}): "
+          f"{round_bytes:,.0f} bytes per trajectory")
+
+    overhead_ratio = (plain + out_rec - out_plain) / plain
+    rows = [
+        row("sampler_ratio", "recording sampler / plain diffusers DDIM sampling, wall time", ratio, "x", ("<=", 1.05),
+            f"{args.images} images x {args.steps} steps, {args.threads} thread(s), median of {args.repeats}; "
+            f"pairwise {pairwise:.3f}, CPU time {cpu_rec / cpu_plain:.3f}, UNet time removed {overhead_ratio:.3f}"),
+        # The store has no size target: the figure is reported so a change in it shows.
+        row("hdf5_bytes", "HDF5 bytes per trajectory, a default-config round", round_bytes, "bytes", None,
+            f"{store['steps']} steps 1x32x32, {store_text}; raw float32 chain "
+            f"{(store['steps'] + 1) * args.size * args.size * 4:,} bytes", digits=0),
+    ]
+    write_result(args.out, "sampler", rows, args.quick, started,
+                 {"images": args.images, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+                  "round_images": args.round_images})
 
 
 if __name__ == "__main__":
