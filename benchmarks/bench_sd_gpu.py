@@ -12,6 +12,11 @@ Per minibatch size: one warm-up round, then one timed round (sampling, then the 
 all its transitions). Prints a table and the ratios update/sampling and GiB per minibatch
 transition. Without a CUDA GPU it says so and exits 0 (``--tiny`` runs a small pipeline on the
 CPU instead, to check the script). Not a test: nothing is asserted. docs/rl.md has the H100 numbers.
+
+On a GPU it also writes benchmarks-out/bench/sd_gpu.json, rows of the benchmark summary (which card,
+per minibatch: sampling s per image-step, update s per transition, update / sampling, peak GiB);
+the project sets no GPU targets, so they are reported. ``--tiny`` runs write no result: a CPU check
+of the script is not a GPU figure. ``--quick`` (or ``QUICK=1``): 8 images x 10 steps, minibatch 8.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchlib import add_common_args, pick, row, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,11 +126,16 @@ def measure(pipeline_dir: Path, work: Path, args, minibatch: int, device: torch.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--minibatch", type=int, nargs="+", default=[32, 8])
+    parser.add_argument("--images", type=int, help="default 16 (quick 8)")
+    parser.add_argument("--steps", type=int, help="default 20 (quick 10)")
+    parser.add_argument("--minibatch", type=int, nargs="+", help="default 32 8 (quick 8)")
     parser.add_argument("--tiny", action="store_true", help="a small pipeline on the CPU (checks the script)")
+    add_common_args(parser)
     args = parser.parse_args()
+    started = time.perf_counter()
+    args.images = pick(args.quick, 8, 16, args.images)
+    args.steps = pick(args.quick, 10, 20, args.steps)
+    args.minibatch = pick(args.quick, [8], [32, 8], args.minibatch)
     if args.tiny:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
@@ -151,7 +163,29 @@ def main() -> int:
         per = (b["update_gib"] - a["update_gib"]) / (large - small)
         print(f"update memory: {per:.2f} GiB per minibatch transition, "
               f"{a['update_gib'] - per * small:.1f} GiB fixed (linear fit of the two extremes)")
+    if device.type == "cuda":
+        write_result(args.out, "sd_gpu", gpu_rows(rows, args, name), args.quick, started,
+                     {"resolution": args.resolution, "images": args.images, "steps": args.steps,
+                      "minibatch": args.minibatch})
     return 0
+
+
+def gpu_rows(rows: dict[int, dict[str, float]], args, card: str) -> list[dict]:
+    """Summary rows of a GPU run: no project targets at this size, so reported only."""
+    setup = f"{card}, SD 1.5 shapes float16, {args.resolution} px, {args.images} images x {args.steps} steps"
+    out = []
+    for mb, r in rows.items():
+        what = f"SD 1.5 size on GPU, minibatch {mb}:"
+        out += [
+            row(f"sd_sampling_ms_{mb}", f"{what} sampling per image-step", 1000 * r["sampling_s"] / (args.images * args.steps),
+                "ms", note=f"{setup}; round {r['sampling_s']:.2f} s", digits=1),
+            row(f"sd_update_ms_{mb}", f"{what} PPO-LoRA update per transition", 1000 * r["update_s"] / r["transitions"],
+                "ms", note=f"{r['transitions']:.0f} transitions, {r['update_s']:.2f} s", digits=1),
+            row(f"sd_update_sampling_{mb}", f"{what} update / sampling", r["update_s"] / r["sampling_s"], "x", digits=2),
+            row(f"sd_update_gib_{mb}", f"{what} update peak GPU memory", r["update_gib"], "GiB",
+                note=f"sampling {r['sampling_gib']:.1f} GiB; trajectories.h5 {r['file_mb']:.1f} MB", digits=1),
+        ]
+    return out
 
 
 if __name__ == "__main__":
