@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", default=env_quick(), help="also QUICK=1 in the environment")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--summary", type=Path, default=ROOT / "benchmarks-out" / "summary.md")
+    parser.add_argument("--run-dir", type=Path,
+                        help="a finished default run's folder for the pipeline rows and the dry-run (default: the project)")
     parser.add_argument("--only", nargs="+", choices=[name for name, _ in TABLE_BENCHES],
                         help="run only these benches (the others' rows show as missing)")
     args = parser.parse_args()
@@ -59,6 +61,8 @@ def main() -> int:
         command = [sys.executable, str(here / script)]
         if in_table:
             command += ["--out", str(args.out)] + (["--quick"] if args.quick else [])
+        if name == "pipeline" and args.run_dir:
+            command += ["--bench-dir", str(args.run_dir / "benchmarks-out"), "--workdir", str(args.run_dir)]
         print(f"\n=== {script}{' (quick)' if args.quick else ''}", flush=True)
         bench_started = time.perf_counter()
         code = subprocess.run(command, cwd=ROOT, env=env).returncode
