@@ -15,7 +15,7 @@ Every reward kind is measured at n = 256 and 1024 (and 64 in full mode). The clo
 child process with a time limit (``--closed-limit``): Fréchet's and Vendi's per-image loops take
 minutes at n = 1024, and a cut-off run still bounds the speed-up from above (marked ``<=``), which
 is enough to say it misses the >= 100x target. ``--quick``: n = 256 and 1024, 4 naive removals,
-a 5 s limit. Writes benchmarks-out/bench/rewards.json for ``benchmarks/summary.py``.
+a 10 s limit. Writes benchmarks-out/bench/rewards.json for ``benchmarks/summary.py``.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", help="default 64 256 1024 (quick 256 1024)")
     parser.add_argument("--naive-budget", type=int, help="max removals timed naively per row (default 64, quick 4)")
-    parser.add_argument("--closed-limit", type=float, help="seconds before a closed form is cut off (default 900, quick 5)")
+    parser.add_argument("--closed-limit", type=float, help="seconds before a closed form is cut off (default 900, quick 10)")
     add_common_args(parser)
     args = parser.parse_args()
     started = time.perf_counter()
     args.sizes = pick(args.quick, [256, 1024], [64, 256, 1024], args.sizes)
     args.naive_budget = pick(args.quick, 4, 64, args.naive_budget)
-    args.closed_limit = pick(args.quick, 5.0, 900.0, args.closed_limit)
+    args.closed_limit = pick(args.quick, 10.0, 900.0, args.closed_limit)
     config = load_config()
     reference, source = reference_features(config)
     rng = np.random.default_rng(0)

@@ -198,7 +198,8 @@ def default_round_bytes(images: int) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         # The default run starts from the shipped model, installed as pretrain_base installs it.
         install(Path(tmp) / "base")
-        sample_round_stage(cfg, experiment, 0, str(Path(tmp) / "base"), None, Path(tmp) / "round")
+        sample_round_stage(cfg, experiment, 0, model_dir=str(Path(tmp) / "base"), previous_policy=None,
+                           out_dir=Path(tmp) / "round")
         size = bytes_per_trajectory(Path(tmp) / "round" / "trajectories.h5")
     return size, {"experiment": experiment, "steps": cfg["sampling"]["steps"], **cfg["sampling"]["store"]}
 
