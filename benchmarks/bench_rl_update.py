@@ -18,8 +18,9 @@ layers_per_block; mid-block attention, 6 classes) with random weights and a rank
 LoRA adapter on the default targets (conv1, conv2, time_emb_proj); timing does not depend on
 the weights. Median of ``--repeats`` runs, PPO and TRPO interleaved. Not a test: nothing is asserted.
 
-``--quick`` (or ``QUICK=1``): 8 images x 8 steps, one repeat, only the default TRPO setting, no
-Fisher-vector product table. Writes benchmarks-out/bench/rl_update.json (update / (transitions x
+``--quick`` (or ``QUICK=1``): one repeat, only the default TRPO setting, no Fisher-vector product
+table; the same round size, since TRPO / PPO depends on it (the FVP subsample is a fixed number of
+transitions: on a smaller round it is a larger share of the update). Writes benchmarks-out/bench/rl_update.json (update / (transitions x
 fwd+bwd), target <= 1.15; default TRPO / PPO, target <= 2.5) for ``benchmarks/summary.py``.
 """
 
@@ -148,8 +149,8 @@ def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, help="default 24 (quick 8)")
-    parser.add_argument("--steps", type=int, help="default 10 (quick 8)")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--minibatch", type=int, default=32)
     parser.add_argument("--repeats", type=int, help="default 2 (quick 1)")
     parser.add_argument("--subsamples", type=int, nargs="+", help="default 32 64 128 (quick: the minibatch only)")
@@ -160,8 +161,6 @@ def main() -> None:
     add_common_args(parser)
     args = parser.parse_args()
     started = time.perf_counter()
-    args.images = pick(args.quick, 8, 24, args.images)
-    args.steps = pick(args.quick, 8, 10, args.steps)
     args.repeats = pick(args.quick, 1, 2, args.repeats)
     args.subsamples = pick(args.quick, [args.minibatch], [32, 64, 128], args.subsamples)
     args.cg = pick(args.quick, [10], [5, 10, 20], args.cg)

@@ -7,7 +7,7 @@ CUDA GPU is visible, which says so and writes nothing otherwise), each with ``--
 mode and ``--out benchmarks-out/bench``, then ``benchmarks/summary.py`` writes
 ``benchmarks-out/summary.md``. In full mode the benches outside the table (evaluation cost,
 memory options) run too, for their printed tables. Earlier results in benchmarks-out/bench are
-removed first, so the table never mixes runs. A bench that fails does not stop the others: its rows
+removed first (with ``--only``, those of the benches it runs), so the table never mixes runs. A bench that fails does not stop the others: its rows
 show as missing, and the command exits 1 after the summary is written.
 """
 
@@ -47,8 +47,11 @@ def main() -> int:
     from marsdiff.io.atomic import write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # Earlier results of the benches about to run go first: the table never mixes runs (--only
+    # keeps the others' results; their rows then show the run they came from).
     for stale in args.out.glob("*.json"):
-        stale.unlink()
+        if not args.only or stale.stem in args.only:
+            stale.unlink()
     env = dict(os.environ, QUICK="1" if args.quick else "0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     here = Path(__file__).resolve().parent
@@ -68,7 +71,7 @@ def main() -> int:
         code = subprocess.run(command, cwd=ROOT, env=env).returncode
         benches[name] = {"script": script, "returncode": code, "seconds": round(time.perf_counter() - bench_started, 1)}
         print(f"=== {script}: exit {code}, {benches[name]['seconds']:.0f} s", flush=True)
-    write_json(args.out / "_run.json", {"quick": args.quick, "benches": benches,
+    write_json(args.out / "_run.json", {"quick": args.quick, "benches": benches, "only": args.only,
                                         "seconds": round(time.perf_counter() - started, 1)})
     from summary import write_summary
 

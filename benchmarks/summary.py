@@ -167,7 +167,9 @@ def render(results: dict[str, dict[str, Any]], runner: dict[str, Any]) -> str:
         + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
     ]
     if runner.get("seconds") is not None:
-        lines.append(f"`make bench{' QUICK=1' if runner.get('quick') else ''}` took {runner['seconds']:.0f} s.")
+        command = (f"benchmarks/run_all.py --only {' '.join(runner['only'])}" if runner.get("only")
+                   else "make bench" + (" QUICK=1" if runner.get("quick") else ""))
+        lines.append(f"`{command}` took {runner['seconds']:.0f} s.")
     if "sd_gpu" not in results:
         lines.append("GPU rows (benchmarks/bench_sd_gpu.py, Stable Diffusion 1.5 size): not run, no CUDA GPU visible.")
     lines += [
