@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,16 @@ def machine_info() -> dict[str, Any]:
         "load": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
     }
-    try:
-        import torch
-
+    if os.environ.get("OMP_NUM_THREADS"):
+        info["omp_threads"] = os.environ["OMP_NUM_THREADS"]
+    # Only where the bench uses torch: importing it costs seconds, and a bench without it (rewards,
+    # pipeline) does not depend on its threads.
+    torch = sys.modules.get("torch")
+    if torch is not None:
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
-    except ImportError:  # the summary writer and the pipeline bench run without torch
-        pass
     return info
 
 

@@ -102,6 +102,8 @@ def format_machine(machine: dict[str, Any]) -> str:
         parts.append(f"load {machine['load'][0]:.1f}")
     if "torch_threads" in machine:
         parts.append(f"{machine['torch_threads']} torch thread(s)")
+    elif machine.get("omp_threads"):
+        parts.append(f"OMP_NUM_THREADS={machine['omp_threads']}")
     if machine.get("gpu"):
         parts.append(f"GPU {machine['gpu']}")
     return ", ".join(parts)
