@@ -20,8 +20,9 @@ the weights. Median of ``--repeats`` runs, PPO and TRPO interleaved. Not a test:
 
 ``--quick`` (or ``QUICK=1``): one repeat, only the default TRPO setting, no Fisher-vector product
 table; the same round size, since TRPO / PPO depends on it (the FVP subsample is a fixed number of
-transitions: on a smaller round it is a larger share of the update). Writes benchmarks-out/bench/rl_update.json (update / (transitions x
-fwd+bwd), target <= 1.15; default TRPO / PPO, target <= 2.5) for ``benchmarks/summary.py``.
+transitions: on a smaller round it is a larger share of the update). Writes
+benchmarks-out/bench/rl_update.json (update / (transitions x fwd+bwd), target <= 1.15; default
+TRPO / PPO, target <= 2.5) for ``benchmarks/summary.py``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def main() -> None:
     print(f"  UNet fwd+bwd at batch {args.minibatch:<3d}            {fb:8.3f} s   x {n}/{args.minibatch} batches = {bare:.3f} s")
     print(f"  update / (transitions x fwd+bwd)     {ppo / bare:8.3f}     (target <= 1.15)\n")
     print("One Fisher-vector product, in UNet fwd+bwd units of the same number of transitions")
+    if not products:
+        print("  (not measured in quick mode)")
     for (method, keep), seconds in products.items():
         count = args.minibatch if keep else 2 * args.minibatch
         label = "graph kept (1 chunk)" if keep else "rebuilt (2 chunks)"
