@@ -143,10 +143,11 @@ class Frechet:
 
     def value(self, generated: Any) -> FrechetResult:
         x = self._check(generated, min_rows=2)
-        mean_terms, traces, nuclears = self.reference.parts(x)(np.ones((1, len(x))))
-        trace_term = float(traces[0] + self.reference.trace - 2.0 * nuclears[0])
-        mean_term = float(mean_terms[0])
-        return FrechetResult(mean_term + trace_term, mean_term, trace_term, len(x), self.n_reference, self.dim)
+        mean_term, trace_x, nuclear = (float(part[0]) for part in self.reference.parts(x)(np.ones((1, len(x)))))
+        # summed in the order of FrechetReference.statistic, so the reward is the evaluation's FD to the bit
+        distance = mean_term + trace_x + self.reference.trace - 2.0 * nuclear
+        trace_term = trace_x + self.reference.trace - 2.0 * nuclear
+        return FrechetResult(distance, mean_term, trace_term, len(x), self.n_reference, self.dim)
 
     def leave_one_out(self, generated: Any) -> np.ndarray:
         """Per-image credit ``-FD(X) + FD(X without x_a)`` (exact; one SVD per image)."""
