@@ -267,13 +267,10 @@ def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFram
 
 def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row: int = 8) -> None:
     """One row of example crops per size category, smallest craters on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from marsdiff.io.figures import save_png, subplots
 
     categories = sorted(manifest["size_cat"].unique(), key=category_sort_key)
-    fig, axes = plt.subplots(len(categories), per_row, figsize=(per_row * 1.1, len(categories) * 1.2), squeeze=False)
+    fig, axes = subplots(len(categories), per_row, figsize=(per_row * 1.1, len(categories) * 1.2), squeeze=False)
     rng = np.random.default_rng(0)
     for row, category in enumerate(categories):
         members = manifest[manifest["size_cat"] == category]
@@ -289,6 +286,4 @@ def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row:
                 ax.set_ylabel(category, fontsize=7)
     fig.suptitle("Reference craters by size category", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path, dpi=100)

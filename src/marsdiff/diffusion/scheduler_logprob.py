@@ -38,6 +38,8 @@ import torch
 # Name of the stored log-prob unit; written into HDF5 attributes and checked on read.
 LOG_PROB_CONVENTION = "mean_per_dim_nats"
 DEFAULT_MIN_STD = 0.01
+#: The spacings of diffusers' DDIMScheduler (Lin et al. 2023, table 2).
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -146,18 +148,24 @@ class DDIMLogProbScheduler:
         }
 
     def set_timesteps(self, num_inference_steps: int) -> torch.Tensor:
-        """Choose the sampling grid (descending) exactly as diffusers' DDIM does for this spacing."""
+        """Choose the sampling grid (descending): diffusers' DDIMScheduler.set_timesteps itself.
+
+        The grid comes from diffusers, not a re-implementation: a torch copy of its arithmetic
+        rounded some half-integers the other way (trailing spacing at 48 of 1000 steps gave 937
+        where diffusers gives 936), so the recorded chain was not diffusers' chain."""
+        from diffusers import DDIMScheduler
+
         n, T = int(num_inference_steps), self.num_train_timesteps
         if not 1 <= n <= T:
             raise ValueError(f"num_inference_steps must be in 1..{T}, got {n}")
-        if self.timestep_spacing == "linspace":
-            grid = torch.linspace(0, T - 1, n, dtype=torch.float64).round().flip(0).long()
-        elif self.timestep_spacing == "leading":
-            grid = (torch.arange(n, dtype=torch.int64) * (T // n)).flip(0) + self.steps_offset
-        elif self.timestep_spacing == "trailing":
-            grid = torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)).long() - 1
-        else:
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"unsupported timestep_spacing {self.timestep_spacing!r}")
+        # Only the grid fields matter here; the beta schedule of this throwaway scheduler is unused.
+        grid_scheduler = DDIMScheduler(
+            num_train_timesteps=T, timestep_spacing=self.timestep_spacing, steps_offset=self.steps_offset
+        )
+        grid_scheduler.set_timesteps(n)
+        grid = grid_scheduler.timesteps.to(torch.int64).cpu()
         self.timesteps = grid
         # The previous timestep of each grid point is the next grid point; -1 after the last one
         # means "the clean image" (final_alpha_cumprod). For leading spacing this equals
@@ -285,6 +293,9 @@ class DDIMLogProbScheduler:
 
 def power_timesteps(num_train_timesteps: int, num_steps: int, power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image timestep grids t_k = T * ((n - k) / n) ** power - 1, k = 0 .. n-1.
+
+    Written here, not taken from diffusers: its schedulers have one grid per scheduler, not one
+    per image, and no power spacing.
 
     ``power`` (shape (B,)) is the schedule knob: 1 is diffusers' "trailing" spacing, > 1 spends
     more steps at low noise (fine detail), < 1 more at high noise (layout). Grids are made

@@ -5,7 +5,8 @@
 to n. The bandwidth is the MMD one (fixed from the held-out median distance), so Vendi values of
 different models are on one scale. With image weights ``p`` (counts / total) the paper's weighted
 form uses the eigenvalues of ``diag(sqrt p) K diag(sqrt p)``; for counts this is exactly the Vendi
-score of the resample with its repeated images. A resample has fewer distinct images, so the
+score of the resample with its repeated images (:func:`marsdiff.rewards.vendi.weighted_vendi`,
+the reward's Vendi: one implementation). A resample has fewer distinct images, so the
 replicates drop: bias-shifted interval.
 
 **Near-duplicate pairs**: pairs of distinct generated images at distance ``<= fraction x`` the
@@ -22,18 +23,7 @@ import numpy as np
 from marsdiff.evaluation.bootstrap import BIAS_SHIFTED, PERCENTILE
 from marsdiff.evaluation.fidelity import rbf_from_distances
 from marsdiff.evaluation.metric import Metric
-
-
-def weighted_vendi(kernel: np.ndarray, weights: np.ndarray) -> float:
-    """Order-1 Vendi score of points with probability weights (zero weights drop out)."""
-    present = weights > 0
-    p = weights[present] / weights[present].sum()
-    root = np.sqrt(p)
-    # numpy's eigvalsh (LAPACK syevd) measured 1.6x faster than scipy's default driver here
-    eigenvalues = np.linalg.eigvalsh(root[:, None] * kernel[np.ix_(present, present)] * root[None, :])
-    positive = eigenvalues[eigenvalues > 0.0]
-    positive = positive / positive.sum()  # remove round-off in the trace (it is 1 in exact arithmetic)
-    return float(np.exp(-np.sum(positive * np.log(positive))))
+from marsdiff.rewards.vendi import weighted_vendi
 
 
 def vendi_metric(generated_distances: np.ndarray, bandwidth: float) -> Metric:

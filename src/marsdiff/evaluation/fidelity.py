@@ -1,13 +1,11 @@
 """Distribution distances between generated and held-out features: Fréchet distance, KID, MMD^2.
 
 **Fréchet distance** of the Gaussian fits (float64),
-``FD = |mu_x - mu_y|^2 + tr S_x + tr S_y - 2 tr sqrt(S_x^1/2 S_y S_x^1/2)``. With ``P_x`` the
-centred generated rows over ``sqrt(n-1)`` (so ``S_x = P_x^T P_x``) and ``P_y`` likewise, the last
-trace is the nuclear norm (sum of singular values) of the small ``n x m`` matrix ``P_x P_y^T``:
-the non-zero singular values of ``S_x^1/2 S_y^1/2`` and of ``P_x P_y^T`` are the same. No d x d
-square root is needed, which keeps every bootstrap replicate cheap and avoids ``sqrtm``'s complex
-round-off. Named by feature space (``FD_mobilenet_v2``): these are not Inception features. FD
-has a strong sample-size bias, so it is reported beside a real-vs-real value at the same n.
+``FD = |mu_x - mu_y|^2 + tr S_x + tr S_y - 2 tr sqrt(S_x^1/2 S_y S_x^1/2)``, computed by
+:class:`marsdiff.rewards.frechet.FrechetReference` (the reward's FD, one implementation): the last
+trace is a nuclear norm of a small matrix, with frequency weights for the bootstrap replicates.
+Named by feature space (``FD_mobilenet_v2``): these are not Inception features. FD has a strong
+sample-size bias, so it is reported beside a real-vs-real value at the same n.
 
 **KID** (Bińkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
 ``k(x, y) = (x.y / d + 1)^3``, averaged over ``kid_subsets`` random subsets of
@@ -17,7 +15,9 @@ has a strong sample-size bias, so it is reported beside a real-vs-real value at 
 **MMD^2** unbiased, RBF kernel ``exp(-|x-y|^2 / 2 sigma^2)`` with sigma = ``bandwidth_scale`` x
 the median pairwise distance of the held-out features (fixed for all models and replicates):
 ``sum_{i!=j} Kxx / n(n-1) + sum_{i!=j} Kyy / m(m-1) - 2 sum Kxy / nm``. Its real-vs-real
-baseline splits the held-out set into random halves (:func:`split_half_mmd2`).
+baseline splits the held-out set into random halves (:func:`split_half_mmd2`). The kernel
+formula and the estimators are the rewards' (:mod:`marsdiff.rewards.kernels`,
+:mod:`marsdiff.rewards.mmd`); the distances are :mod:`.distances`' exact ones.
 
 Bootstrap: a resample repeats some images. The U-statistics (KID replicates, MMD^2) skip the
 pairs of an image with its own copies, exactly as the unbiased estimator skips i == j, so a
@@ -32,12 +32,13 @@ so FD uses the bias-shifted interval too.
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation.bootstrap import BIAS_SHIFTED, PERCENTILE
 from marsdiff.evaluation.distances import pairwise_distances
 from marsdiff.evaluation.metric import Metric
+from marsdiff.rewards import frechet, kernels, mmd
+from marsdiff.rewards.mmd import weighted_unbiased_mmd2
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,43 +46,8 @@ from marsdiff.evaluation.metric import Metric
 # --------------------------------------------------------------------------------------------
 
 
-class FrechetReference:
-    """Reference mean, centred rows and covariance trace, computed once per held-out set."""
-
-    def __init__(self, reference: np.ndarray):
-        self.n_reference = len(reference)
-        self.mean = reference.mean(axis=0)
-        self.centred = reference - self.mean
-        self.trace = float(np.sum(self.centred**2)) / (self.n_reference - 1)
-
-    def distance(self, generated: np.ndarray) -> float:
-        """FD between ``generated`` (>= 2 rows) and the reference."""
-        return float(self.statistic(generated)(np.ones((1, len(generated))))[0])
-
-    def statistic(self, generated: np.ndarray):
-        """FD as a function of per-image counts (frequency weights on the generated rows)."""
-        # X Y_c^T once: for any weights, (X - mu_w) Y_c^T = X Y_c^T - mu_w Y_c^T.
-        cross = generated @ self.centred.T
-        squared_norms = np.einsum("ij,ij->i", generated, generated)
-        scale = np.sqrt(self.n_reference - 1.0)
-
-        def fd(counts: np.ndarray) -> np.ndarray:
-            values = np.empty(len(counts))
-            for row, weights in enumerate(counts):
-                present = weights > 0
-                w = weights[present]
-                total = w.sum()
-                mean = w @ generated[present] / total
-                mean_term = float(np.sum((mean - self.mean) ** 2))
-                # sum_i w_i |x_i - mu|^2 = sum_i w_i |x_i|^2 - W |mu|^2
-                trace_x = (float(w @ squared_norms[present]) - total * float(mean @ mean)) / (total - 1.0)
-                centred_cross = cross[present] - mean @ self.centred.T
-                factor = np.sqrt(w)[:, None] * centred_cross / (np.sqrt(total - 1.0) * scale)
-                nuclear = float(linalg.svdvals(factor, check_finite=False).sum())
-                values[row] = mean_term + trace_x + self.trace - 2.0 * nuclear
-            return values
-
-        return fd
+class FrechetReference(frechet.FrechetReference):
+    """The held-out side of FD (:class:`marsdiff.rewards.frechet.FrechetReference`) as a metric."""
 
     def metric(self, generated: np.ndarray, feature_space: str) -> Metric:
         return Metric(
@@ -100,37 +66,18 @@ def frechet_distance(generated: np.ndarray, reference: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# U-statistic MMD^2 on any kernel (shared by KID and the RBF MMD)
+# U-statistic MMD^2 on any kernel (the estimators live in marsdiff.rewards.mmd)
 # --------------------------------------------------------------------------------------------
 
 
 def reference_term(kyy: np.ndarray) -> float:
     """Mean of the reference kernel matrix over pairs i != j."""
-    m = len(kyy)
-    return float((kyy.sum() - np.trace(kyy)) / (m * (m - 1)))
-
-
-def weighted_unbiased_mmd2(kxx: np.ndarray, kxy: np.ndarray, t_yy: float, counts: np.ndarray) -> np.ndarray:
-    """Unbiased MMD^2 for each row of counts on the generated side.
-
-    Pairs (i, j) of distinct generated images weigh ``w_i w_j``; an image paired with its own
-    copies is left out like the diagonal (``sum_i w_i^2 k_ii`` removed from numerator and the
-    matching ``sum_i w_i^2`` from the pair count). Counts of all ones give the usual estimator.
-    """
-    totals = counts.sum(axis=1)
-    squares = counts**2
-    pair_sum = np.einsum("bi,bi->b", counts @ kxx, counts) - squares @ np.diag(kxx)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t_xx = pair_sum / (totals**2 - squares.sum(axis=1))
-    t_xy = counts @ kxy.sum(axis=1) / (totals * kxy.shape[1])
-    return t_xx + t_yy - 2.0 * t_xy
+    return float(mmd.within_mean(kyy, "unbiased"))
 
 
 def unbiased_mmd2(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
     """The textbook unbiased MMD^2 from the three kernel matrices."""
-    n = len(kxx)
-    t_xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    return float(t_xx + reference_term(kyy) - 2.0 * kxy.mean())
+    return mmd.mmd2_from_kernels(kxx, kxy, reference_term(kyy), "unbiased")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,8 +154,7 @@ def kernel_inception_distance(
 
 def median_pairwise_distance(distances: np.ndarray) -> float:
     """Median over pairs i < j of a square distance matrix; an error when it is 0."""
-    upper = np.triu_indices(len(distances), k=1)
-    median = float(np.median(distances[upper]))
+    median = kernels.pair_median(distances)
     if not median > 0.0:
         raise MarsdiffError(
             "the held-out features' median pairwise distance is 0 (at least half the pairs are identical): "
@@ -218,7 +164,8 @@ def median_pairwise_distance(distances: np.ndarray) -> float:
 
 
 def rbf_from_distances(distances: np.ndarray, bandwidth: float) -> np.ndarray:
-    return np.exp(-(distances**2) / (2.0 * bandwidth * bandwidth))
+    """The rewards' RBF kernel, from Euclidean (not squared) distances."""
+    return kernels.kernel_from_sq_distances(distances**2, bandwidth)
 
 
 class MMDReference:

@@ -16,36 +16,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: the workflow runs on servers without a display
+from marsdiff.errors import MarsdiffError
+from marsdiff.data.category_order import category_sort_key
+from marsdiff.evaluation.metric import direction_symbol
+from marsdiff.io.figures import pyplot, save_png, subplots
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from marsdiff.errors import MarsdiffError  # noqa: E402
-from marsdiff.data.category_order import category_sort_key  # noqa: E402
-from marsdiff.evaluation.metric import direction_symbol  # noqa: E402
-from marsdiff.io.atomic import atomic_path  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 DPI = 100
 REFERENCE_COLOUR = "0.55"
 EXACT_TSNE_MAX_POINTS = 600
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int) -> Path:
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
-
-
 def _colours(n: int) -> list:
-    cmap = plt.get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
@@ -123,7 +113,7 @@ def plot_tsne(
     ])
     bounds = np.cumsum([0] + [len(a) for a in arrays])
 
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    fig, ax = subplots(figsize=figsize, layout="constrained")
     colours = iter(_colours(len(names)))
     # The reference first and in grey, so the models are drawn over it.
     for name in [reference] + [n for n in names if n != reference]:
@@ -140,7 +130,7 @@ def plot_tsne(
     ax.set_ylabel("t-SNE dimension 2")
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", frameon=True)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def place_points(points: np.ndarray, fitted: np.ndarray, embedding: np.ndarray, neighbours: int = 10) -> np.ndarray:
@@ -183,7 +173,7 @@ def plot_reward_curves(
         raise MarsdiffError(f"plot_reward_curves: the metrics table lacks column(s) {', '.join(missing)}")
     if metrics.empty:
         raise MarsdiffError("plot_reward_curves: the metrics table has no rows")
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    fig, ax = subplots(figsize=figsize, layout="constrained")
     experiments = list(dict.fromkeys(metrics["experiment"]))
     for colour, experiment in zip(_colours(len(experiments)), experiments):
         rows = metrics[metrics["experiment"] == experiment].sort_values("round")
@@ -198,7 +188,7 @@ def plot_reward_curves(
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(title="experiment", fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +213,7 @@ def plot_category_coverage(
     models = list(models) if models is not None else list(dict.fromkeys(category_coverage["model"]))
     columns = list(dict.fromkeys(category_coverage["column"]))
     figsize = figsize or (max(6.0, 3.5 * len(columns) + 0.4 * len(models)), 5.2)
-    fig, axes = plt.subplots(1, len(columns), figsize=figsize, layout="constrained", squeeze=False)
+    fig, axes = subplots(1, len(columns), figsize=figsize, layout="constrained", squeeze=False)
     colours = _colours(len(models))
     width = 0.8 / len(models)
     for ax, column in zip(axes[0], columns):
@@ -256,7 +246,7 @@ def plot_category_coverage(
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(models), 5),
                fontsize="small", title="model")
     fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +265,7 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
     return images
 
 
-def _show(ax: plt.Axes, image: np.ndarray) -> None:
+def _show(ax: Axes, image: np.ndarray) -> None:
     if image.ndim == 2:
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     else:
@@ -308,7 +298,7 @@ def plot_sample_grid(
     if real is not None:
         rows.append((real[0], _check_images(real[1], f"plot_sample_grid[{real[0]}]"), real[2]))
     rows += [(name, array, (labels or {}).get(name)) for name, array in arrays.items()]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(rows),
         columns,
         figsize=(cell_inches * columns + 1.6, (cell_inches + (0.2 if labels or real else 0.0)) * len(rows) + 0.8),
@@ -328,7 +318,7 @@ def plot_sample_grid(
                 ax.set_xlabel(str(row_labels[column]), fontsize="x-small", labelpad=1)
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
     fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def plot_extremes_by_credit(
@@ -351,7 +341,7 @@ def plot_extremes_by_credit(
     order = np.argsort(-credit, kind="stable")
     rows = (("most novel\n(highest\ncredit)", order[:n]), ("most\nredundant\n(lowest\ncredit)", order[::-1][:n]))
     figsize = (cell_inches * n + 1.8, 2 * cell_inches + 1.2)
-    fig, axes = plt.subplots(2, n, figsize=figsize, layout="constrained", squeeze=False)
+    fig, axes = subplots(2, n, figsize=figsize, layout="constrained", squeeze=False)
     for row, (label, chosen) in enumerate(rows):
         for column, index in enumerate(chosen):
             ax = axes[row][column]
@@ -359,7 +349,7 @@ def plot_extremes_by_credit(
             ax.set_title(f"{ids[index]}\ncredit {credit[index]:.3g}", fontsize="x-small")
         axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
     fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +374,7 @@ def plot_metric_intervals(
     n_cols = 3
     n_rows = int(np.ceil(len(metrics) / n_cols))
     height = max(1.6, panel_inches[1] * len(models) + 0.9)
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         n_rows, n_cols, figsize=(panel_inches[0] * n_cols + 1.5, height * n_rows + 0.6), layout="constrained", squeeze=False
     )
     colours = dict(zip(models, _colours(len(models))))
@@ -418,4 +408,4 @@ def plot_metric_intervals(
         fontsize="small", title="model",
     )
     fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)

@@ -5,6 +5,12 @@ either a fixed positive number or the median heuristic: the median Euclidean dis
 distinct rows of a feature set (the reference set inside a :class:`RewardModel`, so the reward's
 scale does not drift as the policy changes). Every reward result records the bandwidth it used
 and where it came from (``"fixed"`` or ``"median"``).
+
+The evaluation metrics (``marsdiff.evaluation.fidelity`` and ``.diversity``) use the same kernel
+formula (:func:`kernel_from_sq_distances`) and pair median (:func:`pair_median`) on their own
+distance matrices: they take distances from ``scipy.spatial.distance.cdist`` (exact zeros for
+duplicates, which their k-NN balls need), the rewards from :func:`squared_distances` (one GEMM,
+the fast path for the per-round leave-one-out credit).
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ def kernel_from_sq_distances(sq_distances: np.ndarray, bandwidth: float) -> np.n
     return np.exp(sq_distances / (-2.0 * sigma * sigma))
 
 
+def pair_median(distances: np.ndarray) -> float:
+    """Median of a square distance matrix over the pairs i < j (no check that it is > 0)."""
+    upper = np.triu_indices(len(distances), k=1)
+    return float(np.median(distances[upper]))
+
+
 def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarray | None = None) -> float:
     """Median Euclidean distance over pairs i < j of rows; raises if it is 0 (identical features).
 
@@ -64,11 +76,10 @@ def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarr
             rows = np.random.default_rng(seed).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
             features = features[np.sort(rows)]
         sq_distances = squared_distances(features)
-    upper = np.triu_indices(len(sq_distances), k=1)
     # The median of the distances, not the root of the median squared distance: with an even
     # number of pairs the median averages the two middle values, and the mean of two squares
     # is not the square of their mean.
-    median = float(np.median(np.sqrt(sq_distances[upper])))
+    median = pair_median(np.sqrt(sq_distances))
     if not median > 0.0:
         raise MarsdiffError(
             "median-heuristic bandwidth is 0: at least half of the feature pairs are identical "

@@ -15,6 +15,13 @@ with ``S_xx`` the off-diagonal total of Kxx, ``r_a`` row a's off-diagonal sum, `
 total of Kxy and ``c_a`` its row a sum,
 ``MMD^2_u(X-a) = T_yy + (S_xx - 2 r_a)/((n-1)(n-2)) - 2 (S_xy - c_a)/(m(n-1))``;
 the biased form uses the full sums and ``(n-1)^2`` (adding ``Kxx[a,a]`` back once).
+
+This module holds the one implementation of the MMD^2 estimators: the reward (:class:`MMD`) and
+the evaluation metrics (``marsdiff.evaluation.fidelity``: the RBF MMD^2, KID's polynomial-kernel
+subsets, the split-half baseline and their bootstrap replicates) all call :func:`within_mean`,
+:func:`mmd2_from_kernels` and :func:`weighted_unbiased_mmd2` on their kernel matrices. Both
+estimators are kept on purpose: the reward offers ``biased`` for the CMMD convention, the
+evaluation reports the unbiased one (a U-statistic, so the bootstrap replicates stay unbiased).
 """
 
 from __future__ import annotations
@@ -51,6 +58,36 @@ class MMDResult:
         return -self.mmd2
 
 
+def within_mean(kernel: np.ndarray, estimator: str = "unbiased") -> float:
+    """Mean kernel value within one set: over pairs i != j (unbiased) or over all pairs (biased)."""
+    n = len(kernel)
+    if estimator == "unbiased":
+        return (kernel.sum() - np.trace(kernel)) / (n * (n - 1))
+    return kernel.sum() / (n * n)
+
+
+def mmd2_from_kernels(kxx: np.ndarray, kxy: np.ndarray, t_yy: float, estimator: str = "unbiased") -> float:
+    """MMD^2 from the generated kernel matrix, the cross matrix and the reference's :func:`within_mean`."""
+    n, m = kxy.shape
+    return float(within_mean(kxx, estimator) + t_yy - 2.0 * kxy.sum() / (n * m))
+
+
+def weighted_unbiased_mmd2(kxx: np.ndarray, kxy: np.ndarray, t_yy: float, counts: np.ndarray) -> np.ndarray:
+    """Unbiased MMD^2 for each row of counts (frequency weights) on the generated side.
+
+    Pairs (i, j) of distinct generated images weigh ``w_i w_j``; an image paired with its own
+    copies is left out like the diagonal (``sum_i w_i^2 k_ii`` removed from numerator and the
+    matching ``sum_i w_i^2`` from the pair count). Counts of all ones give the usual estimator.
+    """
+    totals = counts.sum(axis=1)
+    squares = counts**2
+    pair_sum = np.einsum("bi,bi->b", counts @ kxx, counts) - squares @ np.diag(kxx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_xx = pair_sum / (totals**2 - squares.sum(axis=1))
+    t_xy = counts @ kxy.sum(axis=1) / (totals * kxy.shape[1])
+    return t_xx + t_yy - 2.0 * t_xy
+
+
 class MMD:
     """MMD^2 against a fixed reference set; reference-only sums are computed once."""
 
@@ -74,11 +111,7 @@ class MMD:
         self.reference = unit_normalise(ref, "reference features") if unit_norm else ref
         self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
         kyy = rbf_kernel(self.reference, None, self.bandwidth) if reference_kernel is None else reference_kernel
-        m = len(self.reference)
-        if estimator == "unbiased":
-            self._t_yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        else:
-            self._t_yy = kyy.sum() / (m * m)
+        self._t_yy = within_mean(kyy, estimator)
 
     def _kernels(self, generated: Any, min_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = as_features(generated, "generated features", min_rows=min_rows)
@@ -101,12 +134,7 @@ class MMD:
 
     def value(self, generated: Any) -> MMDResult:
         x, kxx, kxy = self._kernels(generated, min_rows=2)
-        n, m = len(x), len(self.reference)
-        if self.estimator == "unbiased":
-            t_xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-        else:
-            t_xx = kxx.sum() / (n * n)
-        return self._result(t_xx + self._t_yy - 2.0 * kxy.sum() / (n * m), n)
+        return self._result(mmd2_from_kernels(kxx, kxy, self._t_yy, self.estimator), len(x))
 
     def leave_one_out(self, generated: Any) -> np.ndarray:
         """Per-image credit ``reward(X) - reward(X without x_a)`` for every generated row a."""

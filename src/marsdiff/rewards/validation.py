@@ -354,10 +354,7 @@ def credit_snr(features: np.ndarray, meta: pd.DataFrame, reward: RewardConfig, v
 
 def plot_rho(summary: dict[str, Any], path: str | Path) -> None:
     """Heat map of the per-draw Spearman rho of every reward (and the grid's chosen mix) on every ladder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from marsdiff.io.figures import save_png, subplots
 
     ladders = list(summary["ladders"])
     rewards = sorted(summary["rewards"], key=lambda name: (name == COMBINED, name))
@@ -368,7 +365,7 @@ def plot_rho(summary: dict[str, Any], path: str | Path) -> None:
         rows.append([chosen["spearman_draws"].get(l) for l in ladders])
         labels.append("grid choice: " + mix_name(chosen["weights"]))
     values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.3 * len(ladders) + 4.5, 0.38 * len(rows) + 1.6))
+    fig, ax = subplots(figsize=(1.3 * len(ladders) + 4.5, 0.38 * len(rows) + 1.6))
     image = ax.imshow(values, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
@@ -378,24 +375,20 @@ def plot_rho(summary: dict[str, Any], path: str | Path) -> None:
     ax.set_title("per-draw Spearman ρ (one set = one draw) of reward vs ladder level; higher = orders diversity better",
                  fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path: str | Path) -> None:
     """One panel per reward: mean reward vs level with a 2.5-97.5 percentile interval over repeats."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from marsdiff.io.figures import save_png, subplots
 
     data = table[(table["ladder"] == ladder) & (table["bandwidth_scale"] == summary["bandwidth_scale"])]
     rewards = sorted(data["reward"].unique(), key=lambda name: (name == COMBINED, name))
     columns = min(4, max(1, len(rewards)))
     grid_rows = max(1, math.ceil(len(rewards) / columns))
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
+    fig, axes = subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
     for ax in axes.flat[len(rewards):]:
         ax.axis("off")
     for ax, reward in zip(axes.flat, rewards):
@@ -421,9 +414,7 @@ def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path:
                  f"{data.groupby(['reward', 'level']).size().max() if not data.empty else 0} sets; "
                  "ρ = Spearman of the level means", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def run_validation(

@@ -131,17 +131,15 @@ def curve_figure(table: pd.DataFrame, title: str | None = None, note: str | None
     Panels, left to right: the paired improvement with its interval (raw set reward and
     ``note`` on the panel when the table has none), the KL diagnostics on a log axis, the clip
     fraction, the plan values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from marsdiff.io.figures import subplots
 
     kl_columns = [c for c in KL_COLUMNS if _has(table, c)]
     plan_columns = sorted(c for c in table.columns if str(c).startswith(PLAN_PREFIX) and _has(table, c))
     panels = ["reward"] + ["kl"] * bool(kl_columns or _has(table, "max_kl")) + ["clip"] * _has(table, "clip_fraction")
     panels += ["plan"] * bool(plan_columns)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
     rounds = table["round"].to_numpy()
     for ax, panel in zip(axes[0], panels):
         ax.set_xlabel("round")
@@ -233,10 +231,8 @@ def write_experiment_curves(metrics_paths: Sequence[str | os.PathLike], table_cs
         table.to_csv(tmp, index=False)
     name = str(table["experiment"].iloc[0]) if "experiment" in table else None
     algorithm = f" ({table['algorithm'].iloc[0]}, {table['mode'].iloc[0]})" if "algorithm" in table else ""
-    import matplotlib.pyplot as plt
+    from marsdiff.io.figures import save_png
 
     fig = curve_figure(table, title=f"{name}{algorithm}" if name else None, note=curve_note(name, control))
-    with atomic_path(curve_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_png(fig, curve_png, dpi=120)
     return table
