@@ -368,6 +368,14 @@ def changed_by(layout, module, edit=None):
     return {key for key in before if before[key] != after[key]}
 
 
+def test_every_algorithm_has_its_entry_module():
+    from marsdiff.rl.experiments import ALGORITHMS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(code.ALGORITHM_ENTRIES) == set(ALGORITHMS) == set(
+        schema["properties"]["experiments"]["additionalProperties"]["properties"]["algorithm"]["enum"])
+
+
 def test_the_update_algorithms_rerun_only_their_own_experiments_updates(code_tree):
     assert changed_by(code_tree, "rl/trpo.py") == {"update_round[trpo]"}
     assert changed_by(code_tree, "rl/ppo.py") == {"update_round[ppo]"}

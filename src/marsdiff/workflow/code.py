@@ -26,7 +26,7 @@ ALGORITHM_ENTRIES = {"ppo": "rl/ppo.py", "trpo": "rl/trpo.py"}
 PER_ALGORITHM = ("update_round",)
 #: The modules a rule's digest does not follow (marsdiff.provenance.resolve_parts), beyond the
 #: other algorithms' entries of PER_ALGORITHM rules: sampling runs no update
-#: (tests/test_rl_rounds.py checks that sampling imports none of them).
+#: (tests/test_rerun_policy.py runs the sampling and checks that it imports none of them).
 CODE_STOPS: dict[str, tuple[str, ...]] = {
     "sample_round": tuple(sorted(ALGORITHM_ENTRIES.values())),
 }
