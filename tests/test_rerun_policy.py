@@ -3,8 +3,10 @@ values, its input data or its code's behaviour change, and for nothing else.
 
 A finished tiny run of the reference, feature, reward-validation and base-model stages lives in
 a copy of the project (Snakefile, workflow/, src/, profiles/) with the user's own tile and
-labels; each test dry-runs a change on it (or on a copy of it) and asserts the exact set of
-planned jobs.
+labels; each slow test dry-runs a change on it (or on a copy of it) and asserts the exact set of
+planned jobs. The code-digest tests at the end edit a copy of the code and compare every rule's
+``code`` param (and the shipped model's training digest) before and after: which edit re-runs
+which rules, without running them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,11 +25,13 @@ import yaml
 from PIL import Image
 
 from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
+from marsdiff.workflow import code
+from marsdiff.workflow.paths import Layout
 
 from conftest import REPO, SNAKEMAKE
 from test_workflow import planned_jobs
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 TARGETS = [
     "results/reference/manifest.csv",
@@ -138,11 +143,13 @@ CONFIG_CHANGES = [
 ]
 
 
+@slow
 @pytest.mark.parametrize("change,planned", [case[1:] for case in CONFIG_CHANGES], ids=[case[0] for case in CONFIG_CHANGES])
 def test_a_config_change_reruns_exactly_the_stages_it_touches(finished, tmp_path, change, planned):
     assert plan(finished, change, tmp_path) == planned
 
 
+@slow
 def test_a_copied_touched_and_moved_project_has_nothing_to_do(copied, tmp_path):
     # every file of the copy (results, code, scripts, data, metadata) has a new random time
     assert plan(copied) == {}
@@ -154,6 +161,7 @@ def test_a_copied_touched_and_moved_project_has_nothing_to_do(copied, tmp_path):
     assert plan(copied) == {}
 
 
+@slow
 def test_new_user_data_reruns_the_reference_chain(copied):
     labels = copied / "data" / "labels.csv"
     labels.write_text(labels.read_text() + "850.5,850.5,30.0\n")
@@ -162,6 +170,7 @@ def test_new_user_data_reruns_the_reference_chain(copied):
     assert plan(copied) == {}
 
 
+@slow
 def test_comments_and_docstrings_rerun_nothing_behaviour_does(copied):
     kernels = copied / "src" / "marsdiff" / "rewards" / "kernels.py"
     script = copied / "workflow" / "scripts" / "categorize_reference.py"
@@ -188,6 +197,7 @@ def _one_line_error(result):
     return errors[0]
 
 
+@slow
 def test_bad_reference_input_is_refused_before_anything_is_deleted(copied):
     before = results_fingerprint(copied)
     labels = copied / "data" / "labels.csv"
@@ -236,6 +246,7 @@ def folder_run(tmp_path_factory):
     return project
 
 
+@slow
 def test_folder_content_not_its_times_decides(folder_run, tmp_path):
     project = copy_project(folder_run, tmp_path / "copy")
     targets = ["results/reference/manifest.csv"]
@@ -254,6 +265,7 @@ def test_folder_content_not_its_times_decides(folder_run, tmp_path):
     (lambda root: _image(root / "loose.png", 9), r"craters/loose\.png: images must sit in category sub-folders"),
     (lambda root: (root / "meta.csv").write_text("file,diameter_px\nby_size/small/zz.png,1\n"), r"meta\.csv: metadata names 1 file\(s\) not in the folder"),
 ])
+@slow
 def test_bad_folder_input_is_refused_before_anything_is_deleted(folder_run, tmp_path, breakage, message):
     project = copy_project(folder_run, tmp_path / "copy")
     before = results_fingerprint(project)
@@ -303,12 +315,14 @@ EVAL_CHANGES = [
 ]
 
 
+@slow
 @pytest.mark.parametrize("change,planned", [c[1:] for c in EVAL_CHANGES], ids=[c[0] for c in EVAL_CHANGES])
 def test_evaluation_settings_rerun_only_the_stage_they_feed(evaluated, tmp_path, change, planned):
     assert eval_plan(evaluated) == {}
     assert eval_plan(evaluated, change, tmp_path) == planned
 
 
+@slow
 def test_pixel_and_summary_code_rerun_no_evaluation(evaluated):
     pixels = evaluated / "src" / "marsdiff" / "evaluation" / "pixels.py"
     stage = evaluated / "src" / "marsdiff" / "stages" / "report_summary.py"
@@ -322,3 +336,123 @@ def test_pixel_and_summary_code_rerun_no_evaluation(evaluated):
     finally:
         pixels.write_text(original_pixels)
         stage.write_text(original_stage)
+
+
+# ---------------------------------------------------------------------------- code digests
+
+SHIPPED = "shipped training code"
+
+
+@pytest.fixture
+def code_tree(tmp_path):
+    """A copy of the code the digests read (src/marsdiff without its assets, workflow/scripts)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "assets")
+    shutil.copytree(REPO / "src" / "marsdiff", tmp_path / "src" / "marsdiff", ignore=ignore)
+    shutil.copytree(REPO / "workflow" / "scripts", tmp_path / "workflow" / "scripts", ignore=ignore)
+    return Layout(tmp_path / "run", tmp_path)
+
+
+def code_params(layout):
+    """Every rule's code param (update_round once per algorithm) and the shipped training digest."""
+    return {**code.rule_codes(layout), SHIPPED: code.shipped_training_code(layout)}
+
+
+def changed_by(layout, module, edit=None):
+    """The code params an edit of library ``module`` changes (default: a new module-level name,
+    a change of behaviour whatever the file holds)."""
+    before = code_params(layout)
+    path = layout.library / module
+    text = path.read_text()
+    path.write_text(edit(text) if edit else text + "\n_EDITED_FOR_A_TEST = 1\n")
+    after = code_params(layout)
+    return {key for key in before if before[key] != after[key]}
+
+
+def test_every_algorithm_has_its_entry_module():
+    from marsdiff.rl.experiments import ALGORITHMS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(code.ALGORITHM_ENTRIES) == set(ALGORITHMS) == set(
+        schema["properties"]["experiments"]["additionalProperties"]["properties"]["algorithm"]["enum"])
+
+
+def test_the_update_algorithms_rerun_only_their_own_experiments_updates(code_tree):
+    assert changed_by(code_tree, "rl/trpo.py") == {"update_round[trpo]"}
+    assert changed_by(code_tree, "rl/ppo.py") == {"update_round[ppo]"}
+    # code both algorithms share re-runs both updates
+    both = changed_by(code_tree, "rl/surrogate.py")
+    assert {"update_round[ppo]", "update_round[trpo]"} <= both and SHIPPED not in both
+
+
+def test_a_module_split_out_of_an_algorithm_goes_with_it(code_tree):
+    """What only TRPO's entry module imports (its FVP, its line search, once split out) re-runs
+    only TRPO's updates, like rl/trpo.py itself."""
+    (code_tree.library / "rl" / "trpo_part.py").write_text("PART = 1\n")
+    changed_by(code_tree, "rl/trpo.py", lambda text: text + "\nfrom marsdiff.rl.trpo_part import PART\n")
+    assert changed_by(code_tree, "rl/trpo_part.py") == {"update_round[trpo]"}
+
+
+def test_the_sampler_reruns_sampling_and_not_the_shipped_model(code_tree):
+    changed = changed_by(code_tree, "diffusion/sampler.py")
+    assert {"sample_round", "update_round[ppo]", "update_round[trpo]", "generate_samples"} <= changed
+    assert SHIPPED not in changed and "pretrain_base" not in changed
+
+
+def test_weight_neutral_modules_keep_the_shipped_training_digest(code_tree):
+    bumped = changed_by(code_tree, "__init__.py", lambda text: text.replace('__version__ = "', '__version__ = "9'))
+    assert bumped and SHIPPED not in bumped  # the stages that import marsdiff re-run; the shipped model stays
+    assert SHIPPED not in changed_by(code_tree, "errors.py", lambda text: text.replace(
+        "is not installed: run", "is missing: run"))
+    assert SHIPPED not in changed_by(code_tree, "io/atomic.py")
+    assert SHIPPED not in changed_by(code_tree, "devices.py")
+
+
+@pytest.mark.parametrize("module", ["diffusion/pixel.py", "diffusion/pretrain.py", "diffusion/pixel_presets.py",
+                                    "data/images.py"])
+def test_weight_relevant_modules_change_the_shipped_training_digest(code_tree, module):
+    changed = changed_by(code_tree, module)
+    assert {SHIPPED, "pretrain_base"} <= changed
+
+
+SAMPLING_PROBE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tiny_models import tiny_pixel_backend
+from marsdiff.rl.experiments import experiment_settings
+from marsdiff.rl.policy import RoundPolicy
+from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round
+
+out = Path(sys.argv[1])
+for mode in ("lora_unet", "scheduler_policy", "diversity_policy"):
+    experiment = experiment_settings({"e": {"mode": mode, "images_per_round": 3, "steps": 2}}, "e", {"device": "cpu"})
+    # a later round's policy, saved and loaded, as the stage builds it (the initial one is the same
+    # object before saving)
+    RoundPolicy.initial(mode, tiny_pixel_backend(), experiment).save(out / mode / "policy", 0)
+    policy = RoundPolicy.load(out / mode / "policy", tiny_pixel_backend())
+    settings = round_sampling_settings({"batch_size": 2, "device": "cpu"}, experiment)
+    sample_policy_round(policy, settings, experiment, 1, out / mode / "round")
+print(" ".join(sorted(name for name in sys.modules if name.startswith("marsdiff."))))
+"""
+
+
+@slow
+def test_sampling_runs_none_of_the_code_its_digest_leaves_out(tmp_path):
+    """sample_round's digest stops at the update algorithms: sampling must never import them,
+    nor anything reached only through them."""
+    from marsdiff.provenance import resolve_parts
+
+    layout = Layout(tmp_path, REPO)
+
+    def closure(stops):
+        return {name for name, _ in resolve_parts(layout.library, layout.scripts, code.CODE_ROOTS["sample_round"], stops)}
+
+    left_out = closure(()) - closure(code.CODE_STOPS["sample_round"])
+    assert set(code.ALGORITHM_ENTRIES.values()) <= left_out
+    result = subprocess.run([sys.executable, "-c", SAMPLING_PROBE, str(tmp_path), str(REPO / "tests")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(result.stdout.split())
+    assert "marsdiff.rl.rounds" in imported and "marsdiff.diffusion.sampler" in imported
+    left_out_modules = {"marsdiff." + name[:-len(".py")].replace("/", ".") for name in left_out}
+    assert not imported & left_out_modules

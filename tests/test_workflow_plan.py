@@ -56,7 +56,7 @@ def test_planning_the_default_config_imports_no_torch():
         "config = load_config()\n"
         "plan, layout = Plan.from_config(config), Layout(Path('.'), Path(sys.argv[1]))\n"
         "targets.all_targets(layout, plan)\n"
-        "[code.rule_code(layout, rule) for rule in code.CODE_ROOTS]\n"
+        "code.rule_codes(layout)\n"
         "[params.sample_round(config, e) for e in plan.experiments]\n"
         "params.generate_samples(config, plan, 'base'); params.pretrain_base(config)\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'h5py') if m in sys.modules))\n"
@@ -153,11 +153,14 @@ def _rule_names() -> set[str]:
 def test_every_rule_with_a_code_param_has_roots_and_they_resolve(layout):
     target_rules = {"all", "study", "export_datasets"}
     assert set(code.CODE_ROOTS) == _rule_names() - target_rules
-    digests = {rule: code.rule_code(layout, rule) for rule in code.CODE_ROOTS}
+    digests = code.rule_codes(layout)
     assert all(re.fullmatch(r"[0-9a-f]{16}", d) for d in digests.values())
     # one script behind two rules: one digest
     assert digests["extract_features"] == digests["extract_resized_features"]
-    assert digests["sample_round"] != digests["update_round"]
+    # an update's code depends on the experiment's algorithm (test_rerun_policy: which edits re-run what)
+    assert len({digests["sample_round"], digests["update_round[ppo]"], digests["update_round[trpo]"]}) == 3
+    with pytest.raises(MarsdiffError, match="depends on the experiment's algorithm"):
+        code.rule_code(layout, "update_round")
 
 
 def test_code_digests_follow_the_roots_not_the_rule(layout, tmp_path):
@@ -166,7 +169,8 @@ def test_code_digests_follow_the_roots_not_the_rule(layout, tmp_path):
     from marsdiff.diffusion import shipping
 
     assert code.shipped_training_code(layout) == shipping.training_code_version()
-    assert code.rule_code(layout, "sample_round") == code.code_version(layout, *code.RL_CODE, "scripts/sample_round.py")
+    assert code.rule_code(layout, "sample_round") == code.code_version(
+        layout, "scripts/sample_round.py", stops=code.CODE_STOPS["sample_round"])
 
 
 @pytest.mark.parametrize("overrides,expected", [

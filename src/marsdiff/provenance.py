@@ -118,7 +118,8 @@ def _module_file(library: Path, dotted: str) -> Path | None:
     return module if relative.parts and module.is_file() else None
 
 
-def resolve_parts(library: Path, scripts: Path, parts: Iterable[str]) -> list[tuple[str, Path]]:
+def resolve_parts(library: Path, scripts: Path, parts: Iterable[str],
+                  stops: Iterable[str] = ()) -> list[tuple[str, Path]]:
     """``(name, path)`` of the files behind code parts and everything they import, sorted by name.
 
     A part is a subpackage of the library ("rewards": every module below it), a library module
@@ -126,15 +127,25 @@ def resolve_parts(library: Path, scripts: Path, parts: Iterable[str]) -> list[tu
     module these files import (at the top or inside functions, transitively) is added, and so is
     the ``__init__.py`` of each package on the way, since importing a module runs them. Imports
     by string (importlib) are not seen: name such modules as parts.
+
+    ``stops``: library modules ("errors.py", "rl/trpo.py") the walk neither adds nor follows,
+    for code declared not to change the outputs (marsdiff.workflow.code says which and why). A
+    module they import is still added when another path reaches it.
     """
-    library, scripts = Path(library), Path(scripts)
+    library, scripts, parts = Path(library), Path(scripts), tuple(parts)
+    stops = frozenset(stops)
+    for stop in sorted(stops):
+        if not (library / stop).is_file():
+            raise MarsdiffError(f"code_version: {library / stop} does not exist (a module the digest stops at)")
+        if stop in parts:
+            raise MarsdiffError(f"code_version: {stop} is both a root and a module the digest stops at")
     files: dict[str, Path] = {}
     todo: list[tuple[str, Path, tuple[str, ...]]] = []
 
     def add_library_file(path: Path) -> None:
         relative = path.relative_to(library)
         name = relative.as_posix()
-        if name in files:
+        if name in files or name in stops:
             return
         files[name] = path
         # A module's package, and a package's own __init__: both resolve "." to that package.
@@ -172,9 +183,12 @@ def resolve_parts(library: Path, scripts: Path, parts: Iterable[str]) -> list[tu
     return sorted(files.items())
 
 
-def code_digest(library: str | os.PathLike, scripts: str | os.PathLike, parts: Iterable[str]) -> str:
-    """Digest of the behaviour of the files behind ``parts`` (see :func:`resolve_parts`)."""
-    named = resolve_parts(Path(library), Path(scripts), parts)
+def code_digest(library: str | os.PathLike, scripts: str | os.PathLike, parts: Iterable[str],
+                stops: Iterable[str] = ()) -> str:
+    """Digest of the behaviour of the files behind ``parts``, not following ``stops`` (see
+    :func:`resolve_parts`). Only the files count: the same files give the same digest whatever
+    the parts and stops that chose them."""
+    named = resolve_parts(Path(library), Path(scripts), parts, stops)
     combined = hashlib.sha256()
     for name, path in named:
         combined.update(f"{name}\0{behaviour_digest(path)}\n".encode())

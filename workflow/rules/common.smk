@@ -33,6 +33,16 @@ def code_version(rule):
     return code.rule_code(LAYOUT, rule)
 
 
+# update_round's code per algorithm, computed once per parse (not once per job)
+UPDATE_ROUND_CODE = {name: code.rule_code(LAYOUT, "update_round", name) for name in code.ALGORITHM_ENTRIES}
+
+
+def update_round_code(wildcards):
+    """update_round's ``code`` param: the digest of the {exp}'s own algorithm's code, so editing
+    TRPO re-runs only TRPO experiments' updates."""
+    return UPDATE_ROUND_CODE[params.update_round(config, wildcards.exp)["experiment"]["algorithm"]]
+
+
 def gpus(rule):
     return resources.gpus(config, rule)
 

@@ -46,7 +46,7 @@ rule update_round:
         metrics=RUNS_DIR / "{exp}" / "round_{round}" / "metrics.json",
     params:
         cfg=lambda wildcards: param_text(params.update_round(config, wildcards.exp)),
-        code=code_version("update_round"),
+        code=update_round_code,
     log:
         LOGS / "runs" / "{exp}" / "round_{round}" / "update_round.log",
     benchmark:

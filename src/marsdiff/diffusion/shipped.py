@@ -11,9 +11,8 @@ beside it in ``src/marsdiff/assets/base_model/``::
 
 ``provenance.json`` records the three things the weights depend on: the resolved training
 config (``model.pixel`` without the keys that change no weight), the digest of the training code
-(:func:`marsdiff.diffusion.shipping.training_code_version`, the workflow's ``code_version`` of
-``diffusion/pretrain.py``) and the
-digest of the train split (:func:`train_split_digest`: ids, image hashes and size classes). With
+(:func:`marsdiff.diffusion.shipping.training_code_version`: ``diffusion/pretrain.py`` and what it
+imports, less :data:`WEIGHT_NEUTRAL_MODULES`) and the digest of the train split (:func:`train_split_digest`: ids, image hashes and size classes). With
 ``model.pixel.shipped_checkpoint: auto`` the rule installs the shipped model when all three match
 the run's, like a cache hit, and trains otherwise (own reference data, another recipe, edited
 training code), saying why in its log; ``never`` always trains. A test fails when the committed
@@ -44,6 +43,19 @@ TRAINING_LOG_NAME = "training.log"
 MODEL_FILES = ("unet", "scheduler", "marsdiff_model.json", "loss.csv")
 #: The module whose code (with everything it imports) decides the trained weights.
 TRAINING_CODE_ROOTS = ("diffusion/pretrain.py",)
+#: Modules on the training path that cannot change the trained weights, and why: the training
+#: digest neither covers nor follows them, so bumping ``__version__`` or rewording an error
+#: retrains nothing. A module lands here only after review; tests/test_shipped_model.py fails
+#: when training imports a module that is neither in its reviewed list nor here.
+WEIGHT_NEUTRAL_MODULES = {
+    "__init__.py": "the package docstring and the __version__ string",
+    "errors.py": "the error types and their one-line messages",
+    "io/__init__.py": "re-exports the writers of io/atomic.py",
+    "io/atomic.py": "writes finished files under a temporary name and renames them: where and when bytes land, "
+                    "not which (the weights file's hash is checked against the provenance anyway)",
+    "devices.py": "picks the torch device from model.pixel.device, a key that already trains nothing "
+                  "(NON_TRAINING_KEYS)",
+}
 #: model.pixel keys that choose where or whether to train, not what is trained.
 NON_TRAINING_KEYS = ("device", "shipped_checkpoint")
 SHIPPED_CHOICES = ("auto", "never")
@@ -87,7 +99,7 @@ def mismatches(section: Mapping[str, Any] | None, index_csv: str | os.PathLike, 
     """Why the shipped model is not what this training would produce (empty: it is).
 
     ``code_version``: the training code's digest here (the workflow computes it when the
-    Snakefile is parsed, as ``code_version("diffusion/pretrain.py")``; see
+    Snakefile is parsed, :func:`marsdiff.workflow.code.shipped_training_code`; the same value as
     :func:`marsdiff.diffusion.shipping.training_code_version`)."""
     provenance = read_provenance(folder)
     reasons = []

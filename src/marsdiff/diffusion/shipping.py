@@ -19,6 +19,7 @@ from marsdiff.diffusion.shipped import (
     SHIPPED_DIR,
     TRAINING_CODE_ROOTS,
     TRAINING_LOG_NAME,
+    WEIGHT_NEUTRAL_MODULES,
     copy_model_files,
     train_split_digest,
     training_config,
@@ -29,10 +30,11 @@ from marsdiff.io.reading import read_json
 
 
 def training_code_version() -> str:
-    """Digest of the training code's behaviour (AST without docstrings; comments never count)."""
+    """Digest of the training code's behaviour (AST without docstrings; comments never count):
+    the training roots and what they import, not following the weight-neutral modules."""
     from marsdiff.provenance import code_digest
 
-    return code_digest(LIBRARY, LIBRARY.parent / "workflow" / "scripts", TRAINING_CODE_ROOTS)
+    return code_digest(LIBRARY, LIBRARY.parent / "workflow" / "scripts", TRAINING_CODE_ROOTS, WEIGHT_NEUTRAL_MODULES)
 
 
 def ship(model_dir: str | os.PathLike, index_csv: str | os.PathLike, section: Mapping[str, Any] | None,
