@@ -87,9 +87,14 @@ def round_group(wildcards):
 
 
 def evaluation_sample_inputs(wildcards):
-    """An RL policy's images: the base model and the policy's folder."""
+    """The base model, select_knob's choice for the frozen knob, an RL policy's folder."""
     model = EVAL_MODEL[wildcards.model]
-    return {**base_model_inputs(), **policy_inputs(LAYOUT.round_dir(model["experiment"], model["round"]))}
+    inputs = dict(base_model_inputs())
+    if model["kind"] == "frozen":
+        inputs["selection"] = str(LAYOUT.knob_selection)
+    if model["experiment"] is not None:
+        inputs.update(policy_inputs(LAYOUT.round_dir(model["experiment"], model["round"])))
+    return inputs
 
 
 def stream_features(stream, name, suffix):
