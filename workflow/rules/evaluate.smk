@@ -74,9 +74,10 @@ rule generate_base_samples:
         cfg=param_text(params.generate_base_samples(config, PLAN)),
         code=code_version("generate_base_samples"),
     log:
-        LOGS / "eval" / "generate_samples" / "base_model.log",
+        # beside, not inside, the policies' logs/eval/generate_samples/{model}.log: any name could be a policy's
+        LOGS / "eval" / "generate_base_samples.log",
     benchmark:
-        BENCH / "eval" / "generate_samples" / "base_model.tsv"
+        BENCH / "eval" / "generate_base_samples.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -96,9 +97,9 @@ use rule generate_base_samples as generate_base_stream_samples with:
         cfg=lambda wildcards: param_text(params.generate_base_samples(config, PLAN, int(wildcards.stream))),
         code=code_version("generate_base_stream_samples"),
     log:
-        LOGS / "eval" / "generate_samples" / "stream{stream}" / "base_model.log",
+        LOGS / "eval" / "generate_base_samples_stream{stream}.log",
     benchmark:
-        BENCH / "eval" / "generate_samples" / "stream{stream}" / "base_model.tsv"
+        BENCH / "eval" / "generate_base_samples_stream{stream}.tsv"
 
 
 rule generate_samples:
