@@ -353,12 +353,18 @@ def test_a_finished_evaluation_reruns_only_what_a_setting_touches(finished, tmp_
     assert plan({"evaluation": {"metrics": {"bootstrap_replicates": 30}}}) == report
     assert plan({"evaluation": {"plots": {"grid_columns": 3}}}) == {"plot_evaluation": 1}
     assert plan({"sampling": {"batch_size": 2}}) == {}, "the batch size changes no image"
-    # One more knob value: one new model is drawn, the others' images stay.
+    # One more knob value: the one job of the base model's settings re-draws them all (one model
+    # load; docs/evaluation.md, "Re-runs"); the policies' images stay.
     assert plan({"evaluation": {"knobs": {"noise_scale": [1.0, 1.2]}}}) == {
-        "generate_samples": 1, "extract_sample_features": 1, **report}
-    # The selection rule re-chooses the knob; only the frozen knob is re-drawn (its JSON is its input)
+        "generate_base_samples": 1, "extract_sample_features": 1, **report}
+    # The selection rule re-chooses the knob: the base model's settings are re-drawn (the frozen
+    # knob's JSON is that job's input), the policies' are not
     assert plan({"evaluation": {"baseline": {"precision_margin": 0.5}}}) == {
-        "select_knob": 1, "generate_samples": 1, "extract_sample_features": 1, **report}
+        "select_knob": 1, "generate_base_samples": 1, "extract_sample_features": 1, **report}
+    # One experiment's policy changes: only its images are re-drawn, not the base model's settings
+    changed = plan({"experiments": {"ppo_lora": {"optimiser": {"lr": 0.001}}}})
+    assert changed["update_round"] == 1 and changed["generate_samples"] == 1, changed
+    assert "generate_base_samples" not in changed and "select_knob" not in changed, changed
     # The endpoints re-run the summary only
     assert plan({"evaluation": {"endpoints": {"alpha": 0.1}}}) == {"report_summary": 1}
 

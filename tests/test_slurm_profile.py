@@ -48,6 +48,8 @@ EXPECTED = {
     "evaluate": ("cpu", None, 16000, 120, 4),
     "evaluate_stream": ("cpu", None, 16000, 120, 4),
     "plot_evaluation": ("cpu", None, 4000, 30, 1),
+    "generate_base_samples": ("gpu-h100", "1", 32000, 480, 8),
+    "generate_base_stream_samples": ("gpu-h100", "1", 32000, 480, 8),
     "generate_samples": ("gpu-h100", "1", 32000, 240, 8),
     "generate_stream_samples": ("gpu-h100", "1", 32000, 240, 8),
     "select_knob": ("gpu-h100", "1", 32000, 240, 8),

@@ -17,6 +17,7 @@ import inspect
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,10 +93,17 @@ REACHES = {
         ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
         ("features.cache_dir", "cache_dir", "cache-dir-x"), ("evaluation.baseline.images", "images", 6),
         ("evaluation.baseline.k", "k", 4), ("reference.seed", "reference_seed", 101)]),
-    "generate_samples": ({"model": "base"}, "marsdiff.evalset.generate:generate_model_samples", [
+    "generate_base_samples": ({}, "marsdiff.evalset.generate:generate_samples_of", [
+        ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
+        ("evaluation.images", "n_images", 9), ("evaluation.seed", "seed", 107), ("sampling.eta", "eta", 0.9),
+        ("evaluation.knobs.eta", "eta", 0.5)]),
+    "generate_base_stream_samples": ({"stream": "1"}, "marsdiff.evalset.generate:generate_samples_of", [
+        ("sampling.batch_size", "batch_size", 13), ("evaluation.images", "n_images", 9),
+        ("evaluation.seed", "seed", 107)]),
+    "generate_samples": ({"model": "ppo_lora"}, "marsdiff.evalset.generate:generate_samples_of", [
         ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
         ("evaluation.images", "n_images", 9), ("evaluation.seed", "seed", 107), ("sampling.eta", "eta", 0.9)]),
-    "generate_stream_samples": ({"model": "base", "stream": "1"}, "marsdiff.evalset.generate:generate_model_samples", [
+    "generate_stream_samples": ({"model": "ppo_lora", "stream": "1"}, "marsdiff.evalset.generate:generate_samples_of", [
         ("sampling.batch_size", "batch_size", 13), ("evaluation.images", "n_images", 9),
         ("evaluation.seed", "seed", 107)]),
     "extract_sample_features": ({}, "marsdiff.evalset.features:extract_sample_features", [
@@ -235,10 +243,19 @@ def run_script(rule: str, probed, monkeypatch) -> dict:
     if hasattr(script, function_name):  # imported at the script's top
         monkeypatch.setattr(script, function_name, capture)
     models = params_json(SimpleNamespace(params=SimpleNamespace(**probed["params"]["evaluate"])), "cfg")["models"]
+    inputs, outputs = Files(len(models), intro=str(REPO / "workflow" / "report" / "workflow.rst")), Files(len(models))
+    if rule.startswith("generate_"):
+        # one image folder and table per model the job draws; the frozen knob's choice as select_knob writes it
+        drawn = params_json(SimpleNamespace(params=SimpleNamespace(**probed["params"][rule])), "cfg")
+        count = len(drawn.get("model_specs", [None]))
+        outputs = Files(count) if count > 1 else Files(1, images="images.x", samples="samples.x")
+        selection = Path(tempfile.mkdtemp()) / "knob_selection.json"
+        selection.write_text(json.dumps({"chosen": {"eta": 0.75, "noise_scale": 1.25}}))
+        inputs = Files(len(models), selection=str(selection))
     snakemake = SimpleNamespace(
         params=SimpleNamespace(**probed["params"][rule]), config=copy.deepcopy(probed["config"]),
         wildcards=Wildcards(wildcards), threads=1, resources=SimpleNamespace(processes=1), log=[], rule=rule,
-        input=Files(len(models), intro=str(REPO / "workflow" / "report" / "workflow.rst")), output=Files(len(models)),
+        input=inputs, output=outputs,
     )
     with pytest.raises(Captured) as captured:
         script.main(snakemake)
@@ -247,6 +264,7 @@ def run_script(rule: str, probed, monkeypatch) -> dict:
 
 def _script_of(rule: str) -> str:
     aliases = {"extract_resized_features": "extract_features", "generate_stream_samples": "generate_samples",
+               "generate_base_samples": "generate_samples", "generate_base_stream_samples": "generate_samples",
                "evaluate_stream": "evaluate"}
     return f"{aliases.get(rule, rule)}.py"
 
@@ -313,6 +331,10 @@ def test_param_text_does_not_depend_on_key_order(tiny_config):
     ("generate_samples", {"sampling": {"batch_size": 2}}, True),
     ("generate_samples", {"evaluation": {"plots": {"extremes": 2}}}, True),
     ("generate_samples", {"evaluation": {"images": 9}}, False),
+    # the merged job of the base model's settings: any setting's spec, not the policies'
+    ("generate_base_samples", {"sampling": {"batch_size": 2}}, True),
+    ("generate_base_samples", {"evaluation": {"knobs": {"eta": [0.25, 1.0]}}}, False),
+    ("generate_base_samples", {"experiments": {"ppo_lora": {"rounds": 3}}}, True),
 ])
 def test_params_follow_only_what_changes_the_outputs(tiny_config, rule, change, same):
     changed = deep_merge(tiny_config, change)
@@ -322,6 +344,8 @@ def test_params_follow_only_what_changes_the_outputs(tiny_config, rule, change, 
             return param_text(getattr(params, rule)(config, "ppo_lora"))
         if rule == "generate_samples":
             return param_text(params.generate_samples(config, Plan.from_config(config), "base"))
+        if rule == "generate_base_samples":
+            return param_text(params.generate_base_samples(config, Plan.from_config(config)))
         return param_text(getattr(params, rule)(config))
 
     assert (text(changed) == text(tiny_config)) is same

@@ -178,8 +178,10 @@ def test_code_digests_follow_the_roots_not_the_rule(layout, tmp_path):
     ({"features": {"device": "cuda"}}, {"extract_features": 1, "score_round": 1, "pretrain_base": 0, "sample_round": 0}),
     ({"model": {"pixel": {"device": "cuda"}}}, {"pretrain_base": 1, "preview_base": 1, "sample_round": 0}),
     ({"sampling": {"device": "cuda"}}, {"sample_round": 1, "update_round": 1, "generate_samples": 1, "pretrain_base": 0,
+                                        "generate_base_samples": 1, "generate_base_stream_samples": 1,
                                         "export_dataset": 1, "evaluate": 0}),
-    ({"model": {"backend": "stable_diffusion"}}, {"sample_round": 1, "select_knob": 1, "extract_features": 0}),
+    ({"model": {"backend": "stable_diffusion"}}, {"sample_round": 1, "select_knob": 1, "generate_base_samples": 1,
+                                                  "extract_features": 0}),
     # data-parallel rounds: one GPU per process for the round stages only
     ({"sampling": {"device": "cuda", "processes": 2}}, {"sample_round": 2, "update_round": 2, "generate_samples": 1,
                                                         "score_round": 0}),

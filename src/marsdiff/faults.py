@@ -50,8 +50,8 @@ SITES = {
     "update.ppo.policy_folder": "PPO update: the policy's temporary folder holds the weights, not the trainer state",
     "update.trpo.policy_folder": "TRPO update: the policy's temporary folder holds the weights, not the trainer state",
     "update.done": "update_round: policy/ and metrics.json written",
-    "generate.start": "generate_samples: before any evaluation image is drawn",
-    "generate.done": "generate_samples: images/ and samples.csv written",
+    "generate.start": "generate_samples / generate_base_samples: before any evaluation image is drawn",
+    "generate.done": "generate_samples / generate_base_samples: images/ and samples.csv written",
     "evaluate.start": "evaluate: before the metrics are computed",
     "evaluate.done": "evaluate: every metrics table written",
 }

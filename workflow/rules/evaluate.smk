@@ -4,7 +4,8 @@
 # part of the TRAIN split (never the held-out crops), by the rule evaluation.baseline declares.
 # Then every evaluated model (marsdiff.workflow.plan, EVAL_MODEL: the base model, the frozen knob, any
 # descriptive knob setting, each experiment's final policy, every k-th round) draws M images on
-# each test stream (generate_samples: stream 0; generate_stream_samples: streams 1..); their
+# each test stream (generate_base_samples: the base model and its knob settings, one job and one
+# model load per stream; generate_samples: one job per policy; the stream rules: streams 1..); their
 # features come from the reward's extractor at the matched resolution, the path the reference
 # took (extract_sample_features, score.smk's resize_reference / extract_resized_features);
 # evaluate / evaluate_stream compare each stream with the HELD-OUT split only; pixel_statistics
@@ -57,8 +58,52 @@ rule select_knob:
         "../scripts/select_knob.py"
 
 
+rule generate_base_samples:
+    """M seeded images of the base model and each of its knob settings (frozen knob, descriptive
+    knobs) on stream 0, in one job that loads the model once: images/e<index>.png and samples.csv each."""
+    input:
+        **base_model_inputs(),
+        # the frozen knob's knobs
+        selection=KNOB_SELECTION,
+    output:
+        images=[directory(EVAL_SAMPLES / name / "images") for name in PLAN.base_models],
+        samples=[EVAL_SAMPLES / name / "samples.csv" for name in PLAN.base_models],
+    params:
+        # each image has its own random stream: the batch size changes no image (read untracked);
+        # any setting's spec re-draws all of them (docs/evaluation.md, "Re-runs")
+        cfg=param_text(params.generate_base_samples(config, PLAN)),
+        code=code_version("generate_base_samples"),
+    log:
+        # beside, not inside, the policies' logs/eval/generate_samples/{model}.log: any name could be a policy's
+        LOGS / "eval" / "generate_base_samples.log",
+    benchmark:
+        BENCH / "eval" / "generate_base_samples.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime="60m",
+        gpu=gpus("generate_base_samples"),
+    conda:
+        "../envs/marsdiff.yaml"
+    script:
+        "../scripts/generate_samples.py"
+
+
+use rule generate_base_samples as generate_base_stream_samples with:
+    output:
+        images=[directory(EVAL_DIR / "stream{stream}" / "samples" / name / "images") for name in PLAN.base_models],
+        samples=[EVAL_DIR / "stream{stream}" / "samples" / name / "samples.csv" for name in PLAN.base_models],
+    params:
+        cfg=lambda wildcards: param_text(params.generate_base_samples(config, PLAN, int(wildcards.stream))),
+        code=code_version("generate_base_stream_samples"),
+    log:
+        LOGS / "eval" / "generate_base_samples_stream{stream}.log",
+    benchmark:
+        BENCH / "eval" / "generate_base_samples_stream{stream}.tsv"
+
+
 rule generate_samples:
-    """M seeded images of one evaluated model: images/e<index>.png and samples.csv."""
+    """M seeded images of one RL policy on stream 0: images/e<index>.png and samples.csv."""
     input:
         unpack(evaluation_sample_inputs),
     output:
@@ -72,6 +117,9 @@ rule generate_samples:
         LOGS / "eval" / "generate_samples" / "{model}.log",
     benchmark:
         BENCH / "eval" / "generate_samples" / "{model}.tsv"
+    # the base model's settings are generate_base_samples' outputs
+    wildcard_constraints:
+        model=PLAN.policy_model_pattern,
     threads: 2
     resources:
         mem_mb=4000,

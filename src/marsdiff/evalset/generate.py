@@ -1,6 +1,8 @@
-"""Seeded evaluation images of one model: the base model at a knob setting, or a saved RL policy.
+"""Seeded evaluation images of the evaluated models: the base model at a knob setting, or a saved RL policy.
 
-Stage ``generate_samples`` (one job per model, :mod:`marsdiff.evalset.models` lists the models).
+Stages ``generate_base_samples`` (the base model and its knob settings, one job per test stream
+that loads the base model once) and ``generate_samples`` (one job per RL policy);
+:mod:`marsdiff.evalset.models` lists the models.
 Output: ``images/e<index>.png`` (uint8, as the generator writes them) and ``samples.csv`` with
 one row per image: ``image_id, file, image_index, seed, condition, condition_name, eta,
 noise_scale, guidance_scale``.
@@ -21,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -155,24 +157,55 @@ def generate_model_samples(
     sampling section (min_std, batch_size, device; the seed and steps are the evaluation's);
     ``round_index``: the test stream's (:func:`~marsdiff.evalset.models.stream_round`).
     """
+    return generate_samples_of(
+        [(spec, images_dir, samples_csv)], model_cfg, sampling, n_images, seed, steps,
+        model_dir=model_dir, policy_dir=policy_dir, round_index=round_index,
+    )[0]
+
+
+def generate_samples_of(
+    models: Sequence[tuple[Mapping[str, Any], str | os.PathLike, str | os.PathLike]],
+    model_cfg: Mapping[str, Any],
+    sampling: Mapping[str, Any],
+    n_images: int,
+    seed: int,
+    steps: int,
+    model_dir: str | os.PathLike | None = None,
+    policy_dir: str | os.PathLike | None = None,
+    round_index: int = EVALUATION_ROUND,
+) -> list[dict[str, Any]]:
+    """Draw every model of ``models`` ((spec, images folder, samples.csv) each, in order) with one
+    load of the base model: stage generate_base_samples draws the base model's settings this way
+    (loading the UNet and importing the diffusion stack cost more than a setting's draw on a CPU).
+    A policy (``policy_dir``) is loaded onto the base model and drawn alone: its adapter would
+    change the model the next entry sees. Each model's images are exactly those
+    :func:`generate_model_samples` draws for it alone: every image has its own random stream and
+    the sampler keeps no state between draws."""
     from marsdiff.diffusion.loading import load_backend
     from marsdiff.io.atomic import atomic_dir
 
     if int(n_images) < 2:
         raise MarsdiffError(f"evaluation.images = {n_images}: evaluation needs at least 2 images per model (set M >= 2)")
-    started = time.perf_counter()
+    if policy_dir is not None and len(models) != 1:
+        raise MarsdiffError(f"a policy is drawn alone, got {len(models)} models for {policy_dir}")
+    loading = time.perf_counter()
     device = str(sampling.get("device", "auto"))
-    backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(model_cfg, device=device)
-    backend, generation = generation_for(spec, backend, policy_dir)
-    names = backend.conditions()
-    with atomic_dir(images_dir) as tmp_images:
-        rows = draw_images(backend, generation, sampling, n_images, seed, steps, tmp_images, round_index, spec["name"])
-    write_samples_table(samples_csv, rows)
-    counts = np.bincount([r["condition"] for r in rows], minlength=len(names))
-    seconds = time.perf_counter() - started
-    log.info("%s: %d images x %d steps in %.1f s; conditions %s", spec["name"], len(rows), steps, seconds,
-             dict(zip(names, counts.tolist())))
-    return {"images": len(rows), "steps": int(steps), "seconds": seconds}
+    base = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(model_cfg, device=device)
+    log.info("model loaded in %.1f s", time.perf_counter() - loading)
+    results = []
+    for spec, images_dir, samples_csv in models:
+        started = time.perf_counter()
+        backend, generation = generation_for(spec, base, policy_dir)
+        names = backend.conditions()
+        with atomic_dir(images_dir) as tmp_images:
+            rows = draw_images(backend, generation, sampling, n_images, seed, steps, tmp_images, round_index, spec["name"])
+        write_samples_table(samples_csv, rows)
+        counts = np.bincount([r["condition"] for r in rows], minlength=len(names))
+        seconds = time.perf_counter() - started
+        log.info("%s: %d images x %d steps in %.1f s; conditions %s", spec["name"], len(rows), steps, seconds,
+                 dict(zip(names, counts.tolist())))
+        results.append({"images": len(rows), "steps": int(steps), "seconds": seconds})
+    return results
 
 
 def write_samples_table(samples_csv: str | os.PathLike, rows: list[Mapping[str, Any]]) -> None:

@@ -47,6 +47,9 @@ KNOB_PREFIX = "knob-"
 #: Model kinds: the base model, the frozen knob, a (descriptive) knob setting of it, an
 #: experiment's final policy, an earlier round's policy.
 BASE, FROZEN, KNOB, FINAL, ROUND = "base", "frozen", "knob", "final", "round"
+#: The kinds drawn from the base model's own weights at a knob setting: one job loads the model
+#: once and draws all of them (stage generate_base_samples); the policies load their own round.
+BASE_MODEL_KINDS = (BASE, FROZEN, KNOB)
 #: Names the evaluation library gives its real-vs-real rows.
 RESERVED_NAMES = ("real", "real (held-out halves)")
 #: Class-weight schemes resolved against the model's classes when its images are drawn:

@@ -48,6 +48,8 @@ CODE_ROOTS: dict[str, tuple[str, ...]] = {
     "update_round": ("scripts/update_round.py",),
     "plot_experiment": ("rl/curves.py", "scripts/plot_experiment.py"),
     "select_knob": ("evalset/select.py", "scripts/select_knob.py"),
+    "generate_base_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
+    "generate_base_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "extract_sample_features": ("evalset/features.py", "scripts/extract_sample_features.py"),

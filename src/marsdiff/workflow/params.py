@@ -178,6 +178,16 @@ def generate_samples(config: Mapping[str, Any], plan: Plan, name: str, stream: i
     return params
 
 
+def generate_base_samples(config: Mapping[str, Any], plan: Plan, stream: int = 0) -> dict[str, Any]:
+    """What the base model's settings' images on one stream depend on: each one's spec (the
+    frozen knob's knobs are select_knob's JSON, an input) and what they share with a policy's
+    draw (:func:`generate_samples`). One job draws them all, so a change to any spec re-draws
+    every one of them on that stream (docs/evaluation.md, "Re-runs")."""
+    shared = generate_samples(config, plan, plan.base_models[0], stream)
+    del shared["model_spec"]
+    return {"model_specs": [plan.eval_model[name] for name in plan.base_models], **shared}
+
+
 def extract_sample_features(plan: Plan) -> list[str]:
     """The (stream, model) sets in the order of the rule's inputs and outputs."""
     from marsdiff.workflow.plan import stream_set_label

@@ -19,6 +19,8 @@ from marsdiff.errors import MarsdiffError
 EXTRACTOR_CHOICES = ("mobilenet_v2", "clip", "resnet18")
 #: What {exp} matches when no experiment is configured: nothing a path could hold by accident.
 NO_EXPERIMENT = "no-experiment-configured"
+#: What generate_samples' {model} matches when no policy is evaluated.
+NO_POLICY = "no-policy-evaluated"
 
 
 def name_pattern(names) -> str:
@@ -95,6 +97,26 @@ class Plan:
     @property
     def eval_model_pattern(self) -> str:
         return name_pattern(self.eval_model)
+
+    @property
+    def base_models(self) -> list[str]:
+        """The models drawn from the base model's weights (base, frozen knob, knob settings), table
+        order: one generate_base_samples job per stream draws them all with one model load."""
+        from marsdiff.evalset.models import BASE_MODEL_KINDS
+
+        return [m["name"] for m in self.eval_models if m["kind"] in BASE_MODEL_KINDS]
+
+    @property
+    def policy_models(self) -> list[str]:
+        """The models drawn from a saved RL policy: one generate_samples job each."""
+        base = set(self.base_models)
+        return [name for name in self.eval_model if name not in base]
+
+    @property
+    def policy_model_pattern(self) -> str:
+        """Wildcard constraint of generate_samples' {model}: only the policies (the base model's
+        settings are generate_base_samples' outputs)."""
+        return name_pattern(self.policy_models) or NO_POLICY
 
     @property
     def eval_sets(self) -> list[tuple[int, str]]:

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 FEATURE_RULES = ("extract_features", "extract_resized_features", "score_round", "extract_sample_features")
 PIXEL_RULES = ("pretrain_base", "preview_base")
-SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_samples", "generate_stream_samples",
-                  "export_dataset")
+SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_samples",
+                  "generate_base_stream_samples", "generate_samples", "generate_stream_samples", "export_dataset")
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
 
