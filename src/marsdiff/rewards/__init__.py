@@ -18,42 +18,50 @@ Every reward is oriented "higher is better"; every result is a small frozen data
 records the bandwidth (and estimator) it used.
 """
 
-from marsdiff.rewards.combined import CombinedResult, PerImageCredit, RewardConfig, RewardModel
-from marsdiff.rewards.frechet import Frechet, FrechetResult, frechet_distance
-from marsdiff.rewards.information import (
-    InformationGain,
-    InformationGainResult,
-    conditional_information_gain,
-    information_gain,
-)
-from marsdiff.rewards.kernels import median_heuristic, rbf_kernel
-from marsdiff.rewards.mmd import MMD, MMDResult, cmmd, mmd2
-from marsdiff.rewards.per_image import per_image_table
-from marsdiff.rewards.terms import TERM_KINDS, build_term
-from marsdiff.rewards.vendi import Vendi, VendiResult, vendi_score
+import importlib
+from typing import Any
 
-__all__ = [
-    "CombinedResult",
-    "Frechet",
-    "FrechetResult",
-    "InformationGain",
-    "InformationGainResult",
-    "MMD",
-    "MMDResult",
-    "PerImageCredit",
-    "RewardConfig",
-    "RewardModel",
-    "TERM_KINDS",
-    "Vendi",
-    "VendiResult",
-    "build_term",
-    "cmmd",
-    "conditional_information_gain",
-    "frechet_distance",
-    "information_gain",
-    "median_heuristic",
-    "mmd2",
-    "per_image_table",
-    "rbf_kernel",
-    "vendi_score",
-]
+#: Each public name and the submodule that defines it. The submodules are imported on first
+#: access (PEP 562), not here: importing any ``marsdiff.rewards.*`` module runs this file first,
+#: and score_round needs neither scipy.stats (validation's ladders) nor every reward term, so
+#: eager imports cost each scoring job seconds of start-up (docs/performance.md).
+_EXPORTS = {
+    "CombinedResult": "combined",
+    "PerImageCredit": "combined",
+    "RewardConfig": "combined",
+    "RewardModel": "combined",
+    "Frechet": "frechet",
+    "FrechetResult": "frechet",
+    "frechet_distance": "frechet",
+    "InformationGain": "information",
+    "InformationGainResult": "information",
+    "conditional_information_gain": "information",
+    "information_gain": "information",
+    "median_heuristic": "kernels",
+    "rbf_kernel": "kernels",
+    "MMD": "mmd",
+    "MMDResult": "mmd",
+    "cmmd": "mmd",
+    "mmd2": "mmd",
+    "per_image_table": "per_image",
+    "TERM_KINDS": "terms",
+    "build_term": "terms",
+    "Vendi": "vendi",
+    "VendiResult": "vendi",
+    "vendi_score": "vendi",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

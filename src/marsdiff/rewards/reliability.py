@@ -24,7 +24,6 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
-from scipy import stats
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.combined import RewardModel
@@ -59,6 +58,10 @@ def agreement(pairs: np.ndarray) -> dict[str, Any]:
     a, b = pairs[:, 0], pairs[:, 1]
     if len(pairs) < 3 or np.ptp(a) == 0.0 or np.ptp(b) == 0.0:
         return {"pearson": None, "spearman": None, "n": int(len(pairs)), "snr": None}
+    # imported here, as in validation._spearman: scipy.stats is seconds of start-up for stages
+    # that import the validation module without validating
+    from scipy import stats
+
     pearson = float(stats.pearsonr(a, b).statistic)
     spearman = float(stats.spearmanr(a, b).statistic)
     snr = None if pearson >= 1.0 else max(pearson, 0.0) / (1.0 - pearson)

@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path, write_json
@@ -191,6 +190,10 @@ def ladder_table(
 def _spearman(levels: np.ndarray, means: np.ndarray) -> float | None:
     if len(levels) < 2 or np.ptp(means) == 0.0:
         return None  # a reward constant across levels cannot be validated
+    # scipy.stats costs about a second to import; score_round imports this module for the
+    # validation check alone and never gets here
+    from scipy import stats
+
     rho = stats.spearmanr(levels, means).statistic
     return None if not math.isfinite(rho) else float(rho)
 
