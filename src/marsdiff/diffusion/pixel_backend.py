@@ -95,7 +95,10 @@ def _load_pixel_dir(model_dir: Path):
 # model diffusers ships (about 150 modules): through them peft, transformers' modelling code,
 # torchvision and scipy.stats come in, none of which the pixel UNet (UNet2DModel and the two
 # transformer blocks its block factory imports) needs. Measured on the 2-core machine: importing
-# UNet2DModel costs 8.4-9.2 CPU seconds with them, 4.7-4.9 without (issue 22, docs/performance.md).
+# UNet2DModel costs 8.4-9.2 CPU seconds with them, 4.7-4.9 without. diffusers' ModelMixin.to()
+# still imports diffusers.hooks and through it peft (and diffusers' scheduler loading imports every
+# "compatible" scheduler, scipy.stats among them), so a whole sample_round start-up gains less:
+# 7.0-7.8 CPU s against 7.6-9.2 (issue 22).
 DEFERRED_DIFFUSERS_PACKAGES = ("diffusers.models.unets", "diffusers.models.transformers")
 
 
