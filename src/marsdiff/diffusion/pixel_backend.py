@@ -91,11 +91,56 @@ def _load_pixel_dir(model_dir: Path):
     return unet, scheduler, meta
 
 
+# The package __init__ files of diffusers' ``models.unets`` and ``models.transformers`` import every
+# model diffusers ships (about 150 modules): through them peft, transformers' modelling code,
+# torchvision and scipy.stats come in, none of which the pixel UNet (UNet2DModel and the two
+# transformer blocks its block factory imports) needs. Measured on the 2-core machine: importing
+# UNet2DModel costs 8.4-9.2 CPU seconds with them, 4.7-4.9 without. diffusers' ModelMixin.to()
+# still imports diffusers.hooks and through it peft (and diffusers' scheduler loading imports every
+# "compatible" scheduler, scipy.stats among them), so a whole sample_round start-up gains less:
+# 7.0-7.8 CPU s against 7.6-9.2 (issue 22).
+DEFERRED_DIFFUSERS_PACKAGES = ("diffusers.models.unets", "diffusers.models.transformers")
+
+
+def defer_diffusers_model_packages() -> None:
+    """Make :data:`DEFERRED_DIFFUSERS_PACKAGES` lazy packages, before anything imports them.
+
+    Each is registered as its real package (same spec, path and loader) whose ``__init__`` has not
+    run yet: its submodules import on demand as usual, and the first lookup of a name the
+    ``__init__`` defines (``from diffusers.models.unets import UNet2DConditionModel``) runs the
+    ``__init__`` in place, so every later user sees the complete package. A package already
+    imported is left alone.
+    """
+    import importlib.util
+    import sys
+
+    for name in DEFERRED_DIFFUSERS_PACKAGES:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except ImportError:  # no diffusers: the loader below reports it
+            return
+        if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+            continue
+        package = importlib.util.module_from_spec(spec)
+
+        def complete(attribute: str, _package=package, _spec=spec):
+            # remove the hook first: names the __init__ has not defined yet raise AttributeError as usual
+            _package.__dict__.pop("__getattr__", None)
+            _spec.loader.exec_module(_package)
+            return getattr(_package, attribute)
+
+        package.__getattr__ = complete
+        sys.modules[name] = package
+
+
 def load_pixel_backend(model_dir: str | Path = BASE_MODEL_DIR, device: str | None = "auto") -> PixelBackend:
     """Load the base (or a tuned) pixel model directory; a missing model says how to build it."""
     model_dir = Path(model_dir)
     if not (model_dir / BASE_MODEL_META).is_file():
         raise MarsdiffError(f"no pixel diffusion model at {model_dir} (missing {BASE_MODEL_META}): {BUILD_BASE_MODEL_HINT}")
+    defer_diffusers_model_packages()
     try:
         from marsdiff.diffusion.pixel import load_pixel_model
     except ImportError:

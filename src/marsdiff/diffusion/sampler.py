@@ -104,7 +104,9 @@ class RecordingSampler:
         grid = self.timesteps.unsqueeze(0).expand(batch, -1)
         return grid.clone(), self.scheduler.prev_timesteps.unsqueeze(0).expand(batch, -1).clone()
 
-    @torch.no_grad()
+    # inference_mode, not just no_grad: no autograd bookkeeping at all (version counters, views).
+    # Nothing sampled here is differentiated: the update re-scores the stored transitions.
+    @torch.inference_mode()
     def _sample_batch(self, indices: np.ndarray, round_index: int) -> TrajectoryBatch:
         device, shape = self.backend.device, self.backend.latent_shape
         store = STORE_DTYPES[self.settings.store_dtype]
