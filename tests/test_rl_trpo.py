@@ -65,6 +65,7 @@ def test_settings_defaults_and_one_line_errors():
     bad = {
         "max_kl": 0, "cg_iterations": 2.5, "cg_damping": -0.1, "cg_tolerance": 0, "line_search_shrink": 1.0,
         "line_search_max_tries": 0, "fvp_subsample": 0, "fvp_method": "exact", "minibatch_size": True,
+        "jacobian_vector": "both",
         "timestep_fraction": 1.5,
     }
     for key, value in bad.items():
@@ -139,14 +140,16 @@ class LinearGaussianSteps:
         return torch.einsum("ndp,ndq,n->pq", jac, jac, 1.0 / (std.pow(2) * dims * len(rows)))
 
 
-@pytest.mark.parametrize("method", ["kl_hessian", "gauss_newton"])
-def test_fvp_matches_the_explicit_fisher_of_linear_gaussian_steps(method):
+@pytest.mark.parametrize("method, jacobian_vector",
+                         [("kl_hessian", "reverse"), ("gauss_newton", "reverse"), ("gauss_newton", "forward")])
+def test_fvp_matches_the_explicit_fisher_of_linear_gaussian_steps(method, jacobian_vector):
     actions = LinearGaussianSteps()
     params = list(actions.model.parameters())
     rows = actions.subsample(8, 0)
     fisher = actions.explicit_fisher(rows)
-    fvp = FisherVectorProduct(actions, params, rows, method, chunk_size=3, damping=0.0)  # 3 chunks: recompute path
-    cached = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.0)  # one chunk: kept graph
+    # 3 chunks: recompute path; one chunk: kept graph
+    fvp = FisherVectorProduct(actions, params, rows, method, chunk_size=3, damping=0.0, jacobian_vector=jacobian_vector)
+    cached = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.0, jacobian_vector=jacobian_vector)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         v = torch.randn(fisher.shape[0], generator=g, dtype=torch.float64)
@@ -467,9 +470,11 @@ def test_kl_hessian_and_gauss_newton_agree_on_the_tiny_unet(tmp_path):
     v = torch.randn(len(flat(params)), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 6, 0.0)(v)
     gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0)(v)
+    forward = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0, jacobian_vector="forward")(v)
     actions.close()
     assert float(hessian.norm()) > 0
     assert relative(hessian, gauss_newton) < 1e-5  # float32 UNet: agreement to rounding
+    assert relative(forward, gauss_newton) < 1e-5
 
 
 # --- attention ----------------------------------------------------------------------------------------

@@ -97,23 +97,51 @@ def explicit_gauss_newton_fisher(actions, params, batch) -> torch.Tensor:
     return jacobian.T @ jacobian
 
 
-def test_gauss_newton_fvp_on_the_gradient_pass_graph_matches_the_explicit_fisher(tiny_round):
+def test_gauss_newton_fvp_both_jacobian_vectors_and_the_reused_graph_match_the_explicit_fisher(tiny_round):
     policy, path = tiny_round
     actions = DenoiseActions(policy, path, np.zeros((4, 3)), 2)
     params = policy.trainable_parameters()
     batch = next(actions.minibatches(0))
     fisher = explicit_gauss_newton_fisher(actions, params, batch)
-    # The gradient pass: the surrogate's backward keeps the graph, its means are the FVP's.
+    # The gradient pass: the surrogate's backward keeps the graph, its means are the FVP's (the
+    # tiny UNet has mid-block attention: the SDPA graph takes the forward-mode J v only).
     scored = actions.evaluate(batch)
     torch.autograd.grad(scored.new_log_prob.mean(), params, retain_graph=True)
-    reused = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, first_order_mean=(scored.mean, scored.std))
-    fresh = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0)
+    reused = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, first_order_mean=(scored.mean, scored.std),
+                                 jacobian_vector="forward")
+    forward = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, jacobian_vector="forward")
+    reverse = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0)  # default: reverse J v, one chunk
+    rebuilt = FisherVectorProduct(actions, params, batch, "gauss_newton", 1, 0.0)  # reverse, a chunk per row
     g = torch.Generator().manual_seed(3)
     for _ in range(2):
         v = torch.randn(fisher.shape[0], generator=g, dtype=torch.float64)
-        assert relative(reused(v), fisher @ v) < 1e-5  # float32 UNet against the explicit J^T J
-        assert relative(reused(v), fresh(v)) < 1e-12  # the same forward pass, so the same product
+        for fvp in (reused, forward, reverse, rebuilt):
+            assert relative(fvp(v), fisher @ v) < 1e-5  # float32 UNet against the explicit J^T J
+        assert relative(reused(v), forward(v)) < 1e-12  # the same forward pass, so the same product
     actions.close()
+
+
+def test_the_reused_gradient_graph_gives_the_explicit_natural_step_without_a_forward_pass():
+    """No attention in a linear model: the reverse J v runs on the gradient pass's own graph. The
+    step is the one an explicit solve on the first minibatch's Fisher gives, and the FVP scores no
+    action (the gradient pass 3 minibatches, each line-search try 3)."""
+    actions = LinearGaussianSteps()
+    params = list(actions.model.parameters())
+    first = next(actions.minibatches(0))
+    fisher = actions.explicit_fisher(first)
+    scored = actions.evaluate(np.arange(actions.num_actions))
+    g = flat(torch.autograd.grad((torch.exp(scored.new_log_prob - scored.old_log_prob) * scored.advantages).mean(), params))
+    direction = torch.linalg.solve(fisher + 1e-12 * torch.eye(len(g), dtype=torch.float64), g)
+    expected = direction * (2 * 0.001 / float(direction @ fisher @ direction)) ** 0.5
+    calls = []
+    original = actions.evaluate
+    actions.evaluate = lambda rows: calls.append(len(rows)) or original(rows)
+    before = flat(params)
+    row = trpo_update(actions, params, TRPOSettings(max_kl=0.001, cg_damping=0.0, cg_iterations=100, cg_tolerance=1e-28,
+                                                    fvp_subsample=len(first)), progress=False)
+    assert row["accepted"] == 1.0 and row["fvp_actions"] == len(first)
+    assert len(calls) == 3 + 3 * row["line_search_tries"]
+    assert relative(flat(params) - before, expected * row["step_fraction"]) < 1e-6
 
 
 def test_line_search_pass_stops_only_where_the_round_kl_must_exceed_the_bound():

@@ -13,10 +13,14 @@ its module:
    the first ``fvp_subsample`` actions of the round's shuffled minibatch order, i.e. the
    gradient pass's first minibatch(es), a uniform draw from the round (the buffer shuffles
    every transition of a block, and one block holds the whole round unless it exceeds 256 MB).
-   ``auto``: gauss_newton for denoising steps, kl_hessian for plan actions. When the subsample is
-   exactly the first minibatch (the default ``fvp_subsample`` = ``minibatch_size``) and the
-   method is gauss_newton, the gradient pass scores that minibatch last and keeps its graph: the
-   FVP's first-order graph (the step means at theta_old) is that forward pass, not a new one.
+   ``auto``: gauss_newton for denoising steps, kl_hessian for plan actions; gauss_newton's J v by
+   ``jacobian_vector`` reverse (a backward through the kept J^T u graph, default) or forward
+   (a dual forward pass per product). When the subsample is exactly the first minibatch (the
+   default ``fvp_subsample`` = ``minibatch_size``) and the method is gauss_newton, the gradient
+   pass scores that minibatch last and keeps its graph: the FVP's first-order graph (the step
+   means at theta_old) is that forward pass, not a new one. With the reverse J v this needs a
+   twice-differentiable graph, so it applies to networks without attention layers only (the
+   gradient pass keeps the model's own attention kernels, whose log-probs match the sampler's).
 3. Conjugate gradient (:mod:`marsdiff.rl.conjugate_gradient`) solves (F + lambda I) s = g in at
    most ``cg_iterations`` products, stopping once the squared residual is below ``cg_tolerance``.
    The damping is relative to the Fisher's scale: lambda = ``cg_damping`` * (g^T F g) / (g^T g),
@@ -63,8 +67,14 @@ import torch
 from marsdiff.errors import MarsdiffError
 from marsdiff.rl.conjugate_gradient import conjugate_gradient
 from marsdiff.rl.distributed import SINGLE, RankGroup
-from marsdiff.rl.fisher_vector_product import FVP_METHODS, FisherVectorProduct, twice_differentiable_attention
-from marsdiff.rl.kl_families import kl_family, split_batch
+from marsdiff.rl.fisher_vector_product import (
+    FVP_METHODS,
+    JACOBIAN_VECTOR,
+    FisherVectorProduct,
+    has_attention,
+    twice_differentiable_attention,
+)
+from marsdiff.rl.kl_families import kl_family, policy_module, split_batch
 from marsdiff.rl.line_search import backtracking_line_search, base_penalty, evaluate_surrogate_and_kl
 from marsdiff.rl.parameter_vectors import flat_vector, unflat_vector
 from marsdiff.rl.settings import settings_from_mapping
@@ -91,6 +101,7 @@ class TRPOSettings:
     line_search_max_tries: int = 10
     fvp_subsample: int = 32  # = minibatch_size: the gradient pass's first minibatch, its graph reused
     fvp_method: str = "auto"  # gauss_newton for denoising steps, kl_hessian for plan actions
+    jacobian_vector: str = "reverse"  # gauss_newton's J v: reverse (fast, more memory) or forward
     minibatch_size: int = 32  # also the FVP chunk size
     timestep_fraction: float = 1.0  # read by the round loop (DenoiseActions)
 
@@ -106,6 +117,7 @@ class TRPOSettings:
             ("line_search_max_tries", settings.line_search_max_tries >= 1, "must be >= 1"),
             ("fvp_subsample", settings.fvp_subsample >= 1, "must be >= 1"),
             ("fvp_method", settings.fvp_method in FVP_CHOICES, f"must be one of {', '.join(FVP_CHOICES)}"),
+            ("jacobian_vector", settings.jacobian_vector in JACOBIAN_VECTOR, f"must be one of {', '.join(JACOBIAN_VECTOR)}"),
             ("minibatch_size", settings.minibatch_size >= 1, "must be >= 1"),
             ("timestep_fraction", 0 < settings.timestep_fraction <= 1, "must be in (0, 1]"),
         )
@@ -238,9 +250,11 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     fvp_batch = leading_actions(round_batches, settings.fvp_subsample)
     shards = [group.shard(b) for b in round_batches]
     batches = [b for b in shards if len(b)]
-    # The FVP subsample is the first minibatch: keep this rank's share of it, scored last, for the FVP.
-    reuse = (method == "gauss_newton" and len(fvp_batch) == len(round_batches[0]) and len(shards[0]) > 0
-             and len(shards[0]) <= settings.minibatch_size)
+    # The FVP subsample is the first minibatch: keep this rank's share of it, scored last, for the FVP
+    # (the reverse J v differentiates that graph twice: not through the model's fused attention).
+    twice_differentiable = settings.jacobian_vector == "forward" or not has_attention(policy_module(actions))
+    reuse = (method == "gauss_newton" and twice_differentiable and len(fvp_batch) == len(round_batches[0])
+             and len(shards[0]) > 0 and len(shards[0]) <= settings.minibatch_size)
     # The base model's step means, once per round (they do not depend on theta): the penalty's reference.
     coef = float(kl_to_base) if getattr(actions, "base_mean", None) is not None else 0.0
     bases = [actions.base_mean(batch) for batch in batches] if coef > 0 else None
@@ -257,7 +271,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
 
     # 2-4. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample, s^T F s.
     fvp = FisherVectorProduct(actions, parameters, fvp_batch, method, settings.minibatch_size, 0.0, group,
-                              first_order_mean=first.kept)
+                              first_order_mean=first.kept, jacobian_vector=settings.jacobian_vector)
     cg_started = time.perf_counter()
     grad_norm = float(gradient.norm())
     natural = natural_gradient_direction(fvp, gradient, settings)
