@@ -75,7 +75,7 @@ from marsdiff.rl.fisher_vector_product import (
     twice_differentiable_attention,
 )
 from marsdiff.rl.kl_families import kl_family, policy_module, split_batch
-from marsdiff.rl.line_search import backtracking_line_search, base_penalty, evaluate_surrogate_and_kl
+from marsdiff.rl.line_search import LineSearchResult, backtracking_line_search, base_penalty, evaluate_surrogate_and_kl
 from marsdiff.rl.parameter_vectors import flat_vector, unflat_vector
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.skips import require_finite
@@ -284,14 +284,8 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     row: dict[str, float] = {
         "actions": float(total), "fvp_actions": float(fvp.count), "max_kl": settings.max_kl,
         "surrogate_before": surrogate_old, "grad_norm": grad_norm, "start_log_ratio_max": start_log_ratio,
-        "cg_iterations": float(natural.cg_iterations), "cg_residual": natural.cg_residual,
-        "cg_relative_residual": natural.cg_residual / grad_norm if grad_norm > 0 else 0.0,
-        "fisher_rayleigh": s_f_s / float(direction @ direction) if s_f_s > 0 else 0.0,
-        "fisher_rayleigh_gradient": natural.rayleigh_gradient, "cg_damping_absolute": natural.damping,
-        "kl_to_base_coef": coef,
+        **_direction_log(natural, grad_norm), "kl_to_base_coef": coef,
     }
-    # lambda over F's curvature along the step: << 1 means the solve followed F, ~1 or more a gradient step.
-    row["damping_ratio"] = natural.damping / row["fisher_rayleigh"] if row["fisher_rayleigh"] > 0 else float("nan")
     beta = math.sqrt(2 * settings.max_kl / s_f_s) if s_f_s > 0 else 0.0
     full_step = beta * direction
     expected_gain = float(gradient @ full_step)
@@ -311,28 +305,47 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
                 "TRPO step rejected after %d line-search tries: KL %.4g (max %.4g), surrogate gain %.4g; parameters unchanged",
                 search.tries, search.kl_last, settings.max_kl, search.gain_last,
             )
-    accepted = search is not None and search.accepted
-    fraction = search.fraction if accepted else 0.0
     line_search_seconds = time.perf_counter() - ls_started
-    if accepted:
-        stats = ratio_stats(search.evaluation.new_log_prob, search.evaluation.old_log_prob).as_dict()
-        stats.pop("clip_fraction")
-    else:
-        stats = {"ratio_mean": 1.0, "ratio_max": 1.0, "approx_kl": 0.0}
-    kl = search.kl if accepted else 0.0
-    gain = search.gain if accepted else 0.0
+    row.update(_step_log(search, beta, float(full_step.norm()), expected_gain))
     row.update({
-        "accepted": float(accepted), "line_search_tries": float(search.tries if search else 0),
-        "kl": kl, "kl_last_try": search.kl_last if search else float("nan"),
-        "surrogate_gain": gain, "expected_gain": expected_gain * fraction if accepted else 0.0,
-        "step_size": beta * fraction, "step_fraction": fraction,
-        "step_norm": float(full_step.norm()) * fraction,
-        **stats,
         "gradient_seconds": gradient_seconds, "fvp_seconds": fvp.seconds, "fvp_products": float(fvp.products),
         "cg_seconds": cg_seconds, "line_search_seconds": line_search_seconds,
         "seconds": time.perf_counter() - started,
     })
     log.info("TRPO %s: KL %.4g / %.4g, surrogate gain %.4g, %d CG products (residual %.3g), %d tries, %.1f s",
-             "accepted" if accepted else "rejected", kl, settings.max_kl, gain, natural.cg_iterations,
-             natural.cg_residual, row["line_search_tries"], row["seconds"])
+             "accepted" if row["accepted"] else "rejected", row["kl"], settings.max_kl, row["surrogate_gain"],
+             natural.cg_iterations, natural.cg_residual, row["line_search_tries"], row["seconds"])
     return row
+
+
+def _direction_log(natural: NaturalDirection, grad_norm: float) -> dict[str, float]:
+    """The solve's part of the update's log: CG's work and the Fisher's curvature."""
+    s_s = float(natural.direction @ natural.direction)
+    rayleigh = natural.s_f_s / s_s if natural.s_f_s > 0 else 0.0
+    return {
+        "cg_iterations": float(natural.cg_iterations), "cg_residual": natural.cg_residual,
+        "cg_relative_residual": natural.cg_residual / grad_norm if grad_norm > 0 else 0.0,
+        "fisher_rayleigh": rayleigh, "fisher_rayleigh_gradient": natural.rayleigh_gradient,
+        "cg_damping_absolute": natural.damping,
+        # lambda over F's curvature along the step: << 1 means the solve followed F, ~1 or more a gradient step.
+        "damping_ratio": natural.damping / rayleigh if rayleigh > 0 else float("nan"),
+    }
+
+
+def _step_log(search: LineSearchResult | None, beta: float, full_step_norm: float, expected_gain: float) -> dict[str, float]:
+    """The step's part of the update's log (``search`` None: no step was tried)."""
+    accepted = search is not None and search.accepted
+    fraction = search.fraction if accepted else 0.0
+    if accepted:
+        stats = ratio_stats(search.evaluation.new_log_prob, search.evaluation.old_log_prob).as_dict()
+        stats.pop("clip_fraction")
+    else:
+        stats = {"ratio_mean": 1.0, "ratio_max": 1.0, "approx_kl": 0.0}
+    return {
+        "accepted": float(accepted), "line_search_tries": float(search.tries if search else 0),
+        "kl": search.kl if accepted else 0.0, "kl_last_try": search.kl_last if search else float("nan"),
+        "surrogate_gain": search.gain if accepted else 0.0,
+        "expected_gain": expected_gain * fraction if accepted else 0.0,
+        "step_size": beta * fraction, "step_fraction": fraction, "step_norm": full_step_norm * fraction,
+        **stats,
+    }
