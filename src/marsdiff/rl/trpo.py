@@ -43,8 +43,8 @@ its module:
    actions is <= max_kl and whose surrogate improves is kept. If none is, the old parameters are
    copied back bit for bit and the rejection is logged.
 
-Products per update: 1 + ``cg_iterations`` at most (it was 2 + ``cg_iterations``: a separate
-F g for the damping and a separate F s for the step length).
+Products per update: ``cg_iterations`` at most (it was 2 + ``cg_iterations``: a separate F g
+for the damping and a separate F s for the step length).
 
 KL units: the family's stored log-prob unit, so ``max_kl`` = 0.01 means 0.01
 mean_per_dim_nats per denoising step (true nats: times C*H*W) and 0.01 nats per plan action.
