@@ -65,6 +65,7 @@ def test_settings_defaults_and_one_line_errors():
     bad = {
         "max_kl": 0, "cg_iterations": 2.5, "cg_damping": -0.1, "cg_tolerance": 0, "line_search_shrink": 1.0,
         "line_search_max_tries": 0, "fvp_subsample": 0, "fvp_method": "exact", "minibatch_size": True,
+        "jacobian_vector": "both",
         "timestep_fraction": 1.5,
     }
     for key, value in bad.items():
@@ -84,7 +85,7 @@ class LinearGaussianSteps:
     unit = "mean_per_dim_nats"
     shape = (1, 2, 3)
 
-    def __init__(self, rows: int = 12, seed: int = 0, advantages=None, biased_subsample: bool = False,
+    def __init__(self, rows: int = 12, seed: int = 0, advantages=None,
                  column_scale: torch.Tensor | None = None):
         g = torch.Generator().manual_seed(seed)
         dims = int(np.prod(self.shape))
@@ -92,7 +93,8 @@ class LinearGaussianSteps:
         self.model = torch.nn.Linear(dims, dims).double()
         self.policy = SimpleNamespace(backend=SimpleNamespace(unet=self.model))
         self.x = torch.randn(rows, dims, generator=g, dtype=torch.float64)
-        self.x[0] *= 0.01  # one state with almost no Fisher information (see the biased subsample)
+        self.x[0] *= 0.01  # one state with almost no Fisher information (the first of the round's order: see the
+        # rejected-step test, whose FVP subsample is this state alone)
         if column_scale is not None:  # inputs of unequal scale: a badly conditioned Fisher
             self.x *= column_scale
         self.std = torch.rand(rows, generator=g, dtype=torch.float64) + 0.5
@@ -102,7 +104,6 @@ class LinearGaussianSteps:
         self.sample = mean + self.std.view(-1, 1, 1, 1) * noise
         self.old_log_prob = gaussian_log_prob(self.sample, mean, self.std)
         self.advantages = torch.randn(rows, generator=g, dtype=torch.float64) if advantages is None else advantages
-        self.biased_subsample = biased_subsample
         self.seed = seed
 
     @property
@@ -122,8 +123,6 @@ class LinearGaussianSteps:
         yield from np.array_split(np.arange(self.num_actions), 3)
 
     def subsample(self, count, seed):
-        if self.biased_subsample:
-            return np.array([0])  # the uninformative state only: F on it underestimates the round's KL
         return np.sort(np.random.default_rng(seed).permutation(self.num_actions)[:count])
 
     def explicit_fisher(self, rows) -> torch.Tensor:
@@ -141,14 +140,16 @@ class LinearGaussianSteps:
         return torch.einsum("ndp,ndq,n->pq", jac, jac, 1.0 / (std.pow(2) * dims * len(rows)))
 
 
-@pytest.mark.parametrize("method", ["kl_hessian", "gauss_newton"])
-def test_fvp_matches_the_explicit_fisher_of_linear_gaussian_steps(method):
+@pytest.mark.parametrize("method, jacobian_vector",
+                         [("kl_hessian", "reverse"), ("gauss_newton", "reverse"), ("gauss_newton", "forward")])
+def test_fvp_matches_the_explicit_fisher_of_linear_gaussian_steps(method, jacobian_vector):
     actions = LinearGaussianSteps()
     params = list(actions.model.parameters())
     rows = actions.subsample(8, 0)
     fisher = actions.explicit_fisher(rows)
-    fvp = FisherVectorProduct(actions, params, rows, method, chunk_size=3, damping=0.0)  # 3 chunks: recompute path
-    cached = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.0)  # one chunk: kept graph
+    # 3 chunks: recompute path; one chunk: kept graph
+    fvp = FisherVectorProduct(actions, params, rows, method, chunk_size=3, damping=0.0, jacobian_vector=jacobian_vector)
+    cached = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.0, jacobian_vector=jacobian_vector)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         v = torch.randn(fisher.shape[0], generator=g, dtype=torch.float64)
@@ -167,13 +168,15 @@ def test_conjugate_gradient_solves_the_damped_fisher_system_to_its_tolerance():
     fisher = actions.explicit_fisher(rows) + damping * torch.eye(len(flat(params)), dtype=torch.float64)
     fvp = FisherVectorProduct(actions, params, rows, "kl_hessian", chunk_size=64, damping=damping)
     b = torch.randn(fisher.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    x, residual, used = conjugate_gradient(fvp, b, iterations=200, tolerance=tolerance)
+    solved = conjugate_gradient(fvp, b, iterations=200, tolerance=tolerance)
+    x, residual, used = solved.x, solved.residual_norm, solved.products
     true_residual = float((b - fisher @ x).norm())
     assert true_residual**2 < 10 * tolerance  # the recursion's residual is the true one up to rounding
     assert residual**2 < tolerance and used < 200
     assert relative(x, torch.linalg.solve(fisher, b)) < 1e-8
     # A budget of products is a budget: stopping early reports the residual it stopped at.
-    x3, residual3, used3 = conjugate_gradient(fvp, b, iterations=3, tolerance=tolerance)
+    stopped = conjugate_gradient(fvp, b, iterations=3, tolerance=tolerance)
+    x3, residual3, used3 = stopped.x, stopped.residual_norm, stopped.products
     assert used3 == 3 and abs(residual3 - float((b - fisher @ x3).norm())) < 1e-8 * float(b.norm())
 
 
@@ -225,10 +228,11 @@ def test_rejected_step_restores_the_parameters_bit_for_bit(reason, caplog):
         actions = LinearGaussianSteps(advantages=torch.ones(12, dtype=torch.float64))
         cfg = {"max_kl": 50.0, "line_search_max_tries": 3, "line_search_shrink": 0.5}
     else:
-        # The FVP sees only a state with almost no Fisher information: the step it sizes for
-        # max_kl has a KL on the whole round far above max_kl, at every try.
-        actions = LinearGaussianSteps(biased_subsample=True)
-        cfg = {"max_kl": 0.01, "line_search_max_tries": 4, "cg_iterations": 50}
+        # The FVP subsample (the first action of the round's order) is the state with almost no
+        # Fisher information: the step it sizes for max_kl has a KL on the whole round far above
+        # max_kl, at every try.
+        actions = LinearGaussianSteps()
+        cfg = {"max_kl": 0.01, "line_search_max_tries": 4, "cg_iterations": 50, "fvp_subsample": 1}
     params = list(actions.model.parameters())
     before = [p.detach().clone() for p in params]
     with caplog.at_level(logging.WARNING, logger="marsdiff.rl.trpo"):
@@ -466,9 +470,11 @@ def test_kl_hessian_and_gauss_newton_agree_on_the_tiny_unet(tmp_path):
     v = torch.randn(len(flat(params)), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 6, 0.0)(v)
     gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0)(v)
+    forward = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0, jacobian_vector="forward")(v)
     actions.close()
     assert float(hessian.norm()) > 0
     assert relative(hessian, gauss_newton) < 1e-5  # float32 UNet: agreement to rounding
+    assert relative(forward, gauss_newton) < 1e-5
 
 
 # --- attention ----------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ _QUADRATURE_NODES = 257
 def snapshot(actions, group: RankGroup = SINGLE) -> list[tuple[Any, Any]]:
     """(batch, the pre-update distribution of its actions) for every trainable action of the
     round (with several processes: this rank's share of each minibatch)."""
-    from marsdiff.rl.trpo import _family
+    from marsdiff.rl.kl_families import kl_family
 
-    family = _family(actions)
+    family = kl_family(actions)
     out = []
     for batch in actions.minibatches(0):
         batch = group.shard(batch)
@@ -60,9 +60,9 @@ def snapshot(actions, group: RankGroup = SINGLE) -> list[tuple[Any, Any]]:
 def post_update_stats(actions, before: list[tuple[Any, Any]], group: RankGroup = SINGLE) -> dict[str, float]:
     """Re-score the snapshot's actions under the current (updated) parameters (module docstring);
     with several processes each rank its own share, the statistics over all of them."""
-    from marsdiff.rl.trpo import _family
+    from marsdiff.rl.kl_families import kl_family
 
-    family = _family(actions)
+    family = kl_family(actions)
     total = int(group.sum(float(sum(len(batch) for batch, _ in before))))
     kl = kl_base = 0.0
     has_base = False

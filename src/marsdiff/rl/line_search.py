@@ -1,0 +1,112 @@
+"""TRPO's backtracking line search: theta_old + shrink^k * full_step for k = 0, 1, ..., keeping
+the first step whose mean KL(pi_old || pi_theta) over every action of the round is <= max_kl
+and whose surrogate improves; the old parameters, bit for bit, when none does.
+
+Each try re-scores the round's actions (forward passes without gradient). The KL is a mean of
+per-action KLs, each >= 0, so the running sum over the actions scored so far, divided by the
+round's count, is a lower bound of the round's mean KL: once it exceeds max_kl the try is
+rejected whatever the remaining actions hold, and the rest of the pass is skipped (exact: the
+same tries are accepted and rejected as with the whole pass). Only the rejection can be decided
+on part of the round: acceptance needs the whole round's KL and surrogate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from marsdiff.faults import kill_point
+from marsdiff.rl.distributed import SINGLE, RankGroup
+from marsdiff.rl.surrogate import surrogate_objective
+
+
+def base_penalty(actions, batch, scored, base_mean, coef: float) -> torch.Tensor | float:
+    """c * sum over the batch of KL(pi_theta || pi_base) per action (0 when c is 0)."""
+    if coef <= 0 or base_mean is None:
+        return 0.0
+    return coef * actions.kl_to_base(batch, scored, base_mean=base_mean).sum()
+
+
+@dataclass
+class RoundEvaluation:
+    """The round's actions scored at the current parameters."""
+
+    surrogate: float  # mean (penalised) surrogate; nan when the pass stopped early
+    kl: float  # mean KL(old || current); a lower bound above the bound when the pass stopped early
+    complete: bool
+    new_log_prob: torch.Tensor | None = None  # every action's, when complete
+    old_log_prob: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def evaluate_surrogate_and_kl(actions, family, batches: Sequence[Any], olds: Sequence[Any], total: int,
+                              bar=None, bases: Sequence[Any] | None = None, coef: float = 0.0,
+                              group: RankGroup = SINGLE, kl_bound: float = math.inf) -> RoundEvaluation:
+    """Mean (penalised) surrogate and mean KL(old || current) over all ``batches``, plus all
+    log-probs (``batches``: this rank's shares; means and log-probs over every rank's).
+
+    One process: stops as soon as the running KL sum / ``total`` exceeds ``kl_bound`` (module
+    docstring). Several: the ranks hold different batches and would have to agree on the stop
+    after every batch, so they always run the whole pass."""
+    surrogate = kl = 0.0
+    new_parts, old_parts = [], []
+    early_stop = group.world == 1
+    for k, (batch, old) in enumerate(zip(batches, olds)):
+        scored = actions.evaluate(batch)
+        kl += float(family.kl(actions, batch, old, scored).double().sum()) / total
+        if bar is not None:
+            bar.update(len(batch))
+        if early_stop and kl > kl_bound:
+            return RoundEvaluation(float("nan"), kl, False)
+        surrogate += float(surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages)) * len(batch) / total
+        surrogate -= float(base_penalty(actions, batch, scored, bases[k] if bases else None, coef)) / total
+        new_parts.append(scored.new_log_prob.detach().cpu())
+        old_parts.append(scored.old_log_prob.detach().cpu())
+    new = torch.cat(new_parts) if new_parts else torch.zeros(0)
+    old = torch.cat(old_parts) if old_parts else torch.zeros(0)
+    return RoundEvaluation(group.sum(surrogate), group.sum(kl), True, group.cat(new), group.cat(old))
+
+
+@dataclass
+class LineSearchResult:
+    accepted: bool
+    tries: int
+    fraction: float  # of the full step kept (0 when rejected)
+    kl: float  # the accepted step's mean KL (0 when rejected)
+    gain: float  # its surrogate gain (0 when rejected)
+    kl_last: float  # the last try's KL (a lower bound above max_kl if that pass stopped early)
+    gain_last: float  # the last try's surrogate gain (nan if that pass stopped early)
+    evaluation: RoundEvaluation | None  # the accepted step's scoring
+
+
+def backtracking_line_search(parameters: Sequence[torch.nn.Parameter], full_step: Sequence[torch.Tensor],
+                             evaluate: Callable[[float], RoundEvaluation], surrogate_old: float, max_kl: float,
+                             shrink: float, max_tries: int) -> LineSearchResult:
+    """Try theta_old + shrink^k * ``full_step`` (per-parameter tensors) for k = 0 .. max_tries - 1;
+    ``evaluate(kl_bound)`` scores the round at the parameters in place. The parameters are left at
+    the accepted step, or restored bit for bit (the saved tensors copied back, no arithmetic)."""
+    saved = [p.detach().clone() for p in parameters]
+    tries, fraction, kl_last, gain_last = 0, 0.0, float("nan"), float("nan")
+    for k in range(max_tries):
+        tries = k + 1
+        fraction = shrink ** k
+        with torch.no_grad():
+            for p, p0, d in zip(parameters, saved, full_step):
+                p.copy_(p0 + fraction * d)
+        kill_point("update.trpo.line_search")
+        evaluation = evaluate(max_kl)
+        kl_last = evaluation.kl
+        gain_last = evaluation.surrogate - surrogate_old if evaluation.complete else float("nan")
+        if evaluation.complete and kl_last <= max_kl and gain_last > 0:
+            return LineSearchResult(True, tries, fraction, kl_last, gain_last, kl_last, gain_last, evaluation)
+    restore(parameters, saved)
+    return LineSearchResult(False, tries, 0.0, 0.0, 0.0, kl_last, gain_last, None)
+
+
+def restore(parameters: Sequence[torch.nn.Parameter], saved: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, p0 in zip(parameters, saved):
+            p.copy_(p0)  # exact: the saved tensors themselves, no arithmetic
