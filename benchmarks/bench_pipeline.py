@@ -9,13 +9,13 @@ seconds (column ``s``) are summed per stage:
 
 | stage | rules (benchmark file under benchmarks-out/) |
 |---|---|
-| reference | prepare_reference.tsv, resize_reference/ |
+| reference | prepare_reference.tsv, categorize_reference.tsv, resize_reference/ |
 | features | extract_features/ (reference and resized reference) |
 | validation | validate_rewards.tsv |
 | base model | pretrain_base.tsv, preview_base.tsv |
 | rounds: sample / score / update | runs/<exp>/round_<r>/{sample,score,update}_round.tsv |
-| evaluation | eval/ (but plot_evaluation) |
-| report | eval/plot_evaluation.tsv, export/, study/ (report_summary and plot_experiment keep no benchmark) |
+| evaluation | eval/ (but plot_evaluation, report_summary) |
+| report | eval/plot_evaluation.tsv, eval/report_summary.tsv, runs/<exp>/plot_experiment.tsv, export/, study/ |
 
 plus the run's span from the files' times (first job start to last job end; Snakemake's own
 start-up before the first job is not in it) against the 6-minute target of issue 22, the mean
@@ -67,10 +67,11 @@ def stage_of(relative: str) -> str:
     if match:
         return f"rounds_{match['rule']}"
     first = relative.split("/", 1)[0]
-    if relative == "eval/plot_evaluation.tsv" or first in ("export", "study"):
+    if relative in ("eval/plot_evaluation.tsv", "eval/report_summary.tsv") or first in ("export", "study") \
+            or relative.endswith("/plot_experiment.tsv"):
         return "report"
     return {
-        "prepare_reference.tsv": "reference", "resize_reference": "reference",
+        "prepare_reference.tsv": "reference", "categorize_reference.tsv": "reference", "resize_reference": "reference",
         "extract_features": "features", "validate_rewards.tsv": "validation",
         "pretrain_base.tsv": "base_model", "preview_base.tsv": "base_model", "eval": "evaluation",
     }.get(first, "other")

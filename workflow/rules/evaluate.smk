@@ -346,6 +346,8 @@ rule report_summary:
         code=code_version("report_summary"),
     log:
         LOGS / "eval" / "report_summary.log",
+    benchmark:
+        BENCH / "eval" / "report_summary.tsv"
     # small and bounded by the reference set or a few tables: a failure here repeats, so the
     # cluster profile's retry (for jobs killed for memory or time) is off for it
     retries: 0

@@ -53,6 +53,8 @@ rule categorize_reference:
         code=code_version("categorize_reference"),
     log:
         LOGS / "categorize_reference.log",
+    benchmark:
+        BENCH / "categorize_reference.tsv"
     threads: 1
     resources:
         mem_mb=1000,

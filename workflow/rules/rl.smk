@@ -84,6 +84,8 @@ rule plot_experiment:
         code=code_version("plot_experiment"),
     log:
         LOGS / "runs" / "{exp}" / "plot_experiment.log",
+    benchmark:
+        BENCH / "runs" / "{exp}" / "plot_experiment.tsv"
     # small and bounded by the reference set or a few tables: a failure here repeats, so the
     # cluster profile's retry (for jobs killed for memory or time) is off for it
     retries: 0
