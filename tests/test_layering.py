@@ -27,8 +27,8 @@ PACKAGE = "marsdiff"
 LAYERS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     # The package root holds __version__ only; io and provenance write files, faults plants the
     # kill points the reliability tests fire, config reads and validates config files, logs holds
-    # the rule logs' line format.
-    ("foundation", ("marsdiff", "errors", "faults", "devices", "config", "io", "provenance", "logs"), True),
+    # the rule logs' line format, lazy the packages' lazy exports.
+    ("foundation", ("marsdiff", "errors", "faults", "devices", "config", "io", "provenance", "logs", "lazy"), True),
     ("data", ("data",), False),
     ("features", ("features",), False),
     # Two independent consumers of data and features: neither imports the other.

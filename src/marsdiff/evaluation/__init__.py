@@ -36,8 +36,7 @@ The verdict (each policy against the base and the frozen knob on declared endpoi
 :func:`marsdiff.evaluation.endpoints.comparison_table`.
 """
 
-import importlib
-from typing import Any
+from marsdiff.lazy import lazy_exports
 
 #: Each public name and the submodule that defines it, imported on first access (PEP 562).
 #: Importing any ``marsdiff.evaluation.*`` module runs this file first: eager imports here would
@@ -57,15 +56,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        # ``from marsdiff.evaluation import plots`` lands here first, then imports the submodule
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

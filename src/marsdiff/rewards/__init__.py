@@ -18,8 +18,7 @@ Every reward is oriented "higher is better"; every result is a small frozen data
 records the bandwidth (and estimator) it used.
 """
 
-import importlib
-from typing import Any
+from marsdiff.lazy import lazy_exports
 
 #: Each public name and the submodule that defines it. The submodules are imported on first
 #: access (PEP 562), not here: importing any ``marsdiff.rewards.*`` module runs this file first,
@@ -54,14 +53,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
