@@ -1,5 +1,5 @@
 """Shared fixtures: the repository root, the default reference set (built once), one torch thread,
-and a helper that runs Snakemake in a scratch working directory."""
+helpers that run Snakemake in a scratch working directory and Python in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -69,6 +69,19 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def run_python(code: str, timeout: int = 300) -> str:
+    """stdout of ``code`` (dedented) run in a fresh interpreter with this checkout's src first on
+    the path: what a stage's process imports cannot be seen from the test session, which has
+    imported everything already."""
+    import textwrap
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def option_value(words: list[str], name: str) -> str | None:

@@ -8,11 +8,10 @@ operations in the same order at every layer the ``layer`` setting can cut at.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -65,6 +64,4 @@ def test_the_default_extractor_imports_no_torchvision():
         "extractor.extract([np.zeros((32, 32, 3), np.uint8)])\n"
         "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert run_python(probe).strip().splitlines()[-1] == "[]"

@@ -8,25 +8,11 @@ fresh interpreter, because the test session has imported diffusers already.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def _run(code: str) -> str:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+from conftest import run_python
 
 
 def test_unet2d_imports_without_the_model_zoo_and_the_package_completes_on_demand():
-    out = _run("""
+    out = run_python("""
         import sys
         from marsdiff.diffusion.pixel_backend import defer_diffusers_model_packages
         defer_diffusers_model_packages()

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts"
@@ -66,9 +65,7 @@ def imported_after(modules: list[str]) -> set[str]:
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | ({'scipy.stats'} & set(sys.modules)))))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return set(json.loads(result.stdout.strip().splitlines()[-1]))
+    return set(json.loads(run_python(probe).strip().splitlines()[-1]))
 
 
 def test_script_modules_reads_body_imports():
