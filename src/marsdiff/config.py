@@ -5,11 +5,18 @@ at parse time (before Snakemake's own validation, whose message is a page long),
 uses :func:`load_config`. Only jsonschema and yaml are imported: parsing stays cheap. The checks
 the stages would make of the settings are :mod:`marsdiff.config_checks` (kept out of this module,
 which the stages import: editing a parse-time check must not change their code versions).
+
+The schema is the one source of every default (issue 20). Besides JSON Schema's ``default``, an
+object may carry ``defaultsBy: {<key>: {<value>: {<defaults>}}}``: defaults that depend on one of
+its keys (the pixel model's ``preset``, an experiment's ``mode``). They are filled before the plain
+defaults, so they win over them, and never over a value the user wrote. Code that builds settings
+from a section outside a whole config (a test, a library call) fills it with :func:`filled_section`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -73,25 +80,84 @@ def describe_error(error, root: str = "") -> str:
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Validate ``config`` in place, filling schema defaults; MarsdiffError names the first bad key."""
-    import jsonschema
-
     schema = _read_yaml(Path(schema_path))
-    validator_class = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
-    if errors:
-        raise MarsdiffError(describe_error(errors[0]))
-    _fill_defaults(config, schema)
+    _raise_first_error(schema, config, "")
+    fill_defaults(config, schema)
+    _check_filled(schema, config, "")
     return config
 
 
-def _fill_defaults(instance: Any, schema: dict) -> None:
+def _raise_first_error(schema: dict, instance: Any, root: str) -> None:
+    import jsonschema
+
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(instance), key=lambda e: (len(e.absolute_path), _key_path(e)))
+    if errors:
+        raise MarsdiffError(describe_error(errors[0], root))
+
+
+def _check_filled(schema: dict, instance: Any, root: str) -> None:
+    """The schema's own defaults must pass the schema: a bad ``defaultsBy`` entry is a schema bug,
+    reported as such rather than as the user's key."""
+    try:
+        _raise_first_error(schema, instance, root)
+    except MarsdiffError as err:
+        raise MarsdiffError(f"{SCHEMA_PATH.name}: a default does not pass the schema ({err})") from None
+
+
+def fill_defaults(instance: Any, schema: dict) -> None:
+    """Fill ``instance`` in place with the schema's defaults: ``defaultsBy`` first, then ``default``,
+    recursing into ``properties`` and into ``additionalProperties`` objects (e.g. each experiment)."""
     if not isinstance(instance, dict) or schema.get("type") != "object":
         return
-    for key, subschema in schema.get("properties", {}).items():
+    properties = schema.get("properties", {})
+    for selector, table in schema.get("defaultsBy", {}).items():
+        if selector not in instance and "default" in properties.get(selector, {}):
+            instance[selector] = copy.deepcopy(properties[selector]["default"])
+        _merge_missing(instance, table.get(instance.get(selector), {}))
+    for key, subschema in properties.items():
         if key not in instance and "default" in subschema:
             instance[key] = copy.deepcopy(subschema["default"])
         if key in instance:
-            _fill_defaults(instance[key], subschema)
+            fill_defaults(instance[key], subschema)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in properties:
+                fill_defaults(value, extra)
+
+
+def _merge_missing(instance: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key not in instance:
+            instance[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(instance[key], dict):
+            _merge_missing(instance[key], value)
+
+
+def section_schema(path: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The schema of the section at dotted ``path``; ``*`` steps into an entry of a map section
+    (``experiments.*`` is one experiment)."""
+    schema = _schema(str(schema_path))
+    for part in path.split("."):
+        schema = schema["additionalProperties"] if part == "*" else schema["properties"][part]
+    return schema
+
+
+def filled_section(path: str, section: Any = None, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """A validated copy of the section at ``path`` with the schema's defaults filled: what
+    :func:`check_config` makes of it inside a whole config."""
+    schema = section_schema(path, schema_path)
+    section = copy.deepcopy(dict(section or {}))
+    _raise_first_error(schema, section, path)
+    fill_defaults(section, schema)
+    _check_filled(schema, section, path)
+    return section
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(schema_path: str) -> dict:
+    return _read_yaml(Path(schema_path))
 
 
 def read_config_file(path: str | Path) -> dict:
