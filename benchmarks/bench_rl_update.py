@@ -43,13 +43,12 @@ CLASSES = 6
 
 
 def make_policy(seed: int = 0):
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.pixel import PixelConfig, build_noise_scheduler, build_pixel_unet
     from marsdiff.diffusion.pixel_backend import PixelBackend
-    from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
     from marsdiff.rl.policy import RoundPolicy
 
-    preset = {k: v for k, v in PIXEL_PRESETS["small"].items() if k in PixelConfig.__dataclass_fields__}
-    cfg = PixelConfig.from_dict(preset)
+    cfg = PixelConfig.from_section(filled_section("model.pixel", {"preset": "small"}))
     torch.manual_seed(seed)
     unet = build_pixel_unet(cfg, CLASSES)
     meta = {"backend": "pixel", "image_size": cfg.image_size, "channels": 1, "class_names": [f"c{i}" for i in range(CLASSES)]}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from marsdiff.config import filled_section
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
 from marsdiff.diffusion.pretrain import pretrain_base
 from marsdiff.diffusion.shipped import record_weights_hash
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pretrain_base(manifest, out, TINY, threads=1)
+        pretrain_base(manifest, out, filled_section("model.pixel", TINY), threads=1)
         record_weights_hash(out)  # what the stage adds after training (diffusion/shipped.py)
     finally:
         torch.set_num_threads(threads)
@@ -43,8 +44,8 @@ def test_training_without_preview_writes_the_model_only(trained):
 def test_preview_draws_the_grid_its_settings_ask_for(trained, tmp_path):
     manifest, out = trained
     small, large = tmp_path / "small.png", tmp_path / "large.png"
-    write_preview(out, manifest, {"grid_samples_per_class": 1, "grid_reference_per_class": 0, "grid_sampling_steps": 2}, small, threads=1)
-    write_preview(out, manifest, {"grid_samples_per_class": 3, "grid_reference_per_class": 1, "grid_sampling_steps": 2}, large, threads=1)
+    write_preview(out, manifest, {"grid_samples_per_class": 1, "grid_reference_per_class": 0, "grid_sampling_steps": 2}, small, device="cpu", threads=1)
+    write_preview(out, manifest, {"grid_samples_per_class": 3, "grid_reference_per_class": 1, "grid_sampling_steps": 2}, large, device="cpu", threads=1)
     with Image.open(small) as a, Image.open(large) as b:
         assert a.height == b.height > 3 * 64, "one row per size class"
         assert b.width > a.width, "more samples and real crops per row"

@@ -73,11 +73,12 @@ def test_lora_ppo_rounds_on_half_precision_sd(sd_config, tmp_path):
 
 
 def test_pixel_model_trains_on_cuda(tmp_path):
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.pixel import load_pixel_model
     from marsdiff.diffusion.pretrain import pretrain_base
     from test_pixel_model import TINY, write_reference
 
-    section = {**TINY, "device": "cuda", "train_steps": 20}
+    section = filled_section("model.pixel", {**TINY, "device": "cuda", "train_steps": 20})
     meta = pretrain_base(write_reference(tmp_path / "reference"), tmp_path / "model", section)
     assert meta["training"]["device"].startswith("cuda") and np.isfinite(meta["training"]["final_loss"])
     unet, _, _ = load_pixel_model(tmp_path / "model", device="cuda")

@@ -43,11 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
 )
 
 #: Modules declared in another unit than their package's, with the reason (FROZEN modules cannot move).
-PLACED: dict[str, tuple[str, str]] = {
-    "marsdiff.diffusion.pixel_presets": (
-        "data", "frozen (the shipped model's training digest); a torch-free table data/resolution.py "
-                "reads to size the reference crops"),
-}
+PLACED: dict[str, tuple[str, str]] = {}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from marsdiff.config import filled_section
 from marsdiff.diffusion import pretrain as pretrain_mod
+from marsdiff.diffusion import training_loss
 from marsdiff.diffusion.pixel import (
     MODEL_META_NAME,
     PixelConfig,
@@ -22,15 +24,10 @@ from marsdiff.diffusion.pixel import (
     save_pixel_model,
     size_class_order,
 )
-from marsdiff.diffusion.pretrain import (
-    EMA,
-    choose_flip,
-    fixed_batch_loss,
-    jitter_photometry,
-    pretrain_base,
-    shift_each,
-    train_pixel_model,
-)
+from marsdiff.diffusion.augmentation import choose_flip, jitter_photometry, shift_each
+from marsdiff.diffusion.ema import EMA
+from marsdiff.diffusion.pretrain import pretrain_base, train_pixel_model
+from marsdiff.diffusion.training_loss import fixed_batch_loss
 from marsdiff.diffusion.preview import write_preview
 from marsdiff.diffusion.shipped import record_weights_hash
 from marsdiff.errors import MarsdiffError
@@ -51,6 +48,15 @@ TINY = {
     "device": "cpu",
     "seed": 0,
 }
+# TINY as the workflow hands it to training: filled by the schema (the small preset's other keys).
+FILLED_TINY = filled_section("model.pixel", TINY)
+
+
+def pixel_config(section: dict) -> PixelConfig:
+    """A hand-written ``model.pixel`` section as training reads it: filled by the schema first."""
+    return PixelConfig.from_section(filled_section("model.pixel", section))
+
+
 # Deliberately out of size order and not named in order, to test the class ordering.
 CLASSES = {"s2_10-20px": 15.0, "s1_3-9px": 6.0, "s3_20-40px": 30.0}
 
@@ -90,19 +96,32 @@ def write_reference(root: Path, per_class: int = 6, splits: str = "mixed") -> Pa
 
 
 def test_config_presets_and_overrides():
-    small = PixelConfig.from_dict({})
+    small = pixel_config({})
     assert small.preset == "small" and small.image_size == 32 and small.block_out_channels == (32, 64, 128)
-    assert small.shift_px == 1 and small.train_steps == 2000
-    large = PixelConfig.from_dict({"preset": "large", "train_steps": 7, "image_size": None})
+    assert small.shift_px == 1 and small.train_steps == 2000 and small.min_snr_gamma == 0.0
+    large = pixel_config({"preset": "large", "train_steps": 7})
     assert large.image_size == 64 and large.train_steps == 7 and large.attention
+    # every preset is written out in full: large's loss and augmentation are its own, not small's
+    assert (large.min_snr_gamma, large.shift_px, large.brightness_jitter, large.contrast_jitter) == (5.0, 0, 0.0, 0.0)
     with pytest.raises(MarsdiffError, match="image_size"):
-        PixelConfig.from_dict({"image_size": 30, "block_out_channels": [8, 16, 16]})
+        pixel_config({"image_size": 30, "block_out_channels": [8, 16, 16]})
     with pytest.raises(MarsdiffError, match="unknown key"):
-        PixelConfig.from_dict({"steps": 3})
+        pixel_config({"steps": 3})
+    # null no longer means "the preset's": a key is either written or left out
+    with pytest.raises(MarsdiffError, match="model.pixel.image_size"):
+        pixel_config({"image_size": None})
+
+
+def test_pixel_config_needs_a_filled_section():
+    """No field has a default of its own: a section the schema did not fill is refused by name."""
+    with pytest.raises(MarsdiffError, match="model.pixel.preset: missing"):
+        PixelConfig.from_section(TINY)
+    filled = filled_section("model.pixel", TINY)
+    assert PixelConfig.from_section({**filled, "shipped_checkpoint": "never"}) == PixelConfig.from_section(filled)
 
 
 def test_unet_shapes_and_class_conditioning():
-    cfg = PixelConfig.from_dict(TINY)
+    cfg = pixel_config(TINY)
     torch.manual_seed(0)
     unet = build_pixel_unet(cfg, num_classes=3).eval()
     assert unet.config.num_class_embeds == 3
@@ -116,7 +135,7 @@ def test_unet_shapes_and_class_conditioning():
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
-    cfg = PixelConfig.from_dict(TINY)
+    cfg = pixel_config(TINY)
     torch.manual_seed(0)
     unet = build_pixel_unet(cfg, num_classes=3).eval()
     scheduler = build_noise_scheduler(cfg)
@@ -180,7 +199,7 @@ def test_shift_each_moves_every_image_by_its_own_bounded_offset():
     assert len(offsets) > 1  # each image draws its own offset
     assert shift_each(images, 0, torch.Generator()) is images
     with pytest.raises(MarsdiffError, match="shift_px"):
-        PixelConfig.from_dict({**TINY, "shift_px": 8})
+        pixel_config({**TINY, "shift_px": 8})
 
 
 def test_photometric_jitter_gives_each_image_its_own_brightness_and_contrast():
@@ -206,9 +225,9 @@ def test_photometric_jitter_gives_each_image_its_own_brightness_and_contrast():
     assert jitter_photometry(images + 0.95, 0.5, 0.5, torch.Generator()).abs().max() <= 1.0
     assert jitter_photometry(images, 0.0, 0.0, torch.Generator()) is images
     with pytest.raises(MarsdiffError, match="brightness_jitter"):
-        PixelConfig.from_dict({**TINY, "brightness_jitter": -1})
+        pixel_config({**TINY, "brightness_jitter": -1})
     with pytest.raises(MarsdiffError, match="contrast_jitter"):
-        PixelConfig.from_dict({**TINY, "contrast_jitter": 2.0})
+        pixel_config({**TINY, "contrast_jitter": 2.0})
 
 
 def test_ema_warm_up_follows_the_live_model():
@@ -224,14 +243,14 @@ def test_ema_warm_up_follows_the_live_model():
 def test_tiny_training_run_decreases_loss(tmp_path):
     manifest = write_reference(tmp_path / "reference", per_class=8, splits="train")
     train = load_train_set(manifest, 16)
-    cfg = PixelConfig.from_dict({**TINY, "train_steps": 60, "learning_rate": 3e-3, "warmup_steps": 5,
+    cfg = pixel_config({**TINY, "train_steps": 60, "learning_rate": 3e-3, "warmup_steps": 5,
                                  "ema_decay": 0.0, "min_snr_gamma": 0.0})
     torch.manual_seed(cfg.seed)
     untrained = build_pixel_unet(cfg, num_classes=len(train.class_names))
     scheduler = build_noise_scheduler(cfg)
-    before = fixed_batch_loss(untrained, scheduler, train.images, train.labels)
+    before = fixed_batch_loss(untrained, scheduler, train.images, train.labels, cfg.min_snr_gamma)
     result = train_pixel_model(train, cfg)
-    after = fixed_batch_loss(result.ema_unet, scheduler, train.images, train.labels)
+    after = fixed_batch_loss(result.ema_unet, scheduler, train.images, train.labels, cfg.min_snr_gamma)
     assert after < 0.7 * before, (before, after)
     assert len(result.loss_rows) == 60 and result.loss_rows[-1][0] == 60
 
@@ -246,38 +265,38 @@ def test_batches_have_batch_size_and_cover_the_set(tmp_path, monkeypatch):
         return real_loss(unet, scheduler, images, labels, *rest)
 
     monkeypatch.setattr(pretrain_mod, "diffusion_loss", recording_loss)
-    train_pixel_model(train, PixelConfig.from_dict({**TINY, "train_steps": 3, "batch_size": 5}))
+    train_pixel_model(train, pixel_config({**TINY, "train_steps": 3, "batch_size": 5}))
     assert seen == [5, 5, 5]
 
 
 def test_v_target_and_min_snr_weights_put_the_same_weight_on_the_x0_error():
-    v_scheduler = build_noise_scheduler(PixelConfig.from_dict(TINY))
-    eps_scheduler = build_noise_scheduler(PixelConfig.from_dict({**TINY, "prediction_type": "epsilon"}))
+    v_scheduler = build_noise_scheduler(pixel_config(TINY))
+    eps_scheduler = build_noise_scheduler(pixel_config({**TINY, "prediction_type": "epsilon"}))
     assert v_scheduler.config.prediction_type == "v_prediction"
     images, noise = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
     timesteps = torch.tensor([0, 10, 500, 999])
     abar = v_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     v = abar.sqrt() * noise - (1 - abar).sqrt() * images
-    torch.testing.assert_close(pretrain_mod.training_target(v_scheduler, images, noise, timesteps), v)
-    assert torch.equal(pretrain_mod.training_target(eps_scheduler, images, noise, timesteps), noise)
+    torch.testing.assert_close(training_loss.training_target(v_scheduler, images, noise, timesteps), v)
+    assert torch.equal(training_loss.training_target(eps_scheduler, images, noise, timesteps), noise)
     snr = (abar / (1 - abar)).flatten().float()
-    w_v = pretrain_mod.loss_weights(v_scheduler, timesteps, 5.0)
-    w_eps = pretrain_mod.loss_weights(eps_scheduler, timesteps, 5.0)
+    w_v = training_loss.loss_weights(v_scheduler, timesteps, 5.0)
+    w_eps = training_loss.loss_weights(eps_scheduler, timesteps, 5.0)
     # ||v error||^2 = (SNR + 1) ||x0 error||^2 and ||eps error||^2 = SNR ||x0 error||^2
     torch.testing.assert_close(w_v * (snr + 1), torch.clamp(snr, max=5.0))
     torch.testing.assert_close(w_eps * snr, torch.clamp(snr, max=5.0))
     assert float(w_v[-1]) == pytest.approx(float(snr[-1]), rel=1e-3)  # pure noise: weight SNR/(SNR+1) ~ 0+
     with pytest.raises(MarsdiffError, match="prediction_type"):
-        PixelConfig.from_dict({**TINY, "prediction_type": "sample"})
+        pixel_config({**TINY, "prediction_type": "sample"})
 
 
 def test_stage_writes_the_contract(tmp_path):
     manifest = write_reference(tmp_path / "reference")
     out = tmp_path / "models" / "base"
-    meta = pretrain_base(manifest, out, TINY, threads=1)
+    meta = pretrain_base(manifest, out, FILLED_TINY, threads=1)
     # the stage (diffusion/shipped.py) records the weights' hash, which every loader checks
     meta["weights_sha256"] = record_weights_hash(out)["weights_sha256"]
-    write_preview(out, manifest, TINY, out / "samples.png", threads=1)
+    write_preview(out, manifest, TINY, out / "samples.png", device="cpu", threads=1)
     for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                  "scheduler/scheduler_config.json", MODEL_META_NAME, "samples.png", "loss.csv"):
         assert (out / name).is_file(), name
@@ -309,21 +328,21 @@ def test_failing_run_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrain_mod, "write_loss_csv", broken_writer)
     with pytest.raises(OSError, match="disk full"):
-        pretrain_base(manifest, out, TINY, threads=1)
+        pretrain_base(manifest, out, FILLED_TINY, threads=1)
     assert not out.exists()
     assert list(out.parent.iterdir()) == [], "temporary directory must be removed"
 
 
 def test_missing_manifest_is_a_user_error(tmp_path):
     with pytest.raises(MarsdiffError, match="manifest not found"):
-        pretrain_base(tmp_path / "nope" / "manifest.csv", tmp_path / "out", TINY)
+        pretrain_base(tmp_path / "nope" / "manifest.csv", tmp_path / "out", FILLED_TINY)
     assert not (tmp_path / "out").exists()
 
 
 def test_empty_train_split_is_a_user_error(tmp_path):
     manifest = write_reference(tmp_path / "reference", splits="heldout")
     with pytest.raises(MarsdiffError, match="train split is empty"):
-        pretrain_base(manifest, tmp_path / "out", TINY)
+        pretrain_base(manifest, tmp_path / "out", FILLED_TINY)
     assert not (tmp_path / "out").exists()
 
 
@@ -332,8 +351,10 @@ def test_missing_column_and_bad_config_are_user_errors(tmp_path):
     manifest.write_text("id,path,split\na,images/a.png,train\n")
     with pytest.raises(MarsdiffError, match="size_cat"):
         load_train_set(manifest, 16)
-    with pytest.raises(MarsdiffError, match="preset"):
-        pretrain_base(manifest, tmp_path / "out", {"preset": "huge"})
+    with pytest.raises(MarsdiffError, match=r"model\.pixel\.preset: 'huge' is not one of"):
+        filled_section("model.pixel", {"preset": "huge"})
+    with pytest.raises(MarsdiffError, match=r"model\.pixel\.image_size: missing"):
+        pretrain_base(manifest, tmp_path / "out", {"preset": "small"})
 
 
 def test_script_is_thin_and_importable():

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
+from marsdiff.config import section_schema
 from marsdiff.workflow import code
 from marsdiff.workflow.paths import Layout
 
@@ -123,6 +123,8 @@ def copied(finished, tmp_path):
     return copy_project(finished, tmp_path / "copy")
 
 
+# The small preset's defaults (the schema's model.pixel defaultsBy table)
+SMALL_PRESET = section_schema("model.pixel")["defaultsBy"]["preset"]["small"]
 CONFIG_CHANGES = [
     ("appearance categories retrain nothing", {"reference": {"contrast_bins": 2}},
      {"categorize_reference": 1, "validate_rewards": 1}),
@@ -134,7 +136,7 @@ CONFIG_CHANGES = [
      {"preview_base": 1}),
     ("log cadence", {"model": {"pixel": {"log_every": 1}}}, {}),
     ("a training key", {"model": {"pixel": {"train_steps": 5}}}, {"pretrain_base": 1, "preview_base": 1}),
-    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": PIXEL_PRESETS["small"]["ema_decay"]}}}, {}),
+    ("the preset's own value, written out", {"model": {"pixel": {"ema_decay": SMALL_PRESET["ema_decay"]}}}, {}),
     ("the unused backend", {"model": {"stable_diffusion": {"guidance_scale": 3.0, "resolution": 256}}}, {}),
     ("feature batch size, device, cache", {"features": {"batch_size": 7, "device": "cpu", "cache_dir": "elsewhere"}}, {}),
     ("an extractor option", {"features": {"mobilenet_v2": {"grid": 1}}}, {"extract_features": 1, "validate_rewards": 1}),
@@ -407,7 +409,7 @@ def test_weight_neutral_modules_keep_the_shipped_training_digest(code_tree):
     assert SHIPPED not in changed_by(code_tree, "devices.py")
 
 
-@pytest.mark.parametrize("module", ["diffusion/pixel.py", "diffusion/pretrain.py", "diffusion/pixel_presets.py",
+@pytest.mark.parametrize("module", ["diffusion/pixel.py", "diffusion/pretrain.py", "diffusion/ema.py",
                                     "data/images.py"])
 def test_weight_relevant_modules_change_the_shipped_training_digest(code_tree, module):
     changed = changed_by(code_tree, module)

@@ -163,12 +163,17 @@ def test_resized_manifest_carries_the_digests_of_the_resized_images(world, tmp_p
 
 
 def test_matched_size_follows_the_generator():
-    from marsdiff.diffusion.pixel import PixelConfig
+    from marsdiff.config import load_config
 
-    for pixel in ({}, {"preset": "small", "image_size": None}, {"preset": "large"}, {"preset": "large", "image_size": 48}):
-        assert generator_size({"backend": "pixel", "pixel": pixel}) == PixelConfig.from_dict(pixel).image_size
-    assert matched_size({"model": {"backend": "pixel", "pixel": {"preset": "small"}}, "reference": {"image_size": 64}}) == 32
-    sd = {"model": {"backend": "stable_diffusion", "stable_diffusion": {"resolution": 512}}, "reference": {"image_size": 64}}
+    def config(model: dict, reference_px: int = 64) -> dict:
+        return load_config(None, overrides={"model": model, "reference": {"image_size": reference_px}})
+
+    # the schema fills the pixel model's size from its preset; a written size wins
+    for pixel, size in (({}, 32), ({"preset": "large"}, 64), ({"preset": "large", "image_size": 48}, 48)):
+        assert generator_size(config({"pixel": pixel})["model"]) == size
+    assert matched_size(config({"pixel": {"preset": "small"}})) == 32
+    assert matched_size(config({"pixel": {"preset": "large"}}, reference_px=48)) == 48
+    sd = config({"backend": "stable_diffusion", "stable_diffusion": {"resolution": 512}})
     assert generator_size(sd["model"]) == 512 and matched_size(sd) == 64
 
 

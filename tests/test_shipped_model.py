@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from marsdiff.config import load_config
+from marsdiff.config import filled_section, load_config
 from marsdiff.diffusion import shipped, shipping
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
 from marsdiff.diffusion.pretrain import pretrain_base
@@ -35,7 +35,8 @@ def tiny_shipped(tmp_path, one_torch_thread):
     """A tiny model trained by pretrain_base and shipped into a scratch folder."""
     index = with_hashes(write_reference(tmp_path / "reference"))
     trained = tmp_path / "trained"
-    pretrain_base(index, trained, TINY, threads=1, code_version=shipping.training_code_version())
+    pretrain_base(index, trained, filled_section("model.pixel", TINY), threads=1,
+                  code_version=shipping.training_code_version())
     folder = tmp_path / "shipped"
     log = tmp_path / "pretrain.log"
     log.write_text("step 4/4 loss 0.5\n")
@@ -103,8 +104,9 @@ def test_every_difference_is_a_reason_to_train(tiny_shipped, tmp_path):
 #: listed here (it changes weights: the digest changes, retrain with `make base-checkpoint`) or
 #: in shipped.WEIGHT_NEUTRAL_MODULES with its reason.
 TRAINING_MODULES = {
-    "data/__init__.py", "data/images.py", "data/manifest.py", "diffusion/__init__.py", "diffusion/pixel.py",
-    "diffusion/pixel_keys.py", "diffusion/pixel_presets.py", "diffusion/pretrain.py",
+    "data/__init__.py", "data/images.py", "data/manifest.py", "diffusion/__init__.py", "diffusion/augmentation.py",
+    "diffusion/ema.py", "diffusion/lr_schedule.py", "diffusion/pixel.py", "diffusion/pixel_keys.py",
+    "diffusion/pretrain.py", "diffusion/training_loss.py",
 }
 
 

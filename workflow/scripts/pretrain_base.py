@@ -13,9 +13,10 @@ def main(snakemake):
         from marsdiff.diffusion.shipped import pretrain_or_install
 
         # Tracked training keys plus the untracked preset name (recorded in the model's metadata)
-        # and log cadence; samples.png is stage preview_base's.
+        # and log cadence (the config is filled by the schema at parse time); samples.png is stage
+        # preview_base's.
         pixel = untracked(snakemake, "model.pixel")
-        settings = {"preset": pixel.get("preset") or "small", **{k: pixel.get(k) for k in PIXEL_LOGGING_KEYS}}
+        settings = {"preset": pixel["preset"], **{k: pixel[k] for k in PIXEL_LOGGING_KEYS}}
         section = {**params_json(snakemake, "cfg"), **settings}
         pretrain_or_install(snakemake.input.index, Path(snakemake.output.meta).parent, section,
                             code_version=snakemake.params.training_code, threads=snakemake.threads)

@@ -15,8 +15,8 @@ diversity. Both sides of a reward therefore pass through the same downsampling
   the reference size; generated images are brought down to it at scoring time with the same
   function (never the reference up: upsampling invents no detail and only blurs).
 
-:func:`generator_size` reads only the config (no torch), so the workflow can name the resized
-reference set (``results/reference/at_{size}px/``) when it parses the Snakefile.
+:func:`generator_size` reads only the schema-filled config (no torch), so the workflow can name
+the resized reference set (``results/reference/at_{size}px/``) when it parses the Snakefile.
 """
 
 from __future__ import annotations
@@ -30,42 +30,25 @@ from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
 
-#: The reference crop side when the config does not say (``reference.image_size`` default).
-DEFAULT_REFERENCE_SIZE = 64
-#: Stable Diffusion output side when ``model.stable_diffusion.resolution`` is absent (schema default).
-DEFAULT_SD_RESOLUTION = 512
-
-
 def generator_size(model_cfg: Mapping[str, Any]) -> int:
-    """Side in pixels of the images the configured generator writes (the ``model`` section).
+    """Side in pixels of the images the configured generator writes (the filled ``model`` section).
 
-    pixel: ``model.pixel.image_size``, or its preset's when null, as ``PixelConfig`` resolves it;
-    stable_diffusion: ``model.stable_diffusion.resolution``.
+    pixel: ``model.pixel.image_size`` (the schema fills it from the preset when the config does
+    not set it); stable_diffusion: ``model.stable_diffusion.resolution``.
     """
-    from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
-
-    backend = model_cfg.get("backend", "pixel")
-    if backend == "pixel":
-        pixel = dict(model_cfg.get("pixel") or {})
-        preset = pixel.get("preset") or "small"
-        if preset not in PIXEL_PRESETS:
-            raise MarsdiffError(f"model.pixel.preset: unknown preset {preset!r} (choose {', '.join(PIXEL_PRESETS)})")
-        size = pixel.get("image_size") or PIXEL_PRESETS[preset]["image_size"]
-    elif backend == "stable_diffusion":
-        size = (model_cfg.get("stable_diffusion") or {}).get("resolution") or DEFAULT_SD_RESOLUTION
-    else:
-        raise MarsdiffError(f"model.backend: unknown backend {backend!r} (choose pixel or stable_diffusion)")
-    return int(size)
+    if model_cfg["backend"] == "stable_diffusion":
+        return int(model_cfg["stable_diffusion"]["resolution"])
+    return int(model_cfg["pixel"]["image_size"])
 
 
 def reference_size(config: Mapping[str, Any]) -> int:
     """Side of the reference crops (``reference.image_size``; prepare_reference writes every crop at it)."""
-    return int((config.get("reference") or {}).get("image_size") or DEFAULT_REFERENCE_SIZE)
+    return int(config["reference"]["image_size"])
 
 
 def matched_size(config: Mapping[str, Any]) -> int:
-    """The common scoring resolution of the whole config: min(generator size, reference size)."""
-    return min(generator_size(config.get("model") or {}), reference_size(config))
+    """The common scoring resolution of a filled config: min(generator size, reference size)."""
+    return min(generator_size(config["model"]), reference_size(config))
 
 
 def file_mode(path: str | os.PathLike) -> str:

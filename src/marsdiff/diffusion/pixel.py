@@ -3,7 +3,7 @@
 This module owns what the rest of marsdiff needs to know about the small class-conditional
 ``UNet2DModel`` trained by the ``pretrain_base`` stage:
 
-* :class:`PixelConfig` and :data:`PIXEL_PRESETS` (the ``model.pixel`` config section, resolved);
+* :class:`PixelConfig` (the ``model.pixel`` config section, filled by the schema's defaults);
 * :func:`build_pixel_unet` and :func:`build_noise_scheduler`;
 * :func:`load_train_set` (manifest + PNGs, train split only, class index from ``size_cat``);
 * the on-disk model contract: :func:`save_pixel_model` / :func:`load_pixel_model`.
@@ -28,15 +28,13 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-# Presets live in a torch-free module: the workflow resolves image sizes at parse time.
-from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
 from marsdiff.errors import MarsdiffError
 
 MODEL_META_NAME = "marsdiff_model.json"
@@ -46,104 +44,73 @@ SAFETENSORS_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name f
 VALUE_RANGE = "[-1, 1]"
 VALUE_BOUNDS = (-1.0, 1.0)
 GREY_LEVELS_PER_UNIT = 127.5  # uint8 grey levels per unit of the model range
-# What the network predicts. The recording sampler and the RL log-probabilities read it from the
-# saved scheduler config and handle both. v is the default: at the first step from pure noise
-# (cosine schedule, abar = 2.4e-9) an epsilon network's x0 estimate is its error times 2e4, clipped
-# to +-1, which sets each image's brightness at random (docs/base_model.md, "Why v-prediction").
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-FLIP_CHOICES = ("auto", "none", "left_right", "top_bottom", "transpose", "antitranspose")
 
 
 @dataclass(frozen=True)
 class PixelConfig:
-    """The resolved ``model.pixel`` section (preset values filled in, types checked)."""
+    """The ``model.pixel`` section as training reads it, built from the schema-filled section.
 
-    preset: str = "small"
-    image_size: int = 32
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    attention: bool = False
-    train_steps: int = 500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    min_snr_gamma: float = 5.0
-    prediction_type: str = "v_prediction"
-    flip: str = "auto"
-    shift_px: int = 0
-    brightness_jitter: float = 0.0
-    contrast_jitter: float = 0.0
-    grid_samples_per_class: int = 6
-    grid_reference_per_class: int = 2
-    grid_sampling_steps: int = 50
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
+    No field has a default: the schema holds every default, the preset's included
+    (``defaultsBy.preset``), and :func:`marsdiff.config.filled_section` fills a hand-written
+    section. This module does not fill it itself because the training digest follows its
+    imports, and the config loader trains nothing.
+    """
+
+    preset: str
+    image_size: int
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    ema_decay: float
+    num_train_timesteps: int
+    beta_schedule: str
+    min_snr_gamma: float
+    prediction_type: str
+    flip: str
+    shift_px: int
+    brightness_jitter: float
+    contrast_jitter: float
+    grid_samples_per_class: int
+    grid_reference_per_class: int
+    grid_sampling_steps: int
+    log_every: int
+    seed: int
+    device: str
 
     @classmethod
-    def from_dict(cls, section: dict | None) -> "PixelConfig":
-        section = dict(section or {})
-        preset = section.pop("preset", "small") or "small"
-        if preset not in PIXEL_PRESETS:
-            raise MarsdiffError(f"model.pixel.preset: unknown preset {preset!r} (choose {', '.join(PIXEL_PRESETS)})")
-        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("preset", "extra")}
-        unknown = sorted(set(section) - set(defaults))
-        if unknown:
-            raise MarsdiffError(f"model.pixel: unknown key(s) {', '.join(unknown)}")
-        values: dict[str, Any] = {}
-        for name, default in defaults.items():
-            value = section.get(name)
-            if value is None:
-                # Preset-backed fields: null (or absent) means "the preset's value".
-                value = PIXEL_PRESETS[preset].get(name, default)
-            values[name] = value
+    def from_section(cls, section: Mapping[str, Any]) -> "PixelConfig":
+        """From a filled ``model.pixel`` section (its other keys, e.g. shipped_checkpoint, ignored)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in section]
+        if missing:
+            raise MarsdiffError(f"model.pixel.{missing[0]}: missing from the section (fill a hand-written "
+                                "section with marsdiff.config.filled_section('model.pixel', ...))")
+        values = {name: section[name] for name in names}
         values["block_out_channels"] = tuple(int(c) for c in values["block_out_channels"])
-        cfg = cls(preset=preset, **values)
+        cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        """The checks the schema cannot express: they relate two keys (its ranges are not repeated)."""
         levels = len(self.block_out_channels)
-        if levels < 2:
-            raise MarsdiffError("model.pixel.block_out_channels: need at least 2 resolution levels")
         if self.image_size % (2 ** (levels - 1)):
             raise MarsdiffError(
                 f"model.pixel.image_size: {self.image_size} is not divisible by 2^{levels - 1} "
                 f"(one halving per level of block_out_channels {list(self.block_out_channels)})"
             )
-        if self.flip not in FLIP_CHOICES:
-            raise MarsdiffError(f"model.pixel.flip: {self.flip!r} is not one of {', '.join(FLIP_CHOICES)}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise MarsdiffError(f"model.pixel.prediction_type: {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise MarsdiffError(f"model.pixel.device: {self.device!r} is not one of auto, cpu, cuda")
-        for name in ("train_steps", "batch_size", "layers_per_block", "num_train_timesteps", "grid_sampling_steps"):
-            if int(getattr(self, name)) < 1:
-                raise MarsdiffError(f"model.pixel.{name}: must be >= 1, got {getattr(self, name)}")
-        if not 0 <= int(self.shift_px) < self.image_size // 2:
+        if int(self.shift_px) >= self.image_size // 2:
             raise MarsdiffError(f"model.pixel.shift_px: must be in [0, {self.image_size // 2}) for "
                                 f"{self.image_size} px images, got {self.shift_px}")
-        if not 0.0 <= float(self.brightness_jitter) < GREY_LEVELS_PER_UNIT:
-            raise MarsdiffError(f"model.pixel.brightness_jitter: must be in [0, {GREY_LEVELS_PER_UNIT:g}) grey levels, "
-                                f"got {self.brightness_jitter}")
-        if not 0.0 <= float(self.contrast_jitter) <= 1.0:
-            raise MarsdiffError(f"model.pixel.contrast_jitter: must be in [0, 1] (std of the log gain), "
-                                f"got {self.contrast_jitter}")
-        if self.min_snr_gamma < 0:
-            raise MarsdiffError(f"model.pixel.min_snr_gamma: must be >= 0 (0 = plain MSE), got {self.min_snr_gamma}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise MarsdiffError(f"model.pixel.ema_decay: must be in [0, 1), got {self.ema_decay}")
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.pop("extra")
         out["block_out_channels"] = list(self.block_out_channels)
         return out
 
@@ -156,12 +123,10 @@ def _norm_groups(channels: tuple[int, ...]) -> int:
     return 1
 
 
-def build_pixel_unet(cfg: PixelConfig | dict, num_classes: int, channels: int = 1):
+def build_pixel_unet(cfg: PixelConfig, num_classes: int, channels: int = 1):
     """A fresh class-conditional ``UNet2DModel`` (class embedding added to the time embedding)."""
     from diffusers import UNet2DModel
 
-    if isinstance(cfg, dict):
-        cfg = PixelConfig.from_dict(cfg)
     if num_classes < 1:
         raise MarsdiffError("the base model needs at least one size category")
     levels = len(cfg.block_out_channels)

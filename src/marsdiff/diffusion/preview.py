@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from marsdiff.devices import resolve_device
-from marsdiff.diffusion.pixel import PixelConfig, TrainSet, load_train_set, to_uint8
+from marsdiff.diffusion.pixel import TrainSet, load_train_set, to_uint8
 from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
 from marsdiff.errors import MarsdiffError
 
@@ -98,21 +98,23 @@ def reference_examples(train: TrainSet, per_class: int, seed: int) -> np.ndarray
 
 
 
-def preview_grid(unet, scheduler, train: TrainSet, cfg: PixelConfig, steps_trained: int) -> "Image.Image":
+def preview_grid(unet, scheduler, train: TrainSet, grid: Mapping[str, int], seeds: Mapping[str, int],
+                 image_size: int, steps_trained: int) -> "Image.Image":
     """samples.png: EMA samples per size class at eta 0 and at eta 1 (the same seeds), then real
-    train crops of each class."""
+    train crops of each class. ``grid``: the ``model.pixel`` grid keys (PIXEL_PREVIEW_KEYS);
+    ``seeds``: the model metadata's (``train`` picks the real crops, ``grid`` draws the samples)."""
     from PIL import Image
 
     start = time.perf_counter()
     n_classes = len(train.class_names)
-    labels = torch.arange(n_classes).repeat_interleave(cfg.grid_samples_per_class)
-    reference = reference_examples(train, cfg.grid_reference_per_class, cfg.seed) if cfg.grid_reference_per_class else None
+    per_class, reference_per_class, steps = (int(grid[k]) for k in PIXEL_PREVIEW_KEYS)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    reference = reference_examples(train, reference_per_class, seeds["train"]) if reference_per_class else None
     panels = []
     for eta in PREVIEW_ETAS:
-        samples = ddim_sample(unet, scheduler, labels, cfg.grid_sampling_steps, seed=cfg.seed + 2,
-                              image_size=cfg.image_size, eta=eta)
-        samples_u8 = to_uint8(samples).reshape(n_classes, cfg.grid_samples_per_class, cfg.image_size, cfg.image_size)
-        title = f"DDIM eta {eta:g}, {cfg.grid_sampling_steps} steps, {steps_trained} training steps"
+        samples = ddim_sample(unet, scheduler, labels, steps, seed=seeds["grid"], image_size=image_size, eta=eta)
+        samples_u8 = to_uint8(samples).reshape(n_classes, per_class, image_size, image_size)
+        title = f"DDIM eta {eta:g}, {steps} steps, {steps_trained} training steps"
         panels.append(sample_grid(samples_u8, train.class_names, reference if eta == PREVIEW_ETAS[-1] else None,
                                   title=title))
     gap = 16
@@ -125,12 +127,13 @@ def preview_grid(unet, scheduler, train: TrainSet, cfg: PixelConfig, steps_train
     return canvas
 
 
-def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | None, out_png: str | Path,
-                  threads: int | None = None, device: str = "auto") -> None:
+def write_preview(model_dir: str | Path, manifest: str | Path, section: Mapping[str, Any], out_png: str | Path,
+                  device: str, threads: int | None = None) -> None:
     """Stage preview_base: samples.png of a trained model directory.
 
-    The model's own training keys (image size, seed) come from its metadata; ``section`` (the
-    ``model.pixel`` config) gives the grid settings.
+    The model's own training keys (image size, seeds) come from its metadata; ``section`` (the
+    filled ``model.pixel`` section, or its grid keys) gives the grid settings; ``device``:
+    ``model.pixel.device``.
     """
     from marsdiff.diffusion.loading import verify_pixel_model
     from marsdiff.diffusion.pixel import load_pixel_model
@@ -139,13 +142,12 @@ def write_preview(model_dir: str | Path, manifest: str | Path, section: dict | N
     verify_pixel_model(model_dir)  # a grid of damaged weights would look like a bad model, not a bad file
     if threads:
         torch.set_num_threads(int(threads))
-    grid_settings = {k: v for k, v in (section or {}).items() if k in PIXEL_PREVIEW_KEYS and v is not None}
     unet, scheduler, meta = load_pixel_model(model_dir, resolve_device(device, "model.pixel.device"))
-    cfg = PixelConfig.from_dict({**meta.get("train_config", {}), **grid_settings})
-    train = load_train_set(manifest, cfg.image_size)
+    image_size = int(meta["image_size"])
+    train = load_train_set(manifest, image_size)
     if list(train.class_names) != list(meta.get("class_names", train.class_names)):
         raise MarsdiffError(f"{manifest}: size classes {train.class_names} differ from the model's "
                             f"{meta.get('class_names')} (retrain the base model)")
-    grid = preview_grid(unet, scheduler, train, cfg, int(meta.get("training", {}).get("steps", 0)))
+    grid = preview_grid(unet, scheduler, train, section, meta["seeds"], image_size, int(meta["training"]["steps"]))
     with atomic_path(out_png, suffix=".png") as tmp:
         grid.save(tmp, format="PNG")

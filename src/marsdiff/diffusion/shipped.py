@@ -58,16 +58,15 @@ WEIGHT_NEUTRAL_MODULES = {
 }
 #: model.pixel keys that choose where or whether to train, not what is trained.
 NON_TRAINING_KEYS = ("device", "shipped_checkpoint")
-SHIPPED_CHOICES = ("auto", "never")
 
 
 def training_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The resolved training keys of a ``model.pixel`` section (presets filled in)."""
-    from marsdiff.diffusion.pixel import PixelConfig
+    """The training keys of a ``model.pixel`` section, filled by the schema (the preset's values
+    included): what the weights depend on."""
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
 
-    section = {k: v for k, v in dict(section or {}).items() if k not in NON_TRAINING_KEYS}
-    resolved = PixelConfig.from_dict(section).as_dict()
+    resolved = filled_section("model.pixel", section)
     dropped = set(PIXEL_PREVIEW_KEYS) | set(PIXEL_LOGGING_KEYS) | set(NON_TRAINING_KEYS)
     return {k: v for k, v in sorted(resolved.items()) if k not in dropped}
 
@@ -174,14 +173,13 @@ def record_weights_hash(model_dir: str | os.PathLike) -> dict[str, Any]:
 def pretrain_or_install(index_csv: str | os.PathLike, out_dir: str | os.PathLike, section: Mapping[str, Any],
                         code_version: str, threads: int | None = None) -> dict[str, Any]:
     """Stage pretrain_base: install the shipped model where it is what training would produce
-    (``shipped_checkpoint: auto``), else train; the log says which and why. Returns the metadata."""
+    (``shipped_checkpoint: auto``), else train; the log says which and why. ``section``: the
+    ``model.pixel`` section, filled here by the schema. Returns the metadata."""
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.pretrain import pretrain_base
 
-    section = dict(section)
-    use_shipped = section.pop("shipped_checkpoint", "auto")
-    if use_shipped not in SHIPPED_CHOICES:
-        raise MarsdiffError(f"model.pixel.shipped_checkpoint: {use_shipped!r} is not one of {', '.join(SHIPPED_CHOICES)}")
-    if use_shipped == "auto":
+    section = filled_section("model.pixel", section)
+    if section["shipped_checkpoint"] == "auto":
         reasons = (mismatches(section, index_csv, code_version) if (SHIPPED_DIR / PROVENANCE_NAME).is_file()
                    else [f"no shipped model at {SHIPPED_DIR}"])
         if not reasons:

@@ -74,23 +74,21 @@ def score_round(plan: Plan, exp: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- base model
 def pretrain_base(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved model.pixel training keys (preset values filled in): what the weights depend
-    on, whatever preset name produced them. Preview-grid and logging keys are left out (preview_base
-    draws the grid; the script reads the preset's name and the log cadence untracked)."""
+    """The model.pixel training keys as the schema filled them (the preset's values included):
+    what the weights depend on, whatever preset name produced them. Preview-grid and logging keys
+    are left out (preview_base draws the grid; the script reads the preset's name and the log
+    cadence untracked)."""
     from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS, PIXEL_PREVIEW_KEYS
-    from marsdiff.diffusion.pixel_presets import PIXEL_PRESETS
 
-    section = dict(config["model"].get("pixel") or {})
-    preset = PIXEL_PRESETS.get(section.pop("preset", None) or "small", {})
-    resolved = {**preset, **{k: (preset.get(k) if v is None else v) for k, v in section.items()}}
-    return {k: v for k, v in resolved.items() if k not in PIXEL_PREVIEW_KEYS + PIXEL_LOGGING_KEYS}
+    left_out = ("preset",) + PIXEL_PREVIEW_KEYS + PIXEL_LOGGING_KEYS
+    return {k: v for k, v in config["model"]["pixel"].items() if k not in left_out}
 
 
 def shipped_checkpoint(config: Mapping[str, Any], provenance: Path) -> str:
     """The shipped base model's weights hash where pretrain_base may install it, else 'never'."""
     import json
 
-    if (config["model"].get("pixel") or {}).get("shipped_checkpoint", "auto") == "never":
+    if config["model"]["pixel"]["shipped_checkpoint"] == "never":
         return "never"
     return json.loads(provenance.read_text())["weights_sha256"] if provenance.is_file() else "none shipped"
 
@@ -98,8 +96,7 @@ def shipped_checkpoint(config: Mapping[str, Any], provenance: Path) -> str:
 def preview_base(config: Mapping[str, Any]) -> dict[str, Any]:
     from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
 
-    section = config["model"].get("pixel") or {}
-    return {k: section.get(k) for k in PIXEL_PREVIEW_KEYS}
+    return {k: config["model"]["pixel"][k] for k in PIXEL_PREVIEW_KEYS}
 
 
 # ---------------------------------------------------------------------------- sampling backends
