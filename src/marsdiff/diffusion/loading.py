@@ -42,12 +42,10 @@ def load_backend(
 ) -> DiffusionBackend:
     """The backend named by ``model.backend``: the pixel model in ``model_dir`` (its weights
     checked against their recorded hash) or Stable Diffusion."""
-    backend = model_cfg.get("backend", "pixel")
-    if backend == "pixel":
-        verify_pixel_model(model_dir)
-        return load_pixel_backend(model_dir, device=device)
-    if backend == "stable_diffusion":
+    # model.backend is one of the two (the schema's enum)
+    if model_cfg["backend"] == "stable_diffusion":
         from marsdiff.diffusion.stable_diffusion import load_stable_diffusion
 
-        return load_stable_diffusion(model_cfg.get("stable_diffusion") or {})
-    raise MarsdiffError(f"model.backend: unknown backend {backend!r} (use 'pixel' or 'stable_diffusion')")
+        return load_stable_diffusion(model_cfg["stable_diffusion"])
+    verify_pixel_model(model_dir)
+    return load_pixel_backend(model_dir, device=device)

@@ -28,14 +28,13 @@ from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PACKAGED_PROMPTS = "prompts_craters.txt"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def read_prompts(prompt_file: str | os.PathLike | None = None) -> list[str]:
-    """Prompts of ``prompt_file`` (default: the packaged crater prompts); '#' lines are comments."""
+def read_prompts(prompt_file: str | os.PathLike | None) -> list[str]:
+    """Prompts of ``prompt_file`` (None: the packaged crater prompts); '#' lines are comments."""
     if prompt_file is None:
         text = importlib.resources.files("marsdiff").joinpath("assets", PACKAGED_PROMPTS).read_text()
         source = f"marsdiff/assets/{PACKAGED_PROMPTS}"
@@ -244,16 +243,25 @@ class StableDiffusionBackend(DiffusionBackend):
 
 
 def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
-    """Build the backend from the ``model.stable_diffusion`` config section."""
-    device = resolve_device(cfg.get("device", "auto"), "model.stable_diffusion.device")
-    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
-    autocast = resolve_autocast(cfg.get("autocast"))
-    pretrained = str(cfg.get("pretrained") or DEFAULT_PRETRAINED)
-    pipe = load_pipeline_components(pretrained, dtype, allow_download=bool(cfg.get("allow_download", False)))
-    prompts = read_prompts(cfg.get("prompt_file"))
+    """Build the backend from the ``model.stable_diffusion`` config section.
+
+    Keys the section leaves out take the schema's defaults. The section is filled but not
+    validated here: the workflow validated it when the Snakefile was parsed, and the tiny test
+    pipelines this loader also builds run below the schema's 64 px minimum resolution.
+    """
+    from marsdiff.config import fill_defaults, section_schema
+
+    cfg = dict(cfg)
+    fill_defaults(cfg, section_schema("model.stable_diffusion"))
+    device = resolve_device(cfg["device"], "model.stable_diffusion.device")
+    dtype = resolve_dtype(str(cfg["dtype"]), device)
+    autocast = resolve_autocast(cfg["autocast"])
+    pretrained = str(cfg["pretrained"])
+    pipe = load_pipeline_components(pretrained, dtype, allow_download=bool(cfg["allow_download"]))
+    prompts = read_prompts(cfg["prompt_file"])
     log.info("stable diffusion %s on %s (%s%s%s), %d prompts", pretrained, device, dtype,
              f", autocast {autocast}" if autocast is not None else "",
-             ", gradient checkpointing" if cfg.get("gradient_checkpointing") else "", len(prompts))
+             ", gradient checkpointing" if cfg["gradient_checkpointing"] else "", len(prompts))
     return StableDiffusionBackend(
         unet=pipe.unet,
         vae=pipe.vae,
@@ -261,12 +269,12 @@ def load_stable_diffusion(cfg: Mapping[str, Any]) -> StableDiffusionBackend:
         tokenizer=pipe.tokenizer,
         scheduler_config=dict(pipe.scheduler.config),
         prompts=prompts,
-        guidance_scale=float(cfg.get("guidance_scale", 5.0)),
-        resolution=int(cfg.get("resolution", 512)),
+        guidance_scale=float(cfg["guidance_scale"]),
+        resolution=int(cfg["resolution"]),
         device=device,
         dtype=dtype,
-        negative_prompt=str(cfg.get("negative_prompt", "")),
+        negative_prompt=str(cfg["negative_prompt"]),
         source=pretrained,
-        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        gradient_checkpointing=bool(cfg["gradient_checkpointing"]),
         autocast=autocast,
     )
