@@ -104,3 +104,20 @@ def test_the_default_config_is_complete_after_filling():
     config = load_config()
     for name, experiment in config["experiments"].items():
         assert "max_skipped_updates" in experiment, name
+
+
+def test_each_pixel_preset_is_written_out_in_full():
+    """The presets are the one resolver of model.pixel: every preset names the same keys, and a
+    preset-dependent key has no plain default that could fill it silently."""
+    from marsdiff.config import section_schema
+
+    pixel = section_schema("model.pixel")
+    presets = pixel["defaultsBy"]["preset"]
+    keys = set(presets["small"])
+    assert all(set(table) == keys for table in presets.values()), "a preset leaves a key to another"
+    assert not [k for k in keys if "default" in pixel["properties"][k]], "a preset key with a plain default"
+    # the filled section is the resolved config: large is large's own, not small's
+    large = filled_section("model.pixel", {"preset": "large"})
+    assert {k: large[k] for k in keys} == presets["large"]
+    assert large["min_snr_gamma"] == 5.0 and large["brightness_jitter"] == 0.0
+    assert filled_section("model.pixel", {"preset": "large", "image_size": 48})["image_size"] == 48
