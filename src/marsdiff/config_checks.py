@@ -50,7 +50,7 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
     ``config`` has passed :func:`marsdiff.config.check_config` (defaults filled); ``schema``
     (the loaded schema or its path; default: the project's) checks experiments' reward
     overrides, which the schema types only as mappings."""
-    from marsdiff.config import SCHEMA_PATH, read_config_file
+    from marsdiff.config import SCHEMA_PATH, filled_section, read_config_file
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
     if not isinstance(schema, Mapping):
@@ -68,11 +68,16 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
         own = dict(experiments[name] or {})
         if "class_distribution" in own:
             check_class_distribution(own["class_distribution"], f"{where}.class_distribution")
-        check_knobs((own.get("policy") or {}).get("knobs") or {}, f"{where}.policy.knobs")
+        if settings["mode"] != "lora_unet":  # only the plan policies read their knobs
+            check_knobs(settings["policy"]["knobs"], f"{where}.policy.knobs")
+        # The schema fills both algorithms' sections, so a section set by the user shows as one
+        # that differs from the schema's defaults for this mode (a value equal to its default
+        # changes nothing and passes).
+        schema_only = filled_section("experiments.*", {"mode": settings["mode"]})
         for algorithm in ("ppo", "trpo"):
             # settings for the other algorithm are never read: a missing `algorithm:` would otherwise
             # run PPO with the TRPO section silently ignored
-            if own.get(algorithm) and settings["algorithm"] != algorithm:
+            if settings[algorithm] != schema_only[algorithm] and settings["algorithm"] != algorithm:
                 raise MarsdiffError(
                     f"{where}.{algorithm} is set but {where}.algorithm is {settings['algorithm']}: "
                     f"add `algorithm: {algorithm}` or remove the {algorithm} section"
@@ -216,22 +221,11 @@ def check_class_distribution(spec: Any, where: str, names: Sequence[str] | None 
         raise MarsdiffError(f"{where}: the weights are all zero; at least one class needs a positive weight")
 
 
-# Defaults of marsdiff.rl.generation_policies.DEFAULT_KNOB_RANGES (that module imports torch);
-# tests/test_config_checks.py keeps the two equal.
-KNOB_DEFAULTS = {
-    "eta": {"low": 0.1, "high": 1.5, "init": 1.0, "log": False},
-    "timestep_power": {"low": 0.5, "high": 2.5, "init": 1.0, "log": True},
-    "guidance_scale": {"low": 1.0, "high": 10.0, "init": 5.0, "log": False},
-    "noise_scale": {"low": 0.8, "high": 1.25, "init": 1.0, "log": True},
-}
-
-
-def check_knobs(overrides: Mapping[str, Any], where: str) -> None:
-    """A knob override must keep low < init < high, and a log-scaled knob low > 0 (KnobRange)."""
-    for name, override in sorted(dict(overrides).items()):
-        if name not in KNOB_DEFAULTS:
-            raise MarsdiffError(f"{where}: unknown knob {name!r} (known: {', '.join(KNOB_DEFAULTS)})")
-        knob = {**KNOB_DEFAULTS[name], **dict(override or {})}
+def check_knobs(knobs: Mapping[str, Any], where: str) -> None:
+    """Each knob of the resolved ``policy.knobs`` (schema-filled, the eta knob's init resolved)
+    must keep low < init < high, and a log-scaled knob low > 0: relations between keys, which
+    the schema cannot express (the stage's KnobRange makes the same check)."""
+    for name, knob in sorted(dict(knobs).items()):
         if not knob["low"] < knob["init"] < knob["high"]:
             raise MarsdiffError(
                 f"{where}.{name}: need low < init < high, got {knob['low']} < {knob['init']} < {knob['high']}"
