@@ -22,6 +22,7 @@ checks the schema cannot express; a bad experiment is refused with one line nami
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Mapping
 
@@ -59,8 +60,32 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
     out (``sampling`` is filled with its own schema defaults first), ``name`` added."""
     if name not in (experiments or {}):
         raise MarsdiffError(f"experiment {name!r} is not configured (configured: {', '.join(sorted(experiments or {})) or 'none'})")
-    where = f"experiments.{name}"
     own = dict(experiments[name] or {})
+    # Parsing the workflow resolves each experiment many times (targets, every rule's params) and
+    # the schema validation costs milliseconds: resolved once per content, a copy each call.
+    key = repr(_canonical([name, own, dict(sampling or {})]))
+    if key not in _RESOLVED:
+        if len(_RESOLVED) >= 256:
+            _RESOLVED.clear()
+        _RESOLVED[key] = _resolve(name, own, sampling)
+    return copy.deepcopy(_RESOLVED[key])
+
+
+_RESOLVED: dict[str, dict[str, Any]] = {}
+
+
+def _canonical(value: Any) -> Any:
+    """A form of a config value whose repr is equal exactly when the values are (key order aside;
+    types kept: 1, 1.0, True and '1' differ)."""
+    if isinstance(value, Mapping):
+        return sorted((repr(k), _canonical(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return type(value).__name__, repr(value)
+
+
+def _resolve(name: str, own: dict[str, Any], sampling: Mapping[str, Any] | None) -> dict[str, Any]:
+    where = f"experiments.{name}"
     for (section, key), message in RENAMED.items():
         if key in dict(own.get(section) or {}):
             raise MarsdiffError(f"{where}.{message}")
@@ -68,8 +93,8 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
     # experiments.<name>.<key>.
     settings = filled_section("experiments", {name: own})[name]
     shared = filled_section("sampling", sampling)
-    for key in SAMPLING_DEFAULTS:
-        settings.setdefault(key, shared[key])
+    for shared_key in SAMPLING_DEFAULTS:
+        settings.setdefault(shared_key, shared[shared_key])
     # The eta knob starts at the experiment's eta unless the experiment sets its init.
     settings["policy"]["knobs"]["eta"].setdefault("init", settings["eta"])
     settings["name"] = name
