@@ -118,5 +118,6 @@ def _resolve(name: str, own: dict[str, Any], sampling: Mapping[str, Any] | None)
 
 
 def reward_config(reward: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
-    """The reward an experiment optimises: the top-level section with its override merged in."""
-    return deep_merge(dict(reward), dict(experiment.get("reward") or {}))
+    """The reward an experiment optimises: the top-level section with its override (the schema's
+    default: none, ``{}``) merged in."""
+    return deep_merge(dict(reward), dict(experiment["reward"]))

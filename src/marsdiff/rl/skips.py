@@ -84,7 +84,7 @@ def stop_if_too_many(experiment: dict[str, Any], round_index: int, streak: int, 
     """One line and exit 1 once ``streak`` skips in a row reach the experiment's limit."""
     limit = max_skipped_updates(experiment)
     if streak >= limit:
-        name = experiment.get("name", "?")
+        name = experiment["name"]
         raise MarsdiffError(
             f"experiments.{name}: {streak} updates in a row skipped for numerical faults (round {round_index:03d}: "
             f"{reason}); the run stops at max_skipped_updates {limit}: check the rewards and the learning rate"
