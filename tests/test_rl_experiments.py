@@ -82,6 +82,13 @@ def test_the_eta_knob_starts_at_the_experiments_eta_unless_its_init_is_set():
     assert own["policy"]["knobs"]["eta"] == {**settings["policy"]["knobs"]["eta"], "init": 0.9}
 
 
+def test_resolved_settings_resolve_to_themselves():
+    """A stage gets the resolved experiment in its params and resolves it again."""
+    for mode in MODES:
+        settings = experiment_settings({"e": {"mode": mode, "eta": 0.5}}, "e", {"steps": 6})
+        assert experiment_settings({"e": settings}, "e", {"steps": 9}) == settings
+
+
 def test_resolving_twice_gives_equal_independent_copies():
     experiments = {"e": {"mode": "scheduler_policy"}}
     first = experiment_settings(experiments, "e")

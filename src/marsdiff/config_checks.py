@@ -29,6 +29,7 @@ before the Snakefile and reports a missing or malformed one with its own traceba
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -50,7 +51,7 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
     ``config`` has passed :func:`marsdiff.config.check_config` (defaults filled); ``schema``
     (the loaded schema or its path; default: the project's) checks experiments' reward
     overrides, which the schema types only as mappings."""
-    from marsdiff.config import SCHEMA_PATH, filled_section, read_config_file
+    from marsdiff.config import SCHEMA_PATH, read_config_file
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
     if not isinstance(schema, Mapping):
@@ -73,7 +74,7 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
         # The schema fills both algorithms' sections, so a section set by the user shows as one
         # that differs from the schema's defaults for this mode (a value equal to its default
         # changes nothing and passes).
-        schema_only = filled_section("experiments.*", {"mode": settings["mode"]})
+        schema_only = _experiment_defaults(settings["mode"])
         for algorithm in ("ppo", "trpo"):
             # settings for the other algorithm are never read: a missing `algorithm:` would otherwise
             # run PPO with the TRPO section silently ignored
@@ -95,6 +96,14 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
             check_against_schema(merged, schema["properties"]["reward"], override)
             check_reward(merged, override)
             check_override_validated(reward, merged, override)
+
+
+@functools.lru_cache(maxsize=None)
+def _experiment_defaults(mode: str) -> dict[str, Any]:
+    """An experiment of ``mode`` with nothing set but the schema's defaults (read only)."""
+    from marsdiff.config import filled_section
+
+    return filled_section("experiments.*", {"mode": mode})
 
 
 def check_finite(node: Any, where: str = "") -> None:

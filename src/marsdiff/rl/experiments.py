@@ -61,6 +61,10 @@ def experiment_settings(experiments: Mapping[str, Any], name: str,
     if name not in (experiments or {}):
         raise MarsdiffError(f"experiment {name!r} is not configured (configured: {', '.join(sorted(experiments or {})) or 'none'})")
     own = dict(experiments[name] or {})
+    if own.get("name") == name:
+        # settings resolved before and passed back (a stage's params hold the resolved experiment):
+        # resolving is idempotent, the name is the only key it adds
+        del own["name"]
     # Parsing the workflow resolves each experiment many times (targets, every rule's params) and
     # the schema validation costs milliseconds: resolved once per content, a copy each call.
     key = repr(_canonical([name, own, dict(sampling or {})]))
