@@ -323,7 +323,7 @@ def plan_rounds(tmp_path_factory):
     for mode in ("scheduler_policy", "diversity_policy"):
         for distribution in ("gaussian", "laplace"):
             exp = experiment(mode, images=9, steps=2)
-            exp["policy"] = {"distribution": distribution}
+            exp["policy"].update(distribution=distribution, init_std=0.3)
             policy = RoundPolicy.initial(mode, tiny_pixel_backend(), exp)
             with torch.no_grad():  # away from the initial plan: locations differ per condition
                 policy.generation.head.location.add_(torch.randn(policy.generation.head.location.shape) * 0.3)
