@@ -114,22 +114,26 @@ class Restore:
 
 
 def run_ppo(policy, actions, minibatch: int) -> float:
+    from marsdiff.config import filled_section
     from marsdiff.rl.ppo import PPOSettings, ppo_update
 
     params = policy.trainable_parameters()
+    settings = filled_section("experiments.*", {"mode": "lora_unet", "ppo": {"minibatch_size": minibatch}})["ppo"]
     optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
     with Restore(params):
         started = time.perf_counter()
-        ppo_update(actions, params, optimiser, PPOSettings(minibatch_size=minibatch), progress=False)
+        ppo_update(actions, params, optimiser, PPOSettings.from_config(settings), progress=False)
         return time.perf_counter() - started
 
 
 def run_trpo(policy, actions, **settings) -> dict[str, float]:
+    from marsdiff.config import filled_section
     from marsdiff.rl.trpo import TRPOSettings, trpo_update
 
     params = policy.trainable_parameters()
+    section = filled_section("experiments.*", {"mode": "lora_unet", "trpo": {"cg_tolerance": 1e-300, **settings}})["trpo"]
     with Restore(params):
-        return trpo_update(actions, params, TRPOSettings(cg_tolerance=1e-300, **settings), progress=False)
+        return trpo_update(actions, params, TRPOSettings.from_config(section), progress=False)
 
 
 def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int, repeats: int) -> float:

@@ -8,7 +8,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from marsdiff.config import filled_section
 from marsdiff.io.trajectories import open_trajectories
+from marsdiff.rl.advantages import AdvantageSettings
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
@@ -23,6 +25,27 @@ def final_images(trajectories: Path) -> np.ndarray:
 def brightness(trajectories: Path) -> np.ndarray:
     """Mean pixel value of each final image: a reward the model can visibly learn."""
     return final_images(trajectories).mean(axis=(1, 2, 3))
+
+
+def _filled(section: str, mode: str, values: dict[str, Any]) -> dict[str, Any]:
+    """One settings section of an experiment of ``mode``, the schema's defaults filled, ``values`` set."""
+    return filled_section("experiments.*", {"mode": mode, section: values})[section]
+
+
+def ppo_settings(mode: str = "lora_unet", **values: Any):
+    from marsdiff.rl.ppo import PPOSettings
+
+    return PPOSettings.from_config(_filled("ppo", mode, values))
+
+
+def trpo_settings(mode: str = "lora_unet", **values: Any):
+    from marsdiff.rl.trpo import TRPOSettings
+
+    return TRPOSettings.from_config(_filled("trpo", mode, values))
+
+
+def advantage_settings(**values: Any) -> AdvantageSettings:
+    return AdvantageSettings.from_config(_filled("advantages", "lora_unet", values))
 
 
 def experiment(mode: str, **overrides: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import REPO, make_workdir, run_snakemake
 from marsdiff.config import deep_merge, load_config, read_config_file
-from marsdiff.config_checks import KNOB_DEFAULTS, check_data_settings, load_checked_config, reference_summary
+from marsdiff.config_checks import check_data_settings, load_checked_config, reference_summary
 from marsdiff.config_checks import main as check_config_files
 from marsdiff.data.reference import planned_split, prepare_reference
 from marsdiff.errors import MarsdiffError
@@ -52,9 +52,11 @@ def _stage_class_distribution(spec):
 
 
 def _stage_knob(override):
-    from marsdiff.rl.generation_policies import knob_ranges
+    from marsdiff.rl.experiments import experiment_settings
+    from marsdiff.rl.generation_policies import parse_knob_ranges
 
-    knob_ranges(["eta"], {"eta": override})
+    experiment = experiment_settings({"x": {"mode": "scheduler_policy", "policy": {"knobs": {"eta": override}}}}, "x")
+    parse_knob_ranges(["eta"], experiment["policy"]["knobs"])
 
 
 def _stage_metrics(metrics):
@@ -173,14 +175,6 @@ def test_an_override_that_keeps_the_validated_terms_passes_under_enforce():
     change = {"reward": {"validation": {"enforce": True}},
               "experiments": {"ppo_lora": {"reward": {"terms": {"mmd": {"weight": 1.0}, "information_gain": {"weight": 0.5}}}}}}
     assert parse_time_error(change) == ""
-
-
-def test_knob_defaults_match_the_policy_module():
-    from dataclasses import asdict
-
-    from marsdiff.rl.generation_policies import DEFAULT_KNOB_RANGES
-
-    assert {name: asdict(knob) for name, knob in DEFAULT_KNOB_RANGES.items()} == KNOB_DEFAULTS
 
 
 # ---------------------------------------------------------------------------- reference data

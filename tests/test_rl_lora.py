@@ -15,7 +15,7 @@ from tiny_models import tiny_unet
 
 def test_adapter_is_float32_on_a_half_precision_base():
     unet = tiny_unet().to(torch.bfloat16)
-    params = attach_lora(unet, LoraSettings(target_modules=["conv1", "conv2"]))
+    params = attach_lora(unet, LoraSettings.from_config(experiment("lora_unet", lora={"target_modules": ["conv1", "conv2"]})["lora"], "pixel"))
     assert params and all(p.dtype == torch.float32 and p.requires_grad for p in params)
     assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if "lora_" not in n)
     # The base stays frozen: only adapter weights are trainable.

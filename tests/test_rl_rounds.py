@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.rl.advantages import AdvantageSettings, ValueTable, gae_advantages, group_advantages, step_advantages
+from marsdiff.rl.advantages import ValueTable, gae_advantages, group_advantages, step_advantages
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.rounds import build_policy, round_sampling_settings, sample_policy_round, update_policy_round
-from rl_helpers import brightness, experiment
+from rl_helpers import advantage_settings, brightness, experiment
 from tiny_models import tiny_pixel_backend
 
 TIMING_KEYS = ("seconds", "update_seconds")
@@ -71,7 +71,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, mode):
 
 
 def test_group_advantages_normalise_within_groups_with_batch_fallback():
-    settings = AdvantageSettings(clip=10.0, normalisation="class", min_count=3)
+    settings = advantage_settings(clip=10.0, normalisation="class", min_count=3)
     credit = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 5.0, 7.0])
     groups = np.array([0, 0, 0, 1, 1, 1, 2, 2])
     adv = group_advantages(credit, groups, settings)
@@ -80,7 +80,7 @@ def test_group_advantages_normalise_within_groups_with_batch_fallback():
     np.testing.assert_allclose(adv[3:6], expected)  # scale-free within a group
     # Group 2 has 2 < 3 images: batch statistics.
     np.testing.assert_allclose(adv[6:], (credit[6:] - credit.mean()) / credit.std())
-    clipped = group_advantages(credit, groups, AdvantageSettings(clip=0.5, normalisation="class", min_count=3))
+    clipped = group_advantages(credit, groups, advantage_settings(clip=0.5, normalisation="class", min_count=3))
     assert np.abs(clipped).max() == pytest.approx(0.5)
     with pytest.raises(MarsdiffError, match="at least 2"):
         group_advantages(np.array([1.0]), np.array([0]), settings)
@@ -106,7 +106,7 @@ def test_gae_with_terminal_reward_matches_its_sum():
 
 
 def test_value_head_learns_the_per_condition_return():
-    settings = AdvantageSettings(value_head=True, gamma=1.0, gae_lambda=1.0, value_lr=1.0, clip=100.0)
+    settings = advantage_settings(value_head=True, gamma=1.0, gae_lambda=1.0, value_lr=1.0, clip=100.0)
     table = ValueTable(2, 3)
     credit = np.array([1.0, 3.0, -1.0, -3.0])
     condition = np.array([0, 0, 1, 1])

@@ -29,6 +29,7 @@ from marsdiff.rl.trpo import (
     trpo_update,
     twice_differentiable_attention,
 )
+from rl_helpers import trpo_settings
 from tiny_models import tiny_pixel_backend
 
 
@@ -58,10 +59,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- settings -----------------------------------------------------------------------------------
 
 def test_settings_defaults_and_one_line_errors():
-    s = TRPOSettings.from_config(None)
+    s = trpo_settings()
     assert (s.max_kl, s.cg_iterations, s.cg_damping, s.cg_tolerance) == (0.01, 10, 0.01, 1e-10)
     assert (s.line_search_shrink, s.line_search_max_tries, s.fvp_method) == (0.8, 10, "auto")
-    assert TRPOSettings.from_config({"cg_iterations": 15.0, "max_kl": 1}).cg_iterations == 15
+    assert trpo_settings(cg_iterations=15.0, max_kl=1).cg_iterations == 15
     bad = {
         "max_kl": 0, "cg_iterations": 2.5, "cg_damping": -0.1, "cg_tolerance": 0, "line_search_shrink": 1.0,
         "line_search_max_tries": 0, "fvp_subsample": 0, "fvp_method": "exact", "minibatch_size": True,
@@ -70,10 +71,12 @@ def test_settings_defaults_and_one_line_errors():
     }
     for key, value in bad.items():
         with pytest.raises(MarsdiffError) as err:
-            TRPOSettings.from_config({key: value})
+            trpo_settings(**{key: value})
         assert f"trpo.{key}" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(MarsdiffError, match=r"unknown settings \['clip'\]"):
-        TRPOSettings.from_config({"clip": 0.2})
+    with pytest.raises(MarsdiffError, match=r"trpo\.clip: unknown key"):
+        trpo_settings(clip=0.2)
+    with pytest.raises(MarsdiffError, match=r"trpo: settings \['cg_damping'\] missing"):
+        TRPOSettings.from_config({k: v for k, v in vars(s).items() if k != "cg_damping"})
 
 
 # --- an exactly solvable denoising family: linear Gaussian means, fixed sigma, float64 --------------
@@ -186,7 +189,7 @@ def test_accepted_step_on_linear_gaussian_steps_respects_the_trust_region():
     all_rows = np.arange(actions.num_actions)
     with torch.no_grad():
         old_mean = actions.mean(all_rows).clone()
-    settings = TRPOSettings.from_config({"max_kl": 0.02, "cg_iterations": 100, "cg_damping": 0.0, "fvp_subsample": 100})
+    settings = trpo_settings(**{"max_kl": 0.02, "cg_iterations": 100, "cg_damping": 0.0, "fvp_subsample": 100})
     row = trpo_update(actions, params, settings, progress=False)
     with torch.no_grad():
         new_mean = actions.mean(all_rows)
@@ -210,7 +213,7 @@ def test_step_size_is_sqrt_two_delta_over_sfs():
     rows = np.arange(actions.num_actions)
     fisher = actions.explicit_fisher(rows)
     before = flat(params)
-    settings = TRPOSettings.from_config({"max_kl": 0.005, "cg_iterations": 100, "cg_damping": 0.0, "fvp_subsample": 100})
+    settings = trpo_settings(**{"max_kl": 0.005, "cg_iterations": 100, "cg_damping": 0.0, "fvp_subsample": 100})
     scored = actions.evaluate(rows)
     g = torch.autograd.grad((torch.exp(scored.new_log_prob - scored.old_log_prob) * scored.advantages).mean(), params)
     direction = torch.linalg.solve(fisher, flat(g))
@@ -236,7 +239,7 @@ def test_rejected_step_restores_the_parameters_bit_for_bit(reason, caplog):
     params = list(actions.model.parameters())
     before = [p.detach().clone() for p in params]
     with caplog.at_level(logging.WARNING, logger="marsdiff.rl.trpo"):
-        row = trpo_update(actions, params, TRPOSettings.from_config(cfg), progress=False)
+        row = trpo_update(actions, params, trpo_settings(**cfg), progress=False)
     assert row["accepted"] == 0.0 and row["line_search_tries"] == cfg["line_search_max_tries"]
     if reason == "surrogate":
         assert row["kl_last_try"] <= cfg["max_kl"]
@@ -271,7 +274,7 @@ def test_the_step_is_the_natural_gradient_on_a_badly_conditioned_fisher():
     natural = torch.linalg.solve(fisher, g)
     assert cosine(natural, g) < 0.6  # the two directions really differ on this problem
     before = flat(params)
-    row = trpo_update(actions, params, TRPOSettings.from_config({"max_kl": 0.001, "fvp_subsample": 100}), progress=False)
+    row = trpo_update(actions, params, trpo_settings(**{"max_kl": 0.001, "fvp_subsample": 100}), progress=False)
     step = flat(params) - before
     assert row["accepted"] == 1.0
     assert cosine(step, natural) > 0.95 and cosine(step, g) < cosine(natural, g) + 0.15
@@ -280,7 +283,7 @@ def test_the_step_is_the_natural_gradient_on_a_badly_conditioned_fisher():
     assert row["fisher_rayleigh"] == pytest.approx(float(step @ fisher @ step) / float(step @ step), rel=1e-6)
     over_damped, params_over = toy()
     before = flat(params_over)
-    trpo_update(over_damped, params_over, TRPOSettings.from_config({"max_kl": 0.001, "fvp_subsample": 100, "cg_damping": 100.0}),
+    trpo_update(over_damped, params_over, trpo_settings(**{"max_kl": 0.001, "fvp_subsample": 100, "cg_damping": 100.0}),
                 progress=False)
     assert cosine(flat(params_over) - before, g) > 0.95
 
@@ -289,7 +292,7 @@ def test_zero_advantages_take_no_step():
     actions = LinearGaussianSteps(advantages=torch.zeros(12, dtype=torch.float64))
     params = list(actions.model.parameters())
     before = flat(params)
-    row = trpo_update(actions, params, TRPOSettings(), progress=False)
+    row = trpo_update(actions, params, trpo_settings(), progress=False)
     assert row["accepted"] == 0.0 and row["grad_norm"] == 0.0 and torch.equal(flat(params), before)
 
 
@@ -320,7 +323,7 @@ def plan_rounds(tmp_path_factory):
     for mode in ("scheduler_policy", "diversity_policy"):
         for distribution in ("gaussian", "laplace"):
             exp = experiment(mode, images=9, steps=2)
-            exp["policy"] = {"distribution": distribution}
+            exp["policy"].update(distribution=distribution, init_std=0.3)
             policy = RoundPolicy.initial(mode, tiny_pixel_backend(), exp)
             with torch.no_grad():  # away from the initial plan: locations differ per condition
                 policy.generation.head.location.add_(torch.randn(policy.generation.head.location.shape) * 0.3)

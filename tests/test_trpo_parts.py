@@ -18,7 +18,8 @@ from marsdiff.rl.kl_families import DenoiseKL
 from marsdiff.rl import trpo as trpo_module
 from marsdiff.rl.line_search import backtracking_line_search, evaluate_surrogate_and_kl
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.trpo import FisherVectorProduct, TRPOSettings, leading_actions, trpo_update
+from marsdiff.rl.trpo import FisherVectorProduct, leading_actions, trpo_update
+from rl_helpers import trpo_settings
 from test_rl_trpo import LinearGaussianSteps, experiment, flat, perturb_lora_b, relative, sample
 from tiny_models import tiny_pixel_backend
 
@@ -60,7 +61,7 @@ def test_fvp_products_are_cg_iterations_no_extra_product():
     actions = LinearGaussianSteps()
     params = list(actions.model.parameters())
     for cg in (1, 3, 10):
-        row = trpo_update(actions, params, TRPOSettings(cg_iterations=cg, cg_tolerance=1e-300, fvp_subsample=12),
+        row = trpo_update(actions, params, trpo_settings(cg_iterations=cg, cg_tolerance=1e-300, fvp_subsample=12),
                           progress=False)
         # F g (the damping's scale) is CG's first product; s^T F s comes from CG's recursion.
         assert row["cg_iterations"] == cg and row["fvp_products"] == cg
@@ -147,8 +148,8 @@ def test_the_reused_gradient_graph_gives_the_explicit_natural_step_without_a_for
         return backtracking_line_search(*args, **kwargs)
 
     monkeypatch.setattr(trpo_module, "backtracking_line_search", line_search)
-    row = trpo_update(actions, params, TRPOSettings(max_kl=0.001, cg_damping=0.01, cg_iterations=100, cg_tolerance=1e-28,
-                                                    fvp_subsample=len(first)), progress=False)
+    row = trpo_update(actions, params, trpo_settings(max_kl=0.001, cg_damping=0.01, cg_iterations=100, cg_tolerance=1e-28,
+                                                     fvp_subsample=len(first)), progress=False)
     assert row["accepted"] == 1.0 and row["fvp_actions"] == len(first)
     assert at_search == [3] and row["fvp_products"] >= 2
     assert relative(flat(params) - before, expected * row["step_fraction"]) < 1e-6
@@ -192,7 +193,7 @@ def test_accepted_step_keeps_the_full_round_kl_bound_with_a_small_fvp_subsample(
     rows = np.arange(actions.num_actions)
     with torch.no_grad():
         old_mean = actions.mean(rows).clone()
-    settings = TRPOSettings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5)
+    settings = trpo_settings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5)
     row = trpo_update(actions, params, settings, progress=False)
     with torch.no_grad():
         new_mean = actions.mean(rows)

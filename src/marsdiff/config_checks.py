@@ -29,6 +29,7 @@ before the Snakefile and reports a missing or malformed one with its own traceba
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -68,11 +69,16 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
         own = dict(experiments[name] or {})
         if "class_distribution" in own:
             check_class_distribution(own["class_distribution"], f"{where}.class_distribution")
-        check_knobs((own.get("policy") or {}).get("knobs") or {}, f"{where}.policy.knobs")
+        if settings["mode"] != "lora_unet":  # only the plan policies read their knobs
+            check_knobs(settings["policy"]["knobs"], f"{where}.policy.knobs")
+        # The schema fills both algorithms' sections, so a section set by the user shows as one
+        # that differs from the schema's defaults for this mode (a value equal to its default
+        # changes nothing and passes).
+        schema_only = _experiment_defaults(settings["mode"])
         for algorithm in ("ppo", "trpo"):
             # settings for the other algorithm are never read: a missing `algorithm:` would otherwise
             # run PPO with the TRPO section silently ignored
-            if own.get(algorithm) and settings["algorithm"] != algorithm:
+            if settings[algorithm] != schema_only[algorithm] and settings["algorithm"] != algorithm:
                 raise MarsdiffError(
                     f"{where}.{algorithm} is set but {where}.algorithm is {settings['algorithm']}: "
                     f"add `algorithm: {algorithm}` or remove the {algorithm} section"
@@ -90,6 +96,14 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
             check_against_schema(merged, schema["properties"]["reward"], override)
             check_reward(merged, override)
             check_override_validated(reward, merged, override)
+
+
+@functools.lru_cache(maxsize=None)
+def _experiment_defaults(mode: str) -> dict[str, Any]:
+    """An experiment of ``mode`` with nothing set but the schema's defaults (read only)."""
+    from marsdiff.config import filled_section
+
+    return filled_section("experiments.*", {"mode": mode})
 
 
 def check_finite(node: Any, where: str = "") -> None:
@@ -216,22 +230,11 @@ def check_class_distribution(spec: Any, where: str, names: Sequence[str] | None 
         raise MarsdiffError(f"{where}: the weights are all zero; at least one class needs a positive weight")
 
 
-# Defaults of marsdiff.rl.generation_policies.DEFAULT_KNOB_RANGES (that module imports torch);
-# tests/test_config_checks.py keeps the two equal.
-KNOB_DEFAULTS = {
-    "eta": {"low": 0.1, "high": 1.5, "init": 1.0, "log": False},
-    "timestep_power": {"low": 0.5, "high": 2.5, "init": 1.0, "log": True},
-    "guidance_scale": {"low": 1.0, "high": 10.0, "init": 5.0, "log": False},
-    "noise_scale": {"low": 0.8, "high": 1.25, "init": 1.0, "log": True},
-}
-
-
-def check_knobs(overrides: Mapping[str, Any], where: str) -> None:
-    """A knob override must keep low < init < high, and a log-scaled knob low > 0 (KnobRange)."""
-    for name, override in sorted(dict(overrides).items()):
-        if name not in KNOB_DEFAULTS:
-            raise MarsdiffError(f"{where}: unknown knob {name!r} (known: {', '.join(KNOB_DEFAULTS)})")
-        knob = {**KNOB_DEFAULTS[name], **dict(override or {})}
+def check_knobs(knobs: Mapping[str, Any], where: str) -> None:
+    """Each knob of the resolved ``policy.knobs`` (schema-filled, the eta knob's init resolved)
+    must keep low < init < high, and a log-scaled knob low > 0: relations between keys, which
+    the schema cannot express (the stage's KnobRange makes the same check)."""
+    for name, knob in sorted(dict(knobs).items()):
         if not knob["low"] < knob["init"] < knob["high"]:
             raise MarsdiffError(
                 f"{where}.{name}: need low < init < high, got {knob['low']} < {knob['init']} < {knob['high']}"

@@ -39,30 +39,20 @@ NORMALISATIONS = ("batch", "class")
 
 @dataclass(frozen=True)
 class AdvantageSettings:
-    clip: float = 5.0
-    normalisation: str = "batch"
-    min_count: int = 8
-    value_head: bool = False
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    value_lr: float = 0.5
+    """The ``advantages:`` section of an experiment (keys, defaults and ranges: the schema)."""
+
+    clip: float
+    normalisation: str
+    min_count: int
+    value_head: bool
+    gamma: float
+    gae_lambda: float
+    value_lr: float
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "AdvantageSettings":
-        if "min_group_size" in dict(cfg or {}):
-            raise MarsdiffError("advantages.min_group_size was replaced by advantages.min_count "
-                                "(with advantages.normalisation: class); rename the key")
-        settings = settings_from_mapping(cls, cfg, "advantages")
-        if settings.normalisation not in NORMALISATIONS:
-            raise MarsdiffError(f"advantages.normalisation must be one of {', '.join(NORMALISATIONS)}, "
-                                f"got {settings.normalisation!r}")
-        if settings.min_count < 2:
-            raise MarsdiffError(f"advantages.min_count must be >= 2 (a std needs two images), got {settings.min_count}")
-        if settings.clip <= 0:
-            raise MarsdiffError(f"advantages.clip must be > 0, got {settings.clip}")
-        if not 0 <= settings.gamma <= 1 or not 0 <= settings.gae_lambda <= 1:
-            raise MarsdiffError("advantages.gamma and advantages.gae_lambda must be in [0, 1]")
-        return settings
+    def from_config(cls, cfg: Mapping[str, Any]) -> "AdvantageSettings":
+        """From the schema-filled section (:func:`marsdiff.rl.experiments.experiment_settings`)."""
+        return settings_from_mapping(cls, cfg, "advantages")
 
 
 def _standardise(values: np.ndarray, mean: float, std: float) -> np.ndarray:

@@ -25,7 +25,7 @@ from torch import nn
 from marsdiff.diffusion.plan import GenerationPlan, condition_probabilities, draw_conditions
 from marsdiff.errors import MarsdiffError
 
-DISTRIBUTIONS = ("gaussian", "laplace")
+DISTRIBUTIONS = ("gaussian", "laplace")  # the schema's policy.distribution choices (tested equal)
 SCHEDULER_POLICY = "scheduler_policy"
 DIVERSITY_POLICY = "diversity_policy"
 
@@ -37,9 +37,11 @@ class KnobRange:
     low: float
     high: float
     init: float
-    log: bool = False
+    log: bool
 
     def __post_init__(self):
+        # Relations between keys, which the schema cannot express (config_checks.check_knobs makes
+        # the same check when the workflow is parsed).
         if not self.low < self.init < self.high:
             raise MarsdiffError(f"knob range: need low < init < high, got {self.low} < {self.init} < {self.high}")
         if self.log and self.low <= 0:
@@ -63,34 +65,20 @@ class KnobRange:
         return math.log(p / (1 - p))
 
 
-# Defaults: eta around DDPM-like 1.0; the timestep power around trailing spacing (1.0);
-# guidance around SD's usual 5; initial-noise temperature around 1.
-DEFAULT_KNOB_RANGES = {
-    "eta": KnobRange(0.1, 1.5, 1.0),
-    "timestep_power": KnobRange(0.5, 2.5, 1.0, log=True),
-    "guidance_scale": KnobRange(1.0, 10.0, 5.0),
-    "noise_scale": KnobRange(0.8, 1.25, 1.0, log=True),
-}
-
-
-def knob_ranges(names: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, KnobRange]:
-    overrides = overrides or {}
-    unknown = sorted(set(overrides) - set(DEFAULT_KNOB_RANGES))
-    if unknown:
-        raise MarsdiffError(f"policy.knobs: unknown knobs {unknown} (known: {', '.join(DEFAULT_KNOB_RANGES)})")
-    return {name: KnobRange(**{**asdict(DEFAULT_KNOB_RANGES[name]), **dict(overrides.get(name) or {})}) for name in names}
+def parse_knob_ranges(names: Sequence[str], ranges: Mapping[str, Mapping[str, Any]]) -> dict[str, KnobRange]:
+    """The :class:`KnobRange` of each knob in ``names`` from ``ranges`` (the schema-filled
+    ``policy.knobs``: every knob's low, high, init and log)."""
+    missing = [name for name in names if name not in ranges]
+    if missing:
+        raise MarsdiffError(f"policy.knobs: no range for {missing} (known: {', '.join(ranges)})")
+    return {name: KnobRange(**dict(ranges[name])) for name in names}
 
 
 class KnobHead(nn.Module):
     """Per-condition location and per-knob log-scale of the knob distribution."""
 
-    def __init__(self, num_conditions: int, ranges: Mapping[str, KnobRange], distribution: str = "gaussian",
-                 init_std: float = 0.3):
+    def __init__(self, num_conditions: int, ranges: Mapping[str, KnobRange], distribution: str, init_std: float):
         super().__init__()
-        if distribution not in DISTRIBUTIONS:
-            raise MarsdiffError(f"policy.distribution: {distribution!r} is not one of {DISTRIBUTIONS}")
-        if not init_std > 0:
-            raise MarsdiffError(f"policy.init_std must be > 0, got {init_std}")
         self.names = tuple(ranges)
         self.ranges = dict(ranges)
         self.distribution = distribution
@@ -136,9 +124,9 @@ class KnobPolicy(nn.Module):
     distribution); True: the diversity policy (a learnable categorical, initialised at it).
     """
 
-    def __init__(self, mode: str, condition_names: Sequence[str], knobs: Sequence[str],
-                 class_distribution: Any = "uniform", distribution: str = "gaussian", init_std: float = 0.3,
-                 knob_overrides: Mapping[str, Mapping[str, Any]] | None = None, learn_conditions: bool = False):
+    def __init__(self, mode: str, condition_names: Sequence[str], knobs: Sequence[str], class_distribution: Any,
+                 distribution: str, init_std: float, knob_ranges: Mapping[str, Mapping[str, Any]],
+                 learn_conditions: bool = False):
         super().__init__()
         if mode not in (SCHEDULER_POLICY, DIVERSITY_POLICY):
             raise MarsdiffError(f"unknown generation policy mode {mode!r}")
@@ -151,11 +139,12 @@ class KnobPolicy(nn.Module):
             self.logits = nn.Parameter(torch.log(probabilities.clamp(min=1e-3)))
         else:
             self.register_buffer("fixed_log_probs", torch.log(probabilities))
-        self.head = KnobHead(len(self.condition_names), knob_ranges(knobs, knob_overrides), distribution, init_std)
+        ranges = parse_knob_ranges(knobs, knob_ranges)
+        self.head = KnobHead(len(self.condition_names), ranges, distribution, init_std)
         self.settings = {
             "mode": mode, "condition_names": self.condition_names, "knobs": list(knobs),
             "class_distribution": class_distribution, "distribution": distribution, "init_std": init_std,
-            "knob_overrides": dict(knob_overrides or {}), "learn_conditions": self.learn_conditions,
+            "knob_ranges": {name: asdict(knob) for name, knob in ranges.items()}, "learn_conditions": self.learn_conditions,
         }
 
     @property

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,41 +49,28 @@ PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 MARSDIFF_NAME = "marsdiff_adapter.json"
 #: The key prefix of peft's saved weights (PeftModel wraps the UNet as base_model.model).
 PEFT_PREFIX = "base_model.model."
-# Defaults per backend: the pixel UNet's resnet convolutions and time projections (the small
-# preset has no attention); Stable Diffusion's attention projections, as DDPO and diffusers do.
-DEFAULT_TARGETS = {
-    "pixel": ["conv1", "conv2", "time_emb_proj"],
-    "stable_diffusion": ["to_q", "to_k", "to_v", "to_out.0"],
-}
 
 
 @dataclass
 class LoraSettings:
-    """The ``lora:`` section of an experiment."""
+    """The ``lora:`` section of an experiment, its target modules resolved for one backend
+    (keys, defaults and ranges: the schema)."""
 
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=list)
-    init_seed: int = 0
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    init_seed: int
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None, backend_kind: str) -> "LoraSettings":
-        cfg = dict(cfg or {})
-        settings = cls(
-            rank=int(cfg.get("rank", cls.rank)),
-            alpha=float(cfg.get("alpha", cls.alpha)),
-            dropout=float(cfg.get("dropout", cls.dropout)),
-            target_modules=list(cfg.get("target_modules") or DEFAULT_TARGETS.get(backend_kind, [])),
-            init_seed=int(cfg.get("init_seed", cls.init_seed)),
-        )
-        if settings.rank < 1:
-            raise MarsdiffError(f"lora.rank must be >= 1, got {settings.rank}")
-        if not 0.0 <= settings.dropout < 1.0:
-            raise MarsdiffError(f"lora.dropout must be in [0, 1), got {settings.dropout}")
-        if not settings.target_modules:
-            raise MarsdiffError("lora.target_modules: no target modules for this backend")
-        return settings
+    def from_config(cls, cfg: Mapping[str, Any], backend_kind: str) -> "LoraSettings":
+        """From the schema-filled section (:func:`marsdiff.rl.experiments.experiment_settings`);
+        ``target_modules`` is one list, or a list per backend kind."""
+        targets = cfg["target_modules"]
+        if isinstance(targets, Mapping):  # the schema requires a list for every backend kind
+            targets = targets[backend_kind]
+        return cls(rank=int(cfg["rank"]), alpha=float(cfg["alpha"]), dropout=float(cfg["dropout"]),
+                   target_modules=list(targets), init_seed=int(cfg["init_seed"]))
 
     def peft_config(self):
         from peft import LoraConfig

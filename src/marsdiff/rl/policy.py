@@ -65,27 +65,26 @@ class RoundPolicy:
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def initial(cls, mode: str, backend: DiffusionBackend, experiment: Mapping[str, Any]) -> "RoundPolicy":
-        """The policy that samples round 000: the base model plus the mode's initial plan/adapter."""
+        """The policy that samples round 000: the base model plus the mode's initial plan/adapter.
+
+        ``experiment``: resolved by :func:`marsdiff.rl.experiments.experiment_settings` (every key
+        filled; the eta knob's init is the experiment's eta unless it sets its own)."""
         base_hash = backend.model_hash()
         names = backend.conditions()
-        class_distribution = experiment.get("class_distribution", "uniform")
-        knobs = {"eta": float(experiment.get("eta", 1.0))}
-        policy_cfg = dict(experiment.get("policy") or {})
+        class_distribution = experiment["class_distribution"]
         if mode == LORA_UNET:
-            settings = lora_io.LoraSettings.from_config(experiment.get("lora"), backend.kind)
+            settings = lora_io.LoraSettings.from_config(experiment["lora"], backend.kind)
             lora_io.attach_lora(backend.unet, settings)
+            knobs = {"eta": float(experiment["eta"])}
             return cls(mode, backend, FixedGeneration(names, class_distribution, knobs), base_hash, lora_settings=settings)
         if mode not in MODES:
             raise MarsdiffError(f"mode: unknown mode {mode!r} (use one of {', '.join(MODES)})")
         knob_names = scheduler_knobs(backend.kind) if mode == SCHEDULER_POLICY else list(DIVERSITY_KNOBS)
-        overrides = {k: dict(v or {}) for k, v in dict(policy_cfg.get("knobs") or {}).items()}
-        # The eta knob starts at the experiment's eta unless the user set its init.
-        overrides["eta"] = {"init": knobs["eta"], **overrides.get("eta", {})}
+        policy_cfg = experiment["policy"]
         generation = KnobPolicy(
             mode, names, knob_names, class_distribution=class_distribution,
-            distribution=str(policy_cfg.get("distribution", "gaussian")), init_std=float(policy_cfg.get("init_std", 0.3)),
-            knob_overrides={k: v for k, v in overrides.items() if k in knob_names},
-            learn_conditions=mode == DIVERSITY_POLICY,
+            distribution=str(policy_cfg["distribution"]), init_std=float(policy_cfg["init_std"]),
+            knob_ranges=policy_cfg["knobs"], learn_conditions=mode == DIVERSITY_POLICY,
         )
         return cls(mode, backend, generation, base_hash)
 

@@ -38,25 +38,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PPOSettings:
-    clip_denoise: float = 1e-4
-    clip_plan: float = 0.2
-    epochs: int = 1
-    minibatch_size: int = 32
-    max_grad_norm: float = 1.0
-    entropy_coef: float = 0.0
-    timestep_fraction: float = 1.0
+    """The ``ppo:`` section of an experiment (keys, defaults and ranges: the schema)."""
+
+    clip_denoise: float
+    clip_plan: float
+    epochs: int
+    minibatch_size: int
+    max_grad_norm: float
+    entropy_coef: float
+    timestep_fraction: float
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "PPOSettings":
-        if "kl_coef" in dict(cfg or {}):
-            raise MarsdiffError("ppo.kl_coef was replaced by the experiment key kl_to_base (shared by PPO and TRPO); "
-                                "move the value there")
-        settings = settings_from_mapping(cls, cfg, "ppo")
-        if settings.epochs < 1 or settings.minibatch_size < 1:
-            raise MarsdiffError("ppo.epochs and ppo.minibatch_size must be >= 1")
-        if settings.clip_denoise <= 0 or settings.clip_plan <= 0:
-            raise MarsdiffError("ppo clip ranges must be > 0")
-        return settings
+    def from_config(cls, cfg: Mapping[str, Any]) -> "PPOSettings":
+        """From the schema-filled section (:func:`marsdiff.rl.experiments.experiment_settings`)."""
+        return settings_from_mapping(cls, cfg, "ppo")
 
 
 def _clip_for(actions, settings: PPOSettings) -> float:

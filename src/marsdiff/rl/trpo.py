@@ -91,40 +91,24 @@ __all__ = ["FVP_CHOICES", "FVP_METHODS", "FisherVectorProduct", "TRPOSettings", 
 
 @dataclass(frozen=True)
 class TRPOSettings:
-    """The ``trpo:`` section of an experiment (defaults: sb3-contrib's TRPO)."""
+    """The ``trpo:`` section of an experiment (keys, defaults, units and ranges: the schema)."""
 
-    max_kl: float = 0.01  # in the action family's stored unit (mean_per_dim_nats / nats)
-    cg_iterations: int = 10
-    cg_damping: float = 0.01  # relative: lambda = cg_damping * g^T F g / g^T g (docs/rl.md, "TRPO")
-    cg_tolerance: float = 1e-10  # on the squared residual norm, as sb3-contrib
-    line_search_shrink: float = 0.8
-    line_search_max_tries: int = 10
-    fvp_subsample: int = 32  # = minibatch_size: the gradient pass's first minibatch, its graph reused
-    fvp_method: str = "auto"  # gauss_newton for denoising steps, kl_hessian for plan actions
-    jacobian_vector: str = "reverse"  # gauss_newton's J v: reverse (fast, more memory) or forward
-    minibatch_size: int = 32  # also the FVP chunk size
-    timestep_fraction: float = 1.0  # read by the round loop (DenoiseActions)
+    max_kl: float
+    cg_iterations: int
+    cg_damping: float
+    cg_tolerance: float
+    line_search_shrink: float
+    line_search_max_tries: int
+    fvp_subsample: int
+    fvp_method: str
+    jacobian_vector: str
+    minibatch_size: int
+    timestep_fraction: float
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "TRPOSettings":
-        settings = settings_from_mapping(cls, cfg, "trpo")
-        checks = (
-            ("max_kl", settings.max_kl > 0, "must be > 0"),
-            ("cg_iterations", settings.cg_iterations >= 1, "must be >= 1"),
-            ("cg_damping", settings.cg_damping >= 0, "must be >= 0"),
-            ("cg_tolerance", settings.cg_tolerance > 0, "must be > 0"),
-            ("line_search_shrink", 0 < settings.line_search_shrink < 1, "must be in (0, 1)"),
-            ("line_search_max_tries", settings.line_search_max_tries >= 1, "must be >= 1"),
-            ("fvp_subsample", settings.fvp_subsample >= 1, "must be >= 1"),
-            ("fvp_method", settings.fvp_method in FVP_CHOICES, f"must be one of {', '.join(FVP_CHOICES)}"),
-            ("jacobian_vector", settings.jacobian_vector in JACOBIAN_VECTOR, f"must be one of {', '.join(JACOBIAN_VECTOR)}"),
-            ("minibatch_size", settings.minibatch_size >= 1, "must be >= 1"),
-            ("timestep_fraction", 0 < settings.timestep_fraction <= 1, "must be in (0, 1]"),
-        )
-        for key, ok, rule in checks:
-            if not ok:
-                raise MarsdiffError(f"trpo.{key} {rule}, got {getattr(settings, key)!r}")
-        return settings
+    def from_config(cls, cfg: Mapping[str, Any]) -> "TRPOSettings":
+        """From the schema-filled section (:func:`marsdiff.rl.experiments.experiment_settings`)."""
+        return settings_from_mapping(cls, cfg, "trpo")
 
 
 def fvp_method_for(family, fvp_method: str) -> str:
