@@ -171,7 +171,7 @@ class PreparedReference:
 
 
 def evaluate_models(
-    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings | None = None,
+    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings,
     labels: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Score every generated set against the held-out split, with bootstrap intervals and baselines.
@@ -179,7 +179,6 @@ def evaluate_models(
     ``labels``: model -> the category each image was conditioned on (``samples.csv``'s
     ``condition_name``), in the rows' order; models without labels get no downstream metrics.
     """
-    settings = settings or EvaluationSettings()
     if not generated:
         raise MarsdiffError("evaluation needs at least one generated feature set")
     reserved = sorted(set(generated) & set(REAL_MODELS))
@@ -237,11 +236,11 @@ def evaluate_feature_set(
     train: Any,
     heldout_categories: pd.DataFrame | None = None,
     train_categories: pd.DataFrame | None = None,
-    settings: EvaluationSettings | None = None,
+    *,
+    settings: EvaluationSettings,
     model: str = "model",
 ) -> pd.DataFrame:
     """Metrics table (long form) of one generated set; without categories the KL rows are skipped."""
-    settings = settings or EvaluationSettings()
     if heldout_categories is None and train_categories is None:
         settings = dataclasses.replace(settings, category_columns=())
     reference = ReferenceSet.from_arrays(heldout, train, heldout_categories, train_categories)
