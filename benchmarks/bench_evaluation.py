@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from marsdiff.config import filled_section  # noqa: E402
 from marsdiff.evaluation import EvaluationSettings, ReferenceSet  # noqa: E402
 from marsdiff.evaluation.bootstrap import bootstrap_counts  # noqa: E402
 from marsdiff.evaluation.evaluate import PreparedReference, real_draw_baseline  # noqa: E402
@@ -45,18 +46,20 @@ def load_reference(extractor: str, results: Path) -> tuple[ReferenceSet, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1000])
-    parser.add_argument("--replicates", type=int, default=500)
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="bootstrap replicates (default: the schema's evaluation.metrics.bootstrap_replicates)")
     parser.add_argument("--extractor", default="mobilenet_v2")
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="results directory of a run")
     args = parser.parse_args()
 
     reference, source = load_reference(args.extractor, args.results)
-    settings = EvaluationSettings(feature_space=args.extractor, bootstrap_replicates=args.replicates)
+    given = {} if args.replicates is None else {"bootstrap_replicates": args.replicates}
+    settings = EvaluationSettings.from_config(filled_section("evaluation.metrics", given), args.extractor)
     print(f"features: {source}; held-out {len(reference.heldout)}, train {len(reference.train)}, d={reference.dim}")
     started = time.perf_counter()
     prepared = PreparedReference(reference, settings)
     print(f"reference preparation (distances, k-means, classifiers): {time.perf_counter() - started:.2f} s")
-    print(f"\nseconds per model, B={args.replicates} bootstrap replicates\n")
+    print(f"\nseconds per model, B={settings.bootstrap_replicates} bootstrap replicates\n")
 
     rng = np.random.default_rng(1)
     rows = []
