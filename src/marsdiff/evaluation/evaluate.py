@@ -79,9 +79,7 @@ class PreparedReference:
         self.frechet = FrechetReference(heldout)
         self.kid = KIDReference(heldout, settings.kid_subsets, settings.kid_subset_size, settings.seed)
         self.mmd = MMDReference(heldout, self.bandwidth, self.heldout_distances)
-        self.memorisation = MemorisationReference(
-            heldout, reference.train, settings.memorisation_min_ratio, settings.seed
-        )
+        self.memorisation = MemorisationReference(heldout, reference.train)
         self.classifiers = {
             column: CategoryClassifier(
                 column,
@@ -131,7 +129,7 @@ class PreparedReference:
             near_duplicate_metric(generated_distances, self.duplicate_threshold, settings.near_duplicate_fraction),
         ]
         if memorisation:
-            metrics.extend(self.memorisation.metrics(generated))
+            metrics.extend(self.memorisation.metrics(generated, settings.memorisation_min_ratio, settings.seed))
         for column, column_labels in (labels or {}).items():
             metrics.extend(self.downstream[column].metrics(generated, column_labels))
         return metrics, member
