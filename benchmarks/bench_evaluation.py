@@ -32,11 +32,11 @@ from marsdiff.evaluation.metric import estimate  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_reference(extractor: str, results: Path) -> tuple[ReferenceSet, str]:
+def load_reference(extractor: str, results: Path, category_columns) -> tuple[ReferenceSet, str]:
     manifest = results / "reference" / "manifest.csv"
     features = results / "features" / "reference" / f"{extractor}.npy"
     if manifest.exists() and features.exists():
-        return ReferenceSet.from_files(manifest, features), f"default reference ({extractor})"
+        return ReferenceSet.from_files(manifest, features, category_columns), f"default reference ({extractor})"
     rng = np.random.default_rng(0)
     cats = lambda n: pd.DataFrame({"size_cat": rng.choice(list("abcdef"), n), "lighting_cat": rng.choice(list("xyz"), n)})  # noqa: E731
     reference = ReferenceSet.from_arrays(rng.normal(size=(103, 256)), rng.normal(size=(306, 256)), cats(103), cats(306))
@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="results directory of a run")
     args = parser.parse_args()
 
-    reference, source = load_reference(args.extractor, args.results)
     given = {} if args.replicates is None else {"bootstrap_replicates": args.replicates}
     settings = EvaluationSettings.from_config(filled_section("evaluation.metrics", given), args.extractor)
+    reference, source = load_reference(args.extractor, args.results, settings.category_columns)
     print(f"features: {source}; held-out {len(reference.heldout)}, train {len(reference.train)}, d={reference.dim}")
     started = time.perf_counter()
     prepared = PreparedReference(reference, settings)

@@ -135,7 +135,7 @@ def test_reference_from_manifest_and_feature_files(tmp_path):
     manifest = cats.assign(id=ids, path=[f"images/{i}.png" for i in ids], split=["heldout", "train", "train"] * 8)
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     write_feature_set(features[::-1].astype(np.float32), ids[::-1], tmp_path / "mobilenet_v2.npy")  # other order
-    reference = ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy")
+    reference = ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy", ("size_cat", "lighting_cat"))
     assert reference.heldout.shape == (8, 6) and reference.train.shape == (16, 6)
     first = reference.heldout_ids.index("c000")
     assert reference.heldout[first] == pytest.approx(features[0], abs=1e-5)
@@ -143,7 +143,7 @@ def test_reference_from_manifest_and_feature_files(tmp_path):
 
     manifest.assign(split="train").to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(MarsdiffError, match="held-out split is empty"):
-        ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy")
+        ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy", ("size_cat",))
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
