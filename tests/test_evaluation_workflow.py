@@ -123,6 +123,26 @@ def test_bad_settings_are_refused_with_one_line_naming_the_key(change, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("change, message", [
+    # what the schema says of one key: the code does not say it again
+    ({"evaluation": {"endpoints": {"primary": ["recall", "recall"]}}},
+     r"^config key evaluation\.endpoints\.primary: \['recall', 'recall'\] has non-unique elements$"),
+    ({"evaluation": {"knobs": {"eta": [0.0]}}}, r"^config key evaluation\.knobs\.eta\.0: 0\.0 is less than or equal to"),
+    ({"evaluation": {"baseline": {"maximise": "fd"}}}, r"^config key evaluation\.baseline\.maximise: 'fd' is not one of"),
+    ({"evaluation": {"knobs": {"class_weights": {"a/b": "uniform"}}}}, r"^config key evaluation\.knobs\.class_weights: 'a/b' does not match"),
+])
+def test_the_schema_refuses_a_bad_key_in_one_line(change, message):
+    with pytest.raises(MarsdiffError, match=message):
+        load_config(overrides=change)
+
+
+def test_a_metric_in_two_endpoint_roles_is_refused():
+    """A relation between two keys, which the schema cannot express: checked in code."""
+    cfg = load_config(overrides={"evaluation": {"endpoints": {"primary": ["recall", "precision"]}}})
+    with pytest.raises(MarsdiffError, match=r"^evaluation\.endpoints: 'precision' is both a primary and a non-inferiority endpoint$"):
+        check_evaluation(cfg)
+
+
 def test_schema_refuses_fewer_than_two_images():
     with pytest.raises(MarsdiffError, match=r"config key evaluation\.images: 1 is less than the minimum of 2"):
         load_config(overrides={"evaluation": {"images": 1}})
