@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from marsdiff.config import filled_section  # noqa: E402
 from marsdiff.evaluation import EvaluationSettings, ReferenceSet  # noqa: E402
 from marsdiff.evaluation.bootstrap import bootstrap_counts  # noqa: E402
 from marsdiff.evaluation.evaluate import PreparedReference, real_draw_baseline  # noqa: E402
@@ -31,11 +32,11 @@ from marsdiff.evaluation.metric import estimate  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_reference(extractor: str, results: Path) -> tuple[ReferenceSet, str]:
+def load_reference(extractor: str, results: Path, category_columns) -> tuple[ReferenceSet, str]:
     manifest = results / "reference" / "manifest.csv"
     features = results / "features" / "reference" / f"{extractor}.npy"
     if manifest.exists() and features.exists():
-        return ReferenceSet.from_files(manifest, features), f"default reference ({extractor})"
+        return ReferenceSet.from_files(manifest, features, category_columns), f"default reference ({extractor})"
     rng = np.random.default_rng(0)
     cats = lambda n: pd.DataFrame({"size_cat": rng.choice(list("abcdef"), n), "lighting_cat": rng.choice(list("xyz"), n)})  # noqa: E731
     reference = ReferenceSet.from_arrays(rng.normal(size=(103, 256)), rng.normal(size=(306, 256)), cats(103), cats(306))
@@ -45,18 +46,20 @@ def load_reference(extractor: str, results: Path) -> tuple[ReferenceSet, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1000])
-    parser.add_argument("--replicates", type=int, default=500)
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="bootstrap replicates (default: the schema's evaluation.metrics.bootstrap_replicates)")
     parser.add_argument("--extractor", default="mobilenet_v2")
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="results directory of a run")
     args = parser.parse_args()
 
-    reference, source = load_reference(args.extractor, args.results)
-    settings = EvaluationSettings(feature_space=args.extractor, bootstrap_replicates=args.replicates)
+    given = {} if args.replicates is None else {"bootstrap_replicates": args.replicates}
+    settings = EvaluationSettings.from_config(filled_section("evaluation.metrics", given), args.extractor)
+    reference, source = load_reference(args.extractor, args.results, settings.category_columns)
     print(f"features: {source}; held-out {len(reference.heldout)}, train {len(reference.train)}, d={reference.dim}")
     started = time.perf_counter()
     prepared = PreparedReference(reference, settings)
     print(f"reference preparation (distances, k-means, classifiers): {time.perf_counter() - started:.2f} s")
-    print(f"\nseconds per model, B={args.replicates} bootstrap replicates\n")
+    print(f"\nseconds per model, B={settings.bootstrap_replicates} bootstrap replicates\n")
 
     rng = np.random.default_rng(1)
     rows = []

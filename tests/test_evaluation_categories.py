@@ -37,7 +37,7 @@ def test_classifier_is_fitted_on_train_and_scored_on_heldout():
     rng = np.random.default_rng(0)
     train, train_labels = separable(rng, 20)
     heldout, heldout_labels = separable(rng, 6)
-    classifier = CategoryClassifier("size_cat", train, train_labels, heldout, heldout_labels)
+    classifier = CategoryClassifier("size_cat", train, train_labels, heldout, heldout_labels, c=1.0, seed=0)
     assert classifier.accuracy.accuracy == 1.0
     assert classifier.accuracy.chance == pytest.approx(1 / 3)
     assert classifier.accuracy.ci_low <= classifier.accuracy.accuracy <= classifier.accuracy.ci_high
@@ -54,7 +54,7 @@ def test_single_category_in_train_is_an_error():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 2))
     with pytest.raises(MarsdiffError, match="single value"):
-        CategoryClassifier("lighting_cat", x, ["dark"] * 8, x, ["dark"] * 8)
+        CategoryClassifier("lighting_cat", x, ["dark"] * 8, x, ["dark"] * 8, c=1.0, seed=0)
 
 
 def test_coverage_by_category_splits_the_covered_heldout_crops():

@@ -78,7 +78,7 @@ def test_mode_coverage_counts_clusters_that_receive_images():
 
 def test_mode_count_larger_than_the_heldout_set_is_an_error():
     with pytest.raises(MarsdiffError, match=r"n_modes = 9 must be at most the number of held-out images \(4\)"):
-        ModeReference(np.random.default_rng(0).normal(size=(4, 2)), n_modes=9)
+        ModeReference(np.random.default_rng(0).normal(size=(4, 2)), n_modes=9, seed=0)
 
 
 def test_weighted_median_matches_median_of_expanded_sample():
@@ -93,14 +93,14 @@ def test_weighted_median_matches_median_of_expanded_sample():
 def test_memorisation_flags_copies_of_train_and_passes_fresh_samples():
     rng = np.random.default_rng(6)
     train, heldout = rng.normal(size=(80, 4)), rng.normal(size=(30, 4))
-    check = MemorisationReference(heldout, train, min_ratio=0.8)
+    check = MemorisationReference(heldout, train)
     brute_heldout = np.median([min(np.linalg.norm(h - t) for t in train) for h in heldout])
     assert check.heldout_median == pytest.approx(brute_heldout)
     copies = train[:20].copy()
     assert check.ratio(copies) == 0.0
     fresh = rng.normal(size=(30, 4))
     assert check.ratio(fresh) == pytest.approx(1.0, abs=0.3)
-    ratio, passed = check.metrics(copies)
+    ratio, passed = check.metrics(copies, min_ratio=0.8, seed=0)
     ones = np.ones((1, 20))
     assert passed.statistic(ones)[0] == 0.0 and ratio.statistic(ones)[0] == 0.0
     assert "20 generated closer to train than any held-out crop" in ratio.detail
@@ -109,18 +109,18 @@ def test_memorisation_flags_copies_of_train_and_passes_fresh_samples():
 def test_memorisation_interval_resamples_the_heldout_crops_too():
     rng = np.random.default_rng(9)
     train, heldout, fresh = rng.normal(size=(80, 4)), rng.normal(size=(30, 4)), rng.normal(size=(25, 4))
-    check = MemorisationReference(heldout, train, seed=3)
-    ratio, passed = check.metrics(fresh)
+    check = MemorisationReference(heldout, train)
+    ratio, passed = check.metrics(fresh, min_ratio=0.8, seed=3)
     assert ratio.point == pytest.approx(check.ratio(fresh)) and passed.point == float(check.ratio(fresh) >= 0.8)
     # The generated sample held fixed (every count 1): the replicates still vary, by exactly the
     # held-out medians' resampling, the same for every model at one seed.
     fixed = np.ones((200, 25))
     replicates = ratio.statistic(fixed)
     generated_median = np.median(nearest_train_distance(fresh, train))
-    np.testing.assert_allclose(replicates, generated_median / check.heldout_medians(200))
+    np.testing.assert_allclose(replicates, generated_median / check.heldout_medians(200, 3))
     assert replicates.std() > 0.01
-    np.testing.assert_array_equal(MemorisationReference(heldout, train, seed=3).metrics(fresh)[0].statistic(fixed), replicates)
-    assert not np.array_equal(MemorisationReference(heldout, train, seed=4).metrics(fresh)[0].statistic(fixed), replicates)
+    np.testing.assert_array_equal(MemorisationReference(heldout, train).metrics(fresh, 0.8, 3)[0].statistic(fixed), replicates)
+    assert not np.array_equal(MemorisationReference(heldout, train).metrics(fresh, 0.8, 4)[0].statistic(fixed), replicates)
     # Resampling both sides gives a wider interval than resampling the generated side alone.
     both = ratio.statistic(bootstrap_counts(25, 400, 1))
     generated_only = weighted_median(nearest_train_distance(fresh, train), bootstrap_counts(25, 400, 1)) / check.heldout_median

@@ -15,6 +15,7 @@ from marsdiff.evaluation.bootstrap import bootstrap_counts
 from marsdiff.evaluation.downstream import TrainOnSynthetic
 from marsdiff.evaluation.evaluate import evaluate_models
 from marsdiff.evaluation.reference import ReferenceSet
+from marsdiff.config import filled_section
 from marsdiff.evaluation.settings import EvaluationSettings
 
 CLASSES = np.array(["s1_small", "s2_medium", "s3_large"])
@@ -76,8 +77,9 @@ def test_evaluate_models_scores_labelled_models_and_the_real_draws_downstream():
     reference = ReferenceSet.from_arrays(
         heldout, train, pd.DataFrame({"size_cat": heldout_labels}), pd.DataFrame({"size_cat": train_labels})
     )
-    settings = EvaluationSettings(category_columns=("size_cat",), bootstrap_replicates=20, baseline_repeats=5,
-                                  n_modes=2, k_precision_recall=3, k_density_coverage=3, kid_subset_size=5)
+    settings = EvaluationSettings.from_config(filled_section("evaluation.metrics", dict(
+        category_columns=["size_cat"], bootstrap_replicates=20, baseline_repeats=5, n_modes=2, k_precision_recall=3,
+        k_density_coverage=3, kid_subset_size=5)), "features")
     evaluation = evaluate_models({"model": generated, "unlabelled": generated + 0.1}, reference, settings,
                                  labels={"model": generated_labels})
     table = evaluation.metrics.set_index(["model", "metric"])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation import (
     REAL_MODEL,
@@ -16,9 +17,15 @@ from marsdiff.evaluation import (
     evaluate_feature_set,
     evaluate_models,
 )
+from marsdiff.evaluation.settings import config_keys
 from marsdiff.io.feature_files import write_feature_set
 
-FAST = dict(bootstrap_replicates=40, kid_subsets=8, baseline_repeats=4, n_modes=4, feature_space="toy")
+FAST = dict(bootstrap_replicates=40, kid_subsets=8, baseline_repeats=4, n_modes=4)
+
+
+def fast_settings(**change) -> EvaluationSettings:
+    """The schema's metric defaults with a few cheaper values, in the feature space 'toy'."""
+    return EvaluationSettings.from_config(filled_section("evaluation.metrics", {**FAST, **change}), "toy")
 SIZES = np.array(["s1", "s2", "s3"])
 
 
@@ -48,7 +55,7 @@ def evaluation(reference):
         "collapsed": crops(rng, 30, spread=0.05)[0] * 0.0 + crops(rng, 1)[0],  # one image 30 times
         "memorised": reference.train[:30] + 1e-6,
     }
-    return evaluate_models(models, reference, EvaluationSettings(**FAST))
+    return evaluate_models(models, reference, fast_settings())
 
 
 METRICS = [
@@ -116,7 +123,7 @@ def test_tables_round_trip_through_csv(evaluation, tmp_path):
 def test_evaluate_feature_set_without_categories_skips_kl():
     rng = np.random.default_rng(2)
     table = evaluate_feature_set(rng.normal(size=(12, 3)), rng.normal(size=(15, 3)), rng.normal(size=(20, 3)),
-                                 settings=EvaluationSettings(**FAST), model="m")
+                                 settings=fast_settings(), model="m")
     assert not table["metric"].str.startswith("KL_").any()
     assert set(table["model"]) == {"m", REAL_MODEL, SPLIT_HALF_MODEL}
 
@@ -128,7 +135,7 @@ def test_reference_from_manifest_and_feature_files(tmp_path):
     manifest = cats.assign(id=ids, path=[f"images/{i}.png" for i in ids], split=["heldout", "train", "train"] * 8)
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     write_feature_set(features[::-1].astype(np.float32), ids[::-1], tmp_path / "mobilenet_v2.npy")  # other order
-    reference = ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy")
+    reference = ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy", ("size_cat", "lighting_cat"))
     assert reference.heldout.shape == (8, 6) and reference.train.shape == (16, 6)
     first = reference.heldout_ids.index("c000")
     assert reference.heldout[first] == pytest.approx(features[0], abs=1e-5)
@@ -136,7 +143,7 @@ def test_reference_from_manifest_and_feature_files(tmp_path):
 
     manifest.assign(split="train").to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(MarsdiffError, match="held-out split is empty"):
-        ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy")
+        ReferenceSet.from_files(tmp_path / "manifest.csv", tmp_path / "mobilenet_v2.npy", ("size_cat",))
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -157,12 +164,12 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 def test_settings_that_do_not_fit_the_data_are_one_line_errors(reference, change, message):
     generated = {"m": np.random.default_rng(4).normal(size=(30, 6))}
     with pytest.raises(MarsdiffError, match=message) as error:
-        evaluate_models(generated, reference, EvaluationSettings(**{**FAST, **change}))
+        evaluate_models(generated, reference, fast_settings(**change))
     one_line(error)
 
 
 def test_bad_inputs_are_one_line_errors(reference):
-    settings = EvaluationSettings(**FAST)
+    settings = fast_settings()
     rng = np.random.default_rng(5)
     with pytest.raises(MarsdiffError, match="has 1 image") as error:
         evaluate_models({"m": rng.normal(size=(1, 6))}, reference, settings)
@@ -180,20 +187,31 @@ def test_bad_inputs_are_one_line_errors(reference):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"k_precision_recall": 0}, "k_precision_recall must be a positive integer"),
-        ({"bootstrap_replicates": 5}, "bootstrap_replicates must be at least 10"),
-        ({"confidence": 1.5}, r"confidence must be in \(0, 1\)"),
-        ({"near_duplicate_fraction": -1}, "near_duplicate_fraction must be positive"),
-        ({"n_bootstrap": 100}, r"unknown key\(s\) \['n_bootstrap'\]"),
+        ({"k_precision_recall": 0}, r"config key evaluation\.metrics\.k_precision_recall: 0 is less than the minimum of 1"),
+        ({"bootstrap_replicates": 5}, r"config key evaluation\.metrics\.bootstrap_replicates: 5 is less than the minimum of 10"),
+        ({"confidence": 1.5}, r"config key evaluation\.metrics\.confidence: 1\.5 is greater than or equal to the maximum of 1"),
+        ({"near_duplicate_fraction": -1}, r"config key evaluation\.metrics\.near_duplicate_fraction: -1 is less than or equal"),
+        ({"n_bootstrap": 100}, r"config key evaluation\.metrics\.n_bootstrap: unknown key"),
     ],
 )
-def test_invalid_settings_are_rejected_with_the_key_named(config, message):
+def test_invalid_settings_are_refused_by_the_schema_with_the_key_named(config, message):
     with pytest.raises(MarsdiffError, match=message) as error:
-        EvaluationSettings.from_config(config)
+        filled_section("evaluation.metrics", config)
     one_line(error)
 
 
+def test_settings_need_the_filled_section_and_know_only_its_keys():
+    section = filled_section("evaluation.metrics")
+    assert set(section) == set(config_keys()), "one field per schema key, no more, no less"
+    partial = {k: v for k, v in section.items() if k != "n_modes"}
+    with pytest.raises(MarsdiffError, match=r"^evaluation\.metrics\.n_modes: missing; build the section with") as error:
+        EvaluationSettings.from_config(partial, "toy")
+    one_line(error)
+    with pytest.raises(MarsdiffError, match=r"unknown key\(s\) \['n_bootstrap'\]"):
+        EvaluationSettings.from_config({**section, "n_bootstrap": 100}, "toy")
+
+
 def test_settings_round_trip_through_a_config_mapping():
-    settings = EvaluationSettings(**FAST, category_columns=["size_cat"])
-    assert EvaluationSettings.from_config(settings.to_config()) == settings
+    settings = fast_settings(category_columns=["size_cat"])
+    assert EvaluationSettings.from_config(settings.to_config(), "toy") == settings
     assert settings.category_columns == ("size_cat",)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation.pixels import (
     PIXEL_TABLE_COLUMNS,
@@ -34,7 +35,7 @@ def images_with(means, spread_inside, size=8, seed=0):
 def test_table_values_and_relative_difference():
     heldout = images_with(np.linspace(80, 180, 40), 30.0, seed=1)
     flat = images_with(np.full(30, 128.0), 15.0, seed=2)
-    table = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=0)
+    table = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=0, confidence=0.95)
     assert list(table.columns) == PIXEL_TABLE_COLUMNS and len(table) == 4
     rows = table.set_index(["model", "statistic"])
     h = heldout.reshape(40, -1).astype(float)
@@ -49,18 +50,18 @@ def test_table_values_and_relative_difference():
     for r in table.itertuples():
         assert r.ci_low <= r.value <= r.ci_high and r.heldout_ci_low <= r.heldout_value <= r.heldout_ci_high
     # seeded: the same call gives the same intervals; another seed other ones
-    again = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=0)
+    again = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=0, confidence=0.95)
     pd.testing.assert_frame_equal(table, again)
-    other = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=1)
+    other = pixel_statistics_table({"flat": flat, "real-like": heldout[::2]}, heldout, replicates=200, seed=1, confidence=0.95)
     assert not np.allclose(other["ci_low"], table["ci_low"])
 
 
 def test_too_few_images_are_user_errors():
     heldout = images_with([100, 150, 200], 20.0)
     with pytest.raises(MarsdiffError, match="model 'one': pixel statistics need at least 2 images"):
-        pixel_statistics_table({"one": heldout[:1]}, heldout, replicates=10)
+        pixel_statistics_table({"one": heldout[:1]}, heldout, replicates=10, seed=0, confidence=0.95)
     with pytest.raises(MarsdiffError, match="at least 2 held-out crops"):
-        pixel_statistics_table({"m": heldout}, heldout[:1], replicates=10)
+        pixel_statistics_table({"m": heldout}, heldout[:1], replicates=10, seed=0, confidence=0.95)
 
 
 def test_grey_images_take_the_box_path_and_refuse_smaller_images(tmp_path):
@@ -109,7 +110,7 @@ def test_stage_writes_the_table_and_the_summary_shows_it(tmp_path):
             "rl": write_model(tmp_path / "samples", "rl", big)}
     out = tmp_path / "eval" / "pixel_statistics.csv"
     out.parent.mkdir()
-    run_pixel_statistics(manifest, sets, 8, {"bootstrap_replicates": 50, "seed": 3}, out)
+    run_pixel_statistics(manifest, sets, 8, filled_section("evaluation.metrics", {"bootstrap_replicates": 50, "seed": 3}), out)
     table = read_pixel_statistics(out)
     rows = table.set_index(["model", "statistic"])
     assert rows.loc[("rl", "brightness_spread"), "n_images"] == 6
@@ -129,7 +130,7 @@ def test_stage_refuses_a_reference_at_another_size_and_a_broken_table(tmp_path):
     sets = {"base": write_model(tmp_path / "samples", "base", images_with([100, 120], 9.0, size=16))}
     out = tmp_path / "pixel_statistics.csv"
     with pytest.raises(MarsdiffError, match=r"held-out crops are 16x16 px, not the matched 8 px"):
-        run_pixel_statistics(manifest, sets, 8, {}, out)
+        run_pixel_statistics(manifest, sets, 8, filled_section("evaluation.metrics"), out)
     assert not out.exists()
     out.write_text("model,statistic\nbase,contrast\n")
     with pytest.raises(MarsdiffError, match="no 'value' column"):

@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.evaluation import plots
+
+#: The schema's evaluation.plots defaults, as the plot_evaluation stage passes them.
+PLOTS = filled_section("evaluation.plots")
+TSNE = {"seed": PLOTS["seed"], "perplexity": PLOTS["tsne_perplexity"], "max_iter": PLOTS["tsne_max_iter"]}
 
 
 def check_png(path, width_inches, height_inches, dpi=plots.DPI):
@@ -21,10 +26,10 @@ def check_png(path, width_inches, height_inches, dpi=plots.DPI):
 def test_tsne_of_reference_and_models(tmp_path):
     rng = np.random.default_rng(0)
     sets = {"held-out": rng.normal(size=(20, 8)), "base": rng.normal(size=(12, 8)), "tuned": rng.normal(1, 1, (12, 8))}
-    path = plots.plot_tsne(sets, tmp_path / "tsne.png", max_iter=250)
+    path = plots.plot_tsne(sets, tmp_path / "tsne.png", **{**TSNE, "max_iter": 250})
     check_png(path, 7.0, 6.0)
     with pytest.raises(MarsdiffError, match="reference set 'real' is not among"):
-        plots.plot_tsne(sets, tmp_path / "x.png", reference="real")
+        plots.plot_tsne(sets, tmp_path / "x.png", reference="real", **TSNE)
 
 
 def test_reward_curves_per_experiment(tmp_path):
@@ -51,7 +56,7 @@ def test_sample_grid_grey_and_colour(tmp_path):
     path = plots.plot_sample_grid(images, tmp_path / "grid.png", n_columns=8)  # 5 columns: the smaller set
     check_png(path, 1.1 * 5 + 1.6, 1.1 * 2 + 0.8)
     with pytest.raises(MarsdiffError, match="must be uint8"):
-        plots.plot_sample_grid({"base": np.zeros((3, 8, 8))}, tmp_path / "x.png")
+        plots.plot_sample_grid({"base": np.zeros((3, 8, 8))}, tmp_path / "x.png", n_columns=PLOTS["grid_columns"])
 
 
 def test_sample_grid_with_a_real_row_and_class_labels(tmp_path):
@@ -78,7 +83,7 @@ def test_most_novel_and_most_redundant_images(tmp_path):
     path = plots.plot_extremes_by_credit(images, rng.normal(size=9), tmp_path / "extremes.png", n=3, ids=list("abcdefghi"))
     check_png(path, 1.3 * 3 + 1.8, 2 * 1.3 + 1.2)
     with pytest.raises(MarsdiffError, match="8 credits for 9 images"):
-        plots.plot_extremes_by_credit(images, np.zeros(8), tmp_path / "x.png")
+        plots.plot_extremes_by_credit(images, np.zeros(8), tmp_path / "x.png", n=PLOTS["extremes"])
 
 
 def test_metric_intervals_forest_plot(tmp_path):
@@ -114,8 +119,8 @@ def test_tsne_fits_on_the_named_sets_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(manifold.TSNE, "fit_transform", recording)
     path = plots.plot_tsne({"held-out": reference, "base": base, "policy": policy}, tmp_path / "tsne.png",
-                           reference="held-out", fit=["held-out", "base"], max_iter=250)
+                           reference="held-out", fit=["held-out", "base"], **{**TSNE, "max_iter": 250})
     assert fitted_sizes == [50], "the policy's near-copies are placed, not fitted"
     assert path.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(MarsdiffError, match="must be among the fitted sets"):
-        plots.plot_tsne({"held-out": reference, "base": base}, tmp_path / "x.png", reference="held-out", fit=["base"])
+        plots.plot_tsne({"held-out": reference, "base": base}, tmp_path / "x.png", reference="held-out", fit=["base"], **TSNE)

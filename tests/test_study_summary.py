@@ -9,10 +9,30 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from marsdiff.config import load_config
 from marsdiff.errors import MarsdiffError
-from marsdiff.study.summary import StudySettings, holm, seed_interval, summarise, summary_markdown, write_study_summary
+from marsdiff.study.pairing import study_settings
+from marsdiff.study.summary import (
+    SEED_INTERVAL_CONFIDENCE,
+    StudySettings,
+    holm,
+    seed_interval,
+    summarise,
+    summary_markdown,
+    write_study_summary,
+)
 
 SEEDS = (0, 1, 2)
+#: The default config's declared endpoints (alpha 0.05, precision margin 0.03), as the stage gets them.
+_PARAMS = study_settings(load_config())
+SETTINGS = StudySettings.declared(_PARAMS["alpha"], _PARAMS["margins"])
+
+
+def test_the_declared_settings_are_the_evaluations_endpoints():
+    assert (SETTINGS.alpha, dict(SETTINGS.margins), SETTINGS.confidence) == (0.05, {"precision": 0.03}, 0.95)
+    other = study_settings(load_config(overrides={"evaluation": {"endpoints": {
+        "alpha": 0.01, "non_inferiority": {"precision": 0.05}}}}))
+    assert (other["alpha"], other["margins"]) == (0.01, {"precision": 0.05})
 
 
 def design():
@@ -88,16 +108,16 @@ def test_holm_adjusts_in_step_down_order_and_keeps_the_given_order():
 
 def test_seed_interval_is_a_t_interval_and_a_one_sample_t_test():
     x = [0.10, 0.12, 0.11]
-    out = seed_interval(x)
+    out = seed_interval(x, SEED_INTERVAL_CONFIDENCE)
     half = stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / np.sqrt(3)
     assert (out["low"], out["high"]) == pytest.approx((0.11 - half, 0.11 + half))
     assert out["p_value"] == pytest.approx(stats.ttest_1samp(x, 0).pvalue)
-    assert seed_interval([0.0, 0.0, 0.0])["p_value"] == 1.0 and seed_interval([0.2, 0.2])["p_value"] == 0.0
-    assert np.isnan(seed_interval([0.3])["p_value"])
+    assert seed_interval([0.0, 0.0, 0.0], 0.95)["p_value"] == 1.0 and seed_interval([0.2, 0.2], 0.95)["p_value"] == 0.0
+    assert np.isnan(seed_interval([0.3], 0.95)["p_value"])
 
 
 def test_a_planted_win_beats_the_frozen_knob_and_a_planted_null_does_not():
-    summary, seeds = summarise(planted(), design(), metrics_tables())
+    summary, seeds = summarise(planted(), design(), metrics_tables(), SETTINGS)
     win = section(summary, "primary", "win")
     assert set(win["verdict"]) == {"better"}
     assert win["mean"].tolist() == pytest.approx([0.11, 0.11])
@@ -115,7 +135,7 @@ def test_a_planted_win_beats_the_frozen_knob_and_a_planted_null_does_not():
 
 
 def test_holm_runs_over_arms_times_primary_endpoints():
-    summary, _ = summarise(planted(), design(), metrics_tables())
+    summary, _ = summarise(planted(), design(), metrics_tables(), SETTINGS)
     primary = section(summary, "primary")
     assert len(primary) == 4  # 2 arms x 2 endpoints; the controls are outside the family
     assert primary["p_holm"].to_numpy() == pytest.approx(holm(primary["p_value"].to_numpy()))
@@ -124,19 +144,19 @@ def test_holm_runs_over_arms_times_primary_endpoints():
 
 def test_a_significant_loss_or_failed_non_inferiority_stops_a_win():
     worse = planted(null=(-0.10, -0.12, -0.11))
-    summary, _ = summarise(worse, design(), metrics_tables())
+    summary, _ = summarise(worse, design(), metrics_tables(), SETTINGS)
     assert set(section(summary, "primary", "null")["verdict"]) == {"worse"}
     lost_precision = planted(precision=(-0.05, -0.06, -0.04))
-    summary, _ = summarise(lost_precision, design(), metrics_tables())
+    summary, _ = summarise(lost_precision, design(), metrics_tables(), SETTINGS)
     assert section(summary, "non_inferiority", "win")["verdict"].tolist() == ["not shown non-inferior"]
     assert section(summary, "verdict", "win")["verdict"].tolist() == ["does not beat"]
     # within the margin: non-inferior
-    summary, _ = summarise(planted(), design(), metrics_tables())
+    summary, _ = summarise(planted(), design(), metrics_tables(), SETTINGS)
     assert section(summary, "non_inferiority", "win")["verdict"].tolist() == ["non-inferior"]
 
 
 def test_controls_aa_against_base_arm_against_shuffled_and_trends():
-    summary, _ = summarise(planted(), design(), metrics_tables())
+    summary, _ = summarise(planted(), design(), metrics_tables(), SETTINGS)
     aa = section(summary, "aa_vs_base", "aa")
     assert set(aa.loc[aa["metric"] != "all metrics", "verdict"]) == {"no difference"}
     assert aa.loc[aa["metric"] == "all metrics", "verdict"].tolist() == ["identical"]
@@ -157,7 +177,7 @@ def test_an_aa_arm_that_differs_from_the_base_fails_the_pipeline_check():
     table = planted()
     broken = (table["baseline"] == "base") & (table["metric"] == "recall")
     table.loc[broken, "difference"] = 0.05 + 0.001 * table.loc[broken].index.to_numpy() % 3
-    summary, _ = summarise(table, design(), metrics_tables())
+    summary, _ = summarise(table, design(), metrics_tables(), SETTINGS)
     recall = section(summary, "aa_vs_base", "aa", "recall")
     assert recall["verdict"].tolist() == ["differs: check the pipeline"]
 
@@ -167,12 +187,12 @@ def test_an_arm_with_one_seed_is_reported_without_a_test():
     d["trpo"] = {"arm": "trpo", "seed": 0, "control": "none", "mode": "lora_unet", "algorithm": "trpo"}
     table = pd.concat([planted(), comparisons({("trpo", "frozen_knob", m): [0.3, 0.3]
                                               for m in ("recall", "coverage", "precision")})])
-    summary, _ = summarise(table, d, metrics_tables())
+    summary, _ = summarise(table, d, metrics_tables(), SETTINGS)
     trpo = section(summary, "primary", "trpo")
     assert trpo["verdict"].str.startswith("no test (1 training seed").all()
     # outside Holm's family: the two real arms' adjustment is unchanged
     assert section(summary, "primary", "win")["p_holm"].tolist() == pytest.approx(
-        section(summarise(planted(), design(), metrics_tables())[0], "primary", "win")["p_holm"].tolist())
+        section(summarise(planted(), design(), metrics_tables(), SETTINGS)[0], "primary", "win")["p_holm"].tolist())
     detail = section(summary, "verdict", "trpo")["detail"].iloc[0]
     assert detail.startswith("trpo does not beat the frozen knob on the primary endpoints (too few training seeds to test)")
 
@@ -180,7 +200,7 @@ def test_an_arm_with_one_seed_is_reported_without_a_test():
 def test_a_study_experiment_missing_from_the_comparisons_is_named():
     table = planted()
     with pytest.raises(MarsdiffError, match="comparisons.csv has no rows for model 'null_s2' against 'frozen_knob'"):
-        summarise(table[table["model"] != "null_s2"], design(), metrics_tables())
+        summarise(table[table["model"] != "null_s2"], design(), metrics_tables(), SETTINGS)
 
 
 def test_files_and_markdown(tmp_path):
@@ -189,7 +209,7 @@ def test_files_and_markdown(tmp_path):
     for name, table in metrics_tables().items():
         paths[name] = tmp_path / f"{name}.csv"
         table.to_csv(paths[name], index=False)
-    settings = StudySettings(alpha=0.05, margins={"precision": 0.03})
+    settings = SETTINGS
     write_study_summary(tmp_path / "comparisons.csv", design(), paths, tmp_path / "summary.csv", tmp_path / "seeds.csv",
                         tmp_path / "summary.md", settings)
     text = (tmp_path / "summary.md").read_text()

@@ -302,7 +302,7 @@ def test_params_are_flat(tiny_config):
     assert params.categorize_reference(tiny_config) == {"lighting_bins": 3, "contrast_bins": 3}
     assert "train_steps" in params.pretrain_base(tiny_config) and "model" not in params.pretrain_base(tiny_config)
     assert set(params.sample_round(tiny_config, "ppo_lora")) == {"experiment", "sampling", "model"}
-    assert set(params.pixel_statistics(tiny_config)) == {"bootstrap_replicates"}
+    assert set(params.pixel_statistics(tiny_config)) == {"bootstrap_replicates", "seed", "confidence"}
 
 
 def test_param_text_does_not_depend_on_key_order(tiny_config):

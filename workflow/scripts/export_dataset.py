@@ -16,8 +16,8 @@ def main(snakemake):
         config = params_json(snakemake, "cfg")
         results = Path(snakemake.input.reference).parent.parent
         spec = next(m for m in evaluation_models(config) if m["name"] == snakemake.wildcards.model)
-        options = DrawOptions(seed=config["export"]["seed"], device=config["sampling"].get("device", "auto"),
-                              batch_size=int(untracked(snakemake, "sampling.batch_size")), results=results, progress=False)
+        # seed and device: the config's (DrawOptions' None); the batch size changes no image: untracked
+        options = DrawOptions(batch_size=int(untracked(snakemake, "sampling.batch_size")), results=results, progress=False)
         draw_dataset(config, source_of_evaluated_model(spec, results), snakemake.output[0], config["export"]["images"],
                      options)
 

@@ -10,7 +10,7 @@ def main(snakemake):
 
         cfg = params_json(snakemake, "cfg")
         metrics = dict(zip(snakemake.params.experiments, snakemake.input.metrics))
-        settings = StudySettings(alpha=float(cfg["alpha"]), margins={k: float(v) for k, v in cfg["margins"].items()})
+        settings = StudySettings.declared(cfg["alpha"], cfg["margins"])
         write_study_summary(snakemake.input.comparisons, cfg["design"], metrics, snakemake.output.summary,
                             snakemake.output.seeds, snakemake.output.markdown, settings)
 

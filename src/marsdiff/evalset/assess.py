@@ -37,9 +37,9 @@ class AssessSettings:
     """One measurement: images per set, k of all four k-NN metrics, sampling steps and eta, the
     seed stream (the evaluation's seed 0) and how many draws of real train crops to compare."""
 
-    images: int = 64
+    images: int
+    steps: int
     k: int = 5
-    steps: int = 20
     eta: float = 1.0
     seed: int = 0
     real_draws: int = 3
@@ -100,7 +100,7 @@ class HeldoutYardstick:
 
 def assess_model(model_dir: str | os.PathLike, yardstick: HeldoutYardstick, extractor_name: str,
                  features_cfg: Mapping[str, Any], resolution: int, settings: AssessSettings,
-                 sampling: Mapping[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+                 sampling: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
     """The row of one pixel model directory: its seeded images through the evaluation's path.
 
     ``sampling``: the config's sampling section (the chain's ``min_std``, ``batch_size``,
@@ -111,8 +111,8 @@ def assess_model(model_dir: str | os.PathLike, yardstick: HeldoutYardstick, extr
     from marsdiff.features.registry import build_extractor
     from marsdiff.rewards.round_scoring import round_features
 
-    sampling = {k: v for k, v in dict(sampling or {}).items() if k in ("min_std", "batch_size", "device")}
-    device = str(sampling.get("device", "auto"))
+    sampling = {k: v for k, v in sampling.items() if k in ("min_std", "batch_size", "device")}
+    device = str(sampling["device"])
     spec = dict(name=BASE_MODEL, kind=BASE, eta=settings.eta, noise_scale=1.0, class_weights="uniform",
                 class_weights_name="sampling.class_distribution", experiment=None, round=None)
     with tempfile.TemporaryDirectory(prefix="marsdiff-assess-") as scratch:

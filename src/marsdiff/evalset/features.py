@@ -36,7 +36,7 @@ def extract_sample_features(
     infos = {}
     for name, (samples_csv, images_dir, out_npy) in sets.items():
         ids, paths = read_samples(samples_csv, images_dir)
-        features, info = round_features(paths, extractor, features_cfg.get("cache_dir"), int(resolution))
+        features, info = round_features(paths, extractor, features_cfg["cache_dir"], int(resolution))
         write_feature_set(features, ids, out_npy, extractor=extractor)
         log.info("%s: %s features of %d images at %d px (cache hits %d, misses %d)", name, extractor_name, len(ids),
                  resolution, info["cache_hits"], info["cache_misses"])

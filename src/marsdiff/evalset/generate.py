@@ -189,7 +189,7 @@ def generate_samples_of(
     if policy_dir is not None and len(models) != 1:
         raise MarsdiffError(f"a policy is drawn alone, got {len(models)} models for {policy_dir}")
     loading = time.perf_counter()
-    device = str(sampling.get("device", "auto"))
+    device = str(sampling["device"])
     base = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(model_cfg, device=device)
     log.info("model loaded in %.1f s", time.perf_counter() - loading)
     results = []

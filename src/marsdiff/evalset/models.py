@@ -52,43 +52,10 @@ BASE, FROZEN, KNOB, FINAL, ROUND = "base", "frozen", "knob", "final", "round"
 BASE_MODEL_KINDS = (BASE, FROZEN, KNOB)
 #: Names the evaluation library gives its real-vs-real rows.
 RESERVED_NAMES = ("real", "real (held-out halves)")
-#: Class-weight schemes resolved against the model's classes when its images are drawn:
-#: inverse_frequency = 1 / the pixel model's training count per class; tails = weight 2 on the
-#: first and last class (the smallest and largest craters: the pixel model orders its classes by size).
-WEIGHT_SCHEMES = ("uniform", "inverse_frequency", "tails")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-DEFAULTS: dict[str, Any] = {
-    "images": 64,
-    "seed": 0,
-    "steps": None,
-    "every_k_rounds": 0,
-    "streams": 1,
-    "knobs": {"grid": "one_at_a_time", "eta": [1.0], "noise_scale": [1.0], "class_weights": {"uniform": "uniform"}},
-    "baseline": {"grid": {"eta": [0.0, 0.5, 0.75, 1.0], "noise_scale": [1.0, 1.15]}, "images": 32, "steps": None, "k": 5,
-                 "validation_fraction": 0.5, "maximise": "recall", "precision_margin": 0.03},
-    "endpoints": {"primary": ["recall", "coverage"], "non_inferiority": {"precision": 0.03}, "alpha": 0.05},
-    "metrics": {},
-    "plots": {},
-}
-#: What the knob selection can maximise: the k-NN metrics it measures on the validation stream.
-SELECTION_METRICS = ("precision", "recall", "density", "coverage")
-GRIDS = ("one_at_a_time", "factorial")
-#: Metric settings whose k-NN radius needs k other generated images (checked against M).
-NEIGHBOUR_KEYS = {"k_precision_recall": 3, "k_density_coverage": 5}
-
-
-def evaluation_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``evaluation`` section with every default filled (the schema fills the same ones)."""
-    section = dict(cfg.get("evaluation") or {})
-    out = {key: section.get(key, value) for key, value in DEFAULTS.items()}
-    out["knobs"] = {**DEFAULTS["knobs"], **dict(section.get("knobs") or {})}
-    out["baseline"] = {**DEFAULTS["baseline"], **dict(section.get("baseline") or {})}
-    out["baseline"]["grid"] = {**DEFAULTS["baseline"]["grid"], **dict(out["baseline"]["grid"] or {})}
-    out["endpoints"] = {**DEFAULTS["endpoints"], **dict(section.get("endpoints") or {})}
-    out["metrics"] = dict(section.get("metrics") or {})
-    out["plots"] = dict(section.get("plots") or {})
-    return out
+#: The evaluation.metrics keys whose k-NN radius needs k other generated images (checked against M).
+NEIGHBOUR_KEYS = ("k_precision_recall", "k_density_coverage")
 
 
 def number_text(value: float) -> str:
@@ -110,17 +77,18 @@ def stream_round(stream: int) -> int:
 
 def evaluation_streams(cfg: Mapping[str, Any]) -> list[int]:
     """The test streams 0 .. ``evaluation.streams`` - 1."""
-    return list(range(int(evaluation_section(cfg)["streams"])))
+    return list(range(int(cfg["evaluation"]["streams"])))
 
 
 def base_knobs(cfg: Mapping[str, Any]) -> tuple[float, float]:
-    """(eta, noise_scale) of the model ``base``: the point the selection rule's margin is measured from."""
-    return float((cfg.get("sampling") or {}).get("eta", 1.0)), 1.0
+    """(eta, noise_scale) of the model ``base``: the point the selection rule's margin is measured
+    from (the sampling section's eta, and the untempered initial noise, temperature 1)."""
+    return float(cfg["sampling"]["eta"]), 1.0
 
 
 def selection_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``evaluation.baseline`` resolved: the grid points, images, steps, split fraction and the rule."""
-    baseline = evaluation_section(cfg)["baseline"]
+    baseline = cfg["evaluation"]["baseline"]
     steps = baseline["steps"] if baseline["steps"] is not None else evaluation_steps(cfg)
     points = [(float(e), float(t)) for e, t in itertools.product(baseline["grid"]["eta"], baseline["grid"]["noise_scale"])]
     return {
@@ -132,15 +100,15 @@ def selection_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "precision_margin": float(baseline["precision_margin"]),
         "base": dict(zip(("eta", "noise_scale"), base_knobs(cfg))),
         "k": int(baseline["k"]),
-        "seed": int(evaluation_section(cfg)["seed"]),
-        "class_weights": (cfg.get("sampling") or {}).get("class_distribution", "uniform"),
+        "seed": int(cfg["evaluation"]["seed"]),
+        "class_weights": cfg["sampling"]["class_distribution"],
     }
 
 
 def evaluation_steps(cfg: Mapping[str, Any]) -> int:
-    """Denoising steps of every evaluated model (``evaluation.steps``, default ``sampling.steps``)."""
-    steps = evaluation_section(cfg)["steps"]
-    return int(steps if steps is not None else (cfg.get("sampling") or {}).get("steps", 50))
+    """Denoising steps of every evaluated model (``evaluation.steps``; null: ``sampling.steps``)."""
+    steps = cfg["evaluation"]["steps"]
+    return int(steps if steps is not None else cfg["sampling"]["steps"])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -152,23 +120,23 @@ def evaluation_models(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
     class_weights_name, experiment, round`` (knob values None for policies: the policy decides)."""
     from marsdiff.rl.experiments import experiment_settings
 
-    section = evaluation_section(cfg)
-    sampling = dict(cfg.get("sampling") or {})
-    base_eta = float(sampling.get("eta", 1.0))
-    base_weights = sampling.get("class_distribution", "uniform")
+    section = cfg["evaluation"]
+    sampling = cfg["sampling"]
+    base_eta = float(sampling["eta"])
+    base_weights = sampling["class_distribution"]
     models = [dict(name=BASE_MODEL, kind=BASE, eta=base_eta, noise_scale=1.0, class_weights=base_weights,
                    class_weights_name="sampling.class_distribution", experiment=None, round=None)]
     # The knobs of the frozen knob are chosen by stage select_knob (its JSON is the model's input).
     models.append(dict(name=FROZEN_MODEL, kind=FROZEN, eta=None, noise_scale=None, class_weights=base_weights,
                        class_weights_name="sampling.class_distribution", experiment=None, round=None))
     knobs = section["knobs"]
-    weights = list(dict(knobs.get("class_weights") or {}).items())
-    if knobs.get("grid", "one_at_a_time") == "factorial":
+    weights = list(knobs["class_weights"].items())
+    if knobs["grid"] == "factorial":
         points = list(itertools.product(knobs["eta"], knobs["noise_scale"], weights))
     else:
         # One knob away from the base setting at a time; the base's class weights are the entry
-        # equal to sampling.class_distribution (or the first entry).
-        base_entry = next((w for w in weights if _same(w[1], base_weights)), weights[0] if weights else None)
+        # equal to sampling.class_distribution (or the first entry: the schema asks for one at least).
+        base_entry = next((w for w in weights if _same(w[1], base_weights)), weights[0])
         points = [(eta, 1.0, base_entry) for eta in knobs["eta"]]
         points += [(base_eta, t, base_entry) for t in knobs["noise_scale"]]
         points += [(base_eta, 1.0, w) for w in weights]
@@ -183,8 +151,8 @@ def evaluation_models(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
         models.append(dict(name=knob_model_name(eta, noise_scale, weights_name), kind=KNOB, eta=float(eta),
                            noise_scale=float(noise_scale), class_weights=spec, class_weights_name=str(weights_name),
                            experiment=None, round=None))
-    every = int(section["every_k_rounds"] or 0)
-    for exp in sorted(cfg.get("experiments") or {}):
+    every = int(section["every_k_rounds"])
+    for exp in sorted(cfg["experiments"]):
         rounds = experiment_settings(cfg["experiments"], exp, sampling)["rounds"]
         policy = dict(kind=FINAL, eta=None, noise_scale=None, class_weights=None, class_weights_name=None, experiment=exp)
         models.append(dict(name=exp, round=rounds - 1, **policy))
@@ -205,65 +173,34 @@ def frozen_spec(spec: Mapping[str, Any], selection: Mapping[str, Any]) -> dict[s
 def check_evaluation(cfg: Mapping[str, Any], models: list[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Refuse evaluation settings that cannot work, with one line naming the key; return the models.
 
-    Checked from the config alone (when the Snakefile is parsed): M >= 2, every k-NN ``k``
-    below M, ``n_modes`` at least 1, model names unique and path-safe, class weights that fit
-    the model's classes. What needs the data (k and ``n_modes`` against the held-out size, an
-    empty held-out split) is checked by the evaluate stage before any metric is computed.
+    ``cfg`` is the schema-checked config (its types, ranges, enums and name patterns are the
+    schema's). Checked here, from the config alone (when the Snakefile is parsed), is what the
+    schema cannot express, a relation between keys: every k-NN ``k`` below M, the selection grid
+    holding the base setting and its images above its k, no metric in two endpoint roles, class
+    weights that fit the model's classes, model names unique and path-safe. What needs the data
+    (k and ``n_modes`` against the held-out size, an empty held-out split) is checked by the
+    evaluate stage before any metric is computed.
     """
-    section = evaluation_section(cfg)
+    section = cfg["evaluation"]
     images = section["images"]
-    if isinstance(images, bool) or not isinstance(images, int) or images < 2:
-        raise MarsdiffError(f"evaluation.images = {images!r}: evaluation needs at least 2 images per model (set M >= 2)")
-    metrics = section["metrics"]
-    for key, default in NEIGHBOUR_KEYS.items():
-        k = metrics.get(key, default)
-        if isinstance(k, int) and not isinstance(k, bool) and k >= images:
+    for key in NEIGHBOUR_KEYS:
+        k = section["metrics"][key]
+        if k >= images:
             raise MarsdiffError(
                 f"evaluation.metrics.{key} = {k} must be smaller than the number of generated images "
                 f"per model (evaluation.images = {images})"
             )
-    every = section["every_k_rounds"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        raise MarsdiffError(f"evaluation.every_k_rounds must be an integer >= 0 (0: final policies only), got {every!r}")
-    streams = section["streams"]
-    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
-        raise MarsdiffError(f"evaluation.streams must be an integer in 1..{MAX_STREAMS}, got {streams!r}")
     check_selection(cfg)
     check_endpoints(section["endpoints"])
-    knobs = section["knobs"]
-    if knobs.get("grid", "one_at_a_time") not in GRIDS:
-        raise MarsdiffError(f"evaluation.knobs.grid: {knobs.get('grid')!r} is not one of {', '.join(GRIDS)}")
-    for key in ("eta", "noise_scale"):
-        values = knobs.get(key)
-        if not isinstance(values, list) or not values:
-            raise MarsdiffError(f"evaluation.knobs.{key} must be a non-empty list of values")
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0]
-        if bad:
-            raise MarsdiffError(f"evaluation.knobs.{key}: every value must be a number > 0, got {bad[0]!r}")
-        if key == "eta" and max(values) > 1.0:
-            raise MarsdiffError(f"evaluation.knobs.eta: DDIM eta must be in (0, 1], got {max(values)!r}")
-    weights = knobs.get("class_weights")
-    if not isinstance(weights, Mapping) or not weights:
-        raise MarsdiffError(
-            "evaluation.knobs.class_weights must map a name to 'uniform', 'inverse_frequency', 'tails', a list or a mapping"
-        )
-    backend = (cfg.get("model") or {}).get("backend", "pixel")
-    size_bins = (cfg.get("reference") or {}).get("size_bins")
-    for name, spec in weights.items():
+    backend = cfg["model"]["backend"]
+    size_bins = cfg["reference"]["size_bins"]
+    for name, spec in section["knobs"]["class_weights"].items():
         where = f"evaluation.knobs.class_weights.{name}"
-        if not NAME_PATTERN.fullmatch(str(name)):
-            raise MarsdiffError(f"{where}: use letters, digits, '_', '.', '-' in the name (it becomes part of a path)")
-        if isinstance(spec, str):
-            if spec not in WEIGHT_SCHEMES:
-                raise MarsdiffError(f"{where}: {spec!r} is not one of {', '.join(WEIGHT_SCHEMES)} (or give a list / mapping)")
-            if spec == "inverse_frequency" and backend != "pixel":
-                raise MarsdiffError(f"{where}: inverse_frequency needs the class counts only the pixel model records")
-        elif isinstance(spec, list):
-            # The pixel model has one class per size category (reference.size_bins).
-            if backend == "pixel" and size_bins and len(spec) != int(size_bins):
-                raise MarsdiffError(
-                    f"{where}: {len(spec)} weights for {size_bins} size classes (reference.size_bins = {size_bins})"
-                )
+        if spec == "inverse_frequency" and backend != "pixel":
+            raise MarsdiffError(f"{where}: inverse_frequency needs the class counts only the pixel model records")
+        # The pixel model has one class per size category (reference.size_bins).
+        if isinstance(spec, list) and backend == "pixel" and len(spec) != int(size_bins):
+            raise MarsdiffError(f"{where}: {len(spec)} weights for {size_bins} size classes (reference.size_bins = {size_bins})")
     models = list(models) if models is not None else evaluation_models(cfg)
     seen: dict[str, str] = {}
     for model in models:
@@ -282,21 +219,10 @@ def check_evaluation(cfg: Mapping[str, Any], models: list[Mapping[str, Any]] | N
 
 
 def check_selection(cfg: Mapping[str, Any]) -> None:
-    """``evaluation.baseline``: a grid that holds the base setting, a known metric to maximise,
-    a validation part that leaves train crops, enough images for the k-NN radius."""
-    baseline = evaluation_section(cfg)["baseline"]
+    """``evaluation.baseline`` beyond the schema: a grid that holds the base setting and more
+    validation images than the k-NN k."""
+    baseline = cfg["evaluation"]["baseline"]
     where = "evaluation.baseline"
-    for key in ("eta", "noise_scale"):
-        values = baseline["grid"].get(key)
-        if not isinstance(values, list) or not values:
-            raise MarsdiffError(f"{where}.grid.{key} must be a non-empty list of values")
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
-        if bad:
-            raise MarsdiffError(f"{where}.grid.{key}: every value must be a number, got {bad[0]!r}")
-    if not all(0.0 <= float(v) <= 1.0 for v in baseline["grid"]["eta"]):
-        raise MarsdiffError(f"{where}.grid.eta: DDIM eta must be in [0, 1], got {baseline['grid']['eta']!r}")
-    if not all(float(v) > 0.0 for v in baseline["grid"]["noise_scale"]):
-        raise MarsdiffError(f"{where}.grid.noise_scale: every temperature must be > 0, got {baseline['grid']['noise_scale']!r}")
     base_eta, base_noise = base_knobs(cfg)
     if base_eta not in [float(v) for v in baseline["grid"]["eta"]] or base_noise not in [
             float(v) for v in baseline["grid"]["noise_scale"]]:
@@ -304,38 +230,15 @@ def check_selection(cfg: Mapping[str, Any]) -> None:
             f"{where}.grid must hold the base setting (eta {number_text(base_eta)} = sampling.eta, noise_scale 1): "
             "the rule's precision margin is measured from it"
         )
-    if baseline["maximise"] not in SELECTION_METRICS:
-        raise MarsdiffError(f"{where}.maximise: {baseline['maximise']!r} is not one of {', '.join(SELECTION_METRICS)}")
-    margin = baseline["precision_margin"]
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
-        raise MarsdiffError(f"{where}.precision_margin must be a number >= 0, got {margin!r}")
-    fraction = baseline["validation_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-        raise MarsdiffError(f"{where}.validation_fraction must be in (0, 1], got {fraction!r}")
     images, k = baseline["images"], baseline["k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise MarsdiffError(f"{where}.k must be an integer >= 1, got {k!r}")
-    if isinstance(images, bool) or not isinstance(images, int) or images <= k:
+    if images <= k:
         raise MarsdiffError(f"{where}.images = {images!r} must be larger than {where}.k = {k}")
 
 
 def check_endpoints(endpoints: Mapping[str, Any]) -> None:
-    """``evaluation.endpoints``: a non-empty primary list, margins >= 0, no metric in two roles, 0 < alpha < 1.
+    """``evaluation.endpoints`` beyond the schema: no metric both primary and non-inferiority.
     Whether each name is a metric the evaluation computes is checked by report_summary (the
     names depend on the extractor)."""
-    primary = endpoints.get("primary")
-    if not isinstance(primary, list) or not primary or not all(isinstance(m, str) for m in primary):
-        raise MarsdiffError("evaluation.endpoints.primary must be a non-empty list of metric names")
-    if len(set(primary)) != len(primary):
-        raise MarsdiffError(f"evaluation.endpoints.primary names a metric twice: {primary!r}")
-    margins = endpoints.get("non_inferiority") or {}
-    if not isinstance(margins, Mapping):
-        raise MarsdiffError("evaluation.endpoints.non_inferiority must map a metric name to its margin")
-    for name, margin in margins.items():
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
-            raise MarsdiffError(f"evaluation.endpoints.non_inferiority.{name}: the margin must be a number >= 0, got {margin!r}")
-        if name in primary:
+    for name in endpoints["non_inferiority"]:
+        if name in endpoints["primary"]:
             raise MarsdiffError(f"evaluation.endpoints: {name!r} is both a primary and a non-inferiority endpoint")
-    alpha = endpoints.get("alpha")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise MarsdiffError(f"evaluation.endpoints.alpha must be in (0, 1), got {alpha!r}")

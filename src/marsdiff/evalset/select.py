@@ -144,7 +144,7 @@ def select_knob(
     if backend is None:
         from marsdiff.diffusion.loading import load_backend
 
-        device = str(sampling.get("device", "auto"))
+        device = str(sampling["device"])
         backend = load_backend(model_cfg, model_dir=model_dir, device=device) if model_dir else load_backend(
             model_cfg, device=device)
     if featurise is None:
@@ -153,7 +153,7 @@ def select_knob(
         extractor = build_extractor(extractor_name, dict(features_cfg))
 
         def featurise(paths: list[Path]) -> np.ndarray:
-            return round_features(paths, extractor, features_cfg.get("cache_dir"), int(resolution))[0]
+            return round_features(paths, extractor, features_cfg["cache_dir"], int(resolution))[0]
     weights = class_weights(settings["class_weights"], backend, "sampling.class_distribution")
     table = []
     with tempfile.TemporaryDirectory(prefix="marsdiff-select-") as scratch:

@@ -7,7 +7,7 @@ feature matrices (float64) of generated images and of the held-out / train refer
 Modules, one concept each:
 
 =================  ========================================================================================
-``settings``       :class:`EvaluationSettings` (every number an evaluation depends on, checked)
+``settings``       :class:`EvaluationSettings` (every number an evaluation depends on, from the schema-filled section)
 ``reference``      :class:`ReferenceSet`: held-out and train features and categories
 ``distances``      exact Euclidean distances and k-NN radii (scikit-learn NearestNeighbors)
 ``bootstrap``      counts-based percentile bootstrap, paired across models

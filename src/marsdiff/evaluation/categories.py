@@ -76,8 +76,8 @@ class CategoryClassifier:
         train_labels: pd.Series | np.ndarray,
         heldout_features: np.ndarray,
         heldout_labels: pd.Series | np.ndarray,
-        c: float = 1.0,
-        seed: int = 0,
+        c: float,
+        seed: int,
     ):
         self.column = column
         self.seed = seed

@@ -91,7 +91,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def role_of(metric: str, endpoints: Mapping[str, Any]) -> str:
     if metric in endpoints["primary"]:
         return PRIMARY
-    if metric in (endpoints.get("non_inferiority") or {}):
+    if metric in endpoints["non_inferiority"]:
         return NON_INFERIORITY
     return DESCRIPTIVE
 
@@ -111,7 +111,7 @@ def compare_stream(stream: int, metrics: pd.DataFrame, replicates: pd.DataFrame 
     if missing:
         raise MarsdiffError(f"stream {stream}: model(s) {missing} are not in metrics.csv; re-run the evaluate stage")
     names = set(metrics["metric"])
-    declared = [*endpoints["primary"], *(endpoints.get("non_inferiority") or {})]
+    declared = [*endpoints["primary"], *endpoints["non_inferiority"]]
     absent = [m for m in declared if m not in names]
     if absent:
         raise MarsdiffError(f"evaluation.endpoints: {absent[0]!r} is not a metric the evaluation computes "
@@ -156,7 +156,7 @@ def comparison_table(streams: Mapping[int, tuple[pd.DataFrame, pd.DataFrame | No
     if table.empty:
         return table
     alpha = float(endpoints["alpha"])
-    margins = dict(endpoints.get("non_inferiority") or {})
+    margins = dict(endpoints["non_inferiority"])
     in_family = (table["role"] == PRIMARY) & table["model"].isin(list(family))
     for _, index in table[in_family].groupby(["stream", "baseline"]).groups.items():
         table.loc[index, "p_holm"] = holm(table.loc[index, "p_value"].tolist())

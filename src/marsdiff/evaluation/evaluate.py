@@ -79,9 +79,7 @@ class PreparedReference:
         self.frechet = FrechetReference(heldout)
         self.kid = KIDReference(heldout, settings.kid_subsets, settings.kid_subset_size, settings.seed)
         self.mmd = MMDReference(heldout, self.bandwidth, self.heldout_distances)
-        self.memorisation = MemorisationReference(
-            heldout, reference.train, settings.memorisation_min_ratio, settings.seed
-        )
+        self.memorisation = MemorisationReference(heldout, reference.train)
         self.classifiers = {
             column: CategoryClassifier(
                 column,
@@ -131,7 +129,7 @@ class PreparedReference:
             near_duplicate_metric(generated_distances, self.duplicate_threshold, settings.near_duplicate_fraction),
         ]
         if memorisation:
-            metrics.extend(self.memorisation.metrics(generated))
+            metrics.extend(self.memorisation.metrics(generated, settings.memorisation_min_ratio, settings.seed))
         for column, column_labels in (labels or {}).items():
             metrics.extend(self.downstream[column].metrics(generated, column_labels))
         return metrics, member
@@ -171,7 +169,7 @@ class PreparedReference:
 
 
 def evaluate_models(
-    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings | None = None,
+    generated: Mapping[str, Any], reference: ReferenceSet, settings: EvaluationSettings,
     labels: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Score every generated set against the held-out split, with bootstrap intervals and baselines.
@@ -179,7 +177,6 @@ def evaluate_models(
     ``labels``: model -> the category each image was conditioned on (``samples.csv``'s
     ``condition_name``), in the rows' order; models without labels get no downstream metrics.
     """
-    settings = settings or EvaluationSettings()
     if not generated:
         raise MarsdiffError("evaluation needs at least one generated feature set")
     reserved = sorted(set(generated) & set(REAL_MODELS))
@@ -237,11 +234,11 @@ def evaluate_feature_set(
     train: Any,
     heldout_categories: pd.DataFrame | None = None,
     train_categories: pd.DataFrame | None = None,
-    settings: EvaluationSettings | None = None,
+    *,
+    settings: EvaluationSettings,
     model: str = "model",
 ) -> pd.DataFrame:
     """Metrics table (long form) of one generated set; without categories the KL rows are skipped."""
-    settings = settings or EvaluationSettings()
     if heldout_categories is None and train_categories is None:
         settings = dataclasses.replace(settings, category_columns=())
     reference = ReferenceSet.from_arrays(heldout, train, heldout_categories, train_categories)

@@ -93,7 +93,7 @@ def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class KIDReference:
     """The held-out features' polynomial kernel matrix, computed once."""
 
-    def __init__(self, reference: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0):
+    def __init__(self, reference: np.ndarray, subsets: int, subset_size: int, seed: int):
         self.reference = reference
         self.kyy = polynomial_kernel(reference, reference)
         self.t_yy = reference_term(self.kyy)
@@ -140,7 +140,7 @@ class KIDReference:
 
 
 def kernel_inception_distance(
-    generated: np.ndarray, reference: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    generated: np.ndarray, reference: np.ndarray, subsets: int, subset_size: int, seed: int
 ) -> float:
     """KID as in the paper: mean unbiased polynomial-kernel MMD^2 over random subsets."""
     reference = np.asarray(reference, dtype=np.float64)

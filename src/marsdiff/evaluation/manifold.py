@@ -38,8 +38,8 @@ class ManifoldReference:
     def __init__(
         self,
         reference: np.ndarray,
-        k_precision_recall: int = 3,
-        k_density_coverage: int = 5,
+        k_precision_recall: int,
+        k_density_coverage: int,
         reference_distances: np.ndarray | None = None,
     ):
         m = len(reference)

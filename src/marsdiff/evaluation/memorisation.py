@@ -54,12 +54,11 @@ def weighted_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 class MemorisationReference:
-    """Held-out crops' nearest-train distances, computed once."""
+    """Held-out crops' nearest-train distances, computed once; the pass threshold and the bootstrap
+    seed come with each :meth:`metrics` call (``evaluation.metrics.memorisation_min_ratio``, ``seed``)."""
 
-    def __init__(self, heldout: np.ndarray, train: np.ndarray, min_ratio: float = 0.8, seed: int = 0):
+    def __init__(self, heldout: np.ndarray, train: np.ndarray):
         self.train = train
-        self.min_ratio = float(min_ratio)
-        self.seed = int(seed)
         self.heldout_distances = nearest_train_distance(heldout, train)
         self.heldout_median = float(np.median(self.heldout_distances))
         if not self.heldout_median > 0.0:
@@ -72,24 +71,25 @@ class MemorisationReference:
         """Median generated-to-train distance over the held-out crops' median."""
         return float(np.median(nearest_train_distance(generated, self.train)) / self.heldout_median)
 
-    def heldout_medians(self, replicates: int) -> np.ndarray:
+    def heldout_medians(self, replicates: int, seed: int) -> np.ndarray:
         """The held-out median in each of ``replicates`` bootstrap resamples of the held-out crops."""
-        counts = bootstrap_counts(len(self.heldout_distances), replicates, self.seed)
+        counts = bootstrap_counts(len(self.heldout_distances), replicates, seed)
         return weighted_median(self.heldout_distances, counts)
 
-    def metrics(self, generated: np.ndarray) -> list[Metric]:
-        """Ratio and pass rows; their statistics are bootstrap replicates (both sides resampled),
-        their point values the ratio of the two samples themselves."""
+    def metrics(self, generated: np.ndarray, min_ratio: float, seed: int) -> list[Metric]:
+        """Ratio and pass rows (pass: ratio >= ``min_ratio``); their statistics are bootstrap
+        replicates (both sides resampled, the held-out side by ``seed``), their point values the
+        ratio of the two samples themselves."""
         distances = nearest_train_distance(generated, self.train)
         closer_than_any_real = int(np.count_nonzero(distances < self.heldout_distances.min()))
         point = float(np.median(distances) / self.heldout_median)
 
         def ratio(counts: np.ndarray) -> np.ndarray:
             with np.errstate(divide="ignore", invalid="ignore"):
-                return weighted_median(distances, counts) / self.heldout_medians(len(counts))
+                return weighted_median(distances, counts) / self.heldout_medians(len(counts), seed)
 
         def passed(counts: np.ndarray) -> np.ndarray:
-            return (ratio(counts) >= self.min_ratio).astype(np.float64)
+            return (ratio(counts) >= min_ratio).astype(np.float64)
 
         detail = (
             f"median NN distance to train {np.median(distances):.4g} vs held-out {self.heldout_median:.4g}; "
@@ -102,8 +102,8 @@ class MemorisationReference:
                 True,
                 passed,
                 PERCENTILE,
-                f"1 = pass: ratio >= {self.min_ratio:g}",
-                point=float(point >= self.min_ratio),
+                f"1 = pass: ratio >= {min_ratio:g}",
+                point=float(point >= min_ratio),
                 value_range=(0.0, 1.0),
             ),
         ]

@@ -26,7 +26,7 @@ from marsdiff.evaluation.metric import Metric
 class ModeReference:
     """k-means clusters of the held-out features."""
 
-    def __init__(self, reference: np.ndarray, n_modes: int = 10, seed: int = 0):
+    def __init__(self, reference: np.ndarray, n_modes: int, seed: int):
         if n_modes > len(reference):
             raise MarsdiffError(
                 f"evaluation.n_modes = {n_modes} must be at most the number of held-out images ({len(reference)})"

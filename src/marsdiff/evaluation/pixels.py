@@ -116,8 +116,8 @@ def heldout_images(manifest: str | os.PathLike) -> np.ndarray:
     return np.stack([load_image(root / rel, mode="L") for rel in table["path"]])
 
 
-def pixel_statistics_table(sets: Mapping[str, np.ndarray], heldout: np.ndarray, replicates: int = DEFAULT_REPLICATES,
-                           seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> pd.DataFrame:
+def pixel_statistics_table(sets: Mapping[str, np.ndarray], heldout: np.ndarray, replicates: int, seed: int,
+                           confidence: float) -> pd.DataFrame:
     """One row per (model, statistic): value, interval, the held-out value and interval, and
     ``relative_difference`` = value / held-out value - 1."""
     if len(heldout) < 2:
@@ -142,21 +142,20 @@ def pixel_statistics_table(sets: Mapping[str, np.ndarray], heldout: np.ndarray, 
 
 
 def run_pixel_statistics(manifest: str | os.PathLike, sets: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
-                         resolution: int, metrics_cfg: Mapping[str, Any] | None, out_csv: str | os.PathLike) -> pd.DataFrame:
+                         resolution: int, metrics_cfg: Mapping[str, Any], out_csv: str | os.PathLike) -> pd.DataFrame:
     """Stage ``pixel_statistics``: ``sets`` maps a model to (samples.csv, images folder); the
     manifest is the reference at the matched resolution. Bootstrap replicates, seed and confidence
-    are the evaluation's (``evaluation.metrics``)."""
-    from marsdiff.evaluation.settings import EvaluationSettings
+    are the evaluation's: ``metrics_cfg`` holds those keys of the schema-filled ``evaluation.metrics``."""
     from marsdiff.io.atomic import atomic_path
     from marsdiff.io.reading import read_samples
 
-    settings = EvaluationSettings.from_config(dict(metrics_cfg or {}))
     heldout = heldout_images(manifest)
     if heldout.shape[1:] != (resolution, resolution):
         raise MarsdiffError(f"{manifest}: held-out crops are {heldout.shape[2]}x{heldout.shape[1]} px, "
                             f"not the matched {resolution} px")
     images = {name: grey_images(read_samples(samples, folder)[1], resolution) for name, (samples, folder) in sets.items()}
-    table = pixel_statistics_table(images, heldout, settings.bootstrap_replicates, settings.seed, settings.confidence)
+    table = pixel_statistics_table(images, heldout, int(metrics_cfg["bootstrap_replicates"]), int(metrics_cfg["seed"]),
+                                   float(metrics_cfg["confidence"]))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     log.info("pixel statistics of %d model(s) against %d held-out crops at %d px: %s", len(images), len(heldout),

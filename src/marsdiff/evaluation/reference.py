@@ -77,9 +77,10 @@ class ReferenceSet:
         cls,
         manifest_path: str | os.PathLike,
         features_path: str | os.PathLike,
-        category_columns: Sequence[str] = ("size_cat", "lighting_cat"),
+        category_columns: Sequence[str],
     ) -> "ReferenceSet":
-        """Split the reference feature file by the manifest's ``split`` column (joined on ``id``)."""
+        """Split the reference feature file by the manifest's ``split`` column (joined on ``id``);
+        ``category_columns``: the manifest columns to keep (``evaluation.metrics.category_columns``)."""
         from marsdiff.data.manifest import read_manifest
         from marsdiff.io.feature_files import read_feature_set
 

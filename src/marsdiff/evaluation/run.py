@@ -21,9 +21,9 @@ from marsdiff.evaluation.settings import EvaluationSettings
 log = logging.getLogger(__name__)
 
 
-def evaluation_settings(metrics_cfg: Mapping[str, Any] | None, extractor: str) -> EvaluationSettings:
-    """The metric settings of the config (``evaluation.metrics``) in the extractor's feature space."""
-    return EvaluationSettings.from_config({**dict(metrics_cfg or {}), "feature_space": extractor})
+def evaluation_settings(metrics_cfg: Mapping[str, Any], extractor: str) -> EvaluationSettings:
+    """The metric settings of the config (``evaluation.metrics``, schema-filled) in the extractor's feature space."""
+    return EvaluationSettings.from_config(metrics_cfg, extractor)
 
 
 def load_reference(manifest: str | os.PathLike, features: str | os.PathLike, extractor: str,
@@ -62,7 +62,7 @@ def load_conditioning(samples: Mapping[str, str | os.PathLike], ids: Mapping[str
 
 def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.PathLike,
                    generated: Mapping[str, str | os.PathLike], extractor: str,
-                   metrics_cfg: Mapping[str, Any] | None, out_dir: str | os.PathLike,
+                   metrics_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
                    samples: Mapping[str, str | os.PathLike] | None = None) -> Evaluation:
     """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables.
 

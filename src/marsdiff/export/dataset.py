@@ -50,12 +50,14 @@ METADATA_COLUMNS = (
 
 @dataclass(frozen=True)
 class DrawOptions:
-    """How a dataset is drawn, whatever the model: which classes, which seeds, where it runs."""
+    """How a dataset is drawn, whatever the model: which classes, which seeds, where it runs.
+    A setting left None takes the config's value: ``export.seed``, ``sampling.device``,
+    ``sampling.batch_size``, the evaluation's steps (``evaluation.steps`` or ``sampling.steps``)."""
 
     classes: Sequence[str] | None = None
     proportions: Sequence[float] | None = None
-    seed: int = 0
-    device: str = "auto"
+    seed: int | None = None
+    device: str | None = None
     batch_size: int | None = None
     steps: int | None = None
     results: str | os.PathLike = "results"
@@ -78,13 +80,13 @@ def resolve_model(config: Mapping[str, Any], results: str | os.PathLike, model: 
                   round_index: int | None = None, eta: float | None = None,
                   noise_scale: float | None = None) -> ModelSource:
     """The model named on the command line, checked against the config and the run's files."""
-    sampling = dict(config.get("sampling") or {})
-    experiments = dict(config.get("experiments") or {})
+    sampling = config["sampling"]
+    experiments = config["experiments"]
     if model == "base":
         if round_index is not None:
             raise MarsdiffError("--round applies to an experiment's policy, not to the base model")
-        base_eta = float(sampling.get("eta", 1.0))
-        base_weights = sampling.get("class_distribution", "uniform")
+        base_eta = float(sampling["eta"])
+        base_weights = sampling["class_distribution"]
         eta_value = base_eta if eta is None else float(eta)
         noise_value = 1.0 if noise_scale is None else float(noise_scale)
         if not 0.0 <= eta_value <= 1.0:
@@ -186,8 +188,8 @@ def class_diameters(index_csv: str | os.PathLike, class_key: str | None, names: 
 
 def reference_metres_per_pixel(config: Mapping[str, Any]) -> float | None:
     """The reference's ground scale where marsdiff knows it: the default HRSC tile only."""
-    reference = dict(config.get("reference") or {})
-    if reference.get("source", "hrsc") == "hrsc" and not reference.get("tile"):
+    reference = config["reference"]
+    if reference["source"] == "hrsc" and not reference["tile"]:
         return HRSC_METRES_PER_PIXEL
     return None
 
@@ -322,12 +324,15 @@ def draw_dataset(
 
     _check_request(n_images, out_dir)
     out_dir = Path(out_dir)
-    classes, proportions, seed, device = options.classes, options.proportions, options.seed, options.device
-    batch_size, steps, results, progress = options.batch_size, options.steps, options.results, options.progress
-    model_cfg = dict(config.get("model") or {})
-    sampling = dict(config.get("sampling") or {})
+    classes, proportions, results, progress = options.classes, options.proportions, options.results, options.progress
+    seed = config["export"]["seed"] if options.seed is None else options.seed
+    device = config["sampling"]["device"] if options.device is None else options.device
+    batch_size = config["sampling"]["batch_size"] if options.batch_size is None else options.batch_size
+    steps = evaluation_steps(config) if options.steps is None else options.steps
+    model_cfg = config["model"]
+    sampling = config["sampling"]
     model_dir = Path(results) / "models" / "base"
-    if model_cfg.get("backend", "pixel") == "pixel" and not (model_dir / "marsdiff_model.json").is_file():
+    if model_cfg["backend"] == "pixel" and not (model_dir / "marsdiff_model.json").is_file():
         raise MarsdiffError(f"{model_dir}: no base model (run the workflow first, or `make run`)")
     backend = load_backend(model_cfg, model_dir=model_dir, device=device)
     backend, generation = generation_for(source.spec, backend, source.policy_dir)
@@ -335,11 +340,11 @@ def draw_dataset(
     generation = with_class_distribution(generation, names, requested_distribution(names, classes, proportions),
                                          source.model_id)
     settings = SamplingSettings.from_config({
-        "min_std": sampling.get("min_std", 0.01),
-        "eta": sampling.get("eta", 1.0),
+        "min_std": sampling["min_std"],
+        "eta": sampling["eta"],
         "device": device,
-        "batch_size": int(batch_size or sampling.get("batch_size", 16)),
-        "steps": int(steps or evaluation_steps(config)),
+        "batch_size": int(batch_size),
+        "steps": int(steps),
         "seed": int(seed),
         "store": {"dtype": "float32"},
     })
@@ -380,7 +385,7 @@ def draw_dataset(
             "policy sha256": labels["policy_sha256"] or "n/a",
             "base model hash": labels["base_model_hash"],
             "config digest": labels["config_digest"],
-            "backend": model_cfg.get("backend", "pixel"),
+            "backend": model_cfg["backend"],
             "denoising steps": settings.steps,
             "seed": int(seed),
             "seed stream": f"round index {EXPORT_ROUND} (never a training or evaluation image)",

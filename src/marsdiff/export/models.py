@@ -56,12 +56,13 @@ def knob_description(policy, config: Mapping[str, Any], steps: int) -> dict[str,
     from marsdiff.rl.generation_policies import KnobPolicy
 
     backend = policy.backend
-    sampling = dict(config.get("sampling") or {})
-    scheduler = backend.make_scheduler(eta=float(sampling.get("eta", 1.0)),
-                                       min_std=float(sampling.get("min_std", 0.01)))
+    sampling = config["sampling"]
+    scheduler = backend.make_scheduler(eta=float(sampling["eta"]), min_std=float(sampling["min_std"]))
     default_grid = [int(t) for t in scheduler.set_timesteps(steps).tolist()]
     names = backend.conditions()
-    defaults: dict[str, Any] = {"eta": float(sampling.get("eta", 1.0)), "noise_scale": 1.0, "timestep_power": None}
+    # The knobs a policy leaves as the sampler has them: the configured eta, untempered initial
+    # noise, the scheduler's own timestep grid.
+    defaults: dict[str, Any] = {"eta": float(sampling["eta"]), "noise_scale": 1.0, "timestep_power": None}
     if backend.kind == "stable_diffusion":
         defaults["guidance_scale"] = float(backend.guidance_scale)
     learnt = None
@@ -125,8 +126,8 @@ def export_model(config: Mapping[str, Any], policy_dir: str | os.PathLike, out_d
         raise MarsdiffError(f"{policy_dir}: not a policy folder (no {POLICY_JSON}; a policy is "
                             f"results/runs/<experiment>/round_<r>/policy)")
     _check_out(out_dir)
-    model_cfg = dict(config.get("model") or {})
-    backend_kind = model_cfg.get("backend", "pixel")
+    model_cfg = config["model"]
+    backend_kind = model_cfg["backend"]
     model_dir = Path(results) / "models" / "base"
     if backend_kind == "pixel" and not (model_dir / "marsdiff_model.json").is_file():
         raise MarsdiffError(f"{model_dir}: no base model (run the workflow first, or `make run`)")

@@ -23,7 +23,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import BASE, FINAL, FROZEN
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
@@ -34,15 +33,6 @@ from marsdiff.io.reading import read_csv
 log = logging.getLogger(__name__)
 
 HELDOUT_LABEL = "held-out reference"
-PLOT_DEFAULTS = {"tsne_perplexity": 30.0, "tsne_max_iter": 1000, "seed": 0, "grid_columns": 8, "extremes": 8}
-
-
-def plot_settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    unknown = sorted(set(section) - set(PLOT_DEFAULTS))
-    if unknown:
-        raise MarsdiffError(f"evaluation.plots: unknown key(s) {unknown}; known keys are {sorted(PLOT_DEFAULTS)}")
-    return {**PLOT_DEFAULTS, **section}
 
 
 def load_model_images(samples_csv: str | os.PathLike, images_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -112,7 +102,7 @@ def draw_evaluation_figures(
     extractor: str,
     rewards: Mapping[str, Mapping[str, Any]],
     run_metrics: Sequence[str | os.PathLike],
-    plot_cfg: Mapping[str, Any] | None,
+    plot_cfg: Mapping[str, Any],
     outputs: Mapping[str, str | os.PathLike],
     resized_manifest: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
@@ -120,14 +110,14 @@ def draw_evaluation_figures(
     metric_intervals, reward_curves when there are runs, novel_redundant_<model>).
 
     ``samples``: model -> (samples.csv, images folder); ``rewards``: model -> reward section
-    for the credit figures (base model and final policies); ``resized_manifest``: the reference at
-    the evaluation's resolution, whose held-out crops make the sample grid's real row.
+    for the credit figures (base model and final policies); ``plot_cfg``: the schema-filled
+    ``evaluation.plots``; ``resized_manifest``: the reference at the evaluation's resolution, whose
+    held-out crops make the sample grid's real row.
     """
     from marsdiff.data.manifest import read_manifest
     from marsdiff.evaluation.reference import HELDOUT_SPLIT
     from marsdiff.io.feature_files import read_feature_set
 
-    settings = plot_settings(plot_cfg)
     evaluation = Evaluation.read(eval_dir)
     names = [m["name"] for m in models]
     focus = [m["name"] for m in models if m["kind"] in (BASE, FROZEN, FINAL)]  # base vs frozen knob vs tuned
@@ -141,8 +131,8 @@ def draw_evaluation_figures(
     heldout = reference[[split.get(i) == HELDOUT_SPLIT for i in ids]]
     written["tsne"] = plots.plot_tsne(
         {HELDOUT_LABEL: heldout, **{name: x[name] for name in focus}}, outputs["tsne"], reference=HELDOUT_LABEL,
-        seed=int(settings["seed"]), perplexity=float(settings["tsne_perplexity"]),
-        max_iter=int(settings["tsne_max_iter"]),
+        seed=int(plot_cfg["seed"]), perplexity=float(plot_cfg["tsne_perplexity"]),
+        max_iter=int(plot_cfg["tsne_max_iter"]),
         title=f"t-SNE of {extractor} features: fitted on held-out + base, others placed",
         # fitted on the held-out crops and the base model only: the frozen knob's and the
         # policies' same-seed near-copies of the base images are placed, not fitted (plots.place_points)
@@ -154,10 +144,10 @@ def draw_evaluation_figures(
     classes = load_conditioning({name: samples[name][0] for name in names}, {name: images[name][0] for name in names})
     real = None
     if resized_manifest is not None:
-        crops, crop_classes = heldout_row(resized_manifest, int(settings["grid_columns"]))
+        crops, crop_classes = heldout_row(resized_manifest, int(plot_cfg["grid_columns"]))
         real = ("held-out crops", crops, crop_classes)
     written["sample_grid"] = plots.plot_sample_grid(
-        {name: images[name][1] for name in names}, outputs["sample_grid"], n_columns=int(settings["grid_columns"]),
+        {name: images[name][1] for name in names}, outputs["sample_grid"], n_columns=int(plot_cfg["grid_columns"]),
         title="Samples: a seed per column, class under each image", labels=classes, real=real,
     )
     coverage_models = [REAL_MODEL, *focus]
@@ -176,7 +166,7 @@ def draw_evaluation_figures(
         key = f"novel_redundant_{name}"
         credit = per_image_credit(x[name], reference_features, manifest, extractor, reward)
         written[key] = plots.plot_extremes_by_credit(
-            images[name][1], credit, outputs[key], n=int(settings["extremes"]), ids=images[name][0],
+            images[name][1], credit, outputs[key], n=int(plot_cfg["extremes"]), ids=images[name][0],
             title=f"{name}: most novel / redundant by credit",
         )
     log.info("wrote %d figures", len(written))

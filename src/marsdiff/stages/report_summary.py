@@ -162,14 +162,12 @@ def verdict_lines(table: pd.DataFrame, policies: Sequence[str], endpoints: Mappi
 
 
 def summary_text(evaluation: Evaluation, models: Sequence[Mapping[str, Any]], confidence: float,
-                 n_images: int, steps: int, pixels: pd.DataFrame | None = None,
-                 table: pd.DataFrame | None = None, selection: Mapping[str, Any] | None = None,
-                 endpoints: Mapping[str, Any] | None = None, streams: Sequence[int] = (0,)) -> str:
+                 n_images: int, steps: int, pixels: pd.DataFrame | None, table: pd.DataFrame | None,
+                 selection: Mapping[str, Any] | None, endpoints: Mapping[str, Any], streams: Sequence[int] = (0,)) -> str:
+    """summary.md; ``endpoints``: the schema-filled ``evaluation.endpoints``."""
     policies, finals = roles(models)
-    endpoints = dict(endpoints or {"primary": ["recall", "coverage"], "non_inferiority": {"precision": 0.03},
-                                   "alpha": 0.05})
     alpha = float(endpoints["alpha"])
-    margins = ", ".join(f"{m} (margin {format_number(v)})" for m, v in (endpoints.get("non_inferiority") or {}).items())
+    margins = ", ".join(f"{m} (margin {format_number(v)})" for m, v in endpoints["non_inferiority"].items())
     level = f"{round(100 * confidence)} %"
     feature_space = ", ".join(sorted(set(evaluation.metrics["feature_space"].astype(str))))
     parts = [f"# {SUMMARY_TITLE}", ""]
@@ -279,30 +277,29 @@ def landing_page(intro: str, table: pd.DataFrame, policies: Sequence[str], endpo
 
 
 def write_report_summary(eval_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
-                         metrics_cfg: Mapping[str, Any] | None, n_images: int, steps: int,
+                         metrics_cfg: Mapping[str, Any], n_images: int, steps: int,
                          summary_md: str | os.PathLike, summary_html: str | os.PathLike,
                          comparison_csv: str | os.PathLike, pixel_csv: str | os.PathLike | None = None,
                          landing_rst: str | os.PathLike | None = None, intro: str = "",
                          stream_dirs: Mapping[int, str | os.PathLike] | None = None,
                          selection_json: str | os.PathLike | None = None,
-                         endpoints: Mapping[str, Any] | None = None,
+                         *, endpoints: Mapping[str, Any],
                          comparisons_csv: str | os.PathLike | None = None) -> str:
     """Stage report_summary: comparisons.csv, summary.md, its HTML twin and the report's comparison.csv.
+
+    ``metrics_cfg`` and ``endpoints``: the schema-filled ``evaluation.metrics`` and ``evaluation.endpoints``.
 
     ``stream_dirs``: stream -> the folder of its metrics.csv and bootstrap.csv (default: stream 0
     in ``eval_dir``); ``selection_json``: select_knob's choice; ``pixel_csv``: the pixel_statistics
     stage's table; ``landing_rst``: the report's landing page (:func:`landing_page`, after ``intro``)."""
     from marsdiff.evaluation.pixels import read_pixel_statistics
-    from marsdiff.evaluation.settings import EvaluationSettings
     from marsdiff.io.atomic import atomic_path, write_text
     from marsdiff.io.reading import read_json
 
-    endpoints = dict(endpoints or {"primary": ["recall", "coverage"], "non_inferiority": {"precision": 0.03},
-                                   "alpha": 0.05})
     stream_dirs = dict(stream_dirs or {0: eval_dir})
     evaluations = {int(s): Evaluation.read(d) for s, d in stream_dirs.items()}
     evaluation = evaluations[min(evaluations)]
-    confidence = EvaluationSettings.from_config(dict(metrics_cfg or {})).confidence
+    confidence = float(metrics_cfg["confidence"])
     for stream, each in evaluations.items():
         known = set(each.metrics["model"])
         missing = [m["name"] for m in models if m["name"] not in known]

@@ -43,7 +43,8 @@ def arm_of(name: str) -> str:
 
 
 def control_of(settings: Mapping[str, Any]) -> str:
-    return str(settings.get("control") or NO_CONTROL)
+    """The control arm of an experiment's resolved settings (``none`` for an RL arm)."""
+    return str(settings["control"])
 
 
 def _all_settings(experiments: Mapping[str, Any], sampling: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -59,7 +60,7 @@ def paired_base(experiments: Mapping[str, Any], name: str, sampling: Mapping[str
     candidates = [
         other for other, theirs in settings.items()
         if other != name and control_of(theirs) == ZERO_LR and theirs["rounds"] >= own["rounds"]
-        and all(theirs.get(key) == own.get(key) for key in PAIRING_KEYS)
+        and all(theirs[key] == own[key] for key in PAIRING_KEYS)
     ]
     if not candidates:
         return None
@@ -125,7 +126,7 @@ def curve_inputs(cfg: Mapping[str, Any], name: str, runs_dir) -> dict[str, list[
 
 def study_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What the study summary reads of the config: the design and the evaluation's declared
-    alpha and non-inferiority margins."""
-    endpoints = (cfg.get("evaluation") or {}).get("endpoints") or {}
-    return {"design": study_design(cfg["experiments"], cfg["sampling"]), "alpha": endpoints.get("alpha", 0.05),
-            "margins": endpoints.get("non_inferiority", {"precision": 0.03})}
+    alpha and non-inferiority margins (``evaluation.endpoints``)."""
+    endpoints = cfg["evaluation"]["endpoints"]
+    return {"design": study_design(cfg["experiments"], cfg["sampling"]), "alpha": endpoints["alpha"],
+            "margins": endpoints["non_inferiority"]}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -51,12 +51,27 @@ SUMMARY_COLUMNS = ("section", "arm", "comparison", "metric", "seeds", "mean", "s
 MOVEMENT_COLUMNS = ("kl_post_update", "kl_to_base", "approx_kl", "kl")
 
 
+#: Coverage of the t-intervals over training seeds: the declared protocol's 95 % (docs/rl.md,
+#: "Study"), fixed when it was declared, before any run; not a config key.
+SEED_INTERVAL_CONFIDENCE = 0.95
+
+
 @dataclass(frozen=True)
 class StudySettings:
-    alpha: float = 0.05
-    confidence: float = 0.95
-    #: non-inferiority margin per metric (difference > -margin)
-    margins: Mapping[str, float] = field(default_factory=lambda: {"precision": 0.03})
+    #: family-wise error rate of Holm's correction (``evaluation.endpoints.alpha``)
+    alpha: float
+    #: non-inferiority margin per metric, difference > -margin (``evaluation.endpoints.non_inferiority``)
+    margins: Mapping[str, float]
+    #: coverage of the intervals over training seeds
+    confidence: float
+
+    @classmethod
+    def declared(cls, alpha: float, margins: Mapping[str, float]) -> "StudySettings":
+        """The protocol's settings: the evaluation's declared alpha and margins (the study_summary
+        params, :func:`marsdiff.study.pairing.study_settings`), intervals at
+        :data:`SEED_INTERVAL_CONFIDENCE`."""
+        return cls(alpha=float(alpha), margins={k: float(v) for k, v in margins.items()},
+                   confidence=SEED_INTERVAL_CONFIDENCE)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -67,7 +82,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return np.asarray(holm_adjusted(p_values), dtype=float)
 
 
-def seed_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+def seed_interval(values: Sequence[float], confidence: float) -> dict[str, float]:
     """Mean, sd, t-interval and two-sided one-sample t-test p against 0 over training seeds.
 
     Fewer than 2 seeds: mean only. Identical values (sd 0): the interval is the point and p is
@@ -140,8 +155,7 @@ def _arms(design: Mapping[str, Mapping[str, Any]], control: str) -> dict[str, li
 
 
 def summarise(comparisons: pd.DataFrame, design: Mapping[str, Mapping[str, Any]],
-              metrics: Mapping[str, pd.DataFrame], settings: StudySettings = StudySettings()
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+              metrics: Mapping[str, pd.DataFrame], settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, seeds): the long-form summary table and the per-seed values behind it."""
     conf = settings.confidence
     arms = _arms(design, NO_CONTROL)
@@ -283,7 +297,7 @@ def _interval(row: Mapping[str, Any]) -> str:
     return "–" if not np.isfinite(row["low"]) else f"[{row['low']:.3g}, {row['high']:.3g}]"
 
 
-def summary_markdown(summary: pd.DataFrame, settings: StudySettings = StudySettings()) -> str:
+def summary_markdown(summary: pd.DataFrame, settings: StudySettings) -> str:
     """summary.md: the verdict lines first, then the tables behind them."""
     conf = f"{settings.confidence:.0%}"
     out = ["# Study summary", "",
@@ -320,7 +334,7 @@ def summary_markdown(summary: pd.DataFrame, settings: StudySettings = StudySetti
 def write_study_summary(comparisons_csv: str | os.PathLike, design: Mapping[str, Mapping[str, Any]],
                         metrics_csvs: Mapping[str, str | os.PathLike], summary_csv: str | os.PathLike,
                         seeds_csv: str | os.PathLike, summary_md: str | os.PathLike,
-                        settings: StudySettings = StudySettings()) -> pd.DataFrame:
+                        settings: StudySettings) -> pd.DataFrame:
     comparisons = read_comparisons(comparisons_csv)
     metrics = {name: read_csv(path, "experiment metrics", "plot_experiment", columns=("round", "set_reward"))
                for name, path in metrics_csvs.items()}

@@ -146,9 +146,10 @@ def plot_experiment(config: Mapping[str, Any], exp: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- evaluation
 def evaluation_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    from marsdiff.evalset.models import evaluation_section, evaluation_steps
+    """The schema-filled evaluation section with its steps resolved (null: sampling.steps)."""
+    from marsdiff.evalset.models import evaluation_steps
 
-    return {**evaluation_section(config), "steps": evaluation_steps(config)}
+    return {**config["evaluation"], "steps": evaluation_steps(config)}
 
 
 def select_knob(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,7 +203,7 @@ def pixel_statistics(config: Mapping[str, Any]) -> dict[str, Any]:
     """The bootstrap settings pixel_statistics shares with evaluate, nothing else (a k-NN k or
     n_modes re-runs evaluate only)."""
     metrics = evaluation_settings(config)["metrics"]
-    return {k: metrics[k] for k in PIXEL_STATISTICS_KEYS if k in metrics}
+    return {k: metrics[k] for k in PIXEL_STATISTICS_KEYS}
 
 
 def evaluation_rewards(config: Mapping[str, Any], plan: Plan) -> dict[str, dict[str, Any]]:
