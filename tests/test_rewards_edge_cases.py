@@ -98,8 +98,11 @@ def test_zero_vector_cannot_be_unit_normalised():
 
 
 def test_config_errors():
-    with pytest.raises(MarsdiffError, match="unknown reward kind"):
+    # the section is checked against the schema, which names the key
+    with pytest.raises(MarsdiffError, match=r"config key reward\.terms\.x\.kind: 'fid' is not one of"):
         RewardModel(REFERENCE, {"terms": {"x": {"kind": "fid", "weight": 1}}})
+    with pytest.raises(MarsdiffError, match="unknown reward kind"):
+        build_term("fid", REFERENCE, 1.0)
     with pytest.raises(MarsdiffError, match="no option"):
         RewardModel(REFERENCE, {"terms": {"x": {"kind": "frechet", "weight": 1, "noise_var": 1}}})
     with pytest.raises(MarsdiffError, match="non-zero weight"):
