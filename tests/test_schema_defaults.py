@@ -365,3 +365,146 @@ def test_a_finding_names_file_line_and_key(tmp_path):
 def test_pending_files_are_skipped_and_only_they(relative):
     assert _pending_owner(relative)
     assert _pending_owner("src/marsdiff/rewards/combined.py") is None
+
+
+# --- settings objects are built from the filled section ------------------------------------------
+
+#: (settings class, schema section, field -> key path where the names differ, section keys the
+#: class leaves to others -> who reads them). Every other key of the section is a field.
+SETTINGS = (
+    ("marsdiff.rewards.combined.RewardConfig", "reward", {"pool_rounds": "pool.rounds"},
+     {"validation": "ValidationConfig"}),
+    ("marsdiff.rewards.validation.ValidationConfig", "reward.validation",
+     {"mix_terms": "mix.terms", "mix_step": "mix.step", "mix_tolerance": "mix.tolerance",
+      "snr_set_size": "snr.set_size", "snr_pool_rounds": "snr.pool_rounds", "snr_probes": "snr.probes",
+      "snr_repeats": "snr.repeats"}, {}),
+    ("marsdiff.data.reference_config.ReferenceConfig", "reference", {}, {}),
+    ("marsdiff.diffusion.sampler.SamplingSettings", "sampling", {"store_dtype": "store.dtype"},
+     {"images_per_round": "the round stages (per experiment)", "processes": "the launcher (rl/distributed.py)",
+      "store": "store.compression and compression_level: the round file's writer (diffusion/round_files.py)"}),
+)
+
+
+def _class(dotted: str):
+    import importlib
+
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _at(mapping: dict, path: str):
+    for part in path.split("."):
+        mapping = mapping[part]
+    return mapping
+
+
+def _build(cls, section: dict):
+    return cls.from_dict(section) if hasattr(cls, "from_dict") else cls.from_config(section)
+
+
+@pytest.mark.parametrize("dotted, path, renamed, elsewhere", SETTINGS, ids=[s[0].rsplit(".", 1)[1] for s in SETTINGS])
+def test_settings_are_the_filled_section(dotted, path, renamed, elsewhere):
+    import dataclasses
+
+    from marsdiff.config import filled_section, section_schema
+
+    cls = _class(dotted)
+    fields = dataclasses.fields(cls)
+    # no literal defaults: a field left out would be a second source
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields), dotted
+    filled = filled_section(path, {})
+    keys = {f.name: renamed.get(f.name, f.name) for f in fields}
+    for name, key in keys.items():
+        _at(filled, key)  # every field is a key of the section (KeyError names it otherwise)
+    covered = {key.split(".")[0] for key in keys.values()} | set(elsewhere)
+    assert covered == set(section_schema(path)["properties"]), f"{dotted}: fields vs the keys of {path}"
+    settings = _build(cls, {})
+    for name, key in keys.items():
+        value, default = getattr(settings, name), _at(filled, key)
+        if name == "terms":
+            assert [t.name for t in value] == list(default), dotted
+            for term in value:
+                spec = default[term.name]
+                assert (term.kind, term.weight, term.standardise) == (spec["kind"], spec["weight"], spec["standardise"])
+                assert term.options == {k: v for k, v in spec.items() if k not in ("kind", "weight", "standardise")}
+        else:
+            assert _same(list(value) if isinstance(value, tuple) else value, default), f"{dotted}.{name}"
+
+
+@pytest.mark.parametrize("dotted, path, renamed, elsewhere", SETTINGS, ids=[s[0].rsplit(".", 1)[1] for s in SETTINGS])
+def test_a_users_value_reaches_the_settings(dotted, path, renamed, elsewhere):
+    """One changed key per field: the value the user wrote is the one the settings hold."""
+    import dataclasses
+
+    from marsdiff.config import filled_section, section_schema
+
+    cls = _class(dotted)
+    schema = section_schema(path)
+    for field in dataclasses.fields(cls):
+        key = renamed.get(field.name, field.name)
+        sub = schema
+        for part in key.split("."):
+            sub = sub["properties"][part]
+        default = _at(filled_section(path, {}), key)
+        value = _other_value(sub, default)
+        if value is None:
+            continue
+        section: dict = {}
+        node = section
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        got = getattr(_build(cls, section), field.name)
+        assert _same(list(got) if isinstance(got, tuple) else got, value), f"{dotted}.{field.name}"
+
+
+def _other_value(schema: dict, default):
+    """A valid value other than the default, for the types the settings sections use (None: skip)."""
+    if "enum" in schema:
+        others = [v for v in schema["enum"] if v != default]
+        return others[0] if others else None
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        steps = (1, -1) if kind == "integer" else (-(default / 2), default / 2 or 0.5, default or 0.5)
+        for candidate in (default + step for step in steps):
+            if (candidate <= schema.get("maximum", candidate) and candidate >= schema.get("minimum", candidate)
+                    and candidate > schema.get("exclusiveMinimum", candidate - 1) and candidate != default):
+                return candidate
+        return None
+    if kind == "boolean":
+        return not default
+    if kind == "array" and schema.get("items", {}).get("enum"):
+        return [v for v in schema["items"]["enum"] if v not in default][:1] or None
+    if kind == "array" and schema.get("items", {}).get("type") in ("number", "integer"):
+        return list(default)[:1]
+    if kind == "array":
+        return list(default)[:2]
+    return None
+
+
+def test_extractors_take_their_schema_section():
+    """Each extractor's options are its ``features.<name>`` keys, passed by build_extractor from the
+    filled section; none restates a default (batch_size and device are the section's own keys)."""
+    import inspect
+
+    from marsdiff.config import filled_section
+    from marsdiff.features.clip import ClipFeatures
+    from marsdiff.features.torchvision_models import MobileNetV2Features, ResNet18Features
+
+    filled = filled_section("features", {})
+    #: ResNet-18's pooling grid and input size are fixed by the class, not config keys.
+    fixed = {"resnet18": {"grid", "input_size"}}
+    for name, cls in (("mobilenet_v2", MobileNetV2Features), ("clip", ClipFeatures), ("resnet18", ResNet18Features)):
+        parameters = inspect.signature(cls).parameters
+        assert set(parameters) - fixed.get(name, set()) == set(filled[name]) | {"batch_size", "device"}, name
+        for key in set(filled[name]) | {"batch_size", "device"}:
+            assert parameters[key].default is inspect.Parameter.empty, f"{name}.{key}"
+
+
+def test_cluster_section_is_read_by_key():
+    from marsdiff.config import filled_section
+
+    assert filled_section("cluster", {}) == {"rounds_per_job": 1}
+    source = (REPO / "src" / "marsdiff" / "workflow" / "resources.py").read_text()
+    assert 'config["cluster"]["rounds_per_job"]' in source
