@@ -7,7 +7,9 @@ syntax tree (never imports it) and reports, each with its line and key:
 
 - ``get``: ``<x>.get("<key>", <literal>)`` (also ``.pop`` and ``.setdefault``) with a non-None
   literal fallback, where ``<key>`` has a schema default: the filled section always holds the key,
-  so the fallback is a second copy of the default (or a different one, which is worse);
+  so the fallback is a second copy of the default (or a different one, which is worse); also
+  ``<x>.get("<key>") or <literal>`` with a literal that is not empty (``or {}`` guards a missing
+  section and restates no value);
 - ``defaults-dict``: a module-level name containing ``DEFAULTS`` bound to a dict;
 - ``dataclass-field``: a dataclass field named as a schema key with a literal default (settings
   objects are built from the filled section and have none);
@@ -69,6 +71,8 @@ PENDING: dict[str, str] = {
     "src/marsdiff/workflow/code.py": "rounds",
     "workflow/scripts/sample_round.py": "rounds",
     "workflow/scripts/update_round.py": "rounds",
+    # pixel: the base model's stage script (its preset)
+    "workflow/scripts/pretrain_base.py": "pixel",
     # evaluation: the export stage's script
     "workflow/scripts/export_dataset.py": "evaluation",
     # experiments: the knob part of config_checks.py (the rest of the file is scanned)
@@ -223,6 +227,13 @@ def scan_source(source: str, path: str, defaults: dict[str, list]) -> list[Findi
             fallback = _literal(node.args[1])
             if isinstance(key, str) and key in defaults and fallback is not _MISSING and fallback is not None:
                 findings.append(Finding(path, node.lineno, f".{node.func.attr}(..., {fallback!r})", key))
+        elif isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            first, fallback = node.values[0], _literal(node.values[-1])
+            if (isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute) and first.func.attr == "get"
+                    and len(first.args) == 1 and isinstance(_literal(first.args[0]), str)
+                    and _literal(first.args[0]) in defaults and fallback is not _MISSING
+                    and fallback not in (None, {}, [], (), "")):
+                findings.append(Finding(path, node.lineno, f".get(...) or {fallback!r}", _literal(first.args[0])))
         elif isinstance(node, ast.ClassDef) and _is_dataclass(node):
             for statement in node.body:
                 if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
@@ -318,6 +329,8 @@ SYNTHETIC = textwrap.dedent('''
         e = section.get("eta", None)
         f = section.get("unknown_key", 3)
         g = section.get("eta", default_eta)
+        h = section.get("steps") or 50
+        i = section.get("store") or {}
         return lambda images_per_round=64: images_per_round
 
     @dataclass(frozen=True)
@@ -348,11 +361,12 @@ def test_the_scanner_catches_each_pattern():
         (9, ".get(..., 1.0)", "eta"),
         (10, ".pop(..., 0)", "seed"),
         (11, ".setdefault(..., {})", "store"),
-        (16, "parameter", "images_per_round"),
-        (21, "dataclass-field", "steps"),
-        (22, "dataclass-field", "store"),
-        (23, "dataclass-field", "seed"),
-        (28, "dataclass-field", "min_std"),
+        (16, ".get(...) or 50", "steps"),  # `or {}` on line 17 guards a missing section: no finding
+        (18, "parameter", "images_per_round"),
+        (23, "dataclass-field", "steps"),
+        (24, "dataclass-field", "store"),
+        (25, "dataclass-field", "seed"),
+        (30, "dataclass-field", "min_std"),
     }
 
 
