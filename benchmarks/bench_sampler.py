@@ -109,7 +109,7 @@ def plain_sampling(unet, images: int, steps: int, size: int, seed: int = 0) -> n
 def recording_sampling(backend, images: int, steps: int):
     from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
 
-    sampler = RecordingSampler(backend, SamplingSettings(steps=steps, batch_size=images, seed=0))
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": steps, "batch_size": images, "seed": 0}))
     return next(iter(sampler.sample(images)))
 
 
@@ -175,6 +175,7 @@ def hdf5_sizes(batch, steps: int) -> list[tuple[str, str, float]]:
                     scheduler_config={},
                     latent_dtype=dtype,
                     compression=compression,
+                    compression_level=4,
                 )
                 with write_trajectories(path, header) as writer:
                     writer.write(**{k: v for k, v in vars(batch).items() if k != "images"})

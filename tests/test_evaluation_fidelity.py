@@ -98,7 +98,7 @@ def test_mmd2_matches_pairwise_loops_and_reward_module(sets):
     rbf = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * sigma**2))  # noqa: E731
     value = MMDReference(y, sigma).value(x)
     assert value == pytest.approx(brute_unbiased_mmd2(x, y, rbf), abs=1e-12)
-    assert value == pytest.approx(reward_mmd2(x, y, bandwidth=sigma, estimator="unbiased").mmd2, abs=1e-12)
+    assert value == pytest.approx(reward_mmd2(x, y, bandwidth=sigma, estimator="unbiased", scale=1.0).mmd2, abs=1e-12)
 
 
 def test_weighted_mmd_skips_pairs_of_an_image_with_its_own_copies(sets):

@@ -70,7 +70,7 @@ def test_bad_weights_file_is_a_clear_error(tmp_path):
 def test_unknown_extractor_and_option():
     with pytest.raises(MarsdiffError, match="unknown feature extractor 'inception'"):
         build_extractor("inception", {})
-    with pytest.raises(MarsdiffError, match="features.mobilenet_v2"):
+    with pytest.raises(MarsdiffError, match=r"config key features\.mobilenet_v2\.depth: unknown key"):
         build_extractor("mobilenet_v2", {"mobilenet_v2": {"depth": 3}})
 
 

@@ -38,7 +38,7 @@ def test_sd_half_precision_log_probs_are_reproduced(sd_config):
     """The update re-scores recorded transitions; in float16 the recorded and recomputed
     log-probs must still agree closely, or every PPO ratio starts away from 1."""
     backend = load_stable_diffusion(sd_config)
-    sampler = RecordingSampler(backend, SamplingSettings(steps=4, batch_size=3, seed=1))
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 4, "batch_size": 3, "seed": 1}))
     batch = next(iter(sampler.sample(3)))
     assert np.isfinite(batch.latents).all() and (batch.std > 0).all()
     scheduler = backend.make_scheduler(eta=1.0)

@@ -53,7 +53,7 @@ def test_a_wrong_file_is_refused(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(MarsdiffError, match="do not fit"):
-        MobileNetV2Features(weights=str(path))
+        MobileNetV2Features(weights=str(path), layer=10, grid=2, input_size=128, batch_size=4, device="cpu")
 
 
 def test_the_default_extractor_imports_no_torchvision():

@@ -48,7 +48,7 @@ def test_mmd2_matches_pairwise_sums(sets, estimator):
 def test_median_bandwidth_is_reported(sets):
     x, y = sets
     distances = [np.linalg.norm(y[i] - y[j]) for i in range(len(y)) for j in range(i + 1, len(y))]
-    result = mmd2(x, y)
+    result = mmd2(x, y, "median", "unbiased", 1.0)
     assert result.bandwidth_source == "median"
     assert result.bandwidth == pytest.approx(float(np.median(distances)), rel=1e-12)
     assert median_heuristic(y) == pytest.approx(float(np.median(distances)), rel=1e-12)
@@ -58,7 +58,7 @@ def test_cmmd_conventions(sets):
     x, y = sets
     xu = x / np.linalg.norm(x, axis=1, keepdims=True)
     yu = y / np.linalg.norm(y, axis=1, keepdims=True)
-    expected = 1000 * mmd2(xu, yu, bandwidth=10.0, estimator="biased").mmd2
+    expected = 1000 * mmd2(xu, yu, bandwidth=10.0, estimator="biased", scale=1.0).mmd2
     result = cmmd(x, y)
     assert result.mmd2 == pytest.approx(expected, rel=1e-12)
     assert (result.bandwidth, result.scale, result.unit_norm, result.estimator) == (10.0, 1000.0, True, "biased")
@@ -69,10 +69,10 @@ def test_cmmd_conventions(sets):
 def test_torch_and_float32_inputs_are_converted(sets):
     torch = pytest.importorskip("torch")
     x, y = sets
-    expected = mmd2(x, y, bandwidth=2.0).mmd2
-    got = mmd2(torch.tensor(x), torch.tensor(y, dtype=torch.float64), bandwidth=2.0).mmd2
+    expected = mmd2(x, y, 2.0, "unbiased", 1.0).mmd2
+    got = mmd2(torch.tensor(x), torch.tensor(y, dtype=torch.float64), 2.0, "unbiased", 1.0).mmd2
     assert got == pytest.approx(expected, abs=1e-15)
-    assert mmd2(x.astype(np.float32), y, bandwidth=2.0).mmd2 == pytest.approx(expected, abs=1e-6)
+    assert mmd2(x.astype(np.float32), y, 2.0, "unbiased", 1.0).mmd2 == pytest.approx(expected, abs=1e-6)
 
 
 def test_information_gain_is_half_logdet(sets):

@@ -122,7 +122,7 @@ def test_validate_rewards_end_to_end(tmp_path):
     assert saved["rewards"]["mmd"]["passed"] and saved["rewards"]["combined"]["passed"]
     assert set(saved["bandwidth_sweep"]["mmd"]) == {"0.5", "1"}
     assert "frechet" not in saved["bandwidth_sweep"]  # no bandwidth, not swept
-    assert require_validated(out / "validation.json", "combined")["passed"]
+    assert require_validated(out / "validation.json", "combined", enforce=True)["passed"]
     # every reward has a per-draw rho on every ladder
     assert all(saved["rewards"][r]["ladders"][ladder]["spearman_draws"] is not None
                for r in saved["rewards"] for ladder in LADDERS)
@@ -152,9 +152,9 @@ def test_mix_rule_prefers_the_steadier_credit_among_near_best_orderings():
     assert grid == [{"a": 1.0, "b": 0.0}, {"a": 0.5, "b": 0.5}, {"a": 0.0, "b": 1.0}]
     names = {"1 a": 0.1, "0.5 a + 0.5 b": 0.5, "1 b": 0.9}
     snr = {"by_pool_rounds": {"1": {name: {"pearson": r} for name, r in names.items()}}}
-    loose = ValidationConfig(ladders=("copies",), mix_terms=("a", "b"), mix_step=0.5, mix_tolerance=1.0)
+    loose = ValidationConfig.from_dict({"ladders": ["copies"], "mix": {"terms": ["a", "b"], "step": 0.5, "tolerance": 1.0}})
     assert select_mix(table, loose, 0.9, 1.0, snr, pool_rounds=1)["chosen"]["weights"] == {"a": 0.0, "b": 1.0}
-    strict = ValidationConfig(ladders=("copies",), mix_terms=("a", "b"), mix_step=0.5, mix_tolerance=0.0)
+    strict = ValidationConfig.from_dict({"ladders": ["copies"], "mix": {"terms": ["a", "b"], "step": 0.5, "tolerance": 0.0}})
     result = select_mix(table, strict, 0.9, 1.0, snr, pool_rounds=1)
     best = max(result["grid"], key=lambda g: g["min_spearman_draws"])
     assert result["chosen"]["weights"] == best["weights"] != {"a": 0.0, "b": 1.0}
@@ -194,7 +194,7 @@ def test_constant_reward_fails_with_reason(tmp_path):
     path = tmp_path / "v.json"
     path.write_text(json.dumps(summary))
     with pytest.raises(MarsdiffError, match="constant across levels"):
-        require_validated(path, "flat")
+        require_validated(path, "flat", enforce=True)
 
 
 def test_workflow_script_adapter(tmp_path):
@@ -209,8 +209,9 @@ def test_workflow_script_adapter(tmp_path):
     spec.loader.exec_module(module)
     root = synthetic_reference(tmp_path)
     out = tmp_path / "out"
-    section = {"reward": {"baseline_repeats": 3, "terms": {"mmd": {"kind": "mmd", "weight": 1.0}},
-                          "validation": {"repeats": 2, "set_size": 6, "ladders": ["copies"], "bandwidth_scales": [0.5]}}}
+    # the rule's params are the reward section itself (marsdiff.workflow.params.validate_rewards)
+    section = {"baseline_repeats": 3, "terms": {"mmd": {"kind": "mmd", "weight": 1.0}},
+               "validation": {"repeats": 2, "set_size": 6, "ladders": ["copies"], "bandwidth_scales": [0.5]}}
     snakemake = SimpleNamespace(
         input=SimpleNamespace(features=str(root / "f.npy"), ids=str(root / "f.ids.txt"), manifest=str(root / "manifest.csv")),
         output=SimpleNamespace(ladder=str(out / "ladder.csv"), validation=str(out / "validation.json"),

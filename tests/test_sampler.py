@@ -38,7 +38,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def recorded(backend):
-    sampler = RecordingSampler(backend, SamplingSettings(steps=6, batch_size=5, seed=3))
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 6, "batch_size": 5, "seed": 3}))
     return sampler, next(iter(sampler.sample(5, round_index=0)))
 
 
@@ -103,7 +103,7 @@ class PerImageSchedule:
 
 
 def test_per_image_schedules_are_recorded_and_reproduced(backend):
-    sampler = RecordingSampler(backend, SamplingSettings(steps=5, batch_size=4, seed=1), PerImageSchedule())
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 5, "batch_size": 4, "seed": 1}), PerImageSchedule())
     batch = next(iter(sampler.sample(4)))
     grids, prev = power_timesteps(1000, 5, torch.linspace(0.5, 2.5, 4))
     np.testing.assert_array_equal(batch.timesteps, grids.numpy())
@@ -173,8 +173,8 @@ def test_log_prob_convention_is_per_dimension_mean():
 
 
 def test_images_do_not_depend_on_batching(backend):
-    one = RecordingSampler(backend, SamplingSettings(steps=3, batch_size=1, seed=9))
-    four = RecordingSampler(backend, SamplingSettings(steps=3, batch_size=4, seed=9))
+    one = RecordingSampler(backend, SamplingSettings.from_config({"steps": 3, "batch_size": 1, "seed": 9}))
+    four = RecordingSampler(backend, SamplingSettings.from_config({"steps": 3, "batch_size": 4, "seed": 9}))
     singles = list(one.sample(4))
     together = next(iter(four.sample(4)))
     np.testing.assert_array_equal(np.concatenate([b.seed for b in singles]), together.seed)
@@ -207,7 +207,7 @@ def test_policy_parameters_receive_gradient(recorded, backend):
 
 
 def test_float16_store_keeps_the_chain_exact(backend):
-    sampler = RecordingSampler(backend, SamplingSettings(steps=3, batch_size=2, store_dtype="float16"))
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 3, "batch_size": 2, "store": {"dtype": "float16"}}))
     batch = next(iter(sampler.sample(2)))
     assert batch.latents.dtype == np.float16
     scheduler = backend.make_scheduler(eta=1.0)
@@ -240,12 +240,14 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
 
     out = tmp_path / "round_000"
     write_round(
-        RecordingSampler(backend, SamplingSettings(steps=2, batch_size=3)),
+        RecordingSampler(backend, SamplingSettings.from_config({"steps": 2, "batch_size": 3})),
         num_images=4,
         trajectories_path=out / "trajectories.h5",
         images_dir=out / "images",
         samples_csv=out / "samples.csv",
         stage_config={"sampling": {"steps": 2}},
+        compression="gzip",
+        compression_level=4,
     )
     assert len(list((out / "images").glob("*.png"))) == 4
     lines = (out / "samples.csv").read_text().splitlines()

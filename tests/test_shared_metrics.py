@@ -93,7 +93,7 @@ def test_reward_and_evaluation_mmd_share_kernel_and_estimator():
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=(20, 6)), rng.normal(0.5, 1.0, size=(25, 6))
     sigma = 1.7
-    reward = MMD(y, bandwidth=sigma, estimator="unbiased").value(x).mmd2
+    reward = MMD(y, bandwidth=sigma, estimator="unbiased", scale=1.0).value(x).mmd2
     # on the same kernel matrices the evaluation's estimator is the reward's, to the bit
     kxx, kyy, kxy = rbf_kernel(x, None, sigma), rbf_kernel(y, None, sigma), rbf_kernel(x, y, sigma)
     assert fidelity.unbiased_mmd2(kxx, kyy, kxy) == reward
@@ -111,8 +111,8 @@ def test_mmd_estimators_match_pair_sums():
     assert within_mean(kxx, "unbiased") == pytest.approx(off(kxx, n) / (n * (n - 1)), rel=1e-14)
     assert within_mean(kxx, "biased") == pytest.approx(kxx.sum() / n**2, rel=1e-14)
     unbiased = off(kxx, n) / (n * (n - 1)) + off(kyy, m) / (m * (m - 1)) - 2 * kxy.sum() / (n * m)
-    assert mmd2_from_kernels(kxx, kxy, within_mean(kyy), "unbiased") == pytest.approx(unbiased, rel=1e-13)
-    ones = weighted_unbiased_mmd2(kxx, kxy, within_mean(kyy), np.ones((1, n)))[0]
+    assert mmd2_from_kernels(kxx, kxy, within_mean(kyy, "unbiased"), "unbiased") == pytest.approx(unbiased, rel=1e-13)
+    ones = weighted_unbiased_mmd2(kxx, kxy, within_mean(kyy, "unbiased"), np.ones((1, n)))[0]
     assert ones == pytest.approx(unbiased, rel=1e-13)
 
 
@@ -128,7 +128,7 @@ def test_reward_and_evaluation_vendi_are_the_same_number():
     rng = np.random.default_rng(9)
     x = rng.normal(size=(15, 4))
     sigma = 1.2
-    reward = Vendi(bandwidth=sigma).value(x).score
+    reward = Vendi(None, bandwidth=sigma).value(x).score
     kernel = rbf_kernel(x, None, sigma)
     eigenvalues = np.linalg.eigvalsh(kernel / len(x))
     eigenvalues = eigenvalues[eigenvalues > 0]
@@ -141,7 +141,7 @@ def test_reward_and_evaluation_vendi_are_the_same_number():
 
 def test_vendi_leave_one_out_is_the_recomputed_score():
     x = np.random.default_rng(10).normal(size=(8, 3))
-    vendi = Vendi(bandwidth=0.9)
+    vendi = Vendi(None, bandwidth=0.9)
     credits = vendi.leave_one_out(x)
     full = vendi.value(x).score
     for a in range(len(x)):

@@ -109,7 +109,7 @@ def test_loads_a_local_directory_in_float32_on_cpu(backend):
 
 
 def test_sampling_and_log_prob_reproduction_with_cfg(backend):
-    sampler = RecordingSampler(backend, SamplingSettings(steps=4, batch_size=3, seed=1))
+    sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 4, "batch_size": 3, "seed": 1}))
     batch = next(iter(sampler.sample(3)))
     assert batch.images.shape == (3, 16, 16, 3) and batch.images.dtype == np.uint8
     assert batch.latents.shape == (3, 5, 4, 8, 8)

@@ -39,6 +39,8 @@ def header(n: int, **overrides) -> TrajectoryHeader:
         model_hash="model456",
         backend="pixel",
         scheduler_config={"num_train_timesteps": 1000},
+        compression="gzip",
+        compression_level=4,
     )
     fields.update(overrides)
     return TrajectoryHeader(**fields)

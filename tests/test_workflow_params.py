@@ -283,11 +283,13 @@ def test_config_reaches_the_stage(rule, probed, monkeypatch):
 
 
 def test_the_batch_size_reaches_the_sampler_settings(probed, monkeypatch):
-    """The bug this test was written for: sample_round fell back to SamplingSettings' 16."""
+    """The bug this test was written for: sample_round fell back to SamplingSettings' own 16."""
+    from marsdiff.config import section_schema
     from marsdiff.diffusion.sampler import SamplingSettings
 
     settings = run_script("sample_round", probed, monkeypatch)["settings"]
-    assert isinstance(settings, SamplingSettings) and settings.batch_size == 13 != SamplingSettings.batch_size
+    default = section_schema("sampling")["properties"]["batch_size"]["default"]
+    assert isinstance(settings, SamplingSettings) and settings.batch_size == 13 != default
 
 
 # ---------------------------------------------------------------------------- the params themselves

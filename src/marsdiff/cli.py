@@ -56,7 +56,7 @@ def doctor(config_path: str | None, model_dir: str, results_dir: str, images: in
     from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
     from marsdiff.diffusion.scheduler_logprob import LOG_PROB_CONVENTION
 
-    backend = load_backend(model_cfg, model_dir=model_dir, device=sampling.get("device", "auto"))
+    backend = load_backend(model_cfg, model_dir=model_dir, device=sampling["device"])
     _print_row(
         "model",
         f"{backend.kind}, latents {tuple(backend.latent_shape)}, {len(backend.conditions())} conditions, "

@@ -58,11 +58,11 @@ def check_settings(config: Mapping[str, Any], schema: Mapping[str, Any] | str | 
         schema = read_config_file(Path(schema or SCHEMA_PATH))
 
     check_finite(config)
-    reward = dict(config.get("reward") or {})
+    reward = dict(config["reward"])
     check_reward(reward, "reward")
-    sampling = dict(config.get("sampling") or {})
-    check_class_distribution(sampling.get("class_distribution", "uniform"), "sampling.class_distribution")
-    experiments = dict(config.get("experiments") or {})
+    sampling = dict(config["sampling"])
+    check_class_distribution(sampling["class_distribution"], "sampling.class_distribution")
+    experiments = dict(config["experiments"])
     for name in sorted(experiments):
         settings = experiment_settings(experiments, name, sampling)
         where = f"experiments.{name}"
@@ -179,7 +179,7 @@ def check_override_validated(top: Mapping[str, Any], merged: Mapping[str, Any], 
     validated one and each weighted term is a validated term (same name and kind); whether those
     terms passed depends on the data and stays with score_round.
     """
-    enforce = bool((merged.get("validation") or {}).get("enforce", True))
+    enforce = bool(merged["validation"]["enforce"])
     top_terms, top_bandwidth, top_scale = _combination(top)
     terms, bandwidth, scale = _combination(merged)
     if not enforce or (terms, bandwidth, scale) == (top_terms, top_bandwidth, top_scale):
@@ -273,15 +273,15 @@ def check_data_settings(config: Mapping[str, Any], summary: Mapping[str, Any]) -
     defaults live only in the schema); ``summary`` is :func:`reference_summary`'s."""
     from marsdiff.rl.experiments import experiment_settings, reward_config
 
-    pixel = (config.get("model") or {}).get("backend", "pixel") == "pixel"
+    pixel = config["model"]["backend"] == "pixel"
     # The pixel model's classes are the reference size classes; Stable Diffusion's conditions
     # are prompts (checked by value only).
     names = summary["classes"] if pixel else None
-    sampling = dict(config.get("sampling") or {})
-    check_class_distribution(sampling.get("class_distribution", "uniform"), "sampling.class_distribution", names)
+    sampling = dict(config["sampling"])
+    check_class_distribution(sampling["class_distribution"], "sampling.class_distribution", names)
     train, heldout = summary["train"], summary["heldout"]
-    reward = dict(config.get("reward") or {})
-    experiments = dict(config.get("experiments") or {})
+    reward = dict(config["reward"])
+    experiments = dict(config["experiments"])
     for name in sorted(experiments):
         where = f"experiments.{name}"
         own = dict(experiments[name] or {})

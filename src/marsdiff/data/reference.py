@@ -85,7 +85,7 @@ def check_reference_inputs(cfg_dict: dict, digest_file=None) -> list[tuple[str, 
         check_window(cfg, tile_path, width, height)
         named.append((f"tile/{source}", digest_file(tile_path, check=_check_image, kind="image")))
         named.append(("labels", digest_file(labels_path, check=None, kind="file")))
-    elif cfg.source == "folder":
+    else:  # "folder" (the schema allows no other source)
         root = folder_root(cfg)
         relatives = scan_image_folder(root)
         folder_ids(root, relatives)
@@ -96,8 +96,6 @@ def check_reference_inputs(cfg_dict: dict, digest_file=None) -> list[tuple[str, 
         if cfg.metadata_csv:
             read_metadata(Path(cfg.metadata_csv), relatives)
             named.append(("metadata", digest_file(Path(cfg.metadata_csv), check=None, kind="file")))
-    else:
-        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
     return named
 
 
@@ -112,14 +110,12 @@ def planned_split(cfg_dict: dict) -> pd.DataFrame:
         tile_path, labels_path, _ = tile_source(cfg)
         width, height = image_dimensions(tile_path)
         table = selected_craters(cfg, load_crater_labels(labels_path, width=width, height=height))
-    elif cfg.source == "folder":
+    else:  # "folder" (the schema allows no other source)
         root = folder_root(cfg)
         relatives = scan_image_folder(root)
         table = pd.DataFrame.from_records([{"source": str(r), **folder_categories(r)} for r in relatives])
         meta = read_metadata(Path(cfg.metadata_csv), relatives) if cfg.metadata_csv else None
         table = join_metadata(table, meta)
-    else:
-        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
     table = assign_size_and_split(table, cfg)
     check_class_sizes(table, cfg)
     return table[["size_cat", "split"]].assign(size_cat=table["size_cat"].astype(str))
@@ -197,10 +193,8 @@ def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     """Write the images into ``images_dir``; the image index (sizes and split, no appearance)."""
     if cfg.source == "hrsc":
         table = tile_records(cfg, images_dir)
-    elif cfg.source == "folder":
+    else:  # "folder" (the schema allows no other source)
         table = folder_records(cfg, images_dir)
-    else:
-        raise MarsdiffError(f"reference.source must be 'hrsc' or 'folder', got {cfg.source!r}")
     table = assign_size_and_split(table, cfg)
     check_class_sizes(table, cfg)
     # The index changes whenever an image does: downstream stages that skip the image folder's

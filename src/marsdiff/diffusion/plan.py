@@ -90,7 +90,7 @@ class FixedGeneration:
     mode = "base"
     action_names: tuple[str, ...] = ()
 
-    def __init__(self, condition_names: Sequence[str], class_distribution: Any = "uniform",
+    def __init__(self, condition_names: Sequence[str], class_distribution: Any,
                  knobs: Mapping[str, float | None] | None = None):
         self.condition_names = list(condition_names)
         self.probabilities = condition_probabilities(class_distribution, self.condition_names)

@@ -44,12 +44,14 @@ def write_round(
     stage_config: Mapping[str, Any] | None = None,
     policy_hash: str = "",
     mode: str | None = None,
-    compression: str = "gzip",
-    compression_level: int = 4,
+    *,
+    compression: str,
+    compression_level: int,
 ) -> dict[str, Any]:
     """Sample ``num_images`` with ``sampler`` and write the round's three outputs.
 
-    ``mode`` names what RL trains in this run (default: the generation policy's own mode)."""
+    ``mode`` names what RL trains in this run (default: the generation policy's own mode);
+    ``compression`` and ``compression_level`` are ``sampling.store``'s."""
     from tqdm import tqdm
 
     from marsdiff.data.images import save_png

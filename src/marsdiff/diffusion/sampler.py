@@ -20,9 +20,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from marsdiff.config import filled_section
 from marsdiff.diffusion.backends import DiffusionBackend
 from marsdiff.diffusion.plan import FixedGeneration, GenerationPlan, GenerationPolicy
-from marsdiff.diffusion.scheduler_logprob import DEFAULT_MIN_STD, power_timesteps
+from marsdiff.diffusion.scheduler_logprob import power_timesteps
 from marsdiff.diffusion.seeds import image_generators, image_seeds, plan_seeds
 from marsdiff.errors import MarsdiffError
 
@@ -31,29 +32,32 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The ``sampling:`` config section that shapes the chain (see the schema for meanings)."""
+    """What shapes the chain, of the ``sampling:`` section filled from the schema (see its
+    descriptions for meanings and defaults); ``store_dtype`` is ``store.dtype``. The round's size,
+    processes and file compression are read by the stages that use them."""
 
-    steps: int = 50
-    eta: float = 1.0
-    min_std: float = DEFAULT_MIN_STD
-    batch_size: int = 16
-    seed: int = 0
-    class_distribution: Any = "uniform"
-    store_dtype: str = "float32"
-    device: str = "auto"
+    steps: int
+    eta: float
+    min_std: float
+    batch_size: int
+    seed: int
+    class_distribution: Any
+    store_dtype: str
+    device: str
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SamplingSettings":
-        store = cfg.get("store") or {}
+        """Build from (part of) a ``sampling:`` section; keys left out take the schema's defaults."""
+        cfg = filled_section("sampling", cfg)
         return cls(
-            steps=int(cfg.get("steps", cls.steps)),
-            eta=float(cfg.get("eta", cls.eta)),
-            min_std=float(cfg.get("min_std", cls.min_std)),
-            batch_size=int(cfg.get("batch_size", cls.batch_size)),
-            seed=int(cfg.get("seed", cls.seed)),
-            class_distribution=cfg.get("class_distribution", "uniform"),
-            store_dtype=str(store.get("dtype", cls.store_dtype)),
-            device=str(cfg.get("device", cls.device)),
+            steps=int(cfg["steps"]),
+            eta=float(cfg["eta"]),
+            min_std=float(cfg["min_std"]),
+            batch_size=int(cfg["batch_size"]),
+            seed=int(cfg["seed"]),
+            class_distribution=cfg["class_distribution"],
+            store_dtype=str(cfg["store"]["dtype"]),
+            device=str(cfg["device"]),
         )
 
 
@@ -80,12 +84,9 @@ class TrajectoryBatch:
 class RecordingSampler:
     """Samples and records chains of one backend under one generation policy."""
 
-    def __init__(self, backend: DiffusionBackend, settings: SamplingSettings | None = None,
-                 policy: GenerationPolicy | None = None):
+    def __init__(self, backend: DiffusionBackend, settings: SamplingSettings, policy: GenerationPolicy | None = None):
         self.backend = backend
-        self.settings = settings or SamplingSettings()
-        if self.settings.store_dtype not in STORE_DTYPES:
-            raise MarsdiffError(f"sampling.store.dtype: {self.settings.store_dtype!r} is not one of {sorted(STORE_DTYPES)}")
+        self.settings = settings
         self.scheduler = backend.make_scheduler(eta=self.settings.eta, min_std=self.settings.min_std)
         self.timesteps = self.scheduler.set_timesteps(self.settings.steps)
         self.policy = policy or FixedGeneration(backend.conditions(), self.settings.class_distribution)

@@ -42,7 +42,7 @@ class FeatureExtractor(ABC):
 
     name: str = "base"
 
-    def __init__(self, batch_size: int = 64, device: str = "auto"):
+    def __init__(self, batch_size: int, device: str):
         self.batch_size = int(batch_size)
         self.device = resolve_device(device, "features.device")
 

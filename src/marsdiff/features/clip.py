@@ -23,8 +23,7 @@ from marsdiff.io.digests import file_digest
 class ClipFeatures(FeatureExtractor):
     name = "clip"
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, model_config: str | None = None,
-                 batch_size: int = 64, device: str = "auto"):
+    def __init__(self, model: str, pretrained: str | None, model_config: str | None, batch_size: int, device: str):
         super().__init__(batch_size=batch_size, device=device)
         try:
             import open_clip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.features.base import FeatureExtractor
 
@@ -34,16 +35,17 @@ EXTRACTORS: dict[str, Callable[[dict, dict], FeatureExtractor]] = {
 
 
 def build_extractor(name: str, features_cfg: dict | None = None) -> FeatureExtractor:
-    """Build extractor ``name`` from the whole ``features`` config section.
+    """Build extractor ``name`` from (part of) the ``features`` config section, the keys left out
+    filled from the schema.
 
     Its own options come from ``features_cfg[name]``; ``batch_size`` and ``device`` are shared.
     Torch and model code are imported only here, so importing marsdiff stays cheap.
     """
     if name not in EXTRACTORS:
         raise MarsdiffError(f"unknown feature extractor {name!r}; choose one of {', '.join(sorted(EXTRACTORS))}")
-    features_cfg = features_cfg or {}
-    options = dict(features_cfg.get(name) or {})
-    common = {"batch_size": features_cfg.get("batch_size", 64), "device": features_cfg.get("device", "auto")}
+    features_cfg = filled_section("features", features_cfg)
+    options = dict(features_cfg[name])
+    common = {"batch_size": features_cfg["batch_size"], "device": features_cfg["device"]}
     try:
         return EXTRACTORS[name](options, common)
     except TypeError as err:

@@ -81,8 +81,7 @@ class ImageNetCNN(FeatureExtractor):
 class MobileNetV2Features(ImageNetCNN):
     name = "mobilenet_v2"
 
-    def __init__(self, weights: str | None = None, layer: int = 10, grid: int = 2, input_size: int = 128,
-                 batch_size: int = 64, device: str = "auto"):
+    def __init__(self, weights: str | None, layer: int, grid: int, input_size: int, batch_size: int, device: str):
         from marsdiff.data.assets import mobilenet_v2_weights
 
         super().__init__(input_size=input_size, grid=grid, batch_size=batch_size, device=device)
@@ -105,8 +104,7 @@ class MobileNetV2Features(ImageNetCNN):
 class ResNet18Features(ImageNetCNN):
     name = "resnet18"
 
-    def __init__(self, weights: str | None = None, grid: int = 1, input_size: int = 224,
-                 batch_size: int = 64, device: str = "auto"):
+    def __init__(self, weights: str | None, batch_size: int, device: str, grid: int = 1, input_size: int = 224):
         import torch
         import torchvision
 

@@ -64,13 +64,14 @@ class TrajectoryHeader:
     model_hash: str
     backend: str
     scheduler_config: dict[str, Any]
+    # sampling.store.compression and compression_level (the schema's defaults; no copy here)
+    compression: str
+    compression_level: int
     action_names: Sequence[str] = ()
     mode: str = "base"
     policy_hash: str = ""
     round_index: int = 0
     latent_dtype: str = "float32"
-    compression: str = "gzip"
-    compression_level: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
 

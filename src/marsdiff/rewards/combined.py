@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim
 from marsdiff.rewards.kernels import resolve_bandwidth, squared_distances
@@ -39,76 +40,51 @@ from marsdiff.rewards.terms import build_term, term_options
 
 log = logging.getLogger(__name__)
 
-STANDARDISATIONS = ("none", "zscore")
-
-#: The default combination (also the config default): 0.5 MMD + 0.5 GP information gain,
-#: both z-scored against the reference baseline, the mix the declared rule picked on the
-#: ladders (docs/rewards.md); the other kinds are reported with weight 0.
-DEFAULT_TERMS: dict[str, dict[str, Any]] = {
-    "mmd": {"kind": "mmd", "weight": 0.5, "standardise": "zscore"},
-    "information_gain": {"kind": "information_gain", "weight": 0.5, "standardise": "zscore"},
-    "conditional_information_gain": {"kind": "conditional_information_gain", "weight": 0.0},
-    "cmmd": {"kind": "cmmd", "weight": 0.0},
-    "frechet": {"kind": "frechet", "weight": 0.0},
-    "vendi": {"kind": "vendi", "weight": 0.0},
-    "coverage": {"kind": "coverage", "weight": 0.0, "standardise": "zscore"},
-}
-
-
 @dataclass(frozen=True)
 class TermConfig:
     name: str
     kind: str
     weight: float
     standardise: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class RewardConfig:
+    """The ``reward:`` section, filled from the schema (whose descriptions give each default's
+    reason); ``pool_rounds`` is ``pool.rounds``. The ``validation`` subsection is
+    :class:`~marsdiff.rewards.validation.ValidationConfig`'s."""
+
     terms: tuple[TermConfig, ...]
-    bandwidth: float | str = "median"
-    #: 0.5 x median: the most reliable ladder ordering on the default reference features (docs/rewards.md)
-    bandwidth_scale: float = 0.5
-    baseline_repeats: int = 50
-    seed: int = 0
-    duplicate_factor: float = 0.25
-    novel_factor: float = 2.0
-    #: previous rounds of the experiment whose features join a round's set (``reward.pool.rounds``);
-    #: 1 raised the credit's split-half r on the train stand-in (docs/rewards.md)
-    pool_rounds: int = 1
+    bandwidth: float | str
+    bandwidth_scale: float
+    baseline_repeats: int
+    seed: int
+    duplicate_factor: float
+    novel_factor: float
+    pool_rounds: int
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> "RewardConfig":
-        """Build from the ``reward:`` config section (missing keys take the documented defaults)."""
-        section = dict(section or {})
-        raw_terms = section.get("terms") or DEFAULT_TERMS
-        terms = []
-        for name, spec in raw_terms.items():
-            spec = dict(spec)
-            kind = spec.pop("kind", name)
-            weight = float(spec.pop("weight", 1.0))
-            standardise = spec.pop("standardise", "zscore")
-            if standardise not in STANDARDISATIONS:
-                raise MarsdiffError(f"reward term {name!r}: standardise must be one of {STANDARDISATIONS}")
-            terms.append(TermConfig(name, kind, weight, standardise, term_options(kind, spec)))
+        """Build from the ``reward:`` config section; keys left out take the schema's defaults."""
+        section = filled_section("reward", section)
+        terms = tuple(
+            TermConfig(name, spec["kind"], float(spec["weight"]), spec["standardise"], term_options(spec["kind"], spec))
+            for name, spec in section["terms"].items()
+        )
+        # (the schema checks each value's range; this needs all the terms at once)
         if not any(term.weight != 0.0 for term in terms):
             raise MarsdiffError("reward.terms: at least one term needs a non-zero weight")
-        config = cls(
-            terms=tuple(terms),
-            bandwidth=section.get("bandwidth", "median"),
-            bandwidth_scale=float(section.get("bandwidth_scale", cls.bandwidth_scale)),
-            baseline_repeats=int(section.get("baseline_repeats", 50)),
-            seed=int(section.get("seed", 0)),
-            duplicate_factor=float(section.get("duplicate_factor", 0.25)),
-            novel_factor=float(section.get("novel_factor", 2.0)),
-            pool_rounds=int((section.get("pool") or {}).get("rounds", cls.pool_rounds)),
+        return cls(
+            terms=terms,
+            bandwidth=section["bandwidth"],
+            bandwidth_scale=float(section["bandwidth_scale"]),
+            baseline_repeats=int(section["baseline_repeats"]),
+            seed=int(section["seed"]),
+            duplicate_factor=float(section["duplicate_factor"]),
+            novel_factor=float(section["novel_factor"]),
+            pool_rounds=int(section["pool"]["rounds"]),
         )
-        if config.pool_rounds < 0:
-            raise MarsdiffError(f"reward.pool.rounds must be 0 (off) or a positive number of rounds, got {config.pool_rounds}")
-        if config.baseline_repeats < 2:
-            raise MarsdiffError("reward.baseline_repeats must be at least 2 (a standard deviation needs 2 draws)")
-        return config
 
     def with_bandwidth_scale(self, scale: float) -> "RewardConfig":
         return dataclasses.replace(self, bandwidth_scale=float(scale))

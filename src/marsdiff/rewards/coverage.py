@@ -109,7 +109,7 @@ class Coverage:
     """Soft coverage of a fixed reference set; see the module docstring."""
 
     def __init__(
-        self, reference: Any, bandwidth: float | str = "median", kernel_scale: float = 1.0, bandwidth_scale: float = 1.0
+        self, reference: Any, bandwidth: float | str, kernel_scale: float = 1.0, bandwidth_scale: float = 1.0
     ):
         self.reference = as_features(reference, "reference features", min_rows=2)
         self.kernel_scale = check_bandwidth(kernel_scale)

@@ -67,13 +67,14 @@ def _check_noise(noise_var: float) -> float:
 
 class InformationGain:
     """IG(X), or IG(X | reference) when ``conditional``; the bandwidth comes from the reference
-    (median heuristic) when one is given, else from the generated set at each call."""
+    (median heuristic) when one is given (``reference`` may be None), else from the generated set
+    at each call."""
 
     def __init__(
         self,
-        reference: Any = None,
-        bandwidth: float | str = "median",
-        noise_var: float = 0.1,
+        reference: Any,
+        bandwidth: float | str,
+        noise_var: float,
         conditional: bool = False,
         bandwidth_scale: float = 1.0,
         reference_kernel: np.ndarray | None = None,
@@ -138,14 +139,14 @@ class InformationGain:
 
 
 def information_gain(
-    generated: Any, bandwidth: float | str = "median", noise_var: float = 0.1, reference: Any = None
+    generated: Any, bandwidth: float | str, noise_var: float, reference: Any = None
 ) -> InformationGainResult:
     """``0.5 log det(I + K_xx/s^2)``; a median bandwidth is taken on ``reference`` if given, else on X."""
     return InformationGain(reference, bandwidth, noise_var).value(generated)
 
 
 def conditional_information_gain(
-    generated: Any, reference: Any, bandwidth: float | str = "median", noise_var: float = 0.1
+    generated: Any, reference: Any, bandwidth: float | str, noise_var: float
 ) -> InformationGainResult:
     """``IG(X | Y) = 0.5 log det(I + K_post/s^2)``: what X adds beyond the reference Y."""
     return InformationGain(reference, bandwidth, noise_var, conditional=True).value(generated)

@@ -23,6 +23,8 @@ from marsdiff.errors import MarsdiffError
 
 #: Above this many rows the median heuristic uses a fixed random subset (distances are O(m^2)).
 MEDIAN_MAX_ROWS = 4000
+#: The seed of that subset (not a config setting: the bandwidth of a feature set never varies).
+MEDIAN_SEED = 0
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -64,16 +66,18 @@ def pair_median(distances: np.ndarray) -> float:
     return float(np.median(distances[upper]))
 
 
-def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarray | None = None) -> float:
+def median_heuristic(features: np.ndarray, sq_distances: np.ndarray | None = None) -> float:
     """Median Euclidean distance over pairs i < j of rows; raises if it is 0 (identical features).
 
-    ``sq_distances``: the rows' precomputed squared-distance matrix, if the caller has it.
+    ``sq_distances``: the rows' precomputed squared-distance matrix, if the caller has it. Above
+    MEDIAN_MAX_ROWS rows the median is taken on a fixed-seed subsample (MEDIAN_SEED), so the
+    bandwidth of a given feature set is always the same.
     """
     if len(features) < 2:
         raise MarsdiffError("the median-heuristic bandwidth needs at least 2 feature rows")
     if sq_distances is None:
         if len(features) > MEDIAN_MAX_ROWS:
-            rows = np.random.default_rng(seed).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
+            rows = np.random.default_rng(MEDIAN_SEED).choice(len(features), MEDIAN_MAX_ROWS, replace=False)
             features = features[np.sort(rows)]
         sq_distances = squared_distances(features)
     # The median of the distances, not the root of the median squared distance: with an even
@@ -89,7 +93,7 @@ def median_heuristic(features: np.ndarray, seed: int = 0, sq_distances: np.ndarr
 
 
 def resolve_bandwidth(
-    bandwidth: float | str, features: np.ndarray, scale: float = 1.0, sq_distances: np.ndarray | None = None
+    bandwidth: float | str, features: np.ndarray, scale: float, sq_distances: np.ndarray | None = None
 ) -> tuple[float, str]:
     """``(sigma, source)``: a fixed number as given, or ``scale`` x the median heuristic on ``features``."""
     if isinstance(bandwidth, str):

@@ -58,7 +58,7 @@ class MMDResult:
         return -self.mmd2
 
 
-def within_mean(kernel: np.ndarray, estimator: str = "unbiased") -> float:
+def within_mean(kernel: np.ndarray, estimator: str) -> float:
     """Mean kernel value within one set: over pairs i != j (unbiased) or over all pairs (biased)."""
     n = len(kernel)
     if estimator == "unbiased":
@@ -66,7 +66,7 @@ def within_mean(kernel: np.ndarray, estimator: str = "unbiased") -> float:
     return kernel.sum() / (n * n)
 
 
-def mmd2_from_kernels(kxx: np.ndarray, kxy: np.ndarray, t_yy: float, estimator: str = "unbiased") -> float:
+def mmd2_from_kernels(kxx: np.ndarray, kxy: np.ndarray, t_yy: float, estimator: str) -> float:
     """MMD^2 from the generated kernel matrix, the cross matrix and the reference's :func:`within_mean`."""
     n, m = kxy.shape
     return float(within_mean(kxx, estimator) + t_yy - 2.0 * kxy.sum() / (n * m))
@@ -94,9 +94,9 @@ class MMD:
     def __init__(
         self,
         reference: Any,
-        bandwidth: float | str = "median",
-        estimator: str = "unbiased",
-        scale: float = 1.0,
+        bandwidth: float | str,
+        estimator: str,
+        scale: float,
         unit_norm: bool = False,
         bandwidth_scale: float = 1.0,
         reference_kernel: np.ndarray | None = None,
@@ -161,9 +161,9 @@ class MMD:
 def mmd2(
     generated: Any,
     reference: Any,
-    bandwidth: float | str = "median",
-    estimator: str = "unbiased",
-    scale: float = 1.0,
+    bandwidth: float | str,
+    estimator: str,
+    scale: float,
     unit_norm: bool = False,
 ) -> MMDResult:
     """MMD^2 of generated vs reference features (median bandwidth taken on the reference)."""

@@ -54,6 +54,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.reading import open_image, read_csv, rerun_hint
 from marsdiff.rewards.combined import CombinedResult, RewardConfig, RewardModel
@@ -339,7 +340,7 @@ def score_round(
     # cheap refusals first: a failed validation or a too-small round must not cost an extraction
     validation = check_validated(validation_json, reward_section)
     samples, paths = read_round_samples(samples_csv, images_dir)
-    extractor = extractor or list(features_cfg.get("extractors") or ["mobilenet_v2"])[0]
+    extractor = extractor or filled_section("features", features_cfg)["extractors"][0]
     encoder = build_extractor(extractor, dict(features_cfg))
     # both sides from the same extractor setting, or the distances mean nothing
     reference, reference_ids = train_reference_features(reference_features, manifest, extractor, encoder.dim)

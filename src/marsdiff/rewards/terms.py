@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from marsdiff.config import fill_defaults, section_schema
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.coverage import Coverage
 from marsdiff.rewards.frechet import Frechet
@@ -31,31 +32,38 @@ from marsdiff.rewards.kernels import kernel_from_sq_distances
 from marsdiff.rewards.mmd import CMMD_BANDWIDTH, CMMD_SCALE, MMD
 from marsdiff.rewards.vendi import Vendi
 
-TERM_OPTIONS: dict[str, dict[str, Any]] = {
-    "mmd": {"estimator": "unbiased", "scale": 1.0},
-    "cmmd": {},
-    "information_gain": {"noise_var": 0.1},
-    "conditional_information_gain": {"noise_var": 0.1},
-    "frechet": {},
-    "vendi": {},
-    # sigma = shared bandwidth x kernel_scale; 0.5 (with the shared 0.5 x median) chosen on the ladders
-    "coverage": {"kernel_scale": 0.5},
+#: The options each kind takes; their defaults are the schema's (``reward.terms`` entries,
+#: ``defaultsBy: kind``), so a term built outside a whole config gets the same ones.
+TERM_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mmd": ("estimator", "scale"),
+    "cmmd": (),
+    "information_gain": ("noise_var",),
+    "conditional_information_gain": ("noise_var",),
+    "frechet": (),
+    "vendi": (),
+    "coverage": ("kernel_scale",),
 }
 TERM_KINDS = tuple(TERM_OPTIONS)
+#: The keys of a term spec that are not options of its kind.
+TERM_KEYS = ("kind", "weight", "standardise")
 #: Kinds whose kernel uses the shared reward bandwidth (cmmd fixes its own; frechet has none).
 BANDWIDTH_KINDS = ("mmd", "information_gain", "conditional_information_gain", "vendi", "coverage")
 
 
 def term_options(kind: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """The kind's options with defaults filled in; unknown kinds or options are errors."""
+    """The kind's options of a term spec (its kind, weight and standardise keys are ignored), the
+    ones left out filled from the schema; unknown kinds or options are errors (the schema lists
+    every kind's options on every term, so the one-kind check is made here)."""
     if kind not in TERM_OPTIONS:
         raise MarsdiffError(f"unknown reward kind {kind!r}; choose one of {', '.join(TERM_KINDS)}")
     allowed = TERM_OPTIONS[kind]
-    options = {key: value for key, value in (options or {}).items() if value is not None}
+    options = {key: value for key, value in (options or {}).items() if value is not None and key not in TERM_KEYS}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise MarsdiffError(f"reward kind {kind!r} has no option(s) {unknown}; it takes {sorted(allowed) or 'none'}")
-    return {**allowed, **options}
+    spec = {**options, "kind": kind}
+    fill_defaults(spec, section_schema("reward.terms.*"))
+    return {key: spec[key] for key in allowed}
 
 
 def build_term(

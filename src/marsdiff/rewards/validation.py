@@ -44,12 +44,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.atomic import atomic_path, write_json
 from marsdiff.rewards.combined import RewardConfig, RewardModel
 from marsdiff.rewards.inputs import as_features
 from marsdiff.rewards.kernels import squared_distances
-from marsdiff.rewards.ladders import LADDER_NAMES, build_ladder
+from marsdiff.rewards.ladders import build_ladder
 from marsdiff.rewards.reliability import agreement, mix_credit, split_half_credits
 from marsdiff.rewards.terms import BANDWIDTH_KINDS
 
@@ -67,50 +68,48 @@ PREVIOUS_DEFAULT = {"mmd": 0.7, "information_gain": 0.3}
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    min_spearman: float = 0.9
-    enforce: bool = True
-    set_size: int = 24
-    repeats: int = 20
-    ladders: tuple[str, ...] = ("copies", "size", "lighting", "categories", "noise")
-    bandwidth_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    seed: int = 0
-    mix_terms: tuple[str, ...] = ("mmd", "information_gain", "coverage")
-    mix_step: float = 0.25
-    mix_tolerance: float = 0.05
-    snr_set_size: int = 32
-    snr_pool_rounds: tuple[int, ...] = (0, 1)
-    snr_probes: int = 60
-    snr_repeats: int = 4
+    """The ``reward.validation`` section, filled from the schema; ``mix_*`` and ``snr_*`` are the
+    ``mix`` and ``snr`` subsections' keys."""
+
+    min_spearman: float
+    enforce: bool
+    set_size: int
+    repeats: int
+    ladders: tuple[str, ...]
+    bandwidth_scales: tuple[float, ...]
+    seed: int
+    mix_terms: tuple[str, ...]
+    mix_step: float
+    mix_tolerance: float
+    snr_set_size: int
+    snr_pool_rounds: tuple[int, ...]
+    snr_probes: int
+    snr_repeats: int
 
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> "ValidationConfig":
-        section = dict(section or {})
-        default = cls()
+        """Build from the ``reward.validation`` section; keys left out take the schema's defaults."""
+        section = filled_section("reward.validation", section)
+        mix, snr = section["mix"], section["snr"]
         config = cls(
-            min_spearman=float(section.get("min_spearman", default.min_spearman)),
-            enforce=bool(section.get("enforce", default.enforce)),
-            set_size=int(section.get("set_size", default.set_size)),
-            repeats=int(section.get("repeats", default.repeats)),
-            ladders=tuple(section.get("ladders", default.ladders)),
-            bandwidth_scales=tuple(float(s) for s in section.get("bandwidth_scales", default.bandwidth_scales)),
-            seed=int(section.get("seed", default.seed)),
-            mix_terms=tuple((section.get("mix") or {}).get("terms", default.mix_terms)),
-            mix_step=float((section.get("mix") or {}).get("step", default.mix_step)),
-            mix_tolerance=float((section.get("mix") or {}).get("tolerance", default.mix_tolerance)),
-            snr_set_size=int((section.get("snr") or {}).get("set_size", default.snr_set_size)),
-            snr_pool_rounds=tuple(int(k) for k in (section.get("snr") or {}).get("pool_rounds", default.snr_pool_rounds)),
-            snr_probes=int((section.get("snr") or {}).get("probes", default.snr_probes)),
-            snr_repeats=int((section.get("snr") or {}).get("repeats", default.snr_repeats)),
+            min_spearman=float(section["min_spearman"]),
+            enforce=bool(section["enforce"]),
+            set_size=int(section["set_size"]),
+            repeats=int(section["repeats"]),
+            ladders=tuple(section["ladders"]),
+            bandwidth_scales=tuple(float(s) for s in section["bandwidth_scales"]),
+            seed=int(section["seed"]),
+            mix_terms=tuple(mix["terms"]),
+            mix_step=float(mix["step"]),
+            mix_tolerance=float(mix["tolerance"]),
+            snr_set_size=int(snr["set_size"]),
+            snr_pool_rounds=tuple(int(k) for k in snr["pool_rounds"]),
+            snr_probes=int(snr["probes"]),
+            snr_repeats=int(snr["repeats"]),
         )
-        if not 0.0 < config.mix_step <= 1.0 or abs(round(1.0 / config.mix_step) * config.mix_step - 1.0) > 1e-9:
+        # The schema bounds the step to (0, 1]; that it divides 1 it cannot say.
+        if abs(round(1.0 / config.mix_step) * config.mix_step - 1.0) > 1e-9:
             raise MarsdiffError(f"reward.validation.mix.step must divide 1 (e.g. 0.25), got {config.mix_step}")
-        if config.snr_set_size < 3 or config.snr_probes < 3 or config.snr_repeats < 1 or min(config.snr_pool_rounds, default=0) < 0:
-            raise MarsdiffError("reward.validation.snr needs set_size >= 3, probes >= 3, repeats >= 1 and pool_rounds >= 0")
-        unknown = sorted(set(config.ladders) - set(LADDER_NAMES))
-        if unknown:
-            raise MarsdiffError(f"reward.validation.ladders: unknown ladder(s) {unknown}; choose from {LADDER_NAMES}")
-        if config.set_size < 3 or config.repeats < 2:
-            raise MarsdiffError("reward.validation needs set_size >= 3 and repeats >= 2")
         return config
 
 
@@ -400,7 +399,7 @@ def plot_ladder(table: pd.DataFrame, ladder: str, summary: dict[str, Any], path:
         low, high = stats_by_level.quantile(0.025), stats_by_level.quantile(0.975)
         ax.fill_between(mean.index, low, high, alpha=0.25)
         ax.plot(mean.index, mean.values, "o-", ms=3)
-        verdict = summary["rewards"].get(reward, {}).get("ladders", {}).get(ladder, {})
+        verdict = summary["rewards"].get(reward, {"ladders": {}})["ladders"].get(ladder, {})
         rho = verdict.get("spearman")
         label = "ρ n/a" if rho is None else f"ρ {rho:.2f}"
         if verdict.get("spearman_draws") is not None:
@@ -479,7 +478,7 @@ def validate_rewards(
     return summary
 
 
-def require_validated(validation_json_path: str | Path, reward_name: str, enforce: bool = True) -> dict[str, Any] | None:
+def require_validated(validation_json_path: str | Path, reward_name: str, enforce: bool) -> dict[str, Any] | None:
     """Raise MarsdiffError saying why unless ``reward_name`` passed every ladder (no-op check if not enforce).
 
     Returns the reward's entry of validation.json (None when not enforced and it is unavailable).

@@ -71,7 +71,7 @@ def weighted_vendi(kernel: np.ndarray, weights: np.ndarray) -> float:
 class Vendi:
     """Order-1 Vendi score with an RBF kernel; the bandwidth comes from the reference when given."""
 
-    def __init__(self, reference: Any = None, bandwidth: float | str = "median", bandwidth_scale: float = 1.0):
+    def __init__(self, reference: Any, bandwidth: float | str, bandwidth_scale: float = 1.0):
         self.reference = None if reference is None else as_features(reference, "reference features", 2)
         self._bandwidth_spec, self._bandwidth_scale = bandwidth, bandwidth_scale
         self.bandwidth: float | None = None
@@ -107,6 +107,6 @@ class Vendi:
         return credits
 
 
-def vendi_score(generated: Any, bandwidth: float | str = "median", reference: Any = None) -> VendiResult:
+def vendi_score(generated: Any, bandwidth: float | str, reference: Any = None) -> VendiResult:
     """Order-1 Vendi score; a median bandwidth is taken on ``reference`` if given, else on X."""
     return Vendi(reference, bandwidth).value(generated)

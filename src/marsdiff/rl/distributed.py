@@ -204,14 +204,15 @@ def processes_setting(value: Any) -> int:
 
 
 def round_device(cfg: Mapping[str, Any]) -> str:
-    """'cuda' or 'cpu': where a round stage of ``cfg`` (model + sampling sections) runs its model."""
+    """'cuda' or 'cpu': where a round stage of ``cfg`` (the round's params: the backend's model
+    section and the sampling keys, schema-filled) runs its model."""
     from marsdiff.devices import resolve_device
 
-    model = dict(cfg.get("model") or {})
-    if model.get("backend", "pixel") == "stable_diffusion":
-        setting, value = "model.stable_diffusion.device", dict(model.get("stable_diffusion") or {}).get("device", "auto")
+    model = cfg["model"]
+    if model["backend"] == "stable_diffusion":
+        setting, value = "model.stable_diffusion.device", model["stable_diffusion"]["device"]
     else:
-        setting, value = "sampling.device", dict(cfg.get("sampling") or {}).get("device", "auto")
+        setting, value = "sampling.device", cfg["sampling"]["device"]
     return resolve_device(value, setting).type
 
 

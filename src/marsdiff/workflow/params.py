@@ -107,7 +107,7 @@ def backend(config: Mapping[str, Any]) -> dict[str, Any]:
     if config["model"]["backend"] == "stable_diffusion":
         model["stable_diffusion"] = config["model"]["stable_diffusion"]
     else:
-        model["pixel"] = {"device": config["model"]["pixel"].get("device", "auto")}
+        model["pixel"] = {"device": config["model"]["pixel"]["device"]}
     return model
 
 
@@ -158,7 +158,7 @@ def select_knob(config: Mapping[str, Any]) -> dict[str, Any]:
     validation draw of train crops), the chain's floor and the backend."""
     from marsdiff.evalset.models import selection_settings
 
-    return {"selection": selection_settings(config), "reference_seed": int(config["reference"].get("seed", 0)),
+    return {"selection": selection_settings(config), "reference_seed": int(config["reference"]["seed"]),
             "sampling": _sampling(config, ("min_std", "device")), "model": backend(config)}
 
 

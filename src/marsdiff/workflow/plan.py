@@ -87,7 +87,7 @@ class Plan:
     def pool_rounds(self, exp: str) -> int:
         """reward.pool.rounds of ``exp`` (its override merged in): how many previous rounds'
         features join a round's set for the credit (docs/rewards.md, "Pool")."""
-        return int((self.rewards[exp].get("pool") or {}).get("rounds", 0))
+        return int(self.rewards[exp]["pool"]["rounds"])
 
     # ---------------------------------------------------------------- evaluation
     @property
