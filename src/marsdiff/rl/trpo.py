@@ -294,11 +294,14 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
                    disable=not progress or not group.is_writer)
 
-        def evaluate(kl_bound: float):
-            return evaluate_surrogate_and_kl(actions, family, batches, first.olds, total, bar, bases, coef, group, kl_bound)
+        def evaluate(kl_bound: float, order):
+            return evaluate_surrogate_and_kl(actions, family, batches, first.olds, total, bar, bases, coef, group, kl_bound,
+                                             order)
 
+        # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
         search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, surrogate_old,
-                                          settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries)
+                                          settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries,
+                                          batches=len(batches))
         bar.close()
         if not search.accepted:
             log.warning(
