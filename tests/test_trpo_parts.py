@@ -16,7 +16,7 @@ from marsdiff.rl.actions import DenoiseActions
 from marsdiff.rl.conjugate_gradient import conjugate_gradient
 from marsdiff.rl.kl_families import DenoiseKL
 from marsdiff.rl import trpo as trpo_module
-from marsdiff.rl.line_search import backtracking_line_search, evaluate_surrogate_and_kl, next_order
+from marsdiff.rl.line_search import backtracking_line_search, evaluate_surrogate_and_kl, next_order, regroup_by_sigma
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.trpo import FisherVectorProduct, TRPOSettings, leading_actions, trpo_update
 from test_rl_trpo import LinearGaussianSteps, experiment, flat, perturb_lora_b, relative, sample
@@ -290,3 +290,37 @@ def test_ordered_line_search_takes_the_same_step_with_fewer_batches_scored():
     assert (ordered.tries, ordered.fraction, ordered.kl, ordered.gain) == (plain.tries, plain.fraction, plain.kl, plain.gain)
     assert torch.equal(finals[0], finals[1])
     assert counts[1] < counts[0]
+
+
+@pytest.fixture(scope="module")
+def longer_round(tmp_path_factory):
+    """4 images x 8 steps: several step sigmas in the round (the 3-step round trains one step)."""
+    exp = experiment("lora_unet", images=4, steps=8)
+    policy = RoundPolicy.initial("lora_unet", tiny_pixel_backend(), exp)
+    perturb_lora_b(policy.backend.unet)
+    return policy, sample(policy, exp, 0, tmp_path_factory.mktemp("longer_round"))
+
+
+def test_regroup_by_sigma_keeps_every_step_once_with_its_own_snapshot(longer_round):
+    policy, path = longer_round
+    actions = DenoiseActions(policy, path, np.zeros((4, 8)), 4)
+    batches = list(actions.minibatches(0))
+    count = sum(len(b) for b in batches)
+    with torch.no_grad():
+        olds = [DenoiseKL.snapshot(actions, b, actions.evaluate(b)) for b in batches]
+    tag = lambda b: torch.as_tensor(b.image_index * 100 + b.step_index, dtype=torch.float32)
+    bases = [tag(b).view(-1, 1, 1, 1).expand_as(o[0]).clone() for b, o in zip(batches, olds)]
+    grouped, grouped_olds, grouped_bases = regroup_by_sigma(batches, olds, bases, 5)
+    assert [len(b) for b in grouped] == [5] * (count // 5) + ([count % 5] if count % 5 else [])
+    keys = lambda bs: sorted(zip(np.concatenate([b.image_index for b in bs]).tolist(),
+                                 np.concatenate([b.step_index for b in bs]).tolist()))
+    assert keys(grouped) == keys(batches)  # every (image, step) once
+    sigma = torch.cat([o[1] for o in grouped_olds])
+    assert bool((sigma[1:] >= sigma[:-1]).all()) and sigma[0] < sigma[-1]  # smallest sigma (largest 1/sigma^2) first
+    with torch.no_grad():
+        for b, (mean, std), base in zip(grouped, grouped_olds, grouped_bases):
+            again = actions.evaluate(b)
+            assert torch.equal(std, again.std) and torch.allclose(mean, again.mean, rtol=0, atol=1e-6)
+            assert torch.equal(base[:, 0, 0, 0], tag(b))  # each row's base mean went with it
+    assert regroup_by_sigma(batches, olds, None, 5)[2] is None
+    actions.close()

@@ -9,12 +9,19 @@ rejected whatever the remaining actions hold, and the rest of the pass is skippe
 same tries are accepted and rejected as with the whole pass). Only the rejection can be decided
 on part of the round: acceptance needs the whole round's KL and surrogate.
 
-The lower bound passes the bound soonest when the minibatches with the most KL are scored first.
-Every try after the first therefore scores the minibatches in decreasing order of their KL per
-unit squared step, KL / fraction^2, as last measured (:func:`next_order`): the same minibatches
-hold most of the KL from one fraction to the next (measured in docs/rl.md, "TRPO"). The order
-changes nothing but where a rejected pass stops: the round's KL and surrogate of a complete pass
-are summed in the minibatches' own order, so they are the same floats as an unordered pass gives.
+The lower bound passes the bound soonest when the actions with the most KL are scored first.
+Two orderings serve that, neither changing which tries are accepted:
+
+* the denoising steps are regrouped once, before the first try, into minibatches by decreasing
+  1 / sigma^2 (:func:`regroup_by_sigma`): a step's KL is mean_d (mu_new - mu_old)^2 / (2 sigma^2),
+  and on the benchmark round the last steps (smallest sigma) carry up to 100 times the KL of the
+  first, the 32 actions of largest KL more than half of the round's (docs/rl.md, "TRPO");
+* every try after the first scores the minibatches in decreasing order of their KL per unit
+  squared step, KL / fraction^2, as last measured (:func:`next_order`).
+
+The round's KL and surrogate of a complete pass are summed in the minibatches' own order, so
+:func:`next_order` changes nothing but where a rejected pass stops; the regrouping puts other rows
+together in a minibatch, which changes the sums by rounding only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from marsdiff.faults import kill_point
@@ -96,6 +104,34 @@ def evaluate_surrogate_and_kl(actions, family, batches: Sequence[Any], olds: Seq
     new = torch.cat(new_parts) if n else torch.zeros(0)
     old = torch.cat(old_parts) if n else torch.zeros(0)
     return RoundEvaluation(group.sum(surrogate), group.sum(kl), True, group.cat(new), group.cat(old), kl_parts)
+
+
+def regroup_by_sigma(batches: Sequence[Any], olds: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     bases: Sequence[torch.Tensor] | None, size: int):
+    """The denoising steps of ``batches`` (TransitionBatch, or arrays of row indices) regrouped into minibatches of ``size``
+    by decreasing 1 / sigma^2 (the old snapshot's sigma; ties keep the round's order), with their
+    old (mean, sigma) snapshots and base means (``bases``, or None) regrouped alike."""
+    if not batches:
+        return list(batches), list(olds), bases
+    if isinstance(batches[0], np.ndarray):  # row indices (test families)
+        everything = np.concatenate(list(batches))
+        take = everything.__getitem__
+    else:
+        everything = type(batches[0]).concatenate(list(batches))
+        take = everything.take
+    mean = torch.cat([o[0] for o in olds])
+    std = torch.cat([o[1] for o in olds])
+    # Stable: equal sigmas (the same step of every image) keep the round's shuffled order.
+    rows = torch.sort(std.reshape(len(std), -1)[:, 0].double(), stable=True).indices
+    base = torch.cat(list(bases)) if bases else None
+    out_batches, out_olds, out_bases = [], [], [] if bases else None
+    for lo in range(0, len(rows), max(1, int(size))):
+        part = rows[lo:lo + size]
+        out_batches.append(take(part.numpy()))
+        out_olds.append((mean[part], std[part]))
+        if base is not None:
+            out_bases.append(base[part])
+    return out_batches, out_olds, out_bases
 
 
 def next_order(previous: Sequence[int] | None, batch_kl: Sequence[float | None] | None, fraction: float,

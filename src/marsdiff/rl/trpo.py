@@ -74,8 +74,14 @@ from marsdiff.rl.fisher_vector_product import (
     has_attention,
     twice_differentiable_attention,
 )
-from marsdiff.rl.kl_families import kl_family, policy_module, split_batch
-from marsdiff.rl.line_search import LineSearchResult, backtracking_line_search, base_penalty, evaluate_surrogate_and_kl
+from marsdiff.rl.kl_families import DenoiseKL, kl_family, policy_module, split_batch
+from marsdiff.rl.line_search import (
+    LineSearchResult,
+    backtracking_line_search,
+    base_penalty,
+    evaluate_surrogate_and_kl,
+    regroup_by_sigma,
+)
 from marsdiff.rl.parameter_vectors import flat_vector, unflat_vector
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.skips import require_finite
@@ -294,14 +300,21 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
                    disable=not progress or not group.is_writer)
 
+        # One process: the denoising steps regrouped by decreasing 1/sigma^2, where their KL lies,
+        # so that a rejected try's early stop comes sooner (line_search.py). Several ranks score
+        # every try whole (no early stop): nothing to gain there.
+        search_batches, search_olds, search_bases = batches, first.olds, bases
+        if group.world == 1 and family is DenoiseKL:
+            search_batches, search_olds, search_bases = regroup_by_sigma(batches, first.olds, bases, settings.minibatch_size)
+
         def evaluate(kl_bound: float, order):
-            return evaluate_surrogate_and_kl(actions, family, batches, first.olds, total, bar, bases, coef, group, kl_bound,
-                                             order)
+            return evaluate_surrogate_and_kl(actions, family, search_batches, search_olds, total, bar, search_bases, coef,
+                                             group, kl_bound, order)
 
         # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
         search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, surrogate_old,
                                           settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries,
-                                          batches=len(batches))
+                                          batches=len(search_batches))
         bar.close()
         if not search.accepted:
             log.warning(
