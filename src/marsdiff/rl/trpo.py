@@ -41,7 +41,10 @@ its module:
 5. Backtracking line search (:mod:`marsdiff.rl.line_search`): theta_old + shrink^k beta s,
    k = 0 .. line_search_max_tries - 1; the first step whose mean KL(old || new) over the round's
    actions is <= max_kl and whose surrogate improves is kept. If none is, the old parameters are
-   copied back bit for bit and the rejection is logged.
+   copied back bit for bit and the rejection is logged. A try stops as soon as the KL of the
+   actions scored so far already exceeds max_kl; with one process the denoising steps are scored
+   in minibatches regrouped by decreasing 1/sigma^2 and, after the first try, the minibatches with
+   the most KL first, so that stop comes early (the same tries accepted: line_search.py).
 
 Products per update: ``cg_iterations`` at most (it was 2 + ``cg_iterations``: a separate F g
 for the damping and a separate F s for the step length).
