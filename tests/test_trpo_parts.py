@@ -324,3 +324,17 @@ def test_regroup_by_sigma_keeps_every_step_once_with_its_own_snapshot(longer_rou
             assert torch.equal(base[:, 0, 0, 0], tag(b))  # each row's base mean went with it
     assert regroup_by_sigma(batches, olds, None, 5)[2] is None
     actions.close()
+
+
+def test_line_search_actions_counts_the_rows_the_search_scored():
+    actions = LinearGaussianSteps(seed=4)
+    params = list(actions.model.parameters())
+    rows = []
+    original = actions.evaluate
+    actions.evaluate = lambda r: rows.append(len(r)) or original(r)
+    # fvp_subsample = the first minibatch: the FVP reuses the gradient pass's graph and scores nothing.
+    row = trpo_update(actions, params, TRPOSettings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5),
+                      progress=False)
+    assert row["accepted"] == 1.0 and row["line_search_tries"] >= 1
+    assert row["line_search_actions"] == sum(rows) - actions.num_actions  # all but the gradient pass
+    assert actions.num_actions <= row["line_search_actions"] <= row["line_search_tries"] * actions.num_actions

@@ -299,6 +299,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     full_step = beta * direction
     expected_gain = float(gradient @ full_step)
     search = None
+    scored = [0]  # actions the line search scored (this rank's), over all its tries
     if beta > 0 and math.isfinite(beta) and apply_step:
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
                    disable=not progress or not group.is_writer)
@@ -311,8 +312,10 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
             search_batches, search_olds, search_bases = regroup_by_sigma(batches, first.olds, bases, settings.minibatch_size)
 
         def evaluate(kl_bound: float, order):
-            return evaluate_surrogate_and_kl(actions, family, search_batches, search_olds, total, bar, search_bases, coef,
-                                             group, kl_bound, order)
+            evaluation = evaluate_surrogate_and_kl(actions, family, search_batches, search_olds, total, bar, search_bases,
+                                                   coef, group, kl_bound, order)
+            scored[0] += sum(len(b) for b, part in zip(search_batches, evaluation.batch_kl) if part is not None)
+            return evaluation
 
         # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
         search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, surrogate_old,
@@ -329,6 +332,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     row.update({
         "gradient_seconds": gradient_seconds, "fvp_seconds": fvp.seconds, "fvp_products": float(fvp.products),
         "cg_seconds": cg_seconds, "line_search_seconds": line_search_seconds,
+        "line_search_actions": float(scored[0]),
         "seconds": time.perf_counter() - started,
     })
     log.info("TRPO %s: KL %.4g / %.4g, surrogate gain %.4g, %d CG products (residual %.3g), %d tries, %.1f s",
