@@ -225,14 +225,16 @@ def main() -> None:
         print(f"  {method:13s} {label:22s} {seconds:8.3f} s   {seconds / (fb * count / args.minibatch):6.2f} x")
     print("\nTRPO (one step; CG runs all its iterations)")
     header = (f"  {'setting':32s} {'seconds':>8s} {'/ PPO':>7s} {'gradient':>9s} {'fvp':>8s} {'products':>9s} {'cg':>7s} "
-              f"{'search':>7s} {'tries':>6s} {'kl':>8s} {'sFs/ss':>8s}")
+              f"{'search':>7s} {'tries':>6s} {'passes':>7s} {'kl':>8s} {'sFs/ss':>8s}")
     print(header)
     for name, rows in trpo_rows.items():
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"  {name:32s} {med['seconds']:8.3f} {med['seconds'] / ppo:7.2f} {med['gradient_seconds']:9.3f} "
               f"{med['fvp_seconds']:8.3f} {med['fvp_products']:9.0f} {med['cg_seconds']:7.3f} "
-              f"{med['line_search_seconds']:7.3f} {med['line_search_tries']:6.0f} {med['kl']:8.4f} {med['fisher_rayleigh']:8.4f}")
-    print("\n  sFs/ss: Rayleigh quotient of the Fisher along the step (undamped), to compare with cg_damping 0.1")
+              f"{med['line_search_seconds']:7.3f} {med['line_search_tries']:6.0f} {med['line_search_actions'] / n:7.2f} "
+              f"{med['kl']:8.4f} {med['fisher_rayleigh']:8.4f}")
+    print("\n  passes: actions the line search scored over all its tries, in whole rounds (a rejected try stops early)")
+    print("  sFs/ss: Rayleigh quotient of the Fisher along the step (undamped), to compare with cg_damping")
 
     default_name = configs[0][0]
     trpo = statistics.median(r["seconds"] for r in trpo_rows[default_name])

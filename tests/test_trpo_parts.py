@@ -16,7 +16,7 @@ from marsdiff.rl.actions import DenoiseActions
 from marsdiff.rl.conjugate_gradient import conjugate_gradient
 from marsdiff.rl.kl_families import DenoiseKL
 from marsdiff.rl import trpo as trpo_module
-from marsdiff.rl.line_search import backtracking_line_search, evaluate_surrogate_and_kl
+from marsdiff.rl.line_search import backtracking_line_search, evaluate_surrogate_and_kl, next_order, regroup_by_sigma
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.trpo import FisherVectorProduct, leading_actions, trpo_update
 from rl_helpers import trpo_settings
@@ -200,3 +200,142 @@ def test_accepted_step_keeps_the_full_round_kl_bound_with_a_small_fvp_subsample(
     kl = float((0.5 * ((new_mean - old_mean) / actions.std.view(-1, 1, 1, 1)).pow(2).flatten(1).mean(1)).mean())
     assert row["accepted"] == 1.0 and row["fvp_actions"] == 4
     assert 0 < kl <= settings.max_kl * (1 + 1e-12) and kl == pytest.approx(row["kl"], rel=1e-10)
+
+
+def uneven_round(rows: int = 24, parts: int = 6):
+    """A round whose last minibatch moves most: its states are 6 times larger, so a step of W moves
+    its means (and KL) most. The old distributions are snapshot after that change."""
+    actions = LinearGaussianSteps(rows=rows, seed=5)
+    batches = np.array_split(np.arange(rows), parts)
+    with torch.no_grad():
+        actions.x[batches[-1]] *= 6.0
+    olds = [DenoiseKL.snapshot(actions, b, actions.evaluate(b)) for b in batches]
+    return actions, batches, olds
+
+
+def test_ordered_line_search_pass_gives_the_same_floats_and_rejects_sooner():
+    actions, batches, olds = uneven_round()
+    params = list(actions.model.parameters())
+    with torch.no_grad():
+        params[0].add_(0.05 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    scored = []
+    original = actions.evaluate
+    actions.evaluate = lambda rows: scored.append(int(rows[0])) or original(rows)
+    plain = evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24)
+    parts = plain.batch_kl
+    assert plain.complete and len(scored) == 6 and all(p is not None and p > 0 for p in parts)
+    assert max(range(6), key=lambda k: parts[k]) == 5 and parts[5] > 2 * sum(parts[:5])  # the large states lead
+    # Any order: the same floats, the log-probs in the batches' own order.
+    for order in ([5, 4, 3, 2, 1, 0], [2, 5, 0, 3, 1, 4]):
+        again = evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24, order=order)
+        assert again.kl == plain.kl and again.surrogate == plain.surrogate
+        assert torch.equal(again.new_log_prob, plain.new_log_prob) and again.batch_kl == parts
+    # A bound the last batch alone exceeds: the own order scores all six, the KL order one.
+    bound = 0.9 * parts[5]
+    assert sum(parts[:5]) < bound
+    scored.clear()
+    stopped = evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24, kl_bound=bound)
+    assert not stopped.complete and len(scored) == 6
+    scored.clear()
+    ordered = evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24, kl_bound=bound,
+                                        order=next_order(None, parts, 1.0, [None] * 6))
+    assert not ordered.complete and scored == [int(batches[5][0])]
+    assert ordered.batch_kl[5] == parts[5] and ordered.batch_kl[:5] == [None] * 5
+    with pytest.raises(ValueError):
+        evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24, order=[0, 1, 2])
+
+
+def test_next_order_ranks_by_kl_per_squared_step_and_places_unscored_batches_at_the_mean():
+    known = [None] * 4
+    # Scored at fraction 1: batches 0 and 2 (the pass stopped); 1 and 3 unknown: the mean, 2.0.
+    assert next_order(None, [1.0, None, 3.0, None], 1.0, known) == [2, 1, 3, 0]
+    assert known == [1.0, None, 3.0, None]
+    # At fraction 0.5 batch 1 holds 1.0, i.e. 4.0 per unit squared step: first; batch 3 still at the mean.
+    assert next_order([2, 1, 3, 0], [None, 1.0, None, None], 0.5, known) == [1, 2, 3, 0]
+    assert known == [1.0, 4.0, 3.0, None]
+    # Nothing scored (several ranks never stop early) or no batch known: the previous order.
+    assert next_order([3, 2, 1, 0], None, 0.8, [None] * 4) == [3, 2, 1, 0]
+    assert next_order(None, [None, None], 0.8, [None, None]) is None
+
+
+def test_ordered_line_search_takes_the_same_step_with_fewer_batches_scored():
+    """Both searches reject the same tries and keep the same fraction, KL, gain and parameters bit for
+    bit; the ordered one scores fewer minibatches (its rejected tries stop at the heavy batch)."""
+    results, counts, finals = [], [], []
+    for ordered in (False, True):
+        actions, batches, olds = uneven_round()
+        params = list(actions.model.parameters())
+        scored = []
+        original = actions.evaluate
+        actions.evaluate = lambda rows, original=original, scored=scored: scored.append(1) or original(rows)
+        with torch.no_grad():
+            surrogate_old = evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24).surrogate
+        scored.clear()
+        # A step along the surrogate's gradient, long enough for several rejected tries.
+        rows = np.arange(24)
+        s = actions.evaluate(rows)
+        grads = torch.autograd.grad((torch.exp(s.new_log_prob - s.old_log_prob) * s.advantages).mean(), params)
+        scored.clear()
+        step = [3.0 * g / float(flat(grads).norm()) for g in grads]
+
+        def evaluate(bound, order=None, actions=actions, batches=batches, olds=olds):
+            return evaluate_surrogate_and_kl(actions, DenoiseKL, batches, olds, 24, kl_bound=bound, order=order)
+
+        result = backtracking_line_search(params, step, evaluate, surrogate_old, 0.01, 0.8, 20,
+                                          batches=len(batches) if ordered else None)
+        results.append(result)
+        counts.append(len(scored))
+        finals.append(flat(params))
+    plain, ordered = results
+    assert plain.accepted and plain.tries >= 4
+    assert (ordered.tries, ordered.fraction, ordered.kl, ordered.gain) == (plain.tries, plain.fraction, plain.kl, plain.gain)
+    assert torch.equal(finals[0], finals[1])
+    assert counts[1] < counts[0]
+
+
+@pytest.fixture(scope="module")
+def longer_round(tmp_path_factory):
+    """4 images x 8 steps: several step sigmas in the round (the 3-step round trains one step)."""
+    exp = experiment("lora_unet", images=4, steps=8)
+    policy = RoundPolicy.initial("lora_unet", tiny_pixel_backend(), exp)
+    perturb_lora_b(policy.backend.unet)
+    return policy, sample(policy, exp, 0, tmp_path_factory.mktemp("longer_round"))
+
+
+def test_regroup_by_sigma_keeps_every_step_once_with_its_own_snapshot(longer_round):
+    policy, path = longer_round
+    actions = DenoiseActions(policy, path, np.zeros((4, 8)), 4)
+    batches = list(actions.minibatches(0))
+    count = sum(len(b) for b in batches)
+    with torch.no_grad():
+        olds = [DenoiseKL.snapshot(actions, b, actions.evaluate(b)) for b in batches]
+    tag = lambda b: torch.as_tensor(b.image_index * 100 + b.step_index, dtype=torch.float32)
+    bases = [tag(b).view(-1, 1, 1, 1).expand_as(o[0]).clone() for b, o in zip(batches, olds)]
+    grouped, grouped_olds, grouped_bases = regroup_by_sigma(batches, olds, bases, 5)
+    assert [len(b) for b in grouped] == [5] * (count // 5) + ([count % 5] if count % 5 else [])
+    keys = lambda bs: sorted(zip(np.concatenate([b.image_index for b in bs]).tolist(),
+                                 np.concatenate([b.step_index for b in bs]).tolist()))
+    assert keys(grouped) == keys(batches)  # every (image, step) once
+    sigma = torch.cat([o[1] for o in grouped_olds])
+    assert bool((sigma[1:] >= sigma[:-1]).all()) and sigma[0] < sigma[-1]  # smallest sigma (largest 1/sigma^2) first
+    with torch.no_grad():
+        for b, (mean, std), base in zip(grouped, grouped_olds, grouped_bases):
+            again = actions.evaluate(b)
+            assert torch.equal(std, again.std) and torch.allclose(mean, again.mean, rtol=0, atol=1e-6)
+            assert torch.equal(base[:, 0, 0, 0], tag(b))  # each row's base mean went with it
+    assert regroup_by_sigma(batches, olds, None, 5)[2] is None
+    actions.close()
+
+
+def test_line_search_actions_counts_the_rows_the_search_scored():
+    actions = LinearGaussianSteps(seed=4)
+    params = list(actions.model.parameters())
+    rows = []
+    original = actions.evaluate
+    actions.evaluate = lambda r: rows.append(len(r)) or original(r)
+    # fvp_subsample = the first minibatch: the FVP reuses the gradient pass's graph and scores nothing.
+    row = trpo_update(actions, params, TRPOSettings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5),
+                      progress=False)
+    assert row["accepted"] == 1.0 and row["line_search_tries"] >= 1
+    assert row["line_search_actions"] == sum(rows) - actions.num_actions  # all but the gradient pass
+    assert actions.num_actions <= row["line_search_actions"] <= row["line_search_tries"] * actions.num_actions

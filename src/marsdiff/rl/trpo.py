@@ -41,7 +41,10 @@ its module:
 5. Backtracking line search (:mod:`marsdiff.rl.line_search`): theta_old + shrink^k beta s,
    k = 0 .. line_search_max_tries - 1; the first step whose mean KL(old || new) over the round's
    actions is <= max_kl and whose surrogate improves is kept. If none is, the old parameters are
-   copied back bit for bit and the rejection is logged.
+   copied back bit for bit and the rejection is logged. A try stops as soon as the KL of the
+   actions scored so far already exceeds max_kl; with one process the denoising steps are scored
+   in minibatches regrouped by decreasing 1/sigma^2 and, after the first try, the minibatches with
+   the most KL first, so that stop comes early (the same tries accepted: line_search.py).
 
 Products per update: ``cg_iterations`` at most (it was 2 + ``cg_iterations``: a separate F g
 for the damping and a separate F s for the step length).
@@ -74,8 +77,14 @@ from marsdiff.rl.fisher_vector_product import (
     has_attention,
     twice_differentiable_attention,
 )
-from marsdiff.rl.kl_families import kl_family, policy_module, split_batch
-from marsdiff.rl.line_search import LineSearchResult, backtracking_line_search, base_penalty, evaluate_surrogate_and_kl
+from marsdiff.rl.kl_families import DenoiseKL, kl_family, policy_module, split_batch
+from marsdiff.rl.line_search import (
+    LineSearchResult,
+    backtracking_line_search,
+    base_penalty,
+    evaluate_surrogate_and_kl,
+    regroup_by_sigma,
+)
 from marsdiff.rl.parameter_vectors import flat_vector, unflat_vector
 from marsdiff.rl.settings import settings_from_mapping
 from marsdiff.rl.skips import require_finite
@@ -274,15 +283,28 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     full_step = beta * direction
     expected_gain = float(gradient @ full_step)
     search = None
+    scored = [0]  # actions the line search scored (this rank's), over all its tries
     if beta > 0 and math.isfinite(beta) and apply_step:
         bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
                    disable=not progress or not group.is_writer)
 
-        def evaluate(kl_bound: float):
-            return evaluate_surrogate_and_kl(actions, family, batches, first.olds, total, bar, bases, coef, group, kl_bound)
+        # One process: the denoising steps regrouped by decreasing 1/sigma^2, where their KL lies,
+        # so that a rejected try's early stop comes sooner (line_search.py). Several ranks score
+        # every try whole (no early stop): nothing to gain there.
+        search_batches, search_olds, search_bases = batches, first.olds, bases
+        if group.world == 1 and family is DenoiseKL:
+            search_batches, search_olds, search_bases = regroup_by_sigma(batches, first.olds, bases, settings.minibatch_size)
 
+        def evaluate(kl_bound: float, order):
+            evaluation = evaluate_surrogate_and_kl(actions, family, search_batches, search_olds, total, bar, search_bases,
+                                                   coef, group, kl_bound, order)
+            scored[0] += sum(len(b) for b, part in zip(search_batches, evaluation.batch_kl) if part is not None)
+            return evaluation
+
+        # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
         search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, surrogate_old,
-                                          settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries)
+                                          settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries,
+                                          batches=len(search_batches))
         bar.close()
         if not search.accepted:
             log.warning(
@@ -294,6 +316,7 @@ def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRP
     row.update({
         "gradient_seconds": gradient_seconds, "fvp_seconds": fvp.seconds, "fvp_products": float(fvp.products),
         "cg_seconds": cg_seconds, "line_search_seconds": line_search_seconds,
+        "line_search_actions": float(scored[0]),
         "seconds": time.perf_counter() - started,
     })
     log.info("TRPO %s: KL %.4g / %.4g, surrogate gain %.4g, %d CG products (residual %.3g), %d tries, %.1f s",
