@@ -12,7 +12,9 @@ import pytest
 from marsdiff.errors import MarsdiffError
 from marsdiff.rl.advantages import AdvantageSettings, ValueTable, gae_advantages, group_advantages, step_advantages
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import build_policy, round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.rounds import build_policy
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from rl_helpers import brightness, experiment
 from tiny_models import tiny_pixel_backend
 

@@ -11,7 +11,7 @@ def main(snakemake):
         import torch
 
         from marsdiff.rl.distributed import launch, round_device
-        from marsdiff.rl.rounds import update_round_stage
+        from marsdiff.rl.round_update import update_round_stage
 
         threads = max(1, int(snakemake.threads))
         torch.set_num_threads(threads)
