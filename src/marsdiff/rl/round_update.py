@@ -27,7 +27,7 @@ from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantag
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
 from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.generation_policies import KnobPolicy
-from marsdiff.rl.movement import plan_values, post_update_stats, snapshot
+from marsdiff.rl.movement import UpdateMovement, plan_values
 from marsdiff.rl.policy import LORA_UNET, RoundPolicy
 from marsdiff.rl.rounds import build_policy
 from marsdiff.rl.skips import (
@@ -197,7 +197,7 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
             require_finite(f"the plan actions stored in {trajectories}", actions.actions)
         kl_to_base = float(experiment.get("kl_to_base") or 0.0)
         zero_lr = experiment.get("control") == "zero_lr"
-        before = snapshot(actions, group)  # the pre-update distributions, for the post-update KL
+        movement = UpdateMovement(actions, policy.trainable_parameters(), group)  # read after the update
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
@@ -210,7 +210,7 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
             settings = TRPOSettings.from_config(experiment.get("trpo"))
             metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress,
                                        kl_to_base=kl_to_base, apply_step=not zero_lr, group=group))
-        metrics.update(post_update_stats(actions, before, group))
+        metrics.update(movement.stats())
         metrics["kl_to_base_coef"] = kl_to_base
     finally:
         actions.close()
