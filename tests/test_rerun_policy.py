@@ -519,3 +519,25 @@ def test_a_round_reruns_from_the_stage_edited(finished_round, module, planned):
     finally:
         path.write_text(original)
     assert plan(finished_round, targets=ROUND_TARGETS) == {}
+
+
+def round_log(project, rule):
+    return next(project.rglob(f"logs/runs/ppo_lora/round_000/{rule}.log")).read_text()
+
+
+@slow
+def test_round_jobs_run_torch_with_their_rules_threads(finished_round, tmp_path):
+    """What Snakemake schedules a round job with (the rule's threads) is what its torch uses: the
+    default (resources.ROUND_THREADS) and a --set-threads override, with the same weights."""
+    from marsdiff.workflow.resources import ROUND_THREADS
+
+    for rule in ("sample_round", "update_round"):
+        assert f"torch threads: {ROUND_THREADS}\n" in round_log(finished_round, rule)
+    project = copy_project(finished_round, tmp_path / "copy")
+    policy = project / "results" / "runs" / "ppo_lora" / "round_000" / "policy"
+    before = {str(p.relative_to(policy)): p.read_bytes() for p in sorted(policy.rglob("*")) if p.is_file()}
+    other = ROUND_THREADS % 2 + 1  # 2 for the default of 1
+    snakemake(project, *ROUND_TARGETS, *configs(project), "--forcerun", "update_round",
+              "--set-threads", f"update_round={other}")
+    assert f"torch threads: {other}\n" in round_log(project, "update_round")
+    assert {str(p.relative_to(policy)): p.read_bytes() for p in sorted(policy.rglob("*")) if p.is_file()} == before

@@ -55,6 +55,10 @@ class UpdateMovement:
     does not touch, and read after it (:meth:`stats`). With several processes each rank takes
     its share of each minibatch; the statistics are over all of them."""
 
+    #: Take what the update already scored instead of separate passes (False: a pass before the
+    #: update and one after it, the reference the reuse is tested against).
+    reuse_update_passes = True
+
     def __init__(self, actions, parameters: Sequence[torch.nn.Parameter], group: RankGroup = SINGLE):
         from marsdiff.rl.kl_families import kl_family
 
@@ -63,7 +67,7 @@ class UpdateMovement:
         self.batches = [batch for batch in (group.shard(b) for b in actions.minibatches(0)) if len(batch)]
         # Denoising actions keep the update's own evaluations: the pre-update distributions come
         # from them after the update (step 1 is lazy), so no pass repeats one the update made.
-        self.reuse = hasattr(actions, "keep_evaluations")
+        self.reuse = self.reuse_update_passes and hasattr(actions, "keep_evaluations")
         self.olds: list[Any] | None = None
         if self.reuse:
             self.start_values = [p.detach().clone() for p in self.parameters]

@@ -18,6 +18,13 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
                   "generate_base_stream_samples", "generate_samples", "generate_stream_samples", "export_dataset")
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
+#: The ``threads`` of a sample_round / update_round job, and so its torch threads (the scripts set
+#: torch's to the job's). One: a second thread bought only 1.49x (sampling) on a 2-core CPU while
+#: its chains stay bit-identical, so two 1-thread jobs side by side (the experiments' rounds, a
+#: round beside evaluation jobs) do more per core-second than one 2-thread job (docs/performance.md,
+#: "Threads"). A cluster sets its own per rule (profiles/slurm, set-threads); ``--set-threads
+#: update_round=2`` overrides it for one run.
+ROUND_THREADS = 1
 
 
 def sampling_gpus(config: Mapping[str, Any]) -> int:
