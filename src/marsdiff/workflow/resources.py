@@ -19,15 +19,13 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
 #: The ``threads`` of a sample_round / update_round job, and so its torch threads (the scripts set
-#: torch's to the job's). Sampling: one. A second thread bought only 1.49x on a 2-core CPU and the
-#: chains are bit-identical with 1 and 2 threads, so two 1-thread jobs side by side (the
-#: experiments' rounds, a round beside evaluation jobs) do more per core-second than one 2-thread
-#: job (docs/performance.md, "Threads"). The update keeps 2: its float sums depend on the thread
-#: count (the policy files of one update differ between 1 and 2 threads, measured), so a change
-#: would change every later round's samples and the default results; the cheaper 1 thread (a
-#: third of the CPU time at load) is the lead's call with a re-baselined run. A cluster sets its
-#: own per rule (profiles/slurm, set-threads); ``--set-threads sample_round=2`` overrides one run.
-ROUND_THREADS = {"sample_round": 1, "update_round": 2}
+#: torch's to the job's). Two, though one thread per job would do more per core-second on a
+#: 2-core CPU (a second thread buys 1.49x; two 1-thread jobs could run side by side): the results
+#: depend on the thread count, so a change re-baselines every default result. Measured: one update
+#: wrote different weights with 1 and with 2 threads, and on the tiny test model one round's chains
+#: (latents, log-probs) differ between them (docs/performance.md, "Threads"). A cluster sets its
+#: own per rule (profiles/slurm, set-threads); ``--set-threads sample_round=1`` overrides one run.
+ROUND_THREADS = {"sample_round": 2, "update_round": 2}
 
 
 def sampling_gpus(config: Mapping[str, Any]) -> int:
