@@ -66,7 +66,7 @@ def make_policy(seed: int = 0):
 
 
 def record_round(policy, images: int, steps: int, out_dir: Path) -> Path:
-    from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round
+    from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 
     experiment = {"images_per_round": images, "steps": steps, "eta": 1.0, "seed": 0, "class_distribution": "uniform"}
     settings = round_sampling_settings({"batch_size": min(images, 32), "device": "cpu"}, experiment)

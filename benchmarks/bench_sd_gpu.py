@@ -93,7 +93,8 @@ def measure(pipeline_dir: Path, work: Path, args, minibatch: int, device: torch.
     from marsdiff.diffusion.stable_diffusion import load_stable_diffusion
     from marsdiff.rl.experiments import experiment_settings
     from marsdiff.rl.policy import RoundPolicy
-    from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
+    from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+    from marsdiff.rl.round_update import update_policy_round
 
     cfg = {"pretrained": str(pipeline_dir), "prompt_file": str(REPO / "src/marsdiff/assets/prompts_craters.txt"),
            "guidance_scale": 7.5, "resolution": args.resolution, "device": str(device), "dtype": "auto"}

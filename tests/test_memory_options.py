@@ -20,7 +20,8 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.rl.actions import DenoiseActions
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.trpo import FisherVectorProduct
 from test_stable_diffusion import PROMPTS, build_tiny_pipeline
 

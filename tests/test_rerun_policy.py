@@ -396,7 +396,10 @@ def test_a_module_split_out_of_an_algorithm_goes_with_it(code_tree):
 
 def test_the_sampler_reruns_sampling_and_not_the_shipped_model(code_tree):
     changed = changed_by(code_tree, "diffusion/sampler.py")
-    assert {"sample_round", "update_round[ppo]", "update_round[trpo]", "generate_samples"} <= changed
+    assert {"sample_round", "generate_samples"} <= changed
+    # the update re-scores stored transitions (diffusion/rescoring.py) and runs no sampler: it
+    # re-runs as the sampling's downstream job when the samples change, not for the code
+    assert not {"update_round[ppo]", "update_round[trpo]"} & changed
     assert SHIPPED not in changed and "pretrain_base" not in changed
 
 
@@ -416,6 +419,33 @@ def test_weight_relevant_modules_change_the_shipped_training_digest(code_tree, m
     assert {SHIPPED, "pretrain_base"} <= changed
 
 
+def test_the_update_stage_reruns_no_sampling(code_tree):
+    """The round loop's two stages have a module each (rl/round_sampling.py, rl/round_update.py):
+    the update's own module re-runs the updates only, the sampling's module the sampling only
+    (the update and scoring follow as its downstream jobs: test_a_round_reruns_from_the_stage_edited)."""
+    assert changed_by(code_tree, "rl/round_update.py") == {"update_round[ppo]", "update_round[trpo]"}
+    assert changed_by(code_tree, "rl/movement.py") == {"update_round[ppo]", "update_round[trpo]"}
+    assert changed_by(code_tree, "rl/round_sampling.py") == {"sample_round"}
+    # what both stages build the same way (the policy of round r-1) re-runs both
+    assert {"sample_round", "update_round[ppo]", "update_round[trpo]"} <= changed_by(code_tree, "rl/rounds.py")
+
+
+def digest_files(rule, algorithm=None):
+    """The library files (relative to src/marsdiff) a rule's code digest covers."""
+    from marsdiff.provenance import resolve_parts
+
+    layout = Layout(REPO / "results", REPO)
+    roots, stops = code.rule_parts(rule, algorithm)
+    return {name for name, _ in resolve_parts(layout.library, layout.scripts, roots, stops) if not name.startswith("scripts/")}
+
+
+def module_file(name):
+    """marsdiff.rl.rounds -> rl/rounds.py; a package -> its __init__.py."""
+    relative = name.split(".", 1)[1].replace(".", "/") if "." in name else ""
+    package = REPO / "src" / "marsdiff" / relative / "__init__.py"
+    return f"{relative}/__init__.py".lstrip("/") if package.exists() else f"{relative}.py"
+
+
 SAMPLING_PROBE = """
 import sys
 from pathlib import Path
@@ -423,7 +453,8 @@ sys.path.insert(0, sys.argv[2])
 from tiny_models import tiny_pixel_backend
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round
+before = {name for name in sys.modules if name.startswith("marsdiff")}
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 
 out = Path(sys.argv[1])
 for mode in ("lora_unet", "scheduler_policy", "diversity_policy"):
@@ -434,27 +465,78 @@ for mode in ("lora_unet", "scheduler_policy", "diversity_policy"):
     policy = RoundPolicy.load(out / mode / "policy", tiny_pixel_backend())
     settings = round_sampling_settings({"batch_size": 2, "device": "cpu"}, experiment)
     sample_policy_round(policy, settings, experiment, 1, out / mode / "round")
-print(" ".join(sorted(name for name in sys.modules if name.startswith("marsdiff."))))
+print(" ".join(sorted(name for name in sys.modules if name.startswith("marsdiff") and name not in before)))
 """
 
 
 @slow
-def test_sampling_runs_none_of_the_code_its_digest_leaves_out(tmp_path):
-    """sample_round's digest stops at the update algorithms: sampling must never import them,
-    nor anything reached only through them."""
-    from marsdiff.provenance import resolve_parts
-
-    layout = Layout(tmp_path, REPO)
-
-    def closure(stops):
-        return {name for name, _ in resolve_parts(layout.library, layout.scripts, code.CODE_ROOTS["sample_round"], stops)}
-
-    left_out = closure(()) - closure(code.CODE_STOPS["sample_round"])
-    assert set(code.ALGORITHM_ENTRIES.values()) <= left_out
+def test_sampling_runs_only_code_its_digest_covers(tmp_path):
+    """sample_round's digest covers none of the update's code (rl/round_update.py, PPO, TRPO,
+    the update's statistics), and everything a sampling run imports is in it: an edit to the
+    update cannot change a sample, and an edit that can change one re-runs sample_round."""
+    sampling = digest_files("sample_round")
+    update_only = (digest_files("update_round", "ppo") | digest_files("update_round", "trpo")) - sampling
+    assert {"rl/round_update.py", "rl/movement.py", "rl/actions.py", *code.ALGORITHM_ENTRIES.values()} <= update_only
+    assert "rl/round_sampling.py" in sampling and "rl/rounds.py" in sampling
     result = subprocess.run([sys.executable, "-c", SAMPLING_PROBE, str(tmp_path), str(REPO / "tests")],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-3000:]
-    imported = set(result.stdout.split())
-    assert "marsdiff.rl.rounds" in imported and "marsdiff.diffusion.sampler" in imported
-    left_out_modules = {"marsdiff." + name[:-len(".py")].replace("/", ".") for name in left_out}
-    assert not imported & left_out_modules
+    imported = {module_file(name) for name in result.stdout.split()}
+    assert "rl/round_sampling.py" in imported and "diffusion/sampler.py" in imported
+    assert imported <= sampling, f"sampling ran code its digest does not cover: {sorted(imported - sampling)}"
+
+
+# ---------------------------------------------------------------------------- a finished RL round
+
+ROUND_TARGETS = ["results/runs/ppo_lora/round_000/metrics.json"]
+
+
+@pytest.fixture(scope="module")
+def finished_round(finished, tmp_path_factory):
+    """The finished run (copied) with one tiny RL round of ppo_lora: sampled, scored, updated."""
+    project = copy_project(finished, tmp_path_factory.mktemp("round") / "project")
+    snakemake(project, *ROUND_TARGETS, *configs(project))
+    assert plan(project, targets=ROUND_TARGETS) == {}
+    return project
+
+
+ROUND_EDITS = [
+    ("the update stage", "rl/round_update.py", {"update_round": 1}),
+    ("the update algorithm", "rl/ppo.py", {"update_round": 1}),
+    ("the sampling stage", "rl/round_sampling.py", {"sample_round": 1, "score_round": 1, "update_round": 1}),
+    ("the sampler", "diffusion/sampler.py", {"sample_round": 1, "score_round": 1, "update_round": 1}),
+]
+
+
+@slow
+@pytest.mark.parametrize("module,planned", [edit[1:] for edit in ROUND_EDITS], ids=[edit[0] for edit in ROUND_EDITS])
+def test_a_round_reruns_from_the_stage_edited(finished_round, module, planned):
+    """Editing the update's code plans the update alone; editing the sampling's plans the whole
+    round (its score and update read the new samples)."""
+    path = finished_round / "src" / "marsdiff" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n_EDITED_FOR_A_TEST = 1\n")
+        assert plan(finished_round, targets=ROUND_TARGETS) == planned
+    finally:
+        path.write_text(original)
+    assert plan(finished_round, targets=ROUND_TARGETS) == {}
+
+
+def round_log(project, rule):
+    return next(project.rglob(f"logs/runs/ppo_lora/round_000/{rule}.log")).read_text()
+
+
+@slow
+def test_round_jobs_run_torch_with_their_rules_threads(finished_round, tmp_path):
+    """What Snakemake schedules a round job with (the rule's threads) is what its torch uses: the
+    defaults (resources.ROUND_THREADS) and a --set-threads override."""
+    from marsdiff.workflow.resources import ROUND_THREADS
+
+    for rule in ("sample_round", "update_round"):
+        assert f"torch threads: {ROUND_THREADS[rule]}\n" in round_log(finished_round, rule)
+    project = copy_project(finished_round, tmp_path / "copy")
+    other = ROUND_THREADS["sample_round"] % 2 + 1  # 1 for the default of 2
+    snakemake(project, *ROUND_TARGETS, *configs(project), "--forcerun", "sample_round",
+              "--set-threads", f"sample_round={other}")
+    assert f"torch threads: {other}\n" in round_log(project, "sample_round")

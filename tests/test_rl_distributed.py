@@ -23,7 +23,8 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.rl.distributed import SINGLE, RankGroup, launch, processes_setting
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from conftest import REPO
 from rl_helpers import brightness
 from tiny_models import tiny_pixel_backend

@@ -19,7 +19,8 @@ from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.movement import plan_values
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.ppo import ppo_update
-from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, shuffled_credit, update_policy_round
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import shuffled_credit, update_policy_round
 from rl_helpers import advantage_settings, brightness, experiment, ppo_settings, run_rounds
 from tiny_models import tiny_pixel_backend
 

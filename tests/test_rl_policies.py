@@ -16,7 +16,9 @@ from marsdiff.io.trajectories import open_trajectories
 from marsdiff.rl.actions import DenoiseActions, PlanActions
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import build_policy, round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.rounds import build_policy
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.surrogate import ratio_stats
 from rl_helpers import brightness, experiment
 from tiny_models import tiny_pixel_backend

@@ -12,7 +12,9 @@ import pytest
 from marsdiff.errors import MarsdiffError
 from marsdiff.rl.advantages import ValueTable, gae_advantages, group_advantages, step_advantages
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import build_policy, round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.rounds import build_policy
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from rl_helpers import advantage_settings, brightness, experiment
 from tiny_models import tiny_pixel_backend
 
@@ -118,3 +120,57 @@ def test_value_head_learns_the_per_condition_return():
     second, _ = step_advantages(credit, condition, 3, settings, table)
     # With the learnt baseline the advantages are centred within each condition.
     np.testing.assert_allclose(second[:2].mean(axis=0), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm,passes_saved", [("ppo", (1, 0)), ("trpo", (2, 2))])
+def test_the_movement_statistics_reuse_the_updates_passes_with_the_same_results(tmp_path, one_torch_thread, monkeypatch,
+                                                                                 algorithm, passes_saved):
+    """The post-update statistics take the pre-update distributions from the update's own scoring
+    (TRPO: its gradient pass; PPO: its first minibatch; round 000: the base means of the zero
+    adapter) and TRPO's post-update scoring from its accepted line-search pass: whole passes
+    fewer (``passes_saved`` per round), and the same metrics and weights, bit for bit, as
+    separate passes before and after the update."""
+    from marsdiff.rl.actions import DenoiseActions
+    from marsdiff.rl.movement import UpdateMovement
+    from marsdiff.rl.ppo import PPOSettings
+
+    exp = experiment("lora_unet", algorithm=algorithm, images_per_round=8, rounds=2,
+                     **{algorithm: {"minibatch_size": 8, **({"fvp_subsample": 8} if algorithm == "trpo" else {})}})
+    rescored = []
+    real_gaussian = DenoiseActions._gaussian
+
+    def counting(self, batch):
+        rescored[-1] += len(batch)
+        return real_gaussian(self, batch)
+
+    monkeypatch.setattr(DenoiseActions, "_gaussian", counting)
+
+    def rounds(out):
+        policy, results = RoundPolicy.initial("lora_unet", tiny_pixel_backend(), exp), []
+        for r in range(exp["rounds"]):
+            round_dir = out / f"round_{r:03d}"
+            sample_policy_round(policy, round_sampling_settings({"batch_size": 16}, exp), exp, r, round_dir)
+            rescored.append(0)
+            metrics = update_policy_round(policy, exp, r, round_dir / "trajectories.h5", brightness(round_dir / "trajectories.h5"),
+                                          out / f"round_{r - 1:03d}" / "policy" if r else None, round_dir / "policy",
+                                          progress=False)
+            weights = b"".join(p.read_bytes() for p in sorted((round_dir / "policy").rglob("*.safetensors")))
+            results.append(({k: v for k, v in metrics.items() if k not in TIMING_KEYS and "seconds" not in k}, weights))
+        return results
+
+    reused = rounds(tmp_path / "reused")
+    reused_counts, rescored[:] = list(rescored), []
+    monkeypatch.setattr(UpdateMovement, "reuse_update_passes", False)
+    separate = rounds(tmp_path / "separate")
+    assert json.dumps([m for m, _ in reused], sort_keys=True) == json.dumps([m for m, _ in separate], sort_keys=True)
+    assert [w for _, w in reused] == [w for _, w in separate]
+    assert reused[1][0]["kl_post_update"] > 0  # round 001 moved from a nonzero adapter: the swap path ran
+    # one pass: every action of the round once (PPO's "actions" count every epoch's)
+    epochs = PPOSettings.from_config(exp.get("ppo")).epochs if algorithm == "ppo" else 1
+    per_pass = int(reused[0][0]["actions"]) // epochs
+    saved = [s - r for s, r in zip(rescored, reused_counts)]
+    for r, passes in enumerate(passes_saved):
+        if passes:
+            assert saved[r] == passes * per_pass
+        else:  # PPO after round 000: its first minibatch's share of the pre-update pass
+            assert 0 < saved[r] < per_pass

@@ -21,7 +21,8 @@ from marsdiff.io.trajectories import open_trajectories
 from marsdiff.rl.actions import DenoiseActions, PlanActions, Scored
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import round_sampling_settings, sample_policy_round, update_policy_round
+from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
+from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.trpo import (
     FisherVectorProduct,
     TRPOSettings,

@@ -1,5 +1,6 @@
 """Stage sample_round: one round of an experiment into trajectories.h5, images/, samples.csv."""
 
+import logging
 from pathlib import Path
 
 from marsdiff.faults import kill_point
@@ -20,10 +21,13 @@ def main(snakemake):
         import torch
 
         from marsdiff.rl.distributed import launch, round_device
-        from marsdiff.rl.rounds import sample_round_stage
+        from marsdiff.rl.round_sampling import sample_round_stage
 
+        # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.ROUND_THREADS,
+        # or --set-threads): what Snakemake schedules is what the job uses
         threads = max(1, int(snakemake.threads))
         torch.set_num_threads(threads)
+        logging.getLogger(__name__).info("torch threads: %d", torch.get_num_threads())
         cfg = stage_config(snakemake)
         meta = getattr(snakemake.input, "meta", None)
         policy = getattr(snakemake.input, "policy", None)

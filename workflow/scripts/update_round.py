@@ -1,5 +1,6 @@
 """Stage update_round: the RL update of one round into policy/ and metrics.json."""
 
+import logging
 from pathlib import Path
 
 from marsdiff.faults import kill_point
@@ -11,10 +12,13 @@ def main(snakemake):
         import torch
 
         from marsdiff.rl.distributed import launch, round_device
-        from marsdiff.rl.rounds import update_round_stage
+        from marsdiff.rl.round_update import update_round_stage
 
+        # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.ROUND_THREADS,
+        # or --set-threads): what Snakemake schedules is what the job uses
         threads = max(1, int(snakemake.threads))
         torch.set_num_threads(threads)
+        logging.getLogger(__name__).info("torch threads: %d", torch.get_num_threads())
         # the round stage takes the config sections it reads; the experiment arrives resolved
         params = params_json(snakemake, "cfg")
         cfg = {"experiments": {snakemake.wildcards["exp"]: params["experiment"]}, "sampling": params["sampling"],

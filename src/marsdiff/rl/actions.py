@@ -37,6 +37,13 @@ class Scored:
     std: torch.Tensor | None = None
 
 
+def parameters_state(parameters) -> tuple[int, ...]:
+    """The state of the parameters' values: each one's autograd version counter, which every
+    in-place change (an optimiser step, a line-search move, a copy back) advances. The same state
+    means the same values, bit for bit."""
+    return tuple(p._version for p in parameters)
+
+
 def trainable_steps(std: np.ndarray, min_std: float, fraction: float, seed: int) -> dict[tuple[int, int], np.ndarray]:
     """The steps each image trains on: those whose sigma is above the ``min_std`` floor, then
     DDPO's timestep fraction of them (a seeded random subset).
@@ -77,6 +84,12 @@ class DenoiseActions:
         self.steps = trainable_steps(self.file.array("std"), self.scheduler.min_std, timestep_fraction, seed)
         self.seed = seed
         self._base_means: dict[tuple[int, int], torch.Tensor] = {}
+        self._base_stds: dict[tuple[int, int], torch.Tensor] = {}
+        # Evaluations kept for reuse (keep_evaluations), by the batch's rows: those at the state
+        # keeping started in (the pre-update policy), and the latest at any other state.
+        self._keep_from: tuple[int, ...] | None = None
+        self._kept_start: dict[bytes, Scored] = {}
+        self._kept_latest: dict[bytes, tuple[tuple[int, ...], Scored]] = {}
 
     @property
     def num_actions(self) -> int:
@@ -103,10 +116,61 @@ class DenoiseActions:
         out = self._gaussian(batch)
         device = out.log_prob.device
         advantages = torch.as_tensor(self.advantages[batch.image_index, batch.step_index], device=device)
-        return Scored(out.log_prob, torch.as_tensor(batch.log_prob, device=device), advantages, out.mean, out.std)
+        scored = Scored(out.log_prob, torch.as_tensor(batch.log_prob, device=device), advantages, out.mean, out.std)
+        if self._keep_from is not None:
+            self._keep(batch, scored)
+        return scored
+
+    # --- reuse of the update's own evaluations (marsdiff.rl.movement) ----------------------------
+    def keep_evaluations(self) -> tuple[int, ...]:
+        """From now on keep (detached) what :meth:`evaluate` scores, so that the statistics after
+        the update reuse the update's own passes: its evaluations at the current (pre-update)
+        parameters, and the latest at the parameters it ends with. Returns the current state."""
+        self._keep_from = parameters_state(self.policy.trainable_parameters())
+        self._kept_start.clear()
+        self._kept_latest.clear()
+        return self._keep_from
+
+    def kept_evaluation(self, batch: TransitionBatch, state: tuple[int, ...]) -> Scored | None:
+        """The batch's evaluation kept at parameter ``state`` (None if there is none)."""
+        key = _rows_key(batch)
+        if state == self._keep_from:
+            return self._kept_start.get(key)
+        kept = self._kept_latest.get(key)
+        return kept[1] if kept is not None and kept[0] == state else None
+
+    def stop_keeping(self) -> None:
+        self._keep_from = None
+        self._kept_start.clear()
+        self._kept_latest.clear()
+
+    def _keep(self, batch: TransitionBatch, scored: Scored) -> None:
+        # The first evaluation at a state is kept, not a later one: TRPO's Fisher-vector products
+        # re-evaluate the subsample at theta_old with the classic attention kernels (whose last
+        # bits differ), after its gradient pass has scored every batch with the model's own.
+        state, key = parameters_state(self.policy.trainable_parameters()), _rows_key(batch)
+        detached = Scored(scored.new_log_prob.detach(), scored.old_log_prob, scored.advantages,
+                          scored.mean.detach(), scored.std.detach())
+        if state == self._keep_from:
+            self._kept_start.setdefault(key, detached)
+        elif key not in self._kept_latest or self._kept_latest[key][0] != state:
+            self._kept_latest[key] = (state, detached)
+
+    def adapter_adds_nothing(self) -> bool:
+        """Whether the LoRA adapter's contribution is exactly zero (every B matrix zero: a fresh
+        adapter, round 000, or a zero_lr control): the policy's step means are then the base
+        model's, bit for bit (peft adds B(A(x)) * scale = 0 to the base layer's output)."""
+        lora_b = [p for name, p in self.policy.backend.unet.named_parameters() if "lora_B" in name]
+        return bool(lora_b) and all(not bool(p.detach().any()) for p in lora_b)
 
     def entropy(self, batch: TransitionBatch) -> torch.Tensor | None:
         return None  # sigma is fixed by the schedule: no learnable spread
+
+    def base_step(self, batch: TransitionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base model's step Gaussian (mean, std) of the batch, kept like :meth:`base_mean`."""
+        mean = self.base_mean(batch)
+        keys = zip(batch.image_index.tolist(), batch.step_index.tolist())
+        return mean, torch.stack([self._base_stds[key] for key in keys])
 
     def base_mean(self, batch: TransitionBatch) -> torch.Tensor:
         """The base model's step mean (the same UNet with the adapter disabled), without gradient.
@@ -121,11 +185,12 @@ class DenoiseActions:
             set_adapter_enabled(unet, False)
             try:
                 with torch.no_grad():
-                    fresh = self._gaussian(batch.take(np.asarray(missing))).mean
+                    fresh = self._gaussian(batch.take(np.asarray(missing)))
             finally:
                 set_adapter_enabled(unet, True)
-            for i, row in zip(missing, fresh):
+            for i, row, std in zip(missing, fresh.mean, fresh.std):
                 self._base_means[keys[i]] = row
+                self._base_stds[keys[i]] = std
         return torch.stack([self._base_means[key] for key in keys])
 
     def kl_to_base(self, batch: TransitionBatch, scored: Scored, base_mean: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +201,14 @@ class DenoiseActions:
         return gaussian_mean_kl(scored.mean, base_mean, scored.std)
 
     def close(self) -> None:
+        self.stop_keeping()
         self.buffer.close()
+
+
+def _rows_key(batch: TransitionBatch) -> bytes:
+    """The identity of a batch: which transitions it holds, in order."""
+    return b"".join(np.ascontiguousarray(a, dtype=np.int64).tobytes()
+                    for a in (batch.file_index, batch.image_index, batch.step_index))
 
 
 def gaussian_mean_kl(mean: torch.Tensor, other_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

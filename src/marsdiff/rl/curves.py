@@ -1,6 +1,6 @@
 """An experiment's metrics across rounds: the metrics.csv table and the reward-curve figure.
 
-Each round's update writes ``metrics.json`` (:func:`marsdiff.rl.rounds.round_metrics_row`);
+Each round's update writes ``metrics.json`` (:func:`marsdiff.rl.round_update.round_metrics_row`);
 this module stacks them in round order and, when the experiment has a paired base
 (:func:`marsdiff.study.pairing.paired_base`: the A/A control on the same seeds), adds each
 round's **paired improvement** over the base model with a jackknife interval.

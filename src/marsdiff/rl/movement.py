@@ -4,11 +4,11 @@
 Statistics taken while the update runs cannot say it: PPO scores each minibatch before its own
 optimiser step (a single-step update logs ratio 1 and KL 0 whatever the step did). So:
 
-1. :func:`snapshot` scores every trainable action of the round under the pre-update policy
-   (no gradient) and keeps each action's distribution: the Gaussian means of the denoising
-   steps, the knob distributions (and condition log-probs) of the plan actions.
+1. :class:`UpdateMovement` is made before the update: the pre-update distribution of every
+   trainable action of the round (no gradient): the Gaussian means of the denoising steps, the
+   knob distributions (and condition log-probs) of the plan actions.
 2. The update runs.
-3. :func:`post_update_stats` re-scores the same actions under the updated policy and logs
+3. :meth:`UpdateMovement.stats` re-scores the same actions under the updated policy and logs
 
    * ``kl_post_update``: the mean exact KL(pi_before || pi_after) over the actions, in the
      family's stored unit (denoising steps: mean_per_dim_nats; plan actions: nats per image);
@@ -23,14 +23,25 @@ optimiser step (a single-step update logs ratio 1 and KL 0 whatever the step did
 contract with the curves): the mean knob value the policy draws (its expectation over the knob
 distribution and the class probabilities, by quantile quadrature, so no random numbers are
 used), and ``plan/class_prob/<condition>`` for every condition.
+
+No pass repeats one the update made (docs/rl.md, "Did the policy move"). The denoising actions
+keep the update's own evaluations (:meth:`marsdiff.rl.actions.DenoiseActions.keep_evaluations`,
+by rows and parameter state), and step 1 is taken after the update from the first source that
+has each action: the update's scoring at the pre-update parameters (all of TRPO's gradient pass,
+PPO's first minibatch), the base model's means when the pre-update adapter is zero (round 000,
+the zero_lr control: they are computed anyway for ``kl_to_base``), else a no-gradient pass at
+the pre-update parameters copied back in. Step 3 reuses TRPO's accepted line-search pass. The
+statistics are the same, bit for bit, as from separate passes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
+from marsdiff.rl.actions import parameters_state
 from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.surrogate import ratio_stats
 
@@ -39,55 +50,113 @@ PLAN_PREFIX = "plan/"
 _QUADRATURE_NODES = 257
 
 
-@torch.no_grad()
-def snapshot(actions, group: RankGroup = SINGLE) -> list[tuple[Any, Any]]:
-    """(batch, the pre-update distribution of its actions) for every trainable action of the
-    round (with several processes: this rank's share of each minibatch)."""
-    from marsdiff.rl.kl_families import kl_family
+class UpdateMovement:
+    """How far one update moves the policy (module docstring): made before the update, which it
+    does not touch, and read after it (:meth:`stats`). With several processes each rank takes
+    its share of each minibatch; the statistics are over all of them."""
 
-    family = kl_family(actions)
-    out = []
-    for batch in actions.minibatches(0):
-        batch = group.shard(batch)
-        if not len(batch):
-            continue
-        scored = actions.evaluate(batch)
-        out.append((batch, family.snapshot(actions, batch, scored)))
-    return out
+    #: Take what the update already scored instead of separate passes (False: a pass before the
+    #: update and one after it, the reference the reuse is tested against).
+    reuse_update_passes = True
+
+    def __init__(self, actions, parameters: Sequence[torch.nn.Parameter], group: RankGroup = SINGLE):
+        from marsdiff.rl.kl_families import kl_family
+
+        self.actions, self.group, self.family = actions, group, kl_family(actions)
+        self.parameters = list(parameters)
+        self.batches = [batch for batch in (group.shard(b) for b in actions.minibatches(0)) if len(batch)]
+        # Denoising actions keep the update's own evaluations: the pre-update distributions come
+        # from them after the update (step 1 is lazy), so no pass repeats one the update made.
+        self.reuse = self.reuse_update_passes and hasattr(actions, "keep_evaluations")
+        self.olds: list[Any] | None = None
+        if self.reuse:
+            self.start_values = [p.detach().clone() for p in self.parameters]
+            self.start_is_base = actions.adapter_adds_nothing()
+            self.start_state = actions.keep_evaluations()
+        else:  # plan actions: their distributions, from a small head, before the update
+            with torch.no_grad():
+                self.olds = [self.family.snapshot(actions, batch, actions.evaluate(batch)) for batch in self.batches]
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """Re-score the round's actions under the current (updated) parameters (module docstring)."""
+        actions, family, group = self.actions, self.family, self.group
+        now = parameters_state(self.parameters) if self.reuse else None
+        # The updated policy's scoring: TRPO's accepted line-search try (or, when the step was not
+        # applied, its gradient pass) already scored every action at these parameters.
+        after = [self._kept(batch, now) or actions.evaluate(batch) for batch in self.batches]
+        olds = self.olds if self.olds is not None else self._pre_update()
+        total = int(group.sum(float(sum(len(batch) for batch in self.batches))))
+        kl = kl_base = 0.0
+        has_base = False
+        new_parts, old_parts = [], []
+        for batch, old, scored in zip(self.batches, olds, after):
+            kl += float(family.kl(actions, batch, old, scored).double().sum()) / total
+            base = actions.kl_to_base(batch, scored)
+            if base is not None:
+                has_base = True
+                kl_base += float(base.double().sum()) / total
+            new_parts.append(scored.new_log_prob.detach().cpu())
+            old_parts.append(scored.old_log_prob.detach().cpu())
+        if self.reuse:
+            actions.stop_keeping()
+        kl, kl_base = group.sum(kl), group.sum(kl_base)
+        has_base = group.max(float(has_base)) > 0
+        new = group.cat(torch.cat(new_parts) if new_parts else torch.zeros(0))
+        old = group.cat(torch.cat(old_parts) if old_parts else torch.zeros(0))
+        stats = ratio_stats(new, old)
+        return {
+            "kl_post_update": max(kl, 0.0),  # exact KL >= 0; float rounding of a zero step gives -0.0 at most
+            "ratio_mean_post": stats.ratio_mean,
+            "ratio_max_post": stats.ratio_max,
+            "approx_kl_post": stats.approx_kl,
+            "kl_to_base": kl_base if has_base else float("nan"),
+        }
+
+    def _kept(self, batch, state):
+        return self.actions.kept_evaluation(batch, state) if self.reuse else None
+
+    def _pre_update(self) -> list[Any]:
+        """The pre-update distribution of every batch, each from the first source that has it:
+        the update's own scoring at the pre-update parameters (TRPO's gradient pass: every
+        batch; PPO's: its first minibatch); the base model's step when the pre-update adapter
+        added nothing (its means are kept for the KL to the base, computed anyway); else a pass
+        at the pre-update parameters, copied back in for it and the updated ones after it (bit
+        for bit: copies, no arithmetic)."""
+        actions, family = self.actions, self.family
+        olds: list[Any] = [None] * len(self.batches)
+        missing = []
+        for k, batch in enumerate(self.batches):
+            kept = self._kept(batch, self.start_state)
+            if kept is not None:
+                olds[k] = family.snapshot(actions, batch, kept)
+            elif self.start_is_base:
+                olds[k] = family.snapshot(actions, batch, _Step(*actions.base_step(batch)))
+            else:
+                missing.append(k)
+        if missing:
+            updated = [p.detach().clone() for p in self.parameters]
+            _copy_into(self.parameters, self.start_values)
+            try:
+                for k in missing:
+                    olds[k] = family.snapshot(actions, self.batches[k], actions.evaluate(self.batches[k]))
+            finally:
+                _copy_into(self.parameters, updated)
+        return olds
 
 
-@torch.no_grad()
-def post_update_stats(actions, before: list[tuple[Any, Any]], group: RankGroup = SINGLE) -> dict[str, float]:
-    """Re-score the snapshot's actions under the current (updated) parameters (module docstring);
-    with several processes each rank its own share, the statistics over all of them."""
-    from marsdiff.rl.kl_families import kl_family
+@dataclass
+class _Step:
+    """A step Gaussian without log-probs, in the form DenoiseKL.snapshot reads."""
 
-    family = kl_family(actions)
-    total = int(group.sum(float(sum(len(batch) for batch, _ in before))))
-    kl = kl_base = 0.0
-    has_base = False
-    new_parts, old_parts = [], []
-    for batch, old in before:
-        scored = actions.evaluate(batch)
-        kl += float(family.kl(actions, batch, old, scored).double().sum()) / total
-        base = actions.kl_to_base(batch, scored)
-        if base is not None:
-            has_base = True
-            kl_base += float(base.double().sum()) / total
-        new_parts.append(scored.new_log_prob.detach().cpu())
-        old_parts.append(scored.old_log_prob.detach().cpu())
-    kl, kl_base = group.sum(kl), group.sum(kl_base)
-    has_base = group.max(float(has_base)) > 0
-    new = group.cat(torch.cat(new_parts) if new_parts else torch.zeros(0))
-    old = group.cat(torch.cat(old_parts) if old_parts else torch.zeros(0))
-    stats = ratio_stats(new, old)
-    return {
-        "kl_post_update": max(kl, 0.0),  # exact KL >= 0; float rounding of a zero step gives -0.0 at most
-        "ratio_mean_post": stats.ratio_mean,
-        "ratio_max_post": stats.ratio_max,
-        "approx_kl_post": stats.approx_kl,
-        "kl_to_base": kl_base if has_base else float("nan"),
-    }
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def _copy_into(parameters: Sequence[torch.nn.Parameter], values: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, value in zip(parameters, values):
+            p.copy_(value)
 
 
 @torch.no_grad()

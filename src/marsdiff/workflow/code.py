@@ -15,21 +15,21 @@ from marsdiff.diffusion.shipped import TRAINING_CODE_ROOTS, WEIGHT_NEUTRAL_MODUL
 from marsdiff.errors import MarsdiffError
 from marsdiff.workflow.paths import Layout
 
-#: Each RL algorithm's entry module (the keys: marsdiff.rl.experiments.ALGORITHMS). rl/rounds.py
-#: imports them inside its update function only, so the walk would reach both from either RL
-#: rule: an experiment's update_round follows its own algorithm's entry (a root too, in case the
-#: dispatch ever goes by name) and stops at the others', and sample_round stops at all of them.
-#: Editing TRPO's code then re-runs the updates of TRPO experiments only, and no sampling. A
-#: module split out of an algorithm and imported only by its entry goes with it.
+#: Each RL algorithm's entry module (the keys: marsdiff.rl.experiments.ALGORITHMS).
+#: rl/round_update.py imports them inside its update function only, so the walk would reach both
+#: from update_round: an experiment's update_round follows its own algorithm's entry (a root too,
+#: in case the dispatch ever goes by name) and stops at the others'. Editing TRPO's code then
+#: re-runs the updates of TRPO experiments only. A module split out of an algorithm and imported
+#: only by its entry goes with it. sample_round reaches none of them: its stage module
+#: (rl/round_sampling.py) imports no update code (tests/test_rerun_policy.py checks its digest's
+#: files and what a sampling run imports).
 ALGORITHM_ENTRIES = {"ppo": "rl/ppo.py", "trpo": "rl/trpo.py"}
 #: The rules whose code depends on the experiment's algorithm (rule_code's ``algorithm``).
 PER_ALGORITHM = ("update_round",)
 #: The modules a rule's digest does not follow (marsdiff.provenance.resolve_parts), beyond the
-#: other algorithms' entries of PER_ALGORITHM rules: sampling runs no update
-#: (tests/test_rerun_policy.py runs the sampling and checks that it imports none of them).
-CODE_STOPS: dict[str, tuple[str, ...]] = {
-    "sample_round": tuple(sorted(ALGORITHM_ENTRIES.values())),
-}
+#: other algorithms' entries of PER_ALGORITHM rules. None today: a digest that covers less than
+#: its rule runs would miss changes, so narrowing is done by splitting modules instead.
+CODE_STOPS: dict[str, tuple[str, ...]] = {}
 
 CODE_ROOTS: dict[str, tuple[str, ...]] = {
     "prepare_reference": ("scripts/prepare_reference.py",),
@@ -42,7 +42,8 @@ CODE_ROOTS: dict[str, tuple[str, ...]] = {
     # the reference stage's adapter: same cache, same feature-file contract
     "extract_resized_features": ("scripts/extract_features.py",),
     "score_round": ("scripts/score_round.py",),
-    # the sampler, the policy's sampling path and the trajectory format, through rl/rounds.py
+    # the sampler, the policy's sampling path and the trajectory format, through
+    # rl/round_sampling.py; no update code
     "sample_round": ("scripts/sample_round.py",),
     # plus the experiment's algorithm's entry (ALGORITHM_ENTRIES)
     "update_round": ("scripts/update_round.py",),

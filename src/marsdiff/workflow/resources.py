@@ -18,6 +18,14 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
                   "generate_base_stream_samples", "generate_samples", "generate_stream_samples", "export_dataset")
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
+#: The ``threads`` of a sample_round / update_round job, and so its torch threads (the scripts set
+#: torch's to the job's). Two, though one thread per job would do more per core-second on a
+#: 2-core CPU (a second thread buys 1.49x; two 1-thread jobs could run side by side): the results
+#: depend on the thread count, so a change re-baselines every default result. Measured: one update
+#: wrote different weights with 1 and with 2 threads, and on the tiny test model one round's chains
+#: (latents, log-probs) differ between them (docs/performance.md, "Threads"). A cluster sets its
+#: own per rule (profiles/slurm, set-threads); ``--set-threads sample_round=1`` overrides one run.
+ROUND_THREADS = {"sample_round": 2, "update_round": 2}
 
 
 def sampling_gpus(config: Mapping[str, Any]) -> int:

@@ -1,0 +1,289 @@
+"""Stage update_round: the RL update of one scored round into policy r, and its metrics row.
+
+The update restores the optimiser and RNG state saved beside policy r-1
+(:mod:`marsdiff.rl.checkpoint`) and checks that the round's trajectories were sampled by
+exactly that policy (its hash is stored in the trajectory file), so a round killed anywhere
+re-runs from its inputs and ends where an uninterrupted run would. The algorithms (PPO, TRPO)
+are imported inside :func:`_run_update`, by the experiment's algorithm: update_round's code
+digest follows only that algorithm's entry module (marsdiff.workflow.code.ALGORITHM_ENTRIES).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from marsdiff.errors import MarsdiffError
+from marsdiff.faults import kill_point
+from marsdiff.io.atomic import atomic_dir, write_json
+from marsdiff.io.reading import read_csv, read_json, rerun_hint
+from marsdiff.rl.actions import DenoiseActions, PlanActions
+from marsdiff.rl.advantages import AdvantageSettings, ValueTable, group_advantages, step_advantages
+from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
+from marsdiff.rl.distributed import SINGLE, RankGroup
+from marsdiff.rl.generation_policies import KnobPolicy
+from marsdiff.rl.movement import UpdateMovement, plan_values
+from marsdiff.rl.policy import LORA_UNET, RoundPolicy
+from marsdiff.rl.rounds import build_policy
+from marsdiff.rl.skips import (
+    REASON, SKIPPED, STREAK, NonFiniteUpdate, max_skipped_updates, previous_streak, require_finite, stop_if_too_many,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-image credit in image_index order (rewards.csv of score_round) and its statistics."""
+    table = read_csv(rewards_csv, "per-image rewards", "score_round", columns=("image_index", "credit"))
+    credit = np.full(num_images, np.nan)
+    try:
+        index = table["image_index"].to_numpy(dtype=np.int64)
+    except (ValueError, TypeError):  # garbled or missing entries: text or NaN where an index belongs
+        raise MarsdiffError(f"{rewards_csv}: image_index holds non-integer values; {rerun_hint('score_round')}") from None
+    if len(index) == 0:
+        raise MarsdiffError(f"{rewards_csv}: no rows; {rerun_hint('score_round')}")
+    if index.min() < 0 or index.max() >= num_images or len(np.unique(index)) != num_images:
+        raise MarsdiffError(f"{rewards_csv}: image_index does not cover the round's {num_images} images exactly once; "
+                            f"{rerun_hint('score_round')}")
+    try:
+        credit[index] = table["credit"].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise MarsdiffError(f"{rewards_csv}: credit holds non-numeric values; {rerun_hint('score_round')}") from None
+    return credit, {"credit_mean": float(np.mean(credit)), "credit_std": float(np.std(credit))}
+
+
+def make_optimiser(policy: RoundPolicy, experiment: Mapping[str, Any]) -> torch.optim.Optimizer:
+    opt = dict(experiment["optimiser"])
+    return torch.optim.AdamW(
+        policy.trainable_parameters(), lr=learning_rate(experiment), weight_decay=float(opt.get("weight_decay", 0.0)),
+        betas=tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
+    )
+
+
+def learning_rate(experiment: Mapping[str, Any]) -> float:
+    """optimiser.lr, or exactly 0 for the A/A control (``control: zero_lr``): AdamW then runs every
+    step (moments, weight decay factor 1 - 0 * wd = 1) and leaves the weights bit for bit."""
+    if experiment.get("control") == "zero_lr":
+        return 0.0
+    return float(dict(experiment["optimiser"]).get("lr", 3e-4))
+
+
+def shuffled_credit(credit: np.ndarray, experiment: Mapping[str, Any], round_index: int) -> np.ndarray:
+    """The shuffled-credit control: the round's credits permuted among its images by a permutation
+    seeded by (experiment seed, round), so the same arm re-run permutes the same way."""
+    rng = np.random.default_rng([int(experiment["seed"]), int(round_index), 0x5C0])
+    return np.asarray(credit)[rng.permutation(len(credit))]
+
+
+def update_policy_round(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int,
+                        trajectories: str | os.PathLike, credit: np.ndarray,
+                        previous_policy: str | os.PathLike | None, out_policy: str | os.PathLike,
+                        progress: bool = True, skipped_before: int = 0,
+                        reward_fault: str | None = None, group: RankGroup = SINGLE) -> dict[str, Any]:
+    """One RL update of ``policy`` on a scored round; writes policy r (+ trainer state) atomically.
+
+    A NaN or inf in the credit, the loss, a gradient or the updated weights (or ``reward_fault``,
+    a non-finite set reward found by the caller) skips the update (:mod:`marsdiff.rl.skips`):
+    policy r is policy r-1 with the same weights and trainer state, and the metrics say why.
+    ``skipped_before`` skips in a row before this round count toward the experiment's limit.
+    With several processes (``group``) every rank starts from the same policy r-1 and trainer
+    state, the update reduces across them (every rank ends with the same weights), and rank 0
+    alone writes policy r.
+    """
+    from marsdiff.io.trajectories import open_trajectories
+
+    started = time.perf_counter()
+    with open_trajectories(trajectories) as f:
+        stored_hash, num_images, num_steps = str(f.attrs.get("policy_hash", "")), f.num_images, f.num_steps
+        condition = f.array("condition")
+        num_conditions = len(f.condition_names)
+    if stored_hash != policy.policy_hash():
+        raise MarsdiffError(
+            f"{trajectories}: sampled by policy {stored_hash or '?'}, but the policy to update is {policy.policy_hash()}; "
+            "re-run sample_round for this round"
+        )
+    if len(credit) != num_images:
+        raise MarsdiffError(f"{len(credit)} credits for {num_images} images in {trajectories}")
+    # The limit is checked before any work: a bad setting must not cost an update.
+    max_skipped_updates(dict(experiment))
+
+    def fresh_optimiser() -> torch.optim.Optimizer:
+        torch.manual_seed(int(experiment["seed"]) * 1000 + round_index)
+        optimiser = make_optimiser(policy, experiment)
+        if previous_policy is not None:
+            load_trainer_state(previous_policy, optimiser)
+        # The saved state carries its own lr: the experiment's (a zero_lr control's 0) wins.
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(experiment)
+        return optimiser
+
+    optimiser = fresh_optimiser()
+    # What a skipped update puts back: the weights bit for bit (copies, no arithmetic) and the value table.
+    saved_parameters = [p.detach().clone() for p in policy.trainable_parameters()]
+    saved_value_table = None if policy.value_table is None else np.array(policy.value_table, dtype=np.float64, copy=True)
+    metrics: dict[str, Any] = {}
+    advantages = np.zeros(0)
+    try:
+        if reward_fault is not None:
+            raise NonFiniteUpdate(reward_fault)
+        require_finite(f"the credit of round {round_index:03d}", credit)
+        metrics, advantages = _run_update(policy, experiment, round_index, trajectories, credit, condition,
+                                          num_steps, num_conditions, optimiser, progress, group)
+        require_finite("the updated policy weights", list(policy.trainable_parameters()))
+        if policy.value_table is not None:
+            require_finite("the updated value table", policy.value_table)
+    except NonFiniteUpdate as fault:
+        with torch.no_grad():
+            for p, p0 in zip(policy.trainable_parameters(), saved_parameters):
+                p.copy_(p0)
+        policy.value_table = saved_value_table
+        optimiser = fresh_optimiser()
+        streak = skipped_before + 1
+        log.warning("%s round %03d: update skipped, %s; %s is written unchanged (%d skipped in a row)",
+                    experiment["name"], round_index, fault,
+                    f"policy {round_index - 1:03d}" if previous_policy is not None else "the initial policy", streak)
+        stop_if_too_many(dict(experiment), round_index, streak, str(fault))
+        metrics = {SKIPPED: 1.0, REASON: str(fault), STREAK: streak}
+        if isinstance(policy.generation, KnobPolicy):
+            metrics.update(plan_values(policy.generation))
+    else:
+        metrics.update({"advantage_mean": float(np.mean(advantages)), "advantage_std": float(np.std(advantages)),
+                        SKIPPED: 0.0, STREAK: 0})
+    if group.is_writer:
+        with atomic_dir(out_policy) as tmp:
+            policy.save(tmp, round_index, extra={"experiment": experiment["name"], "algorithm": experiment["algorithm"]})
+            kill_point(f"update.{experiment['algorithm']}.policy_folder")
+            save_trainer_state(tmp, optimiser)
+    metrics["update_seconds"] = time.perf_counter() - started
+    return metrics
+
+
+def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index: int, trajectories: str | os.PathLike,
+                credit: np.ndarray, condition: np.ndarray, num_steps: int, num_conditions: int,
+                optimiser: torch.optim.Optimizer, progress: bool,
+                group: RankGroup = SINGLE) -> tuple[dict[str, Any], np.ndarray]:
+    """Advantages and the PPO/TRPO update itself; returns its metrics and the advantages."""
+    adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
+    metrics: dict[str, Any] = {}
+    seed = int(experiment["seed"]) * 1000 + round_index
+    if experiment.get("control") == "shuffled_credit":
+        credit = shuffled_credit(credit, experiment, round_index)
+    algorithm = experiment["algorithm"]
+    minibatch = int((experiment.get(algorithm) or {}).get("minibatch_size", 32))
+    if policy.mode == LORA_UNET:
+        value_table = None
+        if adv_settings.value_head:
+            value_table = ValueTable(num_conditions, num_steps, policy.value_table)
+        advantages, extra = step_advantages(credit, condition, num_steps, adv_settings, value_table)
+        metrics.update(extra)
+        if value_table is not None:
+            policy.value_table = value_table.table
+        fraction = float((experiment.get(algorithm) or {}).get("timestep_fraction", 1.0))
+        actions = DenoiseActions(policy, trajectories, advantages, minibatch, fraction, seed)
+    else:
+        # When the condition is itself an action (diversity policy), normalising within condition
+        # groups would erase exactly the signal of which condition pays: batch statistics always.
+        groups = np.zeros_like(condition) if policy.generation.learn_conditions else condition
+        advantages = group_advantages(credit, groups, adv_settings)
+        actions = PlanActions(policy, trajectories, advantages, minibatch, seed)
+    try:
+        if isinstance(actions, PlanActions):
+            # torch's distributions refuse a NaN sample with a ValueError: name the file instead.
+            require_finite(f"the plan actions stored in {trajectories}", actions.actions)
+        kl_to_base = float(experiment.get("kl_to_base") or 0.0)
+        zero_lr = experiment.get("control") == "zero_lr"
+        movement = UpdateMovement(actions, policy.trainable_parameters(), group)  # read after the update
+        if algorithm == "ppo":
+            from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
+
+            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")),
+                              progress, kl_to_base=kl_to_base, group=group)
+            metrics.update(summarise_updates(rows))
+        else:
+            from marsdiff.rl.trpo import TRPOSettings, trpo_update
+
+            settings = TRPOSettings.from_config(experiment.get("trpo"))
+            metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress,
+                                       kl_to_base=kl_to_base, apply_step=not zero_lr, group=group))
+        metrics.update(movement.stats())
+        metrics["kl_to_base_coef"] = kl_to_base
+    finally:
+        actions.close()
+    if isinstance(policy.generation, KnobPolicy):
+        metrics.update(plan_values(policy.generation))
+    return metrics, advantages
+
+
+def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round_index: int,
+                      reward_summary: Mapping[str, Any], credit_stats: Mapping[str, float],
+                      update: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics.json of one round (a row of the experiment's metrics.csv)."""
+    return {
+        "experiment": experiment_name,
+        "algorithm": experiment["algorithm"],
+        "mode": experiment["mode"],
+        "round": round_index,
+        "control": str(experiment.get("control", "none")),
+        "set_reward": _json_number(reward_summary.get("set_reward", float("nan"))),
+        **{k: _json_number(v) for k, v in credit_stats.items()},
+        **{k: _json_number(v) for k, v in update.items()},
+    }
+
+
+def _json_number(value: Any) -> Any:
+    """Floats for JSON; NaN (a diagnostic the mode does not have) and inf (a fault a skipped
+    update recorded) become null: strict JSON has neither."""
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return value
+
+
+def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
+                       previous_policy: str | None, trajectories: str, rewards_csv: str, reward_summary: str,
+                       out_policy: str, metrics_json: str, previous_metrics: str | None = None,
+                       group: RankGroup = SINGLE) -> dict[str, Any]:
+    """Stage update_round: the RL update of one round, its policy, trainer state and metrics.json.
+
+    ``previous_metrics`` (round r-1's metrics.json) carries the count of updates skipped in a row.
+    ``group``: this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several
+    (each rank reads the same inputs; rank 0 writes policy r and metrics.json)."""
+    from marsdiff.io.trajectories import open_trajectories
+    from marsdiff.rl.experiments import experiment_settings
+
+    experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
+    sampling = dict(cfg.get("sampling") or {})
+    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
+    with open_trajectories(trajectories) as f:
+        num_images = f.num_images
+    credit, credit_stats = read_credit(rewards_csv, num_images)
+    summary = read_json(reward_summary, "reward summary", "score_round")
+    update = update_policy_round(policy, experiment, round_index, trajectories, credit, previous_policy, out_policy,
+                                 skipped_before=previous_streak(previous_metrics),
+                                 reward_fault=_reward_fault(summary, credit, reward_summary, rewards_csv), group=group)
+    row = round_metrics_row(experiment_name, experiment, round_index, summary, credit_stats, update)
+    if not group.is_writer:
+        return row
+    write_json(metrics_json, row)
+    if row.get(SKIPPED):
+        return row
+    log.info("%s round %03d: set reward %s, %s", experiment_name, round_index, row["set_reward"],
+             ", ".join(f"{k} {row[k]:.4g}" for k in ("clip_fraction", "approx_kl", "grad_norm") if row.get(k) is not None))
+    return row
+
+
+def _reward_fault(summary: Mapping[str, Any], credit: np.ndarray, reward_summary: str, rewards_csv: str) -> str | None:
+    """Why the round's reward cannot be learnt from (a NaN/inf set reward or credit), naming the file; None if it can."""
+    value = summary.get("set_reward") if isinstance(summary, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isfinite(value):
+        return f"set_reward {value} in {reward_summary}"
+    bad = ~np.isfinite(credit)
+    if bad.any():
+        kind = "NaN" if np.isnan(credit[bad]).any() else "inf"
+        return f"{kind} credit for {int(bad.sum())} of {len(credit)} images in {rewards_csv}"
+    return None
