@@ -16,10 +16,10 @@ syntax tree (never imports it) and reports, each with its line and key:
 - ``parameter``: a function parameter named as a schema key whose literal default equals one of
   that key's schema defaults (callers pass the configured value).
 
-The scan covers ``src/marsdiff`` and ``workflow/scripts``. :data:`PENDING` holds the files other
-helpers of the session are rewriting, with their owner: the scan skips them until the lead merges
-their branches and empties the table. :data:`ALLOWED` is for a file that must keep a finding, each
-with its one-line reason.
+The scan covers ``src/marsdiff`` and ``workflow/scripts``. :data:`REMAINING` lists the findings
+still to fix (function-argument defaults whose callers rely on them) and :data:`ALLOWED` the ones
+that are not config defaults (a name shared with a schema key), each ``<file>::<key>`` with its
+one-line reason. Both only shrink: an entry without a finding fails the test.
 """
 
 from __future__ import annotations
@@ -36,65 +36,51 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCANNED = (REPO / "src" / "marsdiff", REPO / "workflow" / "scripts")
 
-#: Files other helpers own in this session (briefs4/plan.md), with the owner; ``<file>::<key>`` skips
-#: one key's findings in a file shared with another helper. The lead merges their branches, runs this
-#: test with the table emptied and fixes what is left.
-PENDING: dict[str, str] = {
-    # pixel: the model section, one preset resolver (frozen files included)
-    "src/marsdiff/diffusion/pixel.py": "pixel",
-    "src/marsdiff/diffusion/pixel_presets.py": "pixel",
-    "src/marsdiff/diffusion/pixel_keys.py": "pixel",
-    "src/marsdiff/diffusion/pretrain.py": "pixel",
-    "src/marsdiff/diffusion/shipped.py": "pixel",
-    "src/marsdiff/diffusion/shipping.py": "pixel",
-    "src/marsdiff/diffusion/stable_diffusion.py": "pixel",
-    "src/marsdiff/diffusion/preview.py": "pixel",
-    "src/marsdiff/diffusion/loading.py": "pixel",
-    "src/marsdiff/data/resolution.py": "pixel",
-    # experiments: the experiments section
-    "src/marsdiff/rl/experiments.py": "experiments",
-    "src/marsdiff/rl/ppo.py": "experiments",
-    "src/marsdiff/rl/advantages.py": "experiments",
-    "src/marsdiff/rl/lora.py": "experiments",
-    "src/marsdiff/rl/policy.py": "experiments",
-    "src/marsdiff/rl/generation_policies.py": "experiments",
-    "src/marsdiff/rl/skips.py": "experiments",
-    # trpo: rl/trpo.py (its settings dataclass is experiments') and its parts
-    "src/marsdiff/rl/trpo.py": "trpo + experiments",
-    "src/marsdiff/rl/line_search.py": "trpo",
-    "src/marsdiff/rl/conjugate_gradient.py": "trpo",
-    "src/marsdiff/rl/fisher_vector_product.py": "trpo",
-    "src/marsdiff/rl/kl_families.py": "trpo",
-    "src/marsdiff/rl/parameter_vectors.py": "trpo",
-    # rounds: the sampling digest and the round stages
-    "src/marsdiff/rl/rounds.py": "rounds",
-    "src/marsdiff/workflow/code.py": "rounds",
-    "workflow/scripts/sample_round.py": "rounds",
-    "workflow/scripts/update_round.py": "rounds",
-    # pixel: the base model's stage script (its preset)
-    "workflow/scripts/pretrain_base.py": "pixel",
-    # evaluation: the export stage's script
-    "workflow/scripts/export_dataset.py": "evaluation",
-    # experiments: the knob part of config_checks.py (the rest of the file is scanned)
-    "src/marsdiff/config_checks.py::KNOB_DEFAULTS": "experiments",
-    # pixel: model.pixel.shipped_checkpoint, read by its function of workflow/params.py (the rest is scanned)
-    "src/marsdiff/workflow/params.py::shipped_checkpoint": "pixel",
-    # Owned by no helper this session, inside the sampling and RL-update code the rounds and trpo
-    # helpers restructure (eta, device and seed parameters): the lead, after those merges.
-    "src/marsdiff/diffusion/backends.py": "lead",
-    "src/marsdiff/diffusion/pixel_backend.py": "lead",
-    "src/marsdiff/diffusion/scheduler_logprob.py": "lead",
-    "src/marsdiff/rl/actions.py": "lead",
-    "src/marsdiff/rl/replay.py": "lead",
-    # evaluation: the evaluation, evalset, export and study packages (a key ending in / is a folder)
-    "src/marsdiff/evalset/": "evaluation",
-    "src/marsdiff/evaluation/": "evaluation",
-    "src/marsdiff/export/": "evaluation",
-    "src/marsdiff/study/": "evaluation",
-    "src/marsdiff/stages/plot_evaluation.py": "evaluation",
+LEFT = "function-argument default: its callers (tests, library calls) still rely on it (issue 20 item 1, left)"
+#: ``<file>::<key>`` -> why the finding is still there. These are the function-argument defaults
+#: left when the schema became the one source of defaults: the scan skips them, and
+#: :func:`test_every_remaining_entry_is_still_a_finding` fails once one is fixed, so the table only
+#: shrinks. A new restatement anywhere fails the scan.
+REMAINING: dict[str, str] = {
+    "src/marsdiff/diffusion/backends.py::eta": LEFT,
+    "src/marsdiff/diffusion/loading.py::device": LEFT,
+    "src/marsdiff/diffusion/pixel_backend.py::device": LEFT,
+    "src/marsdiff/diffusion/preview.py::batch_size": LEFT,
+    "src/marsdiff/diffusion/scheduler_logprob.py::eta": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::allow_download": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::guidance_scale": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::resolution": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::device": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::negative_prompt": LEFT,
+    "src/marsdiff/diffusion/stable_diffusion.py::gradient_checkpointing": LEFT,
+    "src/marsdiff/diffusion/training_loss.py::seed": LEFT,
+    "src/marsdiff/evaluation/manifold.py::k_density_coverage": LEFT,
+    "src/marsdiff/evaluation/manifold.py::k_precision_recall": LEFT,
+    "src/marsdiff/evaluation/pixels.py::seed": LEFT,
+    "src/marsdiff/rewards/coverage.py::bandwidth_scale": LEFT,
+    "src/marsdiff/rewards/information.py::bandwidth_scale": LEFT,
+    "src/marsdiff/rewards/mmd.py::bandwidth_scale": LEFT,
+    "src/marsdiff/rewards/vendi.py::bandwidth_scale": LEFT,
+    "src/marsdiff/rl/actions.py::seed": LEFT,
+    "src/marsdiff/rl/actions.py::timestep_fraction": LEFT,
+    "src/marsdiff/rl/fisher_vector_product.py::jacobian_vector": LEFT,
+    "src/marsdiff/rl/ppo.py::kl_to_base": LEFT,
+    "src/marsdiff/rl/replay.py::seed": LEFT,
+    "src/marsdiff/rl/round_sampling.py::compression": LEFT,
+    "src/marsdiff/rl/round_sampling.py::compression_level": LEFT,
+    "src/marsdiff/rl/rounds.py::device": LEFT,
+    "src/marsdiff/rl/trpo.py::kl_to_base": LEFT,
 }
-#: File -> one-line reason it may keep its findings. Aim for none.
-ALLOWED: dict[str, str] = {}
+#: ``<file>::<key>`` -> one-line reason the finding is not a config default at all.
+ALLOWED: dict[str, str] = {
+    "src/marsdiff/evalset/assess.py::k": "the base-model check's own protocol (AssessSettings), not the evaluation's k",
+    "src/marsdiff/evalset/assess.py::eta": "the base-model check's own protocol (AssessSettings), not sampling.eta",
+    "src/marsdiff/evalset/assess.py::seed": "the base-model check's own protocol (AssessSettings), not a config seed",
+    "src/marsdiff/rl/distributed.py::rank": "a process's rank in the round job, not lora.rank",
+    "src/marsdiff/io/trajectories.py::mode": "the trajectory file header's policy mode ('base' for base-model files), not a config key",
+    "src/marsdiff/rl/policy.py::class_distribution": "reads a policy.json written by the update stage, not the config",
+    "src/marsdiff/diffusion/pixel_backend.py::backend": "reads the model folder's marsdiff_model.json, not the config",
+}
 
 
 # --- the schema ----------------------------------------------------------------------------------
@@ -252,27 +238,16 @@ def scan_source(source: str, path: str, defaults: dict[str, list]) -> list[Findi
     return sorted(findings, key=lambda f: (f.line, f.key))
 
 
-def _pending_owner(relative: str) -> str | None:
-    if relative in PENDING:
-        return PENDING[relative]
-    for folder, owner in PENDING.items():
-        if folder.endswith("/") and relative.startswith(folder):
-            return owner
-    return None
-
-
 def scanned_files() -> list[str]:
     return sorted(str(p.relative_to(REPO)) for root in SCANNED for p in root.rglob("*.py"))
 
 
-def repository_findings(skip_pending: bool = True) -> list[Finding]:
+def repository_findings(skip_known: bool = True) -> list[Finding]:
     defaults = schema_defaults(yaml.safe_load(SCHEMA.read_text()))
     findings = []
     for relative in scanned_files():
-        if relative in ALLOWED or (skip_pending and _pending_owner(relative)):
-            continue
         findings += [f for f in scan_source((REPO / relative).read_text(), relative, defaults)
-                     if not (skip_pending and f"{relative}::{f.key}" in PENDING)]
+                     if not (skip_known and f"{relative}::{f.key}" in {**REMAINING, **ALLOWED})]
     return findings
 
 
@@ -290,14 +265,18 @@ def test_no_default_is_restated_in_code():
 
 def test_the_tables_name_real_files_each_with_its_reason():
     files = set(scanned_files())
-    for table in (PENDING, ALLOWED):
+    for table in (REMAINING, ALLOWED):
         for entry, why in table.items():
-            relative = entry.split("::")[0]
-            if relative.endswith("/"):
-                assert any(f.startswith(relative) for f in files), f"{relative}: no scanned file under it"
-            else:
-                assert relative in files, f"{relative}: not a scanned file (renamed? drop it from the table)"
-            assert why.strip() and "\n" not in why, relative
+            relative, _, key = entry.partition("::")
+            assert relative in files and key, f"{entry}: not <scanned file>::<key> (renamed? drop it from the table)"
+            assert why.strip() and "\n" not in why, entry
+
+
+def test_every_remaining_entry_is_still_a_finding():
+    """The tables only shrink: an entry whose finding was fixed must leave the table."""
+    found = {f"{f.path}::{f.key}" for f in repository_findings(skip_known=False)}
+    stale = [entry for entry in sorted({*REMAINING, *ALLOWED}) if entry not in found]
+    assert not stale, f"fixed, drop from the table: {stale}"
 
 
 def test_the_schema_walk_finds_defaults_at_every_level():
@@ -372,12 +351,6 @@ def test_the_scanner_catches_each_pattern():
 def test_a_finding_names_file_line_and_key(tmp_path):
     finding = scan_source("x = s.get('eta', 1.0)\n", "src/marsdiff/m.py", {"eta": [1.0]})[0]
     assert str(finding) == "src/marsdiff/m.py:1: .get(..., 1.0) restates the schema default of 'eta'"
-
-
-@pytest.mark.parametrize("relative", ["src/marsdiff/evaluation/settings.py", "src/marsdiff/rl/ppo.py"])
-def test_pending_files_are_skipped_and_only_they(relative):
-    assert _pending_owner(relative)
-    assert _pending_owner("src/marsdiff/rewards/combined.py") is None
 
 
 # --- settings objects are built from the filled section ------------------------------------------

@@ -54,14 +54,15 @@ def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
                        group: RankGroup = SINGLE) -> dict[str, Any]:
     """Stage sample_round. ``cfg`` holds the model, sampling and experiments sections; ``group``:
     this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several."""
+    from marsdiff.config import filled_section
     from marsdiff.rl.experiments import experiment_settings
 
     experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
-    sampling = dict(cfg.get("sampling") or {})
-    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
-    store = sampling.get("store") or {}
+    sampling = filled_section("sampling", cfg.get("sampling"))
+    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling["device"])
+    store = sampling["store"]
     return sample_policy_round(
         policy, round_sampling_settings(sampling, experiment), experiment, round_index, out_dir, stage_config=cfg,
-        compression=str(store.get("compression", "gzip")), compression_level=int(store.get("compression_level", 4)),
+        compression=str(store["compression"]), compression_level=int(store["compression_level"]),
         group=group,
     )

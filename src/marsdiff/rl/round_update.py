@@ -60,17 +60,17 @@ def read_credit(rewards_csv: str | os.PathLike, num_images: int) -> tuple[np.nda
 def make_optimiser(policy: RoundPolicy, experiment: Mapping[str, Any]) -> torch.optim.Optimizer:
     opt = dict(experiment["optimiser"])
     return torch.optim.AdamW(
-        policy.trainable_parameters(), lr=learning_rate(experiment), weight_decay=float(opt.get("weight_decay", 0.0)),
-        betas=tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
+        policy.trainable_parameters(), lr=learning_rate(experiment), weight_decay=float(opt["weight_decay"]),
+        betas=tuple(float(b) for b in opt["betas"]),
     )
 
 
 def learning_rate(experiment: Mapping[str, Any]) -> float:
     """optimiser.lr, or exactly 0 for the A/A control (``control: zero_lr``): AdamW then runs every
     step (moments, weight decay factor 1 - 0 * wd = 1) and leaves the weights bit for bit."""
-    if experiment.get("control") == "zero_lr":
+    if experiment["control"] == "zero_lr":
         return 0.0
-    return float(dict(experiment["optimiser"]).get("lr", 3e-4))
+    return float(experiment["optimiser"]["lr"])
 
 
 def shuffled_credit(credit: np.ndarray, experiment: Mapping[str, Any], round_index: int) -> np.ndarray:
@@ -168,13 +168,13 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
                 optimiser: torch.optim.Optimizer, progress: bool,
                 group: RankGroup = SINGLE) -> tuple[dict[str, Any], np.ndarray]:
     """Advantages and the PPO/TRPO update itself; returns its metrics and the advantages."""
-    adv_settings = AdvantageSettings.from_config(experiment.get("advantages"))
+    adv_settings = AdvantageSettings.from_config(experiment["advantages"])
     metrics: dict[str, Any] = {}
     seed = int(experiment["seed"]) * 1000 + round_index
-    if experiment.get("control") == "shuffled_credit":
+    if experiment["control"] == "shuffled_credit":
         credit = shuffled_credit(credit, experiment, round_index)
     algorithm = experiment["algorithm"]
-    minibatch = int((experiment.get(algorithm) or {}).get("minibatch_size", 32))
+    minibatch = int(experiment[algorithm]["minibatch_size"])
     if policy.mode == LORA_UNET:
         value_table = None
         if adv_settings.value_head:
@@ -183,7 +183,7 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
         metrics.update(extra)
         if value_table is not None:
             policy.value_table = value_table.table
-        fraction = float((experiment.get(algorithm) or {}).get("timestep_fraction", 1.0))
+        fraction = float(experiment[algorithm]["timestep_fraction"])
         actions = DenoiseActions(policy, trajectories, advantages, minibatch, fraction, seed)
     else:
         # When the condition is itself an action (diversity policy), normalising within condition
@@ -195,19 +195,19 @@ def _run_update(policy: RoundPolicy, experiment: Mapping[str, Any], round_index:
         if isinstance(actions, PlanActions):
             # torch's distributions refuse a NaN sample with a ValueError: name the file instead.
             require_finite(f"the plan actions stored in {trajectories}", actions.actions)
-        kl_to_base = float(experiment.get("kl_to_base") or 0.0)
-        zero_lr = experiment.get("control") == "zero_lr"
+        kl_to_base = float(experiment["kl_to_base"])
+        zero_lr = experiment["control"] == "zero_lr"
         movement = UpdateMovement(actions, policy.trainable_parameters(), group)  # read after the update
         if algorithm == "ppo":
             from marsdiff.rl.ppo import PPOSettings, ppo_update, summarise_updates
 
-            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment.get("ppo")),
+            rows = ppo_update(actions, policy.trainable_parameters(), optimiser, PPOSettings.from_config(experiment["ppo"]),
                               progress, kl_to_base=kl_to_base, group=group)
             metrics.update(summarise_updates(rows))
         else:
             from marsdiff.rl.trpo import TRPOSettings, trpo_update
 
-            settings = TRPOSettings.from_config(experiment.get("trpo"))
+            settings = TRPOSettings.from_config(experiment["trpo"])
             metrics.update(trpo_update(actions, policy.trainable_parameters(), settings, progress,
                                        kl_to_base=kl_to_base, apply_step=not zero_lr, group=group))
         metrics.update(movement.stats())
@@ -228,7 +228,7 @@ def round_metrics_row(experiment_name: str, experiment: Mapping[str, Any], round
         "algorithm": experiment["algorithm"],
         "mode": experiment["mode"],
         "round": round_index,
-        "control": str(experiment.get("control", "none")),
+        "control": str(experiment["control"]),
         "set_reward": _json_number(reward_summary.get("set_reward", float("nan"))),
         **{k: _json_number(v) for k, v in credit_stats.items()},
         **{k: _json_number(v) for k, v in update.items()},
@@ -254,11 +254,12 @@ def update_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     ``group``: this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several
     (each rank reads the same inputs; rank 0 writes policy r and metrics.json)."""
     from marsdiff.io.trajectories import open_trajectories
+    from marsdiff.config import filled_section
     from marsdiff.rl.experiments import experiment_settings
 
     experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
-    sampling = dict(cfg.get("sampling") or {})
-    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling.get("device", "auto"))
+    sampling = filled_section("sampling", cfg.get("sampling"))
+    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling["device"])
     with open_trajectories(trajectories) as f:
         num_images = f.num_images
     credit, credit_stats = read_credit(rewards_csv, num_images)
