@@ -334,7 +334,7 @@ def test_line_search_actions_counts_the_rows_the_search_scored():
     original = actions.evaluate
     actions.evaluate = lambda r: rows.append(len(r)) or original(r)
     # fvp_subsample = the first minibatch: the FVP reuses the gradient pass's graph and scores nothing.
-    row = trpo_update(actions, params, TRPOSettings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5),
+    row = trpo_update(actions, params, trpo_settings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5),
                       progress=False)
     assert row["accepted"] == 1.0 and row["line_search_tries"] >= 1
     assert row["line_search_actions"] == sum(rows) - actions.num_actions  # all but the gradient pass

@@ -30,7 +30,8 @@ by rows and parameter state), and step 1 is taken after the update from the firs
 has each action: the update's scoring at the pre-update parameters (all of TRPO's gradient pass,
 PPO's first minibatch), the base model's means when the pre-update adapter is zero (round 000,
 the zero_lr control: they are computed anyway for ``kl_to_base``), else a no-gradient pass at
-the pre-update parameters copied back in. Step 3 reuses TRPO's accepted line-search pass. The
+the pre-update parameters copied back in. Step 3 reuses TRPO's accepted line-search pass when it
+scored the same batches (a single process regroups them by noise level: then it is a pass). The
 statistics are the same, bit for bit, as from separate passes.
 """
 
