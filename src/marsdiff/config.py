@@ -80,7 +80,7 @@ def describe_error(error, root: str = "") -> str:
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Validate ``config`` in place, filling schema defaults; MarsdiffError names the first bad key."""
-    schema = _read_yaml(Path(schema_path))
+    schema = _schema(str(schema_path))
     _raise_first_error(schema, config, "")
     fill_defaults(config, schema)
     _check_filled(schema, config, "")
