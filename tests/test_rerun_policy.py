@@ -530,13 +530,13 @@ def round_log(project, rule):
 @slow
 def test_round_jobs_run_torch_with_their_rules_threads(finished_round, tmp_path):
     """What Snakemake schedules a round job with (the rule's threads) is what its torch uses: the
-    defaults (resources.ROUND_THREADS) and a --set-threads override."""
-    from marsdiff.workflow.resources import ROUND_THREADS
+    defaults (resources.THREADS) and a --set-threads override."""
+    from marsdiff.workflow.resources import THREADS
 
     for rule in ("sample_round", "update_round"):
-        assert f"torch threads: {ROUND_THREADS[rule]}\n" in round_log(finished_round, rule)
+        assert f"torch threads: {THREADS[rule]}\n" in round_log(finished_round, rule)
     project = copy_project(finished_round, tmp_path / "copy")
-    other = ROUND_THREADS["sample_round"] % 2 + 1  # 1 for the default of 2
+    other = THREADS["sample_round"] % 2 + 1  # 2 for the default of 1
     snakemake(project, *ROUND_TARGETS, *configs(project), "--forcerun", "sample_round",
               "--set-threads", f"sample_round={other}")
     assert f"torch threads: {other}\n" in round_log(project, "sample_round")

@@ -197,3 +197,28 @@ def test_round_groups_hold_blocks_of_rounds_per_experiment(tiny_config):
     assert [resources.round_group(packed, "a", r) for r in range(7)] == (
         ["rounds-a-000"] * 3 + ["rounds-a-003"] * 3 + ["rounds-a-006"])
     assert resources.round_group(packed, "b", 4) == "rounds-b-003"
+
+
+def rule_blocks() -> dict[str, str]:
+    """Each rule of workflow/rules/*.smk -> its text (up to the next rule)."""
+    blocks: dict[str, str] = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", smk.read_text(), flags=re.M)
+        blocks.update(dict(zip(parts[1::2], parts[2::2])))
+    return blocks
+
+
+def test_every_rule_that_sizes_its_threads_takes_them_from_the_table():
+    """A script that sizes its thread pools (torch's, BLAS') by its job's threads is scheduled with
+    the threads of resources.THREADS (one table: the results of some rules depend on the thread
+    count); a table entry names such a rule."""
+    blocks = rule_blocks()
+    setting = set()
+    for rule, block in blocks.items():
+        script = re.search(r'script:\n(?:\s*#.*\n)*\s+"\.\./scripts/(\w+\.py)"', block)
+        if script and "snakemake.threads" in (REPO / "workflow" / "scripts" / script.group(1)).read_text():
+            setting.add(rule)
+            assert f'threads: resources.THREADS["{rule}"]' in block, rule
+    # the stream rules (`use rule ... as`) inherit their parent's threads
+    assert setting == set(resources.THREADS)
+    assert set(resources.THREADS.values()) <= {1, 2}

@@ -47,7 +47,7 @@ rule select_knob:
         LOGS / "eval" / "select_knob.log",
     benchmark:
         BENCH / "eval" / "select_knob.tsv"
-    threads: 2
+    threads: resources.THREADS["select_knob"]
     resources:
         mem_mb=4000,
         runtime="60m",
@@ -78,7 +78,7 @@ rule generate_base_samples:
         LOGS / "eval" / "generate_base_samples.log",
     benchmark:
         BENCH / "eval" / "generate_base_samples.tsv"
-    threads: 2
+    threads: resources.THREADS["generate_base_samples"]
     resources:
         mem_mb=4000,
         runtime="60m",
@@ -120,7 +120,7 @@ rule generate_samples:
     # the base model's settings are generate_base_samples' outputs
     wildcard_constraints:
         model=PLAN.policy_model_pattern,
-    threads: 2
+    threads: resources.THREADS["generate_samples"]
     resources:
         mem_mb=4000,
         runtime="60m",
@@ -166,7 +166,7 @@ rule extract_sample_features:
         LOGS / "eval" / "extract_sample_features.log",
     benchmark:
         BENCH / "eval" / "extract_sample_features.tsv"
-    threads: 2
+    threads: resources.THREADS["extract_sample_features"]
     resources:
         mem_mb=4000,
         runtime="30m",
@@ -207,7 +207,7 @@ rule evaluate:
         LOGS / "eval" / "evaluate.log",
     benchmark:
         BENCH / "eval" / "evaluate.tsv"
-    threads: 2
+    threads: resources.THREADS["evaluate"]
     resources:
         mem_mb=4000,
         runtime="30m",
@@ -301,7 +301,7 @@ rule plot_evaluation:
         LOGS / "eval" / "plot_evaluation.log",
     benchmark:
         BENCH / "eval" / "plot_evaluation.tsv"
-    threads: 2
+    threads: resources.THREADS["plot_evaluation"]
     resources:
         mem_mb=4000,
         runtime="30m",

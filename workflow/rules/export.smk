@@ -28,7 +28,7 @@ rule export_dataset:
         LOGS / "export" / "{model}.log",
     benchmark:
         BENCH / "export" / "{model}.tsv"
-    threads: 2
+    threads: resources.THREADS["export_dataset"]
     resources:
         mem_mb=4000,
         runtime="60m",

@@ -17,7 +17,7 @@ rule extract_features:
         LOGS / "extract_features" / "reference_{extractor}.log",
     benchmark:
         BENCH / "extract_features" / "reference_{extractor}.tsv"
-    threads: 2
+    threads: resources.THREADS["extract_features"]
     resources:
         mem_mb=6000,
         runtime="30m",

@@ -28,7 +28,7 @@ rule pretrain_base:
         LOGS / "pretrain_base.log",
     benchmark:
         BENCH / "pretrain_base.tsv"
-    threads: 2
+    threads: resources.THREADS["pretrain_base"]
     resources:
         mem_mb=4000,
         runtime="60m",
@@ -63,7 +63,7 @@ rule preview_base:
         LOGS / "preview_base.log",
     benchmark:
         BENCH / "preview_base.tsv"
-    threads: 2
+    threads: resources.THREADS["preview_base"]
     resources:
         mem_mb=4000,
         runtime="20m",

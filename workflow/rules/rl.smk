@@ -22,7 +22,7 @@ rule sample_round:
         BENCH / "runs" / "{exp}" / "round_{round}" / "sample_round.tsv"
     group:
         round_group
-    threads: resources.ROUND_THREADS["sample_round"]
+    threads: resources.THREADS["sample_round"]
     resources:
         mem_mb=4000,
         runtime="60m",
@@ -53,7 +53,7 @@ rule update_round:
         BENCH / "runs" / "{exp}" / "round_{round}" / "update_round.tsv"
     group:
         round_group
-    threads: resources.ROUND_THREADS["update_round"]
+    threads: resources.THREADS["update_round"]
     resources:
         mem_mb=6000,
         runtime="2h",

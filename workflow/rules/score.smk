@@ -54,7 +54,7 @@ rule extract_resized_features:
         LOGS / "extract_features" / "reference_{size}px_{extractor}.log",
     benchmark:
         BENCH / "extract_features" / "reference_{size}px_{extractor}.tsv"
-    threads: 2
+    threads: resources.THREADS["extract_resized_features"]
     resources:
         mem_mb=6000,
         runtime="30m",
@@ -100,7 +100,7 @@ rule score_round:
         BENCH / "runs" / "{exp}" / "round_{round}" / "score_round.tsv"
     group:
         round_group
-    threads: 2
+    threads: resources.THREADS["score_round"]
     resources:
         mem_mb=4000,
         runtime="20m",

@@ -6,6 +6,9 @@ from marsdiff.stage import run_stage, untracked
 
 def main(snakemake):
     def body():
+        import torch
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
         # the extractor's own options are the tracked `extractor` param's, taken from this section
         cfg = untracked(snakemake, "features")
         extract_image_set(snakemake.input.manifest, snakemake.wildcards.extractor, cfg, snakemake.output.features)

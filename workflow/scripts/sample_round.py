@@ -23,7 +23,7 @@ def main(snakemake):
         from marsdiff.rl.distributed import launch, round_device
         from marsdiff.rl.round_sampling import sample_round_stage
 
-        # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.ROUND_THREADS,
+        # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.THREADS,
         # or --set-threads): what Snakemake schedules is what the job uses
         threads = max(1, int(snakemake.threads))
         torch.set_num_threads(threads)

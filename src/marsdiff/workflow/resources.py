@@ -18,14 +18,22 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
                   "generate_base_stream_samples", "generate_samples", "generate_stream_samples", "export_dataset")
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
-#: The ``threads`` of a sample_round / update_round job, and so its torch threads (the scripts set
-#: torch's to the job's). Two, though one thread per job would do more per core-second on a
-#: 2-core CPU (a second thread buys 1.49x; two 1-thread jobs could run side by side): the results
-#: depend on the thread count, so a change re-baselines every default result. Measured: one update
-#: wrote different weights with 1 and with 2 threads, and on the tiny test model one round's chains
-#: (latents, log-probs) differ between them (docs/performance.md, "Threads"). A cluster sets its
-#: own per rule (profiles/slurm, set-threads); ``--set-threads sample_round=1`` overrides one run.
-ROUND_THREADS = {"sample_round": 2, "update_round": 2}
+#: The ``threads`` of each rule that runs torch (the scripts set torch's threads to the job's).
+#: One where a job has siblings it can run beside: on the 2-core default machine two 1-thread
+#: jobs do more than one 2-thread job (a second thread buys 1.4-1.6x), and the default run's
+#: samples, features and metrics are bit-identical with 1 and 2 threads (checked on every round's
+#: trajectories and on summary.md: docs/performance.md, "Threads"). Two where the result depends
+#: on the thread count or the job runs alone: update_round (a LoRA update sums its gradients in
+#: another order with another thread count, so its weights change; it is also the longest job
+#: on the critical path), pretrain_base (the shipped model was trained with two), and the stages
+#: at the end of the run that have no sibling. A cluster sets its own per rule (profiles/slurm,
+#: set-threads); ``--set-threads <rule>=N`` overrides one run.
+THREADS = {
+    "sample_round": 1, "score_round": 1, "update_round": 2,
+    "select_knob": 1, "generate_base_samples": 1, "generate_samples": 1,
+    "extract_features": 1, "extract_resized_features": 1, "preview_base": 1, "pretrain_base": 2,
+    "extract_sample_features": 2, "evaluate": 2, "plot_evaluation": 2, "export_dataset": 2,
+}
 
 
 def sampling_gpus(config: Mapping[str, Any]) -> int:
