@@ -108,12 +108,12 @@ REACHES = {
         ("evaluation.seed", "seed", 107)]),
     "extract_sample_features": ({}, "marsdiff.evalset.features:extract_sample_features", [
         ("features.batch_size", "batch_size", 11), ("features.cache_dir", "cache_dir", "cache-dir-x")]),
-    "evaluate": ({}, "marsdiff.evaluation.run:run_evaluation", [
+    "evaluate": ({}, "marsdiff.stages.evaluate:run_evaluation", [
         ("evaluation.metrics.n_modes", "n_modes", 2), ("evaluation.metrics.bootstrap_replicates", "bootstrap_replicates", 21),
         ("evaluation.metrics.seed", "seed", 113)]),
-    "evaluate_stream": ({"stream": "1"}, "marsdiff.evaluation.run:run_evaluation", [
+    "evaluate_stream": ({"stream": "1"}, "marsdiff.stages.evaluate:run_evaluation", [
         ("evaluation.metrics.n_modes", "n_modes", 2), ("evaluation.metrics.seed", "seed", 113)]),
-    "pixel_statistics": ({}, "marsdiff.evaluation.pixels:run_pixel_statistics", [
+    "pixel_statistics": ({}, "marsdiff.stages.pixel_statistics:run_pixel_statistics", [
         ("evaluation.metrics.bootstrap_replicates", "bootstrap_replicates", 21), ("evaluation.metrics.seed", "seed", 113)]),
     "plot_evaluation": ({}, "marsdiff.stages.plot_evaluation:draw_evaluation_figures", [
         ("evaluation.plots.tsne_max_iter", "tsne_max_iter", 260),

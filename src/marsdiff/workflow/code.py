@@ -55,9 +55,9 @@ CODE_ROOTS: dict[str, tuple[str, ...]] = {
     "generate_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "extract_sample_features": ("evalset/features.py", "scripts/extract_sample_features.py"),
     # the tables' code only: stages/report_summary.py's summary reads evaluation/pixels.py
-    "evaluate": ("evaluation/run.py", "scripts/evaluate.py"),
-    "evaluate_stream": ("evaluation/run.py", "scripts/evaluate.py"),
-    "pixel_statistics": ("evaluation/pixels.py", "scripts/pixel_statistics.py"),
+    "evaluate": ("stages/evaluate.py", "scripts/evaluate.py"),
+    "evaluate_stream": ("stages/evaluate.py", "scripts/evaluate.py"),
+    "pixel_statistics": ("stages/pixel_statistics.py", "scripts/pixel_statistics.py"),
     "plot_evaluation": ("stages/plot_evaluation.py", "scripts/plot_evaluation.py"),
     "report_summary": ("stages/report_summary.py", "scripts/report_summary.py"),
     "export_dataset": ("export/dataset.py", "scripts/export_dataset.py"),
