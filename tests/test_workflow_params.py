@@ -89,7 +89,7 @@ REACHES = {
     "update_round": ({"exp": "ppo_lora", "round": "000"}, "marsdiff.stages.update_round:update_round_stage", [
         ("experiments.ppo_lora.optimiser.lr", "lr", 0.00077), ("experiments.ppo_lora.ppo.clip_denoise", "clip_denoise", 0.17),
         ("sampling.min_std", "min_std", 0.0125), ("sampling.seed", "seed", 103)]),
-    "select_knob": ({}, "marsdiff.evalset.select:select_knob", [
+    "select_knob": ({}, "marsdiff.stages.select_knob:select_knob", [
         ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
         ("features.cache_dir", "cache_dir", "cache-dir-x"), ("evaluation.baseline.images", "images", 6),
         ("evaluation.baseline.k", "k", 4), ("reference.seed", "reference_seed", 101)]),
@@ -106,7 +106,7 @@ REACHES = {
     "generate_stream_samples": ({"model": "ppo_lora", "stream": "1"}, "marsdiff.evalset.generate:generate_samples_of", [
         ("sampling.batch_size", "batch_size", 13), ("evaluation.images", "n_images", 9),
         ("evaluation.seed", "seed", 107)]),
-    "extract_sample_features": ({}, "marsdiff.evalset.features:extract_sample_features", [
+    "extract_sample_features": ({}, "marsdiff.stages.extract_sample_features:extract_sample_features", [
         ("features.batch_size", "batch_size", 11), ("features.cache_dir", "cache_dir", "cache-dir-x")]),
     "evaluate": ({}, "marsdiff.stages.evaluate:run_evaluation", [
         ("evaluation.metrics.n_modes", "n_modes", 2), ("evaluation.metrics.bootstrap_replicates", "bootstrap_replicates", 21),

@@ -48,12 +48,12 @@ CODE_ROOTS: dict[str, tuple[str, ...]] = {
     # plus the experiment's algorithm's entry (ALGORITHM_ENTRIES)
     "update_round": ("scripts/update_round.py",),
     "plot_experiment": ("stages/plot_experiment.py", "scripts/plot_experiment.py"),
-    "select_knob": ("evalset/select.py", "scripts/select_knob.py"),
+    "select_knob": ("stages/select_knob.py", "scripts/select_knob.py"),
     "generate_base_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_base_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
-    "extract_sample_features": ("evalset/features.py", "scripts/extract_sample_features.py"),
+    "extract_sample_features": ("stages/extract_sample_features.py", "scripts/extract_sample_features.py"),
     # the tables' code only: stages/report_summary.py's summary reads evaluation/pixels.py
     "evaluate": ("stages/evaluate.py", "scripts/evaluate.py"),
     "evaluate_stream": ("stages/evaluate.py", "scripts/evaluate.py"),
