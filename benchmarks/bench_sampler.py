@@ -190,7 +190,7 @@ def default_round_bytes(images: int) -> tuple[float, dict]:
     from marsdiff.config import load_config
     from marsdiff.diffusion.shipped import install
     from marsdiff.io.trajectories import bytes_per_trajectory
-    from marsdiff.rl.round_sampling import sample_round_stage
+    from marsdiff.stages.sample_round import sample_round_stage
 
     cfg = load_config()
     experiment = next(iter(cfg["experiments"]))

@@ -1,6 +1,7 @@
-"""The reward curves (marsdiff.rl.curves): the paired improvement over the A/A base with its
-jackknife interval (checked against a brute-force jackknife of a real set reward), the refusal of
-unpaired images, metrics.csv's columns, and the figure's panels (log KL axes, TRPO's delta, plan)."""
+"""The reward curves (marsdiff.rl.curves; stage plot_experiment, marsdiff.stages.plot_experiment):
+the paired improvement over the A/A base with its jackknife interval (checked against a
+brute-force jackknife of a real set reward), the refusal of unpaired images, metrics.csv's
+columns, and the figure's panels (log KL axes, TRPO's delta, plan)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rl import curves
+from marsdiff.stages import plot_experiment
 
 
 def set_reward(features: np.ndarray, reference: np.ndarray) -> float:
@@ -85,7 +87,7 @@ def test_metrics_csv_carries_the_paired_improvement_per_round(tmp_path):
     for r in range(2):
         write_round(arm / f"round_{r:03d}", r, -5.0 + r, [0.5, 1.0, 1.5, 2.0], extras[r])
         write_round(base / f"round_{r:03d}", r, -6.0, [0.5, 0.5, 0.5, 0.5])
-    table = curves.write_experiment_curves(
+    table = plot_experiment.write_experiment_curves(
         [arm / f"round_{r:03d}" / "metrics.json" for r in range(2)], tmp_path / "metrics.csv", tmp_path / "curve.png",
         paired_base="base", arm_rewards=[arm / f"round_{r:03d}" / "rewards.csv" for r in range(2)],
         base_rewards=[base / f"round_{r:03d}" / "rewards.csv" for r in range(2)],
@@ -103,7 +105,8 @@ def test_metrics_csv_carries_the_paired_improvement_per_round(tmp_path):
 def test_without_a_paired_base_the_columns_are_empty_and_the_figure_says_raw(tmp_path):
     arm = tmp_path / "arm"
     write_round(arm / "round_000", 0, -5.0, [1.0, 2.0, 3.0])
-    table = curves.add_paired_improvement(curves.read_round_metrics([arm / "round_000" / "metrics.json"]), None)
+    metrics = plot_experiment.read_round_metrics([arm / "round_000" / "metrics.json"])
+    table = plot_experiment.add_paired_improvement(metrics, None)
     assert table["paired_improvement"].isna().all() and table["paired_base"].tolist() == [""]
     fig = curves.curve_figure(table, note=curves.curve_note("arm", "none"))
     texts = [t.get_text() for t in fig.texts]  # under the panels

@@ -1,6 +1,6 @@
 """Brightness spread and contrast against the held-out crops (marsdiff.evaluation.pixels): the
-numbers, their intervals, the image path (grey, BOX-downsampled), the stage's file and the
-summary's table."""
+numbers, their intervals, the image path (grey, BOX-downsampled), the stage's file
+(marsdiff.stages.pixel_statistics) and the summary's table."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from marsdiff.evaluation.pixels import (
     pixel_statistics_markdown,
     pixel_statistics_table,
     read_pixel_statistics,
-    run_pixel_statistics,
 )
+from marsdiff.stages.pixel_statistics import run_pixel_statistics
 
 
 def images_with(means, spread_inside, size=8, seed=0):

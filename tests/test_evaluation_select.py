@@ -1,6 +1,6 @@
-"""The frozen knob (marsdiff.evalset.select): the validation draw of train crops, the declared
-rule, and a selection that never depends on the held-out crops (poisoned with NaN, it runs and
-chooses the same)."""
+"""The frozen knob (marsdiff.evalset.select; stage marsdiff.stages.select_knob): the validation
+draw of train crops, the declared rule, and a selection that never depends on the held-out crops
+(poisoned with NaN, it runs and chooses the same)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pytest
 from marsdiff.config import load_config
 from marsdiff.errors import MarsdiffError
 from marsdiff.evalset.models import VALIDATION_ROUND, EVALUATION_ROUND, check_evaluation, selection_settings, stream_round
-from marsdiff.evalset.select import choose, select_knob, validation_ids
+from marsdiff.evalset.select import choose, validation_ids
 from marsdiff.io.feature_files import write_feature_set
+from marsdiff.stages.select_knob import select_knob
 
 
 def row(eta, noise, precision, recall):
@@ -153,7 +154,7 @@ def test_selection_never_reads_the_heldout_crops(tmp_path, monkeypatch, one_torc
 
 
 def test_selection_refuses_damaged_validation_features(tmp_path, monkeypatch, one_torch_thread):
-    from marsdiff.evalset.select import validation_reference
+    from marsdiff.stages.select_knob import validation_reference
 
     manifest, features = reference_files(tmp_path, False)
     values = np.load(features)

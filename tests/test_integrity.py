@@ -30,9 +30,10 @@ from marsdiff.io.feature_files import read_feature_set, write_feature_set
 from marsdiff.io.weights import canonical_safetensors_bytes, save_safetensors
 from marsdiff.rewards.round_scoring import _image_side, read_round_samples
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
-from marsdiff.rl.curves import read_round_metrics
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.round_update import make_optimiser, read_credit
+from marsdiff.rl.round_update import make_optimiser
+from marsdiff.stages.plot_experiment import read_round_metrics
+from marsdiff.stages.update_round import read_credit
 from rl_helpers import experiment
 from tiny_models import CLASS_NAMES, ddpm_config, tiny_pixel_backend, tiny_unet
 
@@ -140,7 +141,7 @@ LOADERS = {
     "features/reference/mobilenet_v2.json": (lambda run: read_feature_set(run / "features/reference/mobilenet_v2.npy"),
                                              "extract_features"),
     "rewards.csv": (lambda run: read_credit(run / "rewards.csv", IMAGES), "score_round"),
-    # update_round reads the summary with exactly this call (rl/round_update.py)
+    # update_round reads the summary with exactly this call (stages/update_round.py)
     "reward_summary.json": (lambda run: reading.read_json(run / "reward_summary.json", "reward summary", "score_round"),
                             "score_round"),
     "metrics.json": (lambda run: read_round_metrics([run / "metrics.json"]), "update_round"),

@@ -420,11 +420,14 @@ def test_weight_relevant_modules_change_the_shipped_training_digest(code_tree, m
 
 
 def test_the_update_stage_reruns_no_sampling(code_tree):
-    """The round loop's two stages have a module each (rl/round_sampling.py, rl/round_update.py):
-    the update's own module re-runs the updates only, the sampling's module the sampling only
-    (the update and scoring follow as its downstream jobs: test_a_round_reruns_from_the_stage_edited)."""
+    """The round loop's two stages have a module each (stages/sample_round.py, stages/update_round.py)
+    over one of rl each (rl/round_sampling.py, rl/round_update.py): the update's modules re-run the
+    updates only, the sampling's the sampling only (the update and scoring follow as its downstream
+    jobs: test_a_round_reruns_from_the_stage_edited)."""
+    assert changed_by(code_tree, "stages/update_round.py") == {"update_round[ppo]", "update_round[trpo]"}
     assert changed_by(code_tree, "rl/round_update.py") == {"update_round[ppo]", "update_round[trpo]"}
     assert changed_by(code_tree, "rl/movement.py") == {"update_round[ppo]", "update_round[trpo]"}
+    assert changed_by(code_tree, "stages/sample_round.py") == {"sample_round"}
     assert changed_by(code_tree, "rl/round_sampling.py") == {"sample_round"}
     # what both stages build the same way (the policy of round r-1) re-runs both
     assert {"sample_round", "update_round[ppo]", "update_round[trpo]"} <= changed_by(code_tree, "rl/rounds.py")
@@ -471,13 +474,15 @@ print(" ".join(sorted(name for name in sys.modules if name.startswith("marsdiff"
 
 @slow
 def test_sampling_runs_only_code_its_digest_covers(tmp_path):
-    """sample_round's digest covers none of the update's code (rl/round_update.py, PPO, TRPO,
-    the update's statistics), and everything a sampling run imports is in it: an edit to the
-    update cannot change a sample, and an edit that can change one re-runs sample_round."""
+    """sample_round's digest covers none of the update's code (stages/update_round.py,
+    rl/round_update.py, PPO, TRPO, the update's statistics), and everything a sampling run imports
+    is in it: an edit to the update cannot change a sample, and an edit that can change one re-runs
+    sample_round."""
     sampling = digest_files("sample_round")
     update_only = (digest_files("update_round", "ppo") | digest_files("update_round", "trpo")) - sampling
-    assert {"rl/round_update.py", "rl/movement.py", "rl/actions.py", *code.ALGORITHM_ENTRIES.values()} <= update_only
-    assert "rl/round_sampling.py" in sampling and "rl/rounds.py" in sampling
+    assert {"stages/update_round.py", "rl/round_update.py", "rl/movement.py", "rl/actions.py",
+            *code.ALGORITHM_ENTRIES.values()} <= update_only
+    assert {"stages/sample_round.py", "rl/round_sampling.py", "rl/rounds.py"} <= sampling
     result = subprocess.run([sys.executable, "-c", SAMPLING_PROBE, str(tmp_path), str(REPO / "tests")],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -501,9 +506,9 @@ def finished_round(finished, tmp_path_factory):
 
 
 ROUND_EDITS = [
-    ("the update stage", "rl/round_update.py", {"update_round": 1}),
+    ("the update stage", "stages/update_round.py", {"update_round": 1}),
     ("the update algorithm", "rl/ppo.py", {"update_round": 1}),
-    ("the sampling stage", "rl/round_sampling.py", {"sample_round": 1, "score_round": 1, "update_round": 1}),
+    ("the sampling stage", "stages/sample_round.py", {"sample_round": 1, "score_round": 1, "update_round": 1}),
     ("the sampler", "diffusion/sampler.py", {"sample_round": 1, "score_round": 1, "update_round": 1}),
 ]
 

@@ -23,8 +23,9 @@ from marsdiff.faults import ENV_AT, ENV_DIR, KILLED_FILE, kill_point, kill_spec
 from marsdiff.rl.checkpoint import STATE_TENSORS
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
-from marsdiff.rl.round_update import update_policy_round, update_round_stage
+from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.skips import REASON, SKIPPED, STREAK, previous_streak
+from marsdiff.stages.update_round import update_round_stage
 from rl_helpers import brightness, experiment
 from tiny_models import tiny_pixel_backend
 

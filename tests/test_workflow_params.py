@@ -82,14 +82,14 @@ REACHES = {
         ("experiments.ppo_scheduler.reward.novel_factor", "novel_factor", 3.5), ("reward.seed", "seed", 109),
         ("reward.pool.rounds", "rounds", 2), ("features.batch_size", "batch_size", 11),
         ("features.cache_dir", "cache_dir", "cache-dir-x")]),
-    "sample_round": ({"exp": "ppo_lora", "round": "000"}, "marsdiff.rl.round_sampling:sample_policy_round", [
+    "sample_round": ({"exp": "ppo_lora", "round": "000"}, "marsdiff.stages.sample_round:sample_policy_round", [
         ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
         ("sampling.seed", "seed", 103), ("sampling.eta", "eta", 0.9),
         ("sampling.store.compression_level", "compression_level", 6), ("experiments.ppo_lora.lora.rank", "rank", 3)]),
-    "update_round": ({"exp": "ppo_lora", "round": "000"}, "marsdiff.rl.round_update:update_round_stage", [
+    "update_round": ({"exp": "ppo_lora", "round": "000"}, "marsdiff.stages.update_round:update_round_stage", [
         ("experiments.ppo_lora.optimiser.lr", "lr", 0.00077), ("experiments.ppo_lora.ppo.clip_denoise", "clip_denoise", 0.17),
         ("sampling.min_std", "min_std", 0.0125), ("sampling.seed", "seed", 103)]),
-    "select_knob": ({}, "marsdiff.evalset.select:select_knob", [
+    "select_knob": ({}, "marsdiff.stages.select_knob:select_knob", [
         ("sampling.batch_size", "batch_size", 13), ("sampling.min_std", "min_std", 0.0125),
         ("features.cache_dir", "cache_dir", "cache-dir-x"), ("evaluation.baseline.images", "images", 6),
         ("evaluation.baseline.k", "k", 4), ("reference.seed", "reference_seed", 101)]),
@@ -106,14 +106,14 @@ REACHES = {
     "generate_stream_samples": ({"model": "ppo_lora", "stream": "1"}, "marsdiff.evalset.generate:generate_samples_of", [
         ("sampling.batch_size", "batch_size", 13), ("evaluation.images", "n_images", 9),
         ("evaluation.seed", "seed", 107)]),
-    "extract_sample_features": ({}, "marsdiff.evalset.features:extract_sample_features", [
+    "extract_sample_features": ({}, "marsdiff.stages.extract_sample_features:extract_sample_features", [
         ("features.batch_size", "batch_size", 11), ("features.cache_dir", "cache_dir", "cache-dir-x")]),
-    "evaluate": ({}, "marsdiff.evaluation.run:run_evaluation", [
+    "evaluate": ({}, "marsdiff.stages.evaluate:run_evaluation", [
         ("evaluation.metrics.n_modes", "n_modes", 2), ("evaluation.metrics.bootstrap_replicates", "bootstrap_replicates", 21),
         ("evaluation.metrics.seed", "seed", 113)]),
-    "evaluate_stream": ({"stream": "1"}, "marsdiff.evaluation.run:run_evaluation", [
+    "evaluate_stream": ({"stream": "1"}, "marsdiff.stages.evaluate:run_evaluation", [
         ("evaluation.metrics.n_modes", "n_modes", 2), ("evaluation.metrics.seed", "seed", 113)]),
-    "pixel_statistics": ({}, "marsdiff.evaluation.pixels:run_pixel_statistics", [
+    "pixel_statistics": ({}, "marsdiff.stages.pixel_statistics:run_pixel_statistics", [
         ("evaluation.metrics.bootstrap_replicates", "bootstrap_replicates", 21), ("evaluation.metrics.seed", "seed", 113)]),
     "plot_evaluation": ({}, "marsdiff.stages.plot_evaluation:draw_evaluation_figures", [
         ("evaluation.plots.tsne_max_iter", "tsne_max_iter", 260),
@@ -124,7 +124,7 @@ REACHES = {
     "export_dataset": ({"model": "base"}, "marsdiff.export.dataset:draw_dataset", [
         ("sampling.batch_size", "batch_size", 13), ("export.seed", "seed", 127), ("export.images", "n_images", 5)]),
     "study_summary": ({}, "marsdiff.study.summary:write_study_summary", [("evaluation.endpoints.alpha", "alpha", 0.04)]),
-    "plot_experiment": ({"exp": "ppo_scheduler"}, "marsdiff.rl.curves:write_experiment_curves", [
+    "plot_experiment": ({"exp": "ppo_scheduler"}, "marsdiff.stages.plot_experiment:write_experiment_curves", [
         ("experiments.ppo_scheduler.control", "control", "shuffled_credit")]),
 }
 #: Rules that read no config value (what they make is named by their inputs and wildcards alone).

@@ -1,4 +1,4 @@
-"""Stage evaluate: every model against the held-out reference split (marsdiff.evaluation.run)."""
+"""Stage evaluate: every model against the held-out reference split (marsdiff.stages.evaluate)."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ def main(snakemake):
     def body():
         from threadpoolctl import threadpool_limits
 
-        from marsdiff.evaluation.run import run_evaluation
+        from marsdiff.stages.evaluate import run_evaluation
 
         cfg = params_json(snakemake, "cfg")
         names = [m["name"] for m in cfg["models"]]

@@ -7,7 +7,7 @@ def main(snakemake):
     def body():
         import torch
 
-        from marsdiff.evalset.features import extract_sample_features
+        from marsdiff.stages.extract_sample_features import extract_sample_features
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         names = params_json(snakemake, "models")

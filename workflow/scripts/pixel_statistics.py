@@ -1,12 +1,12 @@
 """Stage pixel_statistics: brightness spread and contrast of every evaluated model against the
-held-out crops (marsdiff.evaluation.pixels)."""
+held-out crops (marsdiff.stages.pixel_statistics)."""
 
 from marsdiff.stage import params_json, run_stage
 
 
 def main(snakemake):
     def body():
-        from marsdiff.evaluation.pixels import run_pixel_statistics
+        from marsdiff.stages.pixel_statistics import run_pixel_statistics
 
         names = params_json(snakemake, "models")
         run_pixel_statistics(

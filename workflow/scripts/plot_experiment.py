@@ -7,7 +7,7 @@ from marsdiff.stage import params_json, run_stage
 
 def main(snakemake):
     def body():
-        from marsdiff.rl.curves import write_experiment_curves
+        from marsdiff.stages.plot_experiment import write_experiment_curves
 
         inputs = snakemake.input
         cfg = params_json(snakemake, "cfg")

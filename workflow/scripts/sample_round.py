@@ -21,7 +21,7 @@ def main(snakemake):
         import torch
 
         from marsdiff.rl.distributed import launch, round_device
-        from marsdiff.rl.round_sampling import sample_round_stage
+        from marsdiff.stages.sample_round import sample_round_stage
 
         # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.THREADS,
         # or --set-threads): what Snakemake schedules is what the job uses

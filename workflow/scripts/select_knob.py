@@ -1,4 +1,4 @@
-"""Stage select_knob: the frozen knob, chosen on the validation stream against train crops (marsdiff.evalset.select)."""
+"""Stage select_knob: the frozen knob, chosen on the validation stream against train crops (marsdiff.stages.select_knob)."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ def main(snakemake):
     def body():
         import torch
 
-        from marsdiff.evalset.select import select_knob
+        from marsdiff.stages.select_knob import select_knob
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         cfg = params_json(snakemake, "cfg")

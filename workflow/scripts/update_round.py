@@ -12,7 +12,7 @@ def main(snakemake):
         import torch
 
         from marsdiff.rl.distributed import launch, round_device
-        from marsdiff.rl.round_update import update_round_stage
+        from marsdiff.stages.update_round import update_round_stage
 
         # torch runs with the job's threads (the rule's, marsdiff.workflow.resources.THREADS,
         # or --set-threads): what Snakemake schedules is what the job uses

@@ -14,14 +14,14 @@ the held-out crops' own value and interval are the target. Generated images reac
 by the path their features took: read as grey, brought down to the matched resolution with the
 BOX filter of :func:`marsdiff.data.images.resize_to`.
 
-:func:`run_pixel_statistics` is the evaluation's ``pixel_statistics`` stage (``pixel_statistics.csv``);
-:func:`pixel_statistics_markdown` is its section of ``summary.md``; ``marsdiff assess-base``
-uses :func:`pixel_statistics` for its two pixel columns.
+:func:`pixel_statistics_table` is the table of the evaluation's ``pixel_statistics`` stage
+(:mod:`marsdiff.stages.pixel_statistics`, ``pixel_statistics.csv``); :func:`pixel_statistics_markdown`
+is its section of ``summary.md``; ``marsdiff assess-base`` uses :func:`pixel_statistics` for its
+two pixel columns.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
-
-log = logging.getLogger(__name__)
 
 PIXEL_STATISTICS = ("brightness_spread", "contrast")
 STATISTIC_LABELS = {"brightness_spread": "brightness spread", "contrast": "contrast"}
@@ -139,28 +137,6 @@ def pixel_statistics_table(sets: Mapping[str, np.ndarray], heldout: np.ndarray, 
                 "relative_difference": values[name] / target[name] - 1.0 if target[name] > 0 else float("nan"),
             })
     return pd.DataFrame(rows, columns=PIXEL_TABLE_COLUMNS)
-
-
-def run_pixel_statistics(manifest: str | os.PathLike, sets: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
-                         resolution: int, metrics_cfg: Mapping[str, Any], out_csv: str | os.PathLike) -> pd.DataFrame:
-    """Stage ``pixel_statistics``: ``sets`` maps a model to (samples.csv, images folder); the
-    manifest is the reference at the matched resolution. Bootstrap replicates, seed and confidence
-    are the evaluation's: ``metrics_cfg`` holds those keys of the schema-filled ``evaluation.metrics``."""
-    from marsdiff.io.atomic import atomic_path
-    from marsdiff.io.reading import read_samples
-
-    heldout = heldout_images(manifest)
-    if heldout.shape[1:] != (resolution, resolution):
-        raise MarsdiffError(f"{manifest}: held-out crops are {heldout.shape[2]}x{heldout.shape[1]} px, "
-                            f"not the matched {resolution} px")
-    images = {name: grey_images(read_samples(samples, folder)[1], resolution) for name, (samples, folder) in sets.items()}
-    table = pixel_statistics_table(images, heldout, int(metrics_cfg["bootstrap_replicates"]), int(metrics_cfg["seed"]),
-                                   float(metrics_cfg["confidence"]))
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    log.info("pixel statistics of %d model(s) against %d held-out crops at %d px: %s", len(images), len(heldout),
-             resolution, out_csv)
-    return table
 
 
 def read_pixel_statistics(path: str | os.PathLike) -> pd.DataFrame:

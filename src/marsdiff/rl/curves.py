@@ -1,9 +1,9 @@
-"""An experiment's metrics across rounds: the metrics.csv table and the reward-curve figure.
+"""An experiment's metrics across rounds: the paired improvement and the reward-curve figure.
 
-Each round's update writes ``metrics.json`` (:func:`marsdiff.rl.round_update.round_metrics_row`);
-this module stacks them in round order and, when the experiment has a paired base
+Stage plot_experiment (:mod:`marsdiff.stages.plot_experiment`) stacks each round's
+``metrics.json`` in round order into metrics.csv and, when the experiment has a paired base
 (:func:`marsdiff.study.pairing.paired_base`: the A/A control on the same seeds), adds each
-round's **paired improvement** over the base model with a jackknife interval.
+round's **paired improvement** over the base model with a jackknife interval, computed here.
 
 Paired improvement of round r: D = R(S_arm) - R(S_base), the two set rewards of the round's
 images, image i of both drawn from the same seed. The per-image credit is exactly leave-one-out,
@@ -24,15 +24,12 @@ values (``plan/<knob>`` keys) when present.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_path
-from marsdiff.io.reading import read_csv, read_json
 
 #: two-sided coverage of the paired-improvement interval
 PAIRED_CONFIDENCE = 0.95
@@ -44,17 +41,6 @@ KL_COLUMNS = ("approx_kl", "kl", "kl_post_update", "kl_to_base")
 KL_LABELS = {"approx_kl": "approx. KL (k3, during update)", "kl": "TRPO step KL", "kl_post_update": "post-update KL",
              "kl_to_base": "KL to base model"}
 PLAN_PREFIX = "plan/"
-
-
-def read_round_metrics(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    # metrics.json of update_round: a JSON object with at least the round and its set reward.
-    rows = [read_json(path, "round metrics", "update_round", keys=("round", "set_reward")) for path in paths]
-    if not rows:
-        raise MarsdiffError("no round metrics to collect")
-    table = pd.DataFrame(rows).sort_values("round").reset_index(drop=True)
-    if table["round"].duplicated().any():
-        raise MarsdiffError("round metrics: the same round appears twice")
-    return table
 
 
 def jackknife_se(differences: np.ndarray) -> float:
@@ -93,32 +79,6 @@ def paired_improvement(arm: pd.DataFrame, base: pd.DataFrame, arm_reward: float,
     half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * se
     return {"base_set_reward": float(base_reward), "paired_improvement": difference, "paired_se": se,
             "paired_low": difference - half, "paired_high": difference + half, "paired_images": float(d.size)}
-
-
-def add_paired_improvement(table: pd.DataFrame, base_name: str | None, arm_rewards: Sequence[str | os.PathLike] = (),
-                           base_rewards: Sequence[str | os.PathLike] = (),
-                           base_summaries: Sequence[str | os.PathLike] = ()) -> pd.DataFrame:
-    """``table`` (one row per round, in order) with the :data:`PAIRED_COLUMNS`; the file lists
-    hold one path per round in the same order (empty without a paired base)."""
-    table = table.copy()
-    for column in PAIRED_COLUMNS:
-        table[column] = "" if column == "paired_base" else np.nan
-    if not base_name:
-        return table
-    if not (len(arm_rewards) == len(base_rewards) == len(base_summaries) == len(table)):
-        raise MarsdiffError(f"paired curve: {len(table)} rounds but {len(arm_rewards)} / {len(base_rewards)} / "
-                            f"{len(base_summaries)} rewards, base rewards and base summaries")
-    table["paired_base"] = base_name
-    columns = ("image_index", "credit")
-    for row, (arm_csv, base_csv, base_json) in enumerate(zip(arm_rewards, base_rewards, base_summaries)):
-        arm = read_csv(arm_csv, "round rewards", "score_round", columns=columns)
-        base = read_csv(base_csv, "round rewards", "score_round", columns=columns)
-        summary = read_json(base_json, "reward summary", "score_round", keys=("set_reward",))
-        where = f"round {int(table.loc[row, 'round']):03d} ({arm_csv} against {base_csv})"
-        values = paired_improvement(arm, base, table.loc[row, "set_reward"], summary["set_reward"], where=where)
-        for key, value in values.items():
-            table.loc[row, key] = value
-    return table
 
 
 def _has(table: pd.DataFrame, column: str) -> bool:
@@ -219,20 +179,3 @@ def curve_note(experiment: str | None, control: str | None) -> str:
         return "raw set reward: A/A control (lr 0), the paired base of the arms on its seeds"
     return (f"raw set reward: {experiment or 'this experiment'} has no paired base (no zero_lr experiment with "
             "its seed, images_per_round, steps and class_distribution)")
-
-
-def write_experiment_curves(metrics_paths: Sequence[str | os.PathLike], table_csv: str | os.PathLike,
-                            curve_png: str | os.PathLike, paired_base: str | None = None,
-                            arm_rewards: Sequence[str | os.PathLike] = (), base_rewards: Sequence[str | os.PathLike] = (),
-                            base_summaries: Sequence[str | os.PathLike] = (), control: str | None = None) -> pd.DataFrame:
-    table = add_paired_improvement(read_round_metrics(metrics_paths), paired_base, arm_rewards, base_rewards,
-                                   base_summaries)
-    with atomic_path(table_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    name = str(table["experiment"].iloc[0]) if "experiment" in table else None
-    algorithm = f" ({table['algorithm'].iloc[0]}, {table['mode'].iloc[0]})" if "algorithm" in table else ""
-    from marsdiff.io.figures import save_png
-
-    fig = curve_figure(table, title=f"{name}{algorithm}" if name else None, note=curve_note(name, control))
-    save_png(fig, curve_png, dpi=120)
-    return table

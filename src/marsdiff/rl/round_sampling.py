@@ -1,4 +1,5 @@
-"""Stage sample_round: one round of an experiment sampled with the policy of round r-1.
+"""The sampling of one RL round with the policy of round r-1 (stage sample_round:
+:mod:`marsdiff.stages.sample_round`).
 
 Writes the round's trajectories.h5 (chains, plan actions, every log-prob and the sampling
 policy's hash), images/ and samples.csv. Nothing here imports the update's code
@@ -16,7 +17,6 @@ from marsdiff.diffusion.round_files import write_round
 from marsdiff.diffusion.sampler import RecordingSampler, SamplingSettings
 from marsdiff.rl.distributed import SINGLE, RankGroup, ShardedSampler
 from marsdiff.rl.policy import RoundPolicy
-from marsdiff.rl.rounds import build_policy
 
 
 def round_sampling_settings(sampling: Mapping[str, Any], experiment: Mapping[str, Any]) -> SamplingSettings:
@@ -46,23 +46,4 @@ def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experim
         sampler, int(experiment["images_per_round"]), out_dir / "trajectories.h5", out_dir / "images",
         out_dir / "samples.csv", round_index=round_index, stage_config=stage_config, policy_hash=policy.policy_hash(),
         mode=policy.mode, compression=compression, compression_level=compression_level,
-    )
-
-
-def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index: int, model_dir: str | None,
-                       previous_policy: str | None, out_dir: str | os.PathLike,
-                       group: RankGroup = SINGLE) -> dict[str, Any]:
-    """Stage sample_round. ``cfg`` holds the model, sampling and experiments sections; ``group``:
-    this process's rank when :func:`marsdiff.rl.distributed.launch` runs it in several."""
-    from marsdiff.config import filled_section
-    from marsdiff.rl.experiments import experiment_settings
-
-    experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
-    sampling = filled_section("sampling", cfg.get("sampling"))
-    policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling["device"])
-    store = sampling["store"]
-    return sample_policy_round(
-        policy, round_sampling_settings(sampling, experiment), experiment, round_index, out_dir, stage_config=cfg,
-        compression=str(store["compression"]), compression_level=int(store["compression_level"]),
-        group=group,
     )

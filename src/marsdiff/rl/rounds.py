@@ -4,11 +4,12 @@
                plan or a zero LoRA adapter); score; update -> round_000/policy
     round r:   sample with round_{r-1}/policy; score; update -> round_r/policy
 
-Each stage has its own module, so that each rule's code digest covers the code of its own stage
+Each stage has its own modules, so that each rule's code digest covers the code of its own stage
 and no other (docs/workflow.md, "Re-run policy"): :mod:`marsdiff.rl.round_sampling` (stage
-sample_round) and :mod:`marsdiff.rl.round_update` (stage update_round and the round's metrics
-row). Editing the update re-runs no sampling. This module holds what both stages must do the
-same way: build the policy that sampled the round (the update checks the hash stored in the
+sample_round, :mod:`marsdiff.stages.sample_round`) and :mod:`marsdiff.rl.round_update` (stage
+update_round, :mod:`marsdiff.stages.update_round`, which writes the round's metrics row).
+Editing the update re-runs no sampling. This module holds what both stages must do the same
+way: build the policy that sampled the round (the update checks the hash stored in the
 trajectory file against it), so an edit here re-runs both.
 """
 

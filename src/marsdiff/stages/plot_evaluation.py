@@ -27,8 +27,8 @@ from marsdiff.evalset.models import BASE, FINAL, FROZEN
 from marsdiff.evaluation import plots
 from marsdiff.evaluation.evaluate import REAL_MODEL
 from marsdiff.evaluation.results import Evaluation
-from marsdiff.evaluation.run import load_conditioning
 from marsdiff.io.reading import read_csv
+from marsdiff.stages.evaluate import load_conditioning
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The workflow's evaluation stages on files: ``evaluate`` (tables) and ``report_summary`` (summary.md).
 
 ``evaluate``: every model's evaluation features against the **held-out** rows of the reference
-features at the matched resolution (:func:`marsdiff.evaluation.run.run_evaluation`); the train rows serve the category
+features at the matched resolution (:func:`marsdiff.stages.evaluate.run_evaluation`); the train rows serve the category
 classifier, the memorisation check and the real-vs-real baseline only.
 ``report_summary``: every RL policy against the frozen knob (chosen on the validation stream
 before the test, :mod:`marsdiff.evalset.select`) and against the base model, on every test

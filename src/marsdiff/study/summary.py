@@ -3,7 +3,7 @@
 Inputs: the evaluation's ``results/eval/comparisons.csv`` (one row per stream, model, baseline
 and metric: ``difference`` = model - baseline on the same evaluation seeds, higher is better,
 with its image-bootstrap interval ``low``/``high``), each experiment's ``metrics.csv`` (the
-round curves, :mod:`marsdiff.rl.curves`) and the study design
+round curves, :mod:`marsdiff.stages.plot_experiment`) and the study design
 (:func:`marsdiff.study.pairing.study_design`: arm, training seed and control of each experiment).
 
 The protocol (docs/rl.md, "Study"): per arm and endpoint the unit of replication is the training

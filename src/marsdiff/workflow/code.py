@@ -21,7 +21,7 @@ from marsdiff.workflow.paths import Layout
 #: in case the dispatch ever goes by name) and stops at the others'. Editing TRPO's code then
 #: re-runs the updates of TRPO experiments only. A module split out of an algorithm and imported
 #: only by its entry goes with it. sample_round reaches none of them: its stage module
-#: (rl/round_sampling.py) imports no update code (tests/test_rerun_policy.py checks its digest's
+#: (stages/sample_round.py) imports no update code (tests/test_rerun_policy.py checks its digest's
 #: files and what a sampling run imports).
 ALGORITHM_ENTRIES = {"ppo": "rl/ppo.py", "trpo": "rl/trpo.py"}
 #: The rules whose code depends on the experiment's algorithm (rule_code's ``algorithm``).
@@ -43,21 +43,21 @@ CODE_ROOTS: dict[str, tuple[str, ...]] = {
     "extract_resized_features": ("scripts/extract_features.py",),
     "score_round": ("scripts/score_round.py",),
     # the sampler, the policy's sampling path and the trajectory format, through
-    # rl/round_sampling.py; no update code
+    # stages/sample_round.py and rl/round_sampling.py; no update code
     "sample_round": ("scripts/sample_round.py",),
     # plus the experiment's algorithm's entry (ALGORITHM_ENTRIES)
     "update_round": ("scripts/update_round.py",),
-    "plot_experiment": ("rl/curves.py", "scripts/plot_experiment.py"),
-    "select_knob": ("evalset/select.py", "scripts/select_knob.py"),
+    "plot_experiment": ("stages/plot_experiment.py", "scripts/plot_experiment.py"),
+    "select_knob": ("stages/select_knob.py", "scripts/select_knob.py"),
     "generate_base_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_base_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
     "generate_stream_samples": ("evalset/generate.py", "scripts/generate_samples.py"),
-    "extract_sample_features": ("evalset/features.py", "scripts/extract_sample_features.py"),
+    "extract_sample_features": ("stages/extract_sample_features.py", "scripts/extract_sample_features.py"),
     # the tables' code only: stages/report_summary.py's summary reads evaluation/pixels.py
-    "evaluate": ("evaluation/run.py", "scripts/evaluate.py"),
-    "evaluate_stream": ("evaluation/run.py", "scripts/evaluate.py"),
-    "pixel_statistics": ("evaluation/pixels.py", "scripts/pixel_statistics.py"),
+    "evaluate": ("stages/evaluate.py", "scripts/evaluate.py"),
+    "evaluate_stream": ("stages/evaluate.py", "scripts/evaluate.py"),
+    "pixel_statistics": ("stages/pixel_statistics.py", "scripts/pixel_statistics.py"),
     "plot_evaluation": ("stages/plot_evaluation.py", "scripts/plot_evaluation.py"),
     "report_summary": ("stages/report_summary.py", "scripts/report_summary.py"),
     "export_dataset": ("export/dataset.py", "scripts/export_dataset.py"),

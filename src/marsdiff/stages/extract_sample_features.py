@@ -1,4 +1,4 @@
-"""Features of an evaluated model's images (stage ``extract_sample_features``).
+"""Stage extract_sample_features: the features of every evaluated model's images.
 
 The same path as a scored round (:func:`marsdiff.rewards.round_scoring.round_features`): images
 at the matched size are read as written, larger ones (Stable Diffusion) are brought down with the
@@ -21,7 +21,7 @@ def extract_sample_features(
     features_cfg: Mapping[str, Any],
     resolution: int,
 ) -> dict[str, dict[str, Any]]:
-    """Features of every evaluated model's images: ``sets`` maps a model to (samples.csv, images
+    """Stage extract_sample_features: ``sets`` maps a model to (samples.csv, images
     folder, output .npy); each output gets its ``.ids.txt`` and ``.json``, rows in image-index order.
 
     One job for all models: the extractor loads once, and the content-keyed cache turns the

@@ -1,9 +1,11 @@
-"""The ``evaluate`` stage on files: every model's evaluation features against the **held-out**
-rows of the reference features at the matched resolution, written as CSV tables.
+"""Stages evaluate and evaluate_stream: every model's evaluation features against the
+**held-out** rows of the reference features at the matched resolution, written as CSV tables.
 
-Kept apart from :mod:`marsdiff.stages.report_summary` (the summary, which reads the pixel statistics)
-so that the stage's code version (``code_version`` in workflow/rules/evaluate.smk) covers only the
-code that computes the tables: editing the pixel statistics or the summary re-runs no evaluation.
+Reads the feature files and the samples tables (each image's conditioning) and hands them to
+:func:`marsdiff.evaluation.evaluate.evaluate_models`. Kept apart from
+:mod:`marsdiff.stages.report_summary` (the summary, which reads the pixel statistics) so that the
+stage's code version (``code_version`` in workflow/rules/evaluate.smk) covers only the code that
+computes the tables: editing the pixel statistics or the summary re-runs no evaluation.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def run_evaluation(manifest: str | os.PathLike, reference_features: str | os.Pat
                    generated: Mapping[str, str | os.PathLike], extractor: str,
                    metrics_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
                    samples: Mapping[str, str | os.PathLike] | None = None) -> Evaluation:
-    """Stage evaluate: all metrics with intervals and the real-vs-real baselines, as CSV tables.
+    """Stages evaluate and evaluate_stream: all metrics with intervals and the real-vs-real
+    baselines, as CSV tables.
 
     ``samples``: model -> its ``samples.csv``, whose conditioning labels the train-on-synthetic
     metrics use (models without one get none)."""
