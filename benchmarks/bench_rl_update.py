@@ -122,7 +122,8 @@ def run_ppo(policy, actions, minibatch: int) -> float:
     optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
     with Restore(params):
         started = time.perf_counter()
-        ppo_update(actions, params, optimiser, PPOSettings.from_config(settings), progress=False)
+        # kl_to_base 0: the update alone, without the base model's extra forward pass, as before
+        ppo_update(actions, params, optimiser, PPOSettings.from_config(settings), progress=False, kl_to_base=0.0)
         return time.perf_counter() - started
 
 
