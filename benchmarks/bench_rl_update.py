@@ -134,7 +134,8 @@ def run_trpo(policy, actions, **settings) -> dict[str, float]:
     params = policy.trainable_parameters()
     section = filled_section("experiments.*", {"mode": "lora_unet", "trpo": {"cg_tolerance": 1e-300, **settings}})["trpo"]
     with Restore(params):
-        return trpo_update(actions, params, TRPOSettings.from_config(section), progress=False)
+        # kl_to_base 0: the update alone, without the base model's extra forward pass, as before
+        return trpo_update(actions, params, TRPOSettings.from_config(section), progress=False, kl_to_base=0.0)
 
 
 def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int, repeats: int) -> float:

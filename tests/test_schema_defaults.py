@@ -68,7 +68,6 @@ REMAINING: dict[str, str] = {
     "src/marsdiff/rl/round_sampling.py::compression": LEFT,
     "src/marsdiff/rl/round_sampling.py::compression_level": LEFT,
     "src/marsdiff/rl/rounds.py::device": LEFT,
-    "src/marsdiff/rl/trpo.py::kl_to_base": LEFT,
 }
 #: ``<file>::<key>`` -> one-line reason the finding is not a config default at all.
 ALLOWED: dict[str, str] = {
