@@ -122,7 +122,8 @@ def run_ppo(policy, actions, minibatch: int) -> float:
     optimiser = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-4)
     with Restore(params):
         started = time.perf_counter()
-        ppo_update(actions, params, optimiser, PPOSettings.from_config(settings), progress=False)
+        # kl_to_base 0: the update alone, without the base model's extra forward pass, as before
+        ppo_update(actions, params, optimiser, PPOSettings.from_config(settings), progress=False, kl_to_base=0.0)
         return time.perf_counter() - started
 
 
@@ -133,7 +134,8 @@ def run_trpo(policy, actions, **settings) -> dict[str, float]:
     params = policy.trainable_parameters()
     section = filled_section("experiments.*", {"mode": "lora_unet", "trpo": {"cg_tolerance": 1e-300, **settings}})["trpo"]
     with Restore(params):
-        return trpo_update(actions, params, TRPOSettings.from_config(section), progress=False)
+        # kl_to_base 0: the update alone, without the base model's extra forward pass, as before
+        return trpo_update(actions, params, TRPOSettings.from_config(section), progress=False, kl_to_base=0.0)
 
 
 def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int, repeats: int) -> float:

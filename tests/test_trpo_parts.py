@@ -62,7 +62,7 @@ def test_fvp_products_are_cg_iterations_no_extra_product():
     params = list(actions.model.parameters())
     for cg in (1, 3, 10):
         row = trpo_update(actions, params, trpo_settings(cg_iterations=cg, cg_tolerance=1e-300, fvp_subsample=12),
-                          progress=False)
+                          progress=False, kl_to_base=0.0)
         # F g (the damping's scale) is CG's first product; s^T F s comes from CG's recursion.
         assert row["cg_iterations"] == cg and row["fvp_products"] == cg
 
@@ -149,7 +149,7 @@ def test_the_reused_gradient_graph_gives_the_explicit_natural_step_without_a_for
 
     monkeypatch.setattr(trpo_module, "backtracking_line_search", line_search)
     row = trpo_update(actions, params, trpo_settings(max_kl=0.001, cg_damping=0.01, cg_iterations=100, cg_tolerance=1e-28,
-                                                     fvp_subsample=len(first)), progress=False)
+                                                     fvp_subsample=len(first)), progress=False, kl_to_base=0.0)
     assert row["accepted"] == 1.0 and row["fvp_actions"] == len(first)
     assert at_search == [3] and row["fvp_products"] >= 2
     assert relative(flat(params) - before, expected * row["step_fraction"]) < 1e-6
@@ -194,7 +194,7 @@ def test_accepted_step_keeps_the_full_round_kl_bound_with_a_small_fvp_subsample(
     with torch.no_grad():
         old_mean = actions.mean(rows).clone()
     settings = trpo_settings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5)
-    row = trpo_update(actions, params, settings, progress=False)
+    row = trpo_update(actions, params, settings, progress=False, kl_to_base=0.0)
     with torch.no_grad():
         new_mean = actions.mean(rows)
     kl = float((0.5 * ((new_mean - old_mean) / actions.std.view(-1, 1, 1, 1)).pow(2).flatten(1).mean(1)).mean())
@@ -335,7 +335,7 @@ def test_line_search_actions_counts_the_rows_the_search_scored():
     actions.evaluate = lambda r: rows.append(len(r)) or original(r)
     # fvp_subsample = the first minibatch: the FVP reuses the gradient pass's graph and scores nothing.
     row = trpo_update(actions, params, trpo_settings(max_kl=0.01, fvp_subsample=4, cg_iterations=20, line_search_shrink=0.5),
-                      progress=False)
+                      progress=False, kl_to_base=0.0)
     assert row["accepted"] == 1.0 and row["line_search_tries"] >= 1
     assert row["line_search_actions"] == sum(rows) - actions.num_actions  # all but the gradient pass
     assert actions.num_actions <= row["line_search_actions"] <= row["line_search_tries"] * actions.num_actions

@@ -59,15 +59,15 @@ def _clip_for(actions, settings: PPOSettings) -> float:
 
 
 def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: torch.optim.Optimizer,
-               settings: PPOSettings, progress: bool = True, kl_to_base: float = 0.0,
+               settings: PPOSettings, progress: bool = True, *, kl_to_base: float,
                group: RankGroup = SINGLE) -> list[dict[str, float]]:
     """Run the PPO epochs over ``actions``; returns one log row per minibatch.
 
-    ``kl_to_base`` weighs the closed-form KL to the base model (actions without a base
-    distribution, the plan actions, ignore it). With several processes (``group``) every rank
-    walks the same minibatches and scores its contiguous share of each; each share's loss terms
-    are means weighted by share / minibatch, so the gradients summed over ranks are the
-    gradient of the whole minibatch's loss, and every rank takes the same optimiser step."""
+    ``kl_to_base``: the experiment's weight of the closed-form KL to the base model (actions
+    without a base distribution, the plan actions, ignore it). With several processes (``group``)
+    every rank walks the same minibatches and scores its contiguous share of each; each share's
+    loss terms are means weighted by share / minibatch, so the gradients summed over ranks are
+    the gradient of the whole minibatch's loss, and every rank takes the same optimiser step."""
     from tqdm import tqdm
 
     parameters = list(parameters)
@@ -80,53 +80,90 @@ def ppo_update(actions, parameters: Sequence[torch.nn.Parameter], optimiser: tor
     for epoch in range(settings.epochs):
         for batch in actions.minibatches(epoch):
             started = time.perf_counter()
-            local = group.shard(batch)
-            # 1.0 in one process (an exact product: the single-process loss is unchanged)
-            share = len(local) / len(batch)
-            objective = entropy = None
-            new_log_prob = torch.zeros(0)
-            old_log_prob = torch.zeros(0)
-            optimiser.zero_grad(set_to_none=True)
-            loss_value = 0.0
-            if len(local):
-                scored = actions.evaluate(local)
-                objective = clipped_surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages, clip) * share
-                loss = -objective
-                entropy = actions.entropy(local)
-                if entropy is not None:
-                    entropy = entropy.mean() * share
-                    loss = loss - settings.entropy_coef * entropy
-                if kl_to_base > 0:
-                    kl_per_row = actions.kl_to_base(local, scored)
-                    if kl_per_row is not None:
-                        loss = loss + kl_to_base * (kl_per_row.mean() * share)
-                loss_value = float(loss.detach())
-                new_log_prob, old_log_prob = scored.new_log_prob.detach(), scored.old_log_prob
-            # A NaN/inf loss or gradient would turn every weight NaN at the step: skip the update instead.
-            # (The loss summed over ranks: every rank skips, or none does.)
-            require_finite(f"the PPO loss (epoch {epoch}, minibatch {len(rows)})", group.sum(loss_value))
-            if len(local):
-                loss.backward()
-            group.sum_gradients(parameters)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
-            require_finite(f"the PPO gradient (epoch {epoch}, minibatch {len(rows)})", grad_norm.detach())
-            optimiser.step()
-            kill_point("update.ppo.step")
-            stats = ratio_stats(group.cat(new_log_prob), group.cat(old_log_prob), clip)
-            has_entropy = group.max(float(entropy is not None)) > 0
-            rows.append({
-                "epoch": epoch,
-                "actions": int(len(batch)),
-                "objective": group.sum(float(objective.detach()) if objective is not None else 0.0),
-                **stats.as_dict(),
-                "entropy": group.sum(float(entropy.detach()) if entropy is not None else 0.0) if has_entropy else float("nan"),
-                "grad_norm": float(grad_norm),
-                "learning_rate": float(optimiser.param_groups[0]["lr"]),
-                "seconds": time.perf_counter() - started,
-            })
+            where = f"epoch {epoch}, minibatch {len(rows)}"
+            loss = clipped_surrogate_loss(actions, group.shard(batch), len(batch), clip, settings.entropy_coef,
+                                          kl_to_base)
+            grad_norm = clipped_gradient_step(loss, parameters, optimiser, settings.max_grad_norm, group, where)
+            rows.append(minibatch_log(loss, epoch, len(batch), clip, grad_norm, optimiser, group, started))
             bar.update(len(batch))
     bar.close()
     return rows
+
+
+@dataclass
+class MinibatchLoss:
+    """This rank's share of a minibatch, scored before the step: the loss and the terms the log
+    reports, each a mean over the share times share / minibatch (1.0 in one process, an exact
+    product), so that their sums over ranks are the whole minibatch's means."""
+
+    loss: torch.Tensor | None  # None: this rank's share is empty
+    objective: torch.Tensor | None  # mean(min(r A, clip(r, 1 - e, 1 + e) A)), weighted
+    entropy: torch.Tensor | None  # mean H, weighted; None where the policy's spread is fixed
+    new_log_prob: torch.Tensor  # detached
+    old_log_prob: torch.Tensor
+
+    def value(self) -> float:
+        return float(self.loss.detach()) if self.loss is not None else 0.0
+
+
+def clipped_surrogate_loss(actions, local, minibatch_actions: int, clip: float, entropy_coef: float,
+                           kl_to_base: float) -> MinibatchLoss:
+    """- mean(min(r A, clip(r, 1 - e, 1 + e) A)) - entropy_coef * H + kl_to_base * KL(pi_theta || pi_base)
+    over ``local``, this rank's share of a minibatch of ``minibatch_actions`` (the KL term where
+    the actions have a base model)."""
+    if not len(local):
+        return MinibatchLoss(None, None, None, torch.zeros(0), torch.zeros(0))
+    share = len(local) / minibatch_actions
+    scored = actions.evaluate(local)
+    objective = clipped_surrogate_objective(scored.new_log_prob, scored.old_log_prob, scored.advantages, clip) * share
+    loss = -objective
+    entropy = actions.entropy(local)
+    if entropy is not None:
+        entropy = entropy.mean() * share
+        loss = loss - entropy_coef * entropy
+    if kl_to_base > 0:
+        kl_per_row = actions.kl_to_base(local, scored)
+        if kl_per_row is not None:
+            loss = loss + kl_to_base * (kl_per_row.mean() * share)
+    return MinibatchLoss(loss, objective, entropy, scored.new_log_prob.detach(), scored.old_log_prob)
+
+
+def clipped_gradient_step(loss: MinibatchLoss, parameters: Sequence[torch.nn.Parameter],
+                          optimiser: torch.optim.Optimizer, max_grad_norm: float, group: RankGroup,
+                          where: str) -> torch.Tensor:
+    """One optimiser step along the minibatch's gradient (summed over ranks), clipped to norm
+    ``max_grad_norm``; returns the norm before the clip. A NaN/inf loss or gradient would turn
+    every weight NaN at the step: it raises before the step instead (the round loop skips the
+    update; the loss is summed over ranks first, so every rank raises, or none does)."""
+    optimiser.zero_grad(set_to_none=True)
+    require_finite(f"the PPO loss ({where})", group.sum(loss.value()))
+    if loss.loss is not None:
+        loss.loss.backward()
+    group.sum_gradients(parameters)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    require_finite(f"the PPO gradient ({where})", grad_norm.detach())
+    optimiser.step()
+    kill_point("update.ppo.step")
+    return grad_norm
+
+
+def minibatch_log(loss: MinibatchLoss, epoch: int, minibatch_actions: int, clip: float, grad_norm: torch.Tensor,
+                  optimiser: torch.optim.Optimizer, group: RankGroup, started: float) -> dict[str, float]:
+    """One minibatch's row, over every rank's share: the ratio statistics, the objective and the
+    entropy (nan where the policy's spread is fixed) as scored before the step, the gradient
+    norm before the clip, the learning rate and the seconds since ``started``."""
+    stats = ratio_stats(group.cat(loss.new_log_prob), group.cat(loss.old_log_prob), clip)
+    has_entropy = group.max(float(loss.entropy is not None)) > 0
+    return {
+        "epoch": epoch,
+        "actions": int(minibatch_actions),
+        "objective": group.sum(float(loss.objective.detach()) if loss.objective is not None else 0.0),
+        **stats.as_dict(),
+        "entropy": group.sum(float(loss.entropy.detach()) if loss.entropy is not None else 0.0) if has_entropy else float("nan"),
+        "grad_norm": float(grad_norm),
+        "learning_rate": float(optimiser.param_groups[0]["lr"]),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def summarise_updates(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

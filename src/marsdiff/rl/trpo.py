@@ -2,9 +2,10 @@
 inside a KL trust region that the line search checks on every action of the round.
 
 One update (the structure of sb3-contrib's TRPO, one policy step per rollout); each concept has
-its module:
+its module, and :func:`trpo_update` is these steps in order, one named function each:
 
-1. Surrogate gradient, over every action of the round (minibatches of ``minibatch_size``):
+1. Surrogate gradient (:func:`round_surrogate_gradient`, on the minibatches and FVP subsample of
+   :func:`share_round`), over every action of the round (minibatches of ``minibatch_size``):
    g = grad_theta L(theta_old), L(theta) = mean(r A), r = exp(log pi_theta(a) - log pi_old(a))
    in the action family's stored unit: the same surrogate as PPO, without the clip
    (:func:`marsdiff.rl.surrogate.surrogate_objective`). The pass also keeps the old policy's
@@ -21,8 +22,9 @@ its module:
    means at theta_old) is that forward pass, not a new one. With the reverse J v this needs a
    twice-differentiable graph, so it applies to networks without attention layers only (the
    gradient pass keeps the model's own attention kernels, whose log-probs match the sampler's).
-3. Conjugate gradient (:mod:`marsdiff.rl.conjugate_gradient`) solves (F + lambda I) s = g in at
-   most ``cg_iterations`` products, stopping once the squared residual is below ``cg_tolerance``.
+3. Conjugate gradient (:mod:`marsdiff.rl.conjugate_gradient`, :func:`natural_gradient_direction`)
+   solves (F + lambda I) s = g in at most ``cg_iterations`` products, stopping once the squared
+   residual is below ``cg_tolerance``.
    The damping is relative to the Fisher's scale: lambda = ``cg_damping`` * (g^T F g) / (g^T g),
    the Rayleigh quotient of F along the gradient. An absolute lambda cannot be right in every
    unit: in mean_per_dim_nats the LoRA Fisher's Rayleigh quotient is about 1e-3, so an absolute
@@ -31,21 +33,24 @@ its module:
    lambda are solved for (F^-1 g), those below are damped (cut at about g / lambda).
    F g is also CG's first product ((F + lambda I) g, CG starting from s = 0 along g), so the
    damping costs no extra product.
-4. Step length beta = sqrt(2 max_kl / s^T F s) (undamped F: the step whose quadratic KL model is
-   exactly max_kl; damping only regularises the solve). s^T (F + lambda I) s comes from CG's
-   recursion (s^T (g - r), r its residual): no product after the solve.
+4. Step length beta = sqrt(2 max_kl / s^T F s) (:func:`maximal_step_length`; undamped F: the
+   step whose quadratic KL model is exactly max_kl; damping only regularises the solve).
+   s^T (F + lambda I) s comes from CG's recursion (s^T (g - r), r its residual): no product
+   after the solve.
    With ``kl_to_base`` c > 0 (LoRA mode) the surrogate is mean(r A) - c * KL(pi_theta || pi_base),
    the per-step KL to the base model (the adapter disabled, no gradient; the base means are
    computed once per round) in mean_per_dim_nats: its gradient enters g, and the line search
    asks the penalised surrogate to improve.
-5. Backtracking line search (:mod:`marsdiff.rl.line_search`): theta_old + shrink^k beta s,
-   k = 0 .. line_search_max_tries - 1; the first step whose mean KL(old || new) over the round's
-   actions is <= max_kl and whose surrogate improves is kept. If none is, the old parameters are
-   copied back bit for bit and the rejection is logged. A try stops as soon as the KL of the
-   actions scored so far already exceeds max_kl; with one process the denoising steps are scored
-   in minibatches regrouped by decreasing 1/sigma^2 and, after the first try, the minibatches with
-   the most KL first, so that stop comes early (the same tries accepted: line_search.py).
+5. Backtracking line search (:mod:`marsdiff.rl.line_search`, :func:`trust_region_line_search`):
+   theta_old + shrink^k beta s, k = 0 .. line_search_max_tries - 1; the first step whose mean
+   KL(old || new) over the round's actions is <= max_kl and whose surrogate improves is kept.
+   If none is, the old parameters are copied back bit for bit and the rejection is logged. A try
+   stops as soon as the KL of the actions scored so far already exceeds max_kl; with one process
+   the denoising steps are scored in minibatches regrouped by decreasing 1/sigma^2 and, after the
+   first try, the minibatches with the most KL first, so that stop comes early (the same tries
+   accepted: line_search.py).
 
+The update's row of metrics (gradient, solve, step, times): :func:`update_log`.
 Products per update: ``cg_iterations`` at most (it was 2 + ``cg_iterations``: a separate F g
 for the damping and a separate F s for the step length).
 
@@ -61,8 +66,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -120,6 +125,51 @@ class TRPOSettings:
         return settings_from_mapping(cls, cfg, "trpo")
 
 
+def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRPOSettings, progress: bool = True, *,
+                kl_to_base: float, apply_step: bool = True, group: RankGroup = SINGLE) -> dict[str, float]:
+    """One TRPO step on the round's ``actions``; returns the update's log (one row of metrics).
+
+    ``kl_to_base``: the experiment's weight c of the KL penalty to the base model in the surrogate
+    (denoising actions only). ``apply_step`` False (the zero_lr control) computes and logs
+    everything up to the step and leaves the parameters as they were, bit for bit.
+
+    With several processes (``group``) each rank takes its contiguous share of every minibatch
+    and of the FVP subsample; the surrogate, its gradient, the Fisher-vector products, the KL
+    and the line search's surrogate are sums over actions divided by the whole round's count,
+    summed over ranks, so every rank computes the same direction, step and acceptance."""
+    parameters = list(parameters)
+    if not parameters:
+        raise MarsdiffError("TRPO: the policy has no trainable parameters")
+    family = kl_family(actions)
+    method = fvp_method_for(family, settings.fvp_method)
+    clock = _Stopwatch()
+    # 1. g = grad L(theta_old) over every action of the round; the old policy's distributions.
+    shares = share_round(actions, settings, method, kl_to_base, group)
+    first = round_surrogate_gradient(actions, parameters, family, shares, group, progress)
+    times = {"gradient_seconds": clock.lap()}
+    # 2-3. s = (F + lambda I)^-1 g by CG, F the Fisher on the FVP subsample.
+    fvp = FisherVectorProduct(actions, parameters, shares.fvp_batch, method, settings.minibatch_size, 0.0, group,
+                              first_order_mean=first.kept, jacobian_vector=settings.jacobian_vector)
+    clock.lap()  # building the FVP's first-order graph: neither the gradient's time nor CG's
+    natural = natural_gradient_direction(fvp, first.gradient, settings)
+    fvp.release()
+    times["cg_seconds"] = clock.lap() - fvp.seconds  # CG's own arithmetic: the products are fvp_seconds
+    # 4. beta = sqrt(2 max_kl / s^T F s): the full step beta s.
+    beta = maximal_step_length(settings.max_kl, natural.s_f_s)
+    full_step = beta * natural.direction
+    # 5. theta_old + shrink^k beta s: the first step inside the trust region that improves L.
+    search, searched = None, 0
+    if beta > 0 and math.isfinite(beta) and apply_step:
+        search, searched = trust_region_line_search(actions, family, parameters, shares, first, full_step, settings,
+                                                    group, progress)
+    times["line_search_seconds"] = clock.lap()
+    row = update_log(shares, settings, first, natural, beta, full_step, search, searched, fvp, times, clock.total)
+    log.info("TRPO %s: KL %.4g / %.4g, surrogate gain %.4g, %d CG products (residual %.3g), %d tries, %.1f s",
+             "accepted" if row["accepted"] else "rejected", row["kl"], settings.max_kl, row["surrogate_gain"],
+             natural.cg_iterations, natural.cg_residual, row["line_search_tries"], row["seconds"])
+    return row
+
+
 def fvp_method_for(family, fvp_method: str) -> str:
     """The FVP method ``fvp_method`` resolves to for an action family (``auto``: gauss_newton
     where sigma is fixed, kl_hessian otherwise)."""
@@ -146,10 +196,47 @@ def leading_actions(batches: Sequence[Any], count: int) -> Any:
 
 
 @dataclass
+class RoundShares:
+    """How the update walks the round: what steps 1, 2 and 5 score."""
+
+    batches: list[Any]  # this rank's (non-empty) share of each minibatch, in the round's shuffled order
+    total: int  # the round's actions over every rank: the divisor of every mean
+    fvp_batch: Any  # the FVP subsample, every rank's: the first fvp_subsample actions of the round
+    keep: int | None  # the share (index in batches) whose gradient graph the FVP reuses, or None
+    coef: float  # c, the weight of KL(pi_theta || pi_base) in the surrogate (0: no base model)
+    bases: list[Any] | None  # the base model's step means of each share (c > 0), once per round
+
+
+def share_round(actions, settings: TRPOSettings, method: str, kl_to_base: float, group: RankGroup) -> RoundShares:
+    """The round's minibatches (the buffer's epoch-0 order), this rank's share of each, the FVP
+    subsample (their first ``fvp_subsample`` actions) and the base model's means for the penalty.
+
+    The gradient pass keeps its graph for the FVP when that graph is the FVP's first-order one:
+    gauss_newton on a subsample that is exactly the first minibatch, whose share is one FVP chunk;
+    with the reverse J v, which differentiates that graph twice, only in a network without
+    attention layers (the gradient pass runs the model's own fused attention kernels, whose
+    log-probs match the sampler's, and those have no double backward)."""
+    round_batches = list(actions.minibatches(0))
+    total = sum(len(b) for b in round_batches)
+    if total == 0:
+        raise MarsdiffError("TRPO: the round has no actions to learn from")
+    fvp_batch = leading_actions(round_batches, settings.fvp_subsample)
+    shards = [group.shard(b) for b in round_batches]
+    batches = [b for b in shards if len(b)]
+    twice_differentiable = settings.jacobian_vector == "forward" or not has_attention(policy_module(actions))
+    reuse = (method == "gauss_newton" and twice_differentiable and len(fvp_batch) == len(round_batches[0])
+             and len(shards[0]) > 0 and len(shards[0]) <= settings.minibatch_size)
+    # The base means do not depend on theta: computed once, they are the penalty's fixed reference.
+    coef = float(kl_to_base) if getattr(actions, "base_mean", None) is not None else 0.0
+    bases = [actions.base_mean(batch) for batch in batches] if coef > 0 else None
+    return RoundShares(batches, total, fvp_batch, 0 if reuse else None, coef, bases)
+
+
+@dataclass
 class SurrogateGradient:
     """Step 1's results: what the solve and the line search need from the gradient pass."""
 
-    gradient: torch.Tensor  # flat float64, summed over ranks
+    gradient: torch.Tensor  # flat float64 (this rank's part; over ranks: round_surrogate_gradient's)
     surrogate: float  # mean (penalised) surrogate at theta_old
     start_log_ratio: float  # max |log pi_theta - log pi_old| at theta_old (0 up to rounding)
     olds: list[Any]  # per batch (in ``batches`` order): the old policy's distributions
@@ -179,6 +266,26 @@ def surrogate_gradient(actions, parameters: Sequence[torch.nn.Parameter], family
             kept = (scored.mean, scored.std)
         bar.update(len(batch))
     return SurrogateGradient(gradient, surrogate, start_log_ratio, olds, kept)
+
+
+def round_surrogate_gradient(actions, parameters: Sequence[torch.nn.Parameter], family, shares: RoundShares,
+                             group: RankGroup, progress: bool) -> SurrogateGradient:
+    """Step 1 over the whole round: g = grad L(theta_old) and L(theta_old), each rank's part
+    (:func:`surrogate_gradient`) summed over ranks, max |log r| taken over ranks. A NaN/inf
+    surrogate or gradient would make the whole step NaN: it raises, and the round loop skips the
+    update."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=shares.total, desc="TRPO gradient", unit="action", leave=False,
+               disable=not progress or not group.is_writer)
+    local = surrogate_gradient(actions, parameters, family, shares.batches, shares.total, shares.bases, shares.coef,
+                               shares.keep, bar)
+    bar.close()
+    group.sum_tensor(local.gradient)
+    summed = replace(local, surrogate=group.sum(local.surrogate), start_log_ratio=group.max(local.start_log_ratio))
+    require_finite("the TRPO surrogate", summed.surrogate)
+    require_finite("the TRPO surrogate gradient", summed.gradient)
+    return summed
 
 
 @dataclass
@@ -213,116 +320,68 @@ def natural_gradient_direction(fvp: FisherVectorProduct, gradient: torch.Tensor,
     return NaturalDirection(solved.x, s_f_s, rayleigh, fvp.damping, solved.residual_norm, solved.products)
 
 
-def trpo_update(actions, parameters: Sequence[torch.nn.Parameter], settings: TRPOSettings,
-                progress: bool = True, kl_to_base: float = 0.0, apply_step: bool = True,
-                group: RankGroup = SINGLE) -> dict[str, float]:
-    """One TRPO step on the round's ``actions``; returns the update's log (one row of metrics).
+def maximal_step_length(max_kl: float, s_f_s: float) -> float:
+    """beta = sqrt(2 max_kl / s^T F s): the step beta s whose quadratic KL model beta^2 s^T F s / 2
+    is exactly ``max_kl`` (0 when s^T F s is not positive: no direction to step along)."""
+    return math.sqrt(2 * max_kl / s_f_s) if s_f_s > 0 else 0.0
 
-    ``kl_to_base``: weight of the KL penalty to the base model in the surrogate (denoising
-    actions only). ``apply_step`` False (the zero_lr control) computes and logs everything up to
-    the step and leaves the parameters as they were, bit for bit.
 
-    With several processes (``group``) each rank takes its contiguous share of every minibatch
-    and of the FVP subsample; the surrogate, its gradient, the Fisher-vector products, the KL
-    and the line search's surrogate are sums over actions divided by the whole round's count,
-    summed over ranks, so every rank computes the same direction, step and acceptance."""
+def trust_region_line_search(actions, family, parameters: Sequence[torch.nn.Parameter], shares: RoundShares,
+                             first: SurrogateGradient, full_step: torch.Tensor, settings: TRPOSettings,
+                             group: RankGroup, progress: bool) -> tuple[LineSearchResult, int]:
+    """Step 5: theta = theta_old + shrink^k ``full_step``, k = 0 .. line_search_max_tries - 1; keeps the
+    first theta with mean KL(pi_old || pi_theta) <= max_kl over every action of the round and
+    L(theta) > L(theta_old), else restores theta_old bit for bit and warns. Returns the search and
+    how many actions (this rank's) its tries scored."""
     from tqdm import tqdm
 
-    parameters = list(parameters)
-    if not parameters:
-        raise MarsdiffError("TRPO: the policy has no trainable parameters")
-    family = kl_family(actions)
-    method = fvp_method_for(family, settings.fvp_method)
-    started = time.perf_counter()
+    bar = tqdm(total=settings.line_search_max_tries * shares.total, desc="TRPO line search", unit="action",
+               leave=False, disable=not progress or not group.is_writer)
+    # One process: the denoising steps regrouped by decreasing 1/sigma^2, where their KL lies, so
+    # that a rejected try's early stop comes sooner (line_search.py). Several ranks score every try
+    # whole (no early stop): nothing to gain there.
+    batches, olds, bases = shares.batches, first.olds, shares.bases
+    if group.world == 1 and family is DenoiseKL:
+        batches, olds, bases = regroup_by_sigma(batches, olds, bases, settings.minibatch_size)
+    scored = 0
 
-    # 1. Surrogate value and gradient at theta_old over every action; the old distributions.
-    round_batches = list(actions.minibatches(0))
-    total = sum(len(b) for b in round_batches)
-    if total == 0:
-        raise MarsdiffError("TRPO: the round has no actions to learn from")
-    fvp_batch = leading_actions(round_batches, settings.fvp_subsample)
-    shards = [group.shard(b) for b in round_batches]
-    batches = [b for b in shards if len(b)]
-    # The FVP subsample is the first minibatch: keep this rank's share of it, scored last, for the FVP
-    # (the reverse J v differentiates that graph twice: not through the model's fused attention).
-    twice_differentiable = settings.jacobian_vector == "forward" or not has_attention(policy_module(actions))
-    reuse = (method == "gauss_newton" and twice_differentiable and len(fvp_batch) == len(round_batches[0])
-             and len(shards[0]) > 0 and len(shards[0]) <= settings.minibatch_size)
-    # The base model's step means, once per round (they do not depend on theta): the penalty's reference.
-    coef = float(kl_to_base) if getattr(actions, "base_mean", None) is not None else 0.0
-    bases = [actions.base_mean(batch) for batch in batches] if coef > 0 else None
-    bar = tqdm(total=total, desc="TRPO gradient", unit="action", leave=False, disable=not progress or not group.is_writer)
-    first = surrogate_gradient(actions, parameters, family, batches, total, bases, coef, 0 if reuse else None, bar)
+    def evaluate(kl_bound: float, order):
+        nonlocal scored
+        evaluation = evaluate_surrogate_and_kl(actions, family, batches, olds, shares.total, bar, bases, shares.coef,
+                                               group, kl_bound, order)
+        scored += sum(len(b) for b, part in zip(batches, evaluation.batch_kl) if part is not None)
+        return evaluation
+
+    # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
+    search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, first.surrogate,
+                                      settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries,
+                                      batches=len(batches))
     bar.close()
-    gradient = first.gradient
-    group.sum_tensor(gradient)
-    surrogate_old, start_log_ratio = group.sum(first.surrogate), group.max(first.start_log_ratio)
-    # A NaN/inf surrogate or gradient makes the whole step NaN: the round loop skips the update.
-    require_finite("the TRPO surrogate", surrogate_old)
-    require_finite("the TRPO surrogate gradient", gradient)
-    gradient_seconds = time.perf_counter() - started
+    if not search.accepted:
+        log.warning(
+            "TRPO step rejected after %d line-search tries: KL %.4g (max %.4g), surrogate gain %.4g; parameters unchanged",
+            search.tries, search.kl_last, settings.max_kl, search.gain_last,
+        )
+    return search, scored
 
-    # 2-4. Natural-gradient direction s = (F + damping I)^-1 g on the FVP subsample, s^T F s.
-    fvp = FisherVectorProduct(actions, parameters, fvp_batch, method, settings.minibatch_size, 0.0, group,
-                              first_order_mean=first.kept, jacobian_vector=settings.jacobian_vector)
-    cg_started = time.perf_counter()
-    grad_norm = float(gradient.norm())
-    natural = natural_gradient_direction(fvp, gradient, settings)
-    fvp.release()
-    direction, s_f_s = natural.direction, natural.s_f_s
-    cg_seconds = time.perf_counter() - cg_started - fvp.seconds
 
-    # 5. Step length and backtracking line search on every action of the round.
-    ls_started = time.perf_counter()
-    row: dict[str, float] = {
-        "actions": float(total), "fvp_actions": float(fvp.count), "max_kl": settings.max_kl,
-        "surrogate_before": surrogate_old, "grad_norm": grad_norm, "start_log_ratio_max": start_log_ratio,
-        **_direction_log(natural, grad_norm), "kl_to_base_coef": coef,
+def update_log(shares: RoundShares, settings: TRPOSettings, first: SurrogateGradient, natural: NaturalDirection,
+               beta: float, full_step: torch.Tensor, search: LineSearchResult | None, searched: int,
+               fvp: FisherVectorProduct, times: Mapping[str, float], elapsed: Callable[[], float]) -> dict[str, float]:
+    """The update's row of metrics: the gradient, the solve (:func:`_direction_log`), the step
+    (:func:`_step_log`, with the expected gain g^T beta s of the accepted fraction), the time of
+    each step (``times``, by key) and ``seconds``, the whole update's (``elapsed()``, read last)."""
+    grad_norm = float(first.gradient.norm())
+    return {
+        "actions": float(shares.total), "fvp_actions": float(fvp.count), "max_kl": settings.max_kl,
+        "surrogate_before": first.surrogate, "grad_norm": grad_norm, "start_log_ratio_max": first.start_log_ratio,
+        **_direction_log(natural, grad_norm), "kl_to_base_coef": shares.coef,
+        **_step_log(search, beta, float(full_step.norm()), float(first.gradient @ full_step)),
+        "gradient_seconds": times["gradient_seconds"], "fvp_seconds": fvp.seconds, "fvp_products": float(fvp.products),
+        "cg_seconds": times["cg_seconds"], "line_search_seconds": times["line_search_seconds"],
+        "line_search_actions": float(searched),
+        "seconds": elapsed(),
     }
-    beta = math.sqrt(2 * settings.max_kl / s_f_s) if s_f_s > 0 else 0.0
-    full_step = beta * direction
-    expected_gain = float(gradient @ full_step)
-    search = None
-    scored = [0]  # actions the line search scored (this rank's), over all its tries
-    if beta > 0 and math.isfinite(beta) and apply_step:
-        bar = tqdm(total=settings.line_search_max_tries * total, desc="TRPO line search", unit="action", leave=False,
-                   disable=not progress or not group.is_writer)
-
-        # One process: the denoising steps regrouped by decreasing 1/sigma^2, where their KL lies,
-        # so that a rejected try's early stop comes sooner (line_search.py). Several ranks score
-        # every try whole (no early stop): nothing to gain there.
-        search_batches, search_olds, search_bases = batches, first.olds, bases
-        if group.world == 1 and family is DenoiseKL:
-            search_batches, search_olds, search_bases = regroup_by_sigma(batches, first.olds, bases, settings.minibatch_size)
-
-        def evaluate(kl_bound: float, order):
-            evaluation = evaluate_surrogate_and_kl(actions, family, search_batches, search_olds, total, bar, search_bases,
-                                                   coef, group, kl_bound, order)
-            scored[0] += sum(len(b) for b, part in zip(search_batches, evaluation.batch_kl) if part is not None)
-            return evaluation
-
-        # Later tries score the minibatches with the most KL first: a rejection stops sooner (line_search.py).
-        search = backtracking_line_search(parameters, unflat_vector(full_step, parameters), evaluate, surrogate_old,
-                                          settings.max_kl, settings.line_search_shrink, settings.line_search_max_tries,
-                                          batches=len(search_batches))
-        bar.close()
-        if not search.accepted:
-            log.warning(
-                "TRPO step rejected after %d line-search tries: KL %.4g (max %.4g), surrogate gain %.4g; parameters unchanged",
-                search.tries, search.kl_last, settings.max_kl, search.gain_last,
-            )
-    line_search_seconds = time.perf_counter() - ls_started
-    row.update(_step_log(search, beta, float(full_step.norm()), expected_gain))
-    row.update({
-        "gradient_seconds": gradient_seconds, "fvp_seconds": fvp.seconds, "fvp_products": float(fvp.products),
-        "cg_seconds": cg_seconds, "line_search_seconds": line_search_seconds,
-        "line_search_actions": float(scored[0]),
-        "seconds": time.perf_counter() - started,
-    })
-    log.info("TRPO %s: KL %.4g / %.4g, surrogate gain %.4g, %d CG products (residual %.3g), %d tries, %.1f s",
-             "accepted" if row["accepted"] else "rejected", row["kl"], settings.max_kl, row["surrogate_gain"],
-             natural.cg_iterations, natural.cg_residual, row["line_search_tries"], row["seconds"])
-    return row
 
 
 def _direction_log(natural: NaturalDirection, grad_norm: float) -> dict[str, float]:
@@ -356,3 +415,18 @@ def _step_log(search: LineSearchResult | None, beta: float, full_step_norm: floa
         "step_size": beta * fraction, "step_fraction": fraction, "step_norm": full_step_norm * fraction,
         **stats,
     }
+
+
+class _Stopwatch:
+    """The update's times: :meth:`lap` since the previous lap (or the start), :meth:`total` since the start."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
