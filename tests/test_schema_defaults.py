@@ -44,8 +44,6 @@ LEFT = "function-argument default: its callers (tests, library calls) still rely
 REMAINING: dict[str, str] = {
     "src/marsdiff/diffusion/preview.py::batch_size": LEFT,
     "src/marsdiff/diffusion/training_loss.py::seed": LEFT,
-    "src/marsdiff/evaluation/manifold.py::k_density_coverage": LEFT,
-    "src/marsdiff/evaluation/manifold.py::k_precision_recall": LEFT,
     "src/marsdiff/evaluation/pixels.py::seed": LEFT,
     "src/marsdiff/rewards/coverage.py::bandwidth_scale": LEFT,
     "src/marsdiff/rewards/information.py::bandwidth_scale": LEFT,
