@@ -117,16 +117,16 @@ def diagnose(policy, actions, max_kl: float, minibatch: int, cg_iterations: int,
     sub = leading_actions(batches, minibatch)
     clip_share = clipped_fraction(actions, batches)
     first = surrogate_gradient(actions, params, family, batches, total, None, 0.0, None, NoBar())
-    fvp = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0)
+    fvp = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0, jacobian_vector="reverse")
     natural = natural_gradient_direction(fvp, first.gradient, settings)
     fvp.release()
     s = natural.direction
     beta = math.sqrt(2 * max_kl / natural.s_f_s)
     # The same Fisher over every transition of the round (chunks of the minibatch size, undamped).
     everything = leading_actions(batches, total)
-    f_all = FisherVectorProduct(actions, params, everything, "gauss_newton", minibatch, 0.0)
+    f_all = FisherVectorProduct(actions, params, everything, "gauss_newton", minibatch, 0.0, jacobian_vector="reverse")
     s_f_all_s = float(s @ f_all(s))
-    f_sub = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0)
+    f_sub = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0, jacobian_vector="reverse")
     s_f_sub_s = float(s @ f_sub(s))  # explicit, to check CG's recursion
     f_sub.release()
 

@@ -45,14 +45,7 @@ REMAINING: dict[str, str] = {
     "src/marsdiff/diffusion/preview.py::batch_size": LEFT,
     "src/marsdiff/diffusion/training_loss.py::seed": LEFT,
     "src/marsdiff/evaluation/pixels.py::seed": LEFT,
-    "src/marsdiff/rl/actions.py::seed": LEFT,
-    "src/marsdiff/rl/actions.py::timestep_fraction": LEFT,
-    "src/marsdiff/rl/fisher_vector_product.py::jacobian_vector": LEFT,
     "src/marsdiff/rl/ppo.py::kl_to_base": LEFT,
-    "src/marsdiff/rl/replay.py::seed": LEFT,
-    "src/marsdiff/rl/round_sampling.py::compression": LEFT,
-    "src/marsdiff/rl/round_sampling.py::compression_level": LEFT,
-    "src/marsdiff/rl/rounds.py::device": LEFT,
     "src/marsdiff/rl/trpo.py::kl_to_base": LEFT,
 }
 #: ``<file>::<key>`` -> one-line reason the finding is not a config default at all.
