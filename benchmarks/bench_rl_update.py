@@ -53,7 +53,8 @@ def make_policy(seed: int = 0):
     unet = build_pixel_unet(cfg, CLASSES)
     meta = {"backend": "pixel", "image_size": cfg.image_size, "channels": 1, "class_names": [f"c{i}" for i in range(CLASSES)]}
     backend = PixelBackend(unet, dict(build_noise_scheduler(cfg).config), meta, device="cpu")
-    experiment = {"eta": 1.0, "class_distribution": "uniform", "lora": {"rank": 4}}
+    experiment = filled_section("experiments.*", {"mode": "lora_unet", "eta": 1.0, "class_distribution": "uniform",
+                                                  "lora": {"rank": 4}})
     policy = RoundPolicy.initial("lora_unet", backend, experiment)
     # B = 0 in a fresh adapter zeroes A's gradient; a trained adapter has B != 0 (cost is the same,
     # but TRPO's CG then works on every parameter as it would after round 0).
