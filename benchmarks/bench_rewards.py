@@ -33,6 +33,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchlib import add_common_args, pick, row, write_result  # noqa: E402
+from marsdiff.config import filled_section  # noqa: E402
 from marsdiff.rewards import build_term, median_heuristic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def main() -> None:
     config = load_config()
     reference, source = reference_features(config)
     rng = np.random.default_rng(0)
-    scale = float((config.get("reward") or {}).get("bandwidth_scale", 0.5))
+    scale = float(filled_section("reward", config.get("reward"))["bandwidth_scale"])
     bandwidth = scale * median_heuristic(reference)
     print(f"reference: {source}, {reference.shape[0]} x {reference.shape[1]}; bandwidth {scale:g} x median = {bandwidth:.4g}")
     print(f"{'reward':30s} {'n':>5s} {'closed s':>10s} {'naive s':>10s} {'speed-up':>9s} {'max abs err':>12s}")

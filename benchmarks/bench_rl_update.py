@@ -53,7 +53,8 @@ def make_policy(seed: int = 0):
     unet = build_pixel_unet(cfg, CLASSES)
     meta = {"backend": "pixel", "image_size": cfg.image_size, "channels": 1, "class_names": [f"c{i}" for i in range(CLASSES)]}
     backend = PixelBackend(unet, dict(build_noise_scheduler(cfg).config), meta, device="cpu")
-    experiment = {"eta": 1.0, "class_distribution": "uniform", "lora": {"rank": 4}}
+    experiment = filled_section("experiments.*", {"mode": "lora_unet", "eta": 1.0, "class_distribution": "uniform",
+                                                  "lora": {"rank": 4}})
     policy = RoundPolicy.initial("lora_unet", backend, experiment)
     # B = 0 in a fresh adapter zeroes A's gradient; a trained adapter has B != 0 (cost is the same,
     # but TRPO's CG then works on every parameter as it would after round 0).
@@ -66,11 +67,12 @@ def make_policy(seed: int = 0):
 
 
 def record_round(policy, images: int, steps: int, out_dir: Path) -> Path:
+    from marsdiff.config import filled_section
     from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 
     experiment = {"images_per_round": images, "steps": steps, "eta": 1.0, "seed": 0, "class_distribution": "uniform"}
     settings = round_sampling_settings({"batch_size": min(images, 32), "device": "cpu"}, experiment)
-    sample_policy_round(policy, settings, experiment, 0, out_dir)
+    sample_policy_round(policy, settings, experiment, 0, out_dir, store=filled_section("sampling", {})["store"])
     return out_dir / "trajectories.h5"
 
 
@@ -142,7 +144,7 @@ def fvp_product_seconds(policy, actions, method: str, subsample: int, chunk: int
     from marsdiff.rl.trpo import FisherVectorProduct
 
     params = policy.trainable_parameters()
-    fvp = FisherVectorProduct(actions, params, actions.subsample(subsample, 0), method, chunk, 0.1)
+    fvp = FisherVectorProduct(actions, params, actions.subsample(subsample, 0), method, chunk, 0.1, jacobian_vector="reverse")
     v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64)
     fvp(v)  # builds the kept graph (one chunk) and warms up
     times = []

@@ -90,6 +90,7 @@ def stop_clock(device: torch.device, started: float) -> tuple[float, float]:
 
 
 def measure(pipeline_dir: Path, work: Path, args, minibatch: int, device: torch.device) -> dict[str, float]:
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.stable_diffusion import load_stable_diffusion
     from marsdiff.rl.experiments import experiment_settings
     from marsdiff.rl.policy import RoundPolicy
@@ -109,7 +110,7 @@ def measure(pipeline_dir: Path, work: Path, args, minibatch: int, device: torch.
     for r in range(2):  # round 0 warms up kernels and the allocator
         round_dir = work / f"mb{minibatch}_round{r}"
         started = start_clock(device)
-        sample_policy_round(policy, settings, exp, r, round_dir)
+        sample_policy_round(policy, settings, exp, r, round_dir, store=filled_section("sampling", {})["store"])
         row["sampling_s"], row["sampling_gib"] = stop_clock(device, started)
         credit = np.random.default_rng(r).normal(size=args.images)
         started = start_clock(device)

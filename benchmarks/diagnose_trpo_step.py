@@ -43,12 +43,14 @@ SHRINK = 0.8
 
 def shipped_policy(seed: int):
     """The shipped (trained) base model with a fresh rank-4 LoRA adapter, B drawn as in make_policy."""
+    from marsdiff.config import filled_section
     from marsdiff.diffusion.pixel_backend import load_pixel_backend
     from marsdiff.diffusion.shipped import SHIPPED_DIR
     from marsdiff.rl.policy import RoundPolicy
 
     backend = load_pixel_backend(SHIPPED_DIR, device="cpu")
-    experiment = {"eta": 1.0, "class_distribution": "uniform", "lora": {"rank": 4}}
+    experiment = filled_section("experiments.*", {"mode": "lora_unet", "eta": 1.0, "class_distribution": "uniform",
+                                                  "lora": {"rank": 4}})
     policy = RoundPolicy.initial("lora_unet", backend, experiment)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -98,6 +100,7 @@ def make_actions(policy, path: Path, images: int, steps: int, minibatch: int, se
 
 
 def diagnose(policy, actions, max_kl: float, minibatch: int, cg_iterations: int, damping: float) -> dict[str, float]:
+    from marsdiff.config import filled_section
     from marsdiff.rl.fisher_vector_product import FisherVectorProduct
     from marsdiff.rl.kl_families import kl_family
     from marsdiff.rl.line_search import evaluate_surrogate_and_kl
@@ -110,23 +113,25 @@ def diagnose(policy, actions, max_kl: float, minibatch: int, cg_iterations: int,
 
     params = policy.trainable_parameters()
     family = kl_family(actions)
-    settings = TRPOSettings(max_kl=max_kl, cg_iterations=cg_iterations, cg_damping=damping, cg_tolerance=1e-300,
-                            minibatch_size=minibatch, fvp_subsample=minibatch)
+    trpo = {"max_kl": max_kl, "cg_iterations": cg_iterations, "cg_damping": damping, "cg_tolerance": 1e-300,
+            "minibatch_size": minibatch, "fvp_subsample": minibatch}
+    settings = TRPOSettings.from_config(filled_section("experiments.*", {"mode": "lora_unet", "trpo": trpo})["trpo"])
+    jacobian_vector = settings.jacobian_vector
     batches = list(actions.minibatches(0))
     total = sum(len(b) for b in batches)
     sub = leading_actions(batches, minibatch)
     clip_share = clipped_fraction(actions, batches)
     first = surrogate_gradient(actions, params, family, batches, total, None, 0.0, None, NoBar())
-    fvp = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0)
+    fvp = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0, jacobian_vector=jacobian_vector)
     natural = natural_gradient_direction(fvp, first.gradient, settings)
     fvp.release()
     s = natural.direction
     beta = math.sqrt(2 * max_kl / natural.s_f_s)
     # The same Fisher over every transition of the round (chunks of the minibatch size, undamped).
     everything = leading_actions(batches, total)
-    f_all = FisherVectorProduct(actions, params, everything, "gauss_newton", minibatch, 0.0)
+    f_all = FisherVectorProduct(actions, params, everything, "gauss_newton", minibatch, 0.0, jacobian_vector=jacobian_vector)
     s_f_all_s = float(s @ f_all(s))
-    f_sub = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0)
+    f_sub = FisherVectorProduct(actions, params, sub, "gauss_newton", minibatch, 0.0, jacobian_vector=jacobian_vector)
     s_f_sub_s = float(s @ f_sub(s))  # explicit, to check CG's recursion
     f_sub.release()
 

@@ -49,6 +49,11 @@ def advantage_settings(**values: Any) -> AdvantageSettings:
     return AdvantageSettings.from_config(_filled("advantages", "lora_unet", values))
 
 
+def round_store() -> dict[str, Any]:
+    """The round file's compression, the schema's (the filled ``sampling.store`` the stage passes)."""
+    return filled_section("sampling", {})["store"]
+
+
 def experiment(mode: str, **overrides: Any) -> dict[str, Any]:
     settings = {"mode": mode, "images_per_round": 16, "steps": 4, "rounds": 4, **overrides}
     return experiment_settings({"test": settings}, "test", {"batch_size": 64})
@@ -62,7 +67,7 @@ def run_rounds(exp: dict[str, Any], out: Path, reward: Callable[[Path], np.ndarr
     previous, history = None, []
     for r in range(exp["rounds"] if rounds is None else rounds):
         round_dir = out / f"round_{r:03d}"
-        sample_policy_round(policy, settings, exp, r, round_dir)
+        sample_policy_round(policy, settings, exp, r, round_dir, store=round_store())
         credit = reward(round_dir / "trajectories.h5")
         metrics = update_policy_round(policy, exp, r, round_dir / "trajectories.h5", credit, previous,
                                       round_dir / "policy", progress=False)
@@ -75,5 +80,5 @@ def mean_reward_of(policy: RoundPolicy, exp: dict[str, Any], out: Path, round_in
                    reward: Callable[[Path], np.ndarray] = brightness) -> float:
     """Mean reward of a fresh round (new seeds: the round index changes every image's seed)."""
     settings = round_sampling_settings({"batch_size": 64}, exp)
-    sample_policy_round(policy, settings, exp, round_index, out)
+    sample_policy_round(policy, settings, exp, round_index, out, store=round_store())
     return float(np.mean(reward(out / "trajectories.h5")))

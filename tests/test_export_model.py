@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from marsdiff import cli
+from marsdiff.config import filled_section
 from marsdiff.diffusion.loading import load_backend
 from marsdiff.diffusion.scheduler_logprob import power_timesteps
 from marsdiff.diffusion.stable_diffusion import load_stable_diffusion
@@ -102,8 +103,9 @@ def test_readme_snippets_run_on_the_pixel_model(tmp_path, monkeypatch):
     knobs = ns["knobs"]
     assert knobs["mode"] == "lora_unet" and knobs["provenance"]["lora_merged"] is True
     assert knobs["conditions"] == ["small", "medium", "large"]
-    assert knobs["per_condition"]["large"]["timesteps"] == policy.backend.make_scheduler().set_timesteps(
-        knobs["steps"]).tolist()
+    sampling = filled_section("sampling", {})
+    scheduler = policy.backend.make_scheduler(eta=sampling["eta"], min_std=sampling["min_std"])
+    assert knobs["per_condition"]["large"]["timesteps"] == scheduler.set_timesteps(knobs["steps"]).tolist()
 
 
 def test_readme_snippets_run_on_stable_diffusion(tmp_path, monkeypatch):

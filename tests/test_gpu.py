@@ -41,7 +41,7 @@ def test_sd_half_precision_log_probs_are_reproduced(sd_config):
     sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 4, "batch_size": 3, "seed": 1}))
     batch = next(iter(sampler.sample(3)))
     assert np.isfinite(batch.latents).all() and (batch.std > 0).all()
-    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(4)
     steps = np.array([3, 0, 2])
     rows = np.arange(3)

@@ -23,6 +23,7 @@ from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.trpo import FisherVectorProduct
+from rl_helpers import round_store
 from test_stable_diffusion import PROMPTS, build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +68,7 @@ def policy_with_adapter(backend, exp):
 
 def sample(policy, exp, out_dir) -> str:
     settings = round_sampling_settings({"batch_size": IMAGES, "device": "cpu"}, exp)
-    sample_policy_round(policy, settings, exp, 0, out_dir)
+    sample_policy_round(policy, settings, exp, 0, out_dir, store=round_store())
     return str(out_dir / "trajectories.h5")
 
 
@@ -101,7 +102,8 @@ def test_checkpointing_gives_the_same_ppo_gradient(pair):
     plain, checkpointed, path = pair
     grads = []
     for policy in (plain, checkpointed):
-        actions = DenoiseActions(policy, path, np.linspace(-1, 1, IMAGES * STEPS).reshape(IMAGES, STEPS), 4)
+        actions = DenoiseActions(policy, path, np.linspace(-1, 1, IMAGES * STEPS).reshape(IMAGES, STEPS), 4,
+                                 timestep_fraction=1.0, seed=0)
         params = policy.trainable_parameters()
         batch = next(actions.minibatches(0))
         scored = actions.evaluate(batch)
@@ -120,10 +122,10 @@ def test_checkpointing_gives_the_same_trpo_fisher_vector_product(pair, method):
     plain, checkpointed, path = pair
     products = []
     for policy in (plain, checkpointed):
-        actions = DenoiseActions(policy, path, np.zeros((IMAGES, STEPS)), 4)
+        actions = DenoiseActions(policy, path, np.zeros((IMAGES, STEPS)), 4, timestep_fraction=1.0, seed=0)
         params = policy.trainable_parameters()
         v = torch.randn(len(flat(params)), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        products.append(FisherVectorProduct(actions, params, actions.subsample(4, 0), method, 4, 0.0)(v))
+        products.append(FisherVectorProduct(actions, params, actions.subsample(4, 0), method, 4, 0.0, jacobian_vector="reverse")(v))
         actions.close()
     assert float(products[0].norm()) > 0
     assert relative(products[1], products[0]) < GRAD_RTOL
@@ -154,7 +156,7 @@ def test_autocast_log_probs_are_recomputed_in_the_same_precision(tiny_sd, tmp_pa
     path = sample(policy, exp, tmp_path / "round")
 
     def log_ratio(backend_policy) -> float:
-        actions = DenoiseActions(backend_policy, path, np.zeros((IMAGES, STEPS)), 4)
+        actions = DenoiseActions(backend_policy, path, np.zeros((IMAGES, STEPS)), 4, timestep_fraction=1.0, seed=0)
         worst = 0.0
         with torch.no_grad():
             for batch in actions.minibatches(0):

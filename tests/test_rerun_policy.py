@@ -454,6 +454,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from tiny_models import tiny_pixel_backend
+from marsdiff.config import filled_section
 from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.policy import RoundPolicy
 before = {name for name in sys.modules if name.startswith("marsdiff")}
@@ -467,7 +468,7 @@ for mode in ("lora_unet", "scheduler_policy", "diversity_policy"):
     RoundPolicy.initial(mode, tiny_pixel_backend(), experiment).save(out / mode / "policy", 0)
     policy = RoundPolicy.load(out / mode / "policy", tiny_pixel_backend())
     settings = round_sampling_settings({"batch_size": 2, "device": "cpu"}, experiment)
-    sample_policy_round(policy, settings, experiment, 1, out / mode / "round")
+    sample_policy_round(policy, settings, experiment, 1, out / mode / "round", store=filled_section("sampling", {})["store"])
 print(" ".join(sorted(name for name in sys.modules if name.startswith("marsdiff") and name not in before)))
 """
 

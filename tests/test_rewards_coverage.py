@@ -66,7 +66,7 @@ def test_credit_with_reach_of_exactly_one_zero_and_near_one():
     generated[3] = (reference[12] + reference[13]) / 2  # half way: a = 0.5 on two crops
     # logit gap 23 between crops 12 and 13: 1 - a ~ 1e-10, near one but not one
     generated[4] = reference[12] + (0.5 - 23 * sigma**2 / 0.05**2) * (reference[13] - reference[12])
-    term = Coverage(reference, bandwidth=sigma)
+    term = Coverage(reference, bandwidth=sigma, kernel_scale=1.0)  # the kernel at sigma itself, as reach() below
     a, log_miss = reach(((generated[:, None] - reference[None]) ** 2).sum(-1), sigma)
     assert np.isneginf(log_miss[0, 4]) and np.isneginf(log_miss[1, 4]) and (a == 0).any()
     assert 0 < np.exp(log_miss[4, 12]) < 1e-9  # 1 - a
@@ -92,7 +92,7 @@ def test_spreading_raises_coverage_and_collapse_lowers_it():
     reference = rng.normal(size=(60, 4))
     spread = reference[rng.choice(60, 16, replace=False)] + 0.01
     collapsed = np.repeat(spread[:2], 8, axis=0)
-    term = Coverage(reference, bandwidth=1.0)
+    term = Coverage(reference, bandwidth=1.0, kernel_scale=1.0)
     assert term.value(spread).reward > term.value(collapsed).reward
 
 

@@ -26,7 +26,7 @@ from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 from marsdiff.rl.round_update import update_policy_round
 from conftest import REPO
-from rl_helpers import brightness
+from rl_helpers import brightness, round_store
 from tiny_models import tiny_pixel_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,7 +68,7 @@ def initial_policy(mode: str, algorithm: str) -> RoundPolicy:
 def sample_case(mode: str, algorithm: str, out: Path, group: RankGroup = SINGLE) -> None:
     exp = experiment(mode, algorithm)
     settings = round_sampling_settings({"batch_size": 2, "device": "cpu"}, exp)  # 9 images: 5 batches, 3 + 2
-    sample_policy_round(initial_policy(mode, algorithm), settings, exp, 0, out, group=group)
+    sample_policy_round(initial_policy(mode, algorithm), settings, exp, 0, out, group=group, store=round_store())
 
 
 def update_case(mode: str, algorithm: str, round_dir: Path, out: Path, group: RankGroup = SINGLE) -> dict:

@@ -21,7 +21,7 @@ from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.ppo import ppo_update
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 from marsdiff.rl.round_update import shuffled_credit, update_policy_round
-from rl_helpers import advantage_settings, brightness, experiment, ppo_settings, run_rounds
+from rl_helpers import advantage_settings, brightness, experiment, ppo_settings, round_store, run_rounds
 from tiny_models import tiny_pixel_backend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +38,8 @@ def small(algorithm: str, mode: str, **overrides):
 def one_update(exp, tmp_path: Path, credit=None):
     """Sample round 0 with the initial policy and update it once; (policy, weights before, metrics)."""
     policy = RoundPolicy.initial(exp["mode"], tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "round_000")
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "round_000",
+                        store=round_store())
     path = tmp_path / "round_000" / "trajectories.h5"
     before = [p.detach().clone() for p in policy.trainable_parameters()]
     credit = brightness(path) if credit is None else credit
@@ -92,11 +93,12 @@ def test_kl_to_base_is_zero_at_round_zero_and_positive_after_an_update(tmp_path)
     exp = small("ppo", "lora_unet", optimiser={"lr": 1e-2}, ppo={"clip_denoise": 0.05, "epochs": 2, "minibatch_size": 8})
     assert exp["kl_to_base"] == 0.1  # the LoRA default
     policy = RoundPolicy.initial(exp["mode"], tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r0")
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r0",
+                        store=round_store())
     path = tmp_path / "r0" / "trajectories.h5"
     with open_trajectories(path) as f:
         n, steps = f.num_images, f.num_steps
-    actions = DenoiseActions(policy, path, np.zeros((n, steps)), 64)
+    actions = DenoiseActions(policy, path, np.zeros((n, steps)), 64, timestep_fraction=1.0, seed=0)
     batch = next(iter(actions.minibatches(0)))
     assert float(actions.kl_to_base(batch, actions.evaluate(batch)).abs().max()) == 0.0  # B = 0
     actions.close()
@@ -108,7 +110,8 @@ def test_the_penalty_pulls_the_adapter_back_to_the_base(tmp_path):
     """Zero advantages: the PPO loss is the penalty alone, and its steps shrink the KL to the base."""
     exp = small("ppo", "lora_unet")
     policy = RoundPolicy.initial(exp["mode"], tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r0")
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r0",
+                        store=round_store())
     path = tmp_path / "r0" / "trajectories.h5"
     with torch.no_grad():
         for name, p in policy.backend.unet.named_parameters():
@@ -116,7 +119,7 @@ def test_the_penalty_pulls_the_adapter_back_to_the_base(tmp_path):
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
     with open_trajectories(path) as f:
         n, steps = f.num_images, f.num_steps
-    actions = DenoiseActions(policy, path, np.zeros((n, steps)), 64)
+    actions = DenoiseActions(policy, path, np.zeros((n, steps)), 64, timestep_fraction=1.0, seed=0)
     batches = list(actions.minibatches(0))
 
     def kl_to_base() -> float:
@@ -201,7 +204,7 @@ def test_the_shuffled_arm_learns_from_the_permuted_credit(tmp_path):
 
 def brightness_of_round(exp, out: Path) -> np.ndarray:
     policy = RoundPolicy.initial(exp["mode"], tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, out)
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, out, store=round_store())
     return brightness(out / "trajectories.h5")
 
 

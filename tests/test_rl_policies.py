@@ -20,7 +20,7 @@ from marsdiff.rl.rounds import build_policy
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.surrogate import ratio_stats
-from rl_helpers import brightness, experiment
+from rl_helpers import brightness, experiment, round_store
 from tiny_models import tiny_pixel_backend
 
 MODES = ["lora_unet", "scheduler_policy", "diversity_policy"]
@@ -29,7 +29,8 @@ MODES = ["lora_unet", "scheduler_policy", "diversity_policy"]
 def sampled_round(mode, tmp_path, **overrides):
     exp = experiment(mode, images_per_round=9, **overrides)
     policy = RoundPolicy.initial(mode, tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 4}, exp), exp, 0, tmp_path / "round_000")
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 4}, exp), exp, 0, tmp_path / "round_000",
+                        store=round_store())
     return exp, policy, tmp_path / "round_000" / "trajectories.h5"
 
 
@@ -39,8 +40,9 @@ def actions_for(policy, path, advantages=None):
     rng = np.random.default_rng(0)
     if policy.mode == "lora_unet":
         adv = rng.standard_normal((n, steps)) if advantages is None else advantages
-        return DenoiseActions(policy, path, adv, minibatch_size=1000)
-    return PlanActions(policy, path, rng.standard_normal(n) if advantages is None else advantages, minibatch_size=1000)
+        return DenoiseActions(policy, path, adv, minibatch_size=1000, timestep_fraction=1.0, seed=0)
+    return PlanActions(policy, path, rng.standard_normal(n) if advantages is None else advantages, minibatch_size=1000,
+                       seed=0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -118,8 +120,8 @@ def test_save_and_load_round_trip(tmp_path, mode):
     assert "trainer_state.safetensors" in files and "policy.json" in files
     # The loaded policy samples exactly what the trained one samples.
     settings = round_sampling_settings({"batch_size": 4}, exp)
-    sample_policy_round(policy, settings, exp, 1, tmp_path / "a")
-    sample_policy_round(loaded, settings, exp, 1, tmp_path / "b")
+    sample_policy_round(policy, settings, exp, 1, tmp_path / "a", store=round_store())
+    sample_policy_round(loaded, settings, exp, 1, tmp_path / "b", store=round_store())
     with open_trajectories(tmp_path / "a" / "trajectories.h5") as a, open_trajectories(tmp_path / "b" / "trajectories.h5") as b:
         np.testing.assert_array_equal(a.image_latents(3), b.image_latents(3))
 
@@ -162,7 +164,8 @@ def test_unknown_experiment_and_mode_mismatch(tmp_path):
     # A scheduler policy handed to a diversity experiment (e.g. a renamed run directory).
     with mock.patch("marsdiff.rl.rounds.load_backend", return_value=tiny_pixel_backend()):
         with pytest.raises(MarsdiffError, match="diversity_policy"):
-            build_policy({"backend": "pixel"}, experiment("diversity_policy"), tmp_path / "model", tmp_path / "policy")
+            build_policy({"backend": "pixel"}, experiment("diversity_policy"), tmp_path / "model", tmp_path / "policy",
+                         device="cpu")
 
 
 def test_policy_json_names_mode_and_base_model(tmp_path):

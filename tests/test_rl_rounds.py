@@ -15,7 +15,7 @@ from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.rounds import build_policy
 from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_round
 from marsdiff.rl.round_update import update_policy_round
-from rl_helpers import advantage_settings, brightness, experiment
+from rl_helpers import advantage_settings, brightness, experiment, round_store
 from tiny_models import tiny_pixel_backend
 
 TIMING_KEYS = ("seconds", "update_seconds")
@@ -28,9 +28,10 @@ def run(exp, out, kill_in_round=None):
         round_dir = out / f"round_{r:03d}"
         previous = out / f"round_{r - 1:03d}" / "policy" if r else None
         with mock.patch("marsdiff.rl.rounds.load_backend", side_effect=lambda *a, **k: tiny_pixel_backend()):
-            policy = build_policy({"backend": "pixel"}, exp, "unused", previous)
-            sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, r, round_dir)
-            policy = build_policy({"backend": "pixel"}, exp, "unused", previous)
+            policy = build_policy({"backend": "pixel"}, exp, "unused", previous, device="cpu")
+            sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, r, round_dir,
+                                store=round_store())
+            policy = build_policy({"backend": "pixel"}, exp, "unused", previous, device="cpu")
             credit = brightness(round_dir / "trajectories.h5")
             if r == kill_in_round:
                 from marsdiff.rl import ppo
@@ -49,7 +50,7 @@ def run(exp, out, kill_in_round=None):
                                         round_dir / "policy", progress=False)
                 assert not (round_dir / "policy").exists(), "a killed update leaves no policy"
                 # The re-run starts again from the files on disk, as Snakemake's rerun-incomplete does.
-                policy = build_policy({"backend": "pixel"}, exp, "unused", previous)
+                policy = build_policy({"backend": "pixel"}, exp, "unused", previous, device="cpu")
             metrics = update_policy_round(policy, exp, r, round_dir / "trajectories.h5", credit, previous,
                                           round_dir / "policy", progress=False)
         results.append({k: v for k, v in metrics.items() if k not in TIMING_KEYS})
@@ -153,7 +154,8 @@ def test_the_movement_statistics_reuse_the_updates_passes_with_the_same_results(
         policy, results = RoundPolicy.initial("lora_unet", tiny_pixel_backend(), exp), []
         for r in range(exp["rounds"]):
             round_dir = out / f"round_{r:03d}"
-            sample_policy_round(policy, round_sampling_settings({"batch_size": 16}, exp), exp, r, round_dir)
+            sample_policy_round(policy, round_sampling_settings({"batch_size": 16}, exp), exp, r, round_dir,
+                                store=round_store())
             rescored.append(0)
             metrics = update_policy_round(policy, exp, r, round_dir / "trajectories.h5", brightness(round_dir / "trajectories.h5"),
                                           out / f"round_{r - 1:03d}" / "policy" if r else None, round_dir / "policy",

@@ -26,7 +26,7 @@ from marsdiff.rl.round_sampling import round_sampling_settings, sample_policy_ro
 from marsdiff.rl.round_update import update_policy_round
 from marsdiff.rl.skips import REASON, SKIPPED, STREAK, previous_streak
 from marsdiff.stages.update_round import update_round_stage
-from rl_helpers import brightness, experiment
+from rl_helpers import brightness, experiment, round_store
 from tiny_models import tiny_pixel_backend
 
 CASES = [("ppo", "lora_unet"), ("trpo", "lora_unet"), ("ppo", "scheduler_policy"), ("trpo", "diversity_policy")]
@@ -74,11 +74,11 @@ def test_a_nan_skips_the_update_and_keeps_the_previous_policy(tmp_path, one_torc
     policy = RoundPolicy.initial(mode, tiny_pixel_backend(), exp)
     settings = round_sampling_settings({"batch_size": 8}, exp)
     first, second = tmp_path / "round_000", tmp_path / "round_001"
-    sample_policy_round(policy, settings, exp, 0, first)
+    sample_policy_round(policy, settings, exp, 0, first, store=round_store())
     good = update_policy_round(policy, exp, 0, first / "trajectories.h5", brightness(first / "trajectories.h5"), None,
                                first / "policy", progress=False)
     assert good[SKIPPED] == 0.0 and good[STREAK] == 0
-    sample_policy_round(policy, settings, exp, 1, second)
+    sample_policy_round(policy, settings, exp, 1, second, store=round_store())
     credit = brightness(second / "trajectories.h5")
     if fault == "credit":
         credit[3] = np.nan
@@ -105,7 +105,8 @@ def test_a_nan_skips_the_update_and_keeps_the_previous_policy(tmp_path, one_torc
 def test_too_many_skips_in_a_row_stop_with_one_line_and_no_policy(tmp_path, one_torch_thread):
     exp = fault_experiment("ppo", "scheduler_policy", max_skipped_updates=2)
     policy = RoundPolicy.initial("scheduler_policy", tiny_pixel_backend(), exp)
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r")
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, tmp_path / "r",
+                        store=round_store())
     credit = np.full(8, np.inf)
     with pytest.raises(MarsdiffError) as err:
         update_policy_round(policy, exp, 0, tmp_path / "r" / "trajectories.h5", credit, None, tmp_path / "r" / "policy",
@@ -130,7 +131,7 @@ def test_the_stage_reads_the_streak_and_writes_strict_json(tmp_path, one_torch_t
     exp = experiment("scheduler_policy", images_per_round=8, steps=3)
     policy = RoundPolicy.initial("scheduler_policy", tiny_pixel_backend(), exp)
     round_dir = tmp_path / "round_000"
-    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, round_dir)
+    sample_policy_round(policy, round_sampling_settings({"batch_size": 8}, exp), exp, 0, round_dir, store=round_store())
     (round_dir / "rewards.csv").write_text("image_index,credit\n" + "".join(f"{i},{0.1 * i}\n" for i in range(8)))
     (round_dir / "reward_summary.json").write_text('{"set_reward": NaN}')
     earlier = tmp_path / "earlier_metrics.json"

@@ -30,7 +30,7 @@ from marsdiff.rl.trpo import (
     trpo_update,
     twice_differentiable_attention,
 )
-from rl_helpers import trpo_settings
+from rl_helpers import round_store, trpo_settings
 from tiny_models import tiny_pixel_backend
 
 
@@ -45,7 +45,7 @@ def experiment(mode: str, images: int = 6, steps: int = 3, seed: int = 0, **trpo
 
 def sample(policy, exp, round_index, out_dir) -> str:
     settings = round_sampling_settings({"batch_size": exp["images_per_round"], "device": "cpu"}, exp)
-    sample_policy_round(policy, settings, exp, round_index, out_dir)
+    sample_policy_round(policy, settings, exp, round_index, out_dir, store=round_store())
     return str(out_dir / "trajectories.h5")
 
 
@@ -160,7 +160,7 @@ def test_fvp_matches_the_explicit_fisher_of_linear_gaussian_steps(method, jacobi
         assert relative(fvp(v), fisher @ v) < 1e-6
         assert relative(cached(v), fisher @ v) < 1e-6
         assert relative(cached(v), fisher @ v) < 1e-6  # the kept graph survives repeated products
-    damped = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.1)
+    damped = FisherVectorProduct(actions, params, rows, method, chunk_size=64, damping=0.1, jacobian_vector="reverse")
     assert relative(damped(v), fisher @ v + 0.1 * v) < 1e-6
 
 
@@ -170,7 +170,7 @@ def test_conjugate_gradient_solves_the_damped_fisher_system_to_its_tolerance():
     rows = np.arange(actions.num_actions)
     damping, tolerance = 0.1, 1e-20
     fisher = actions.explicit_fisher(rows) + damping * torch.eye(len(flat(params)), dtype=torch.float64)
-    fvp = FisherVectorProduct(actions, params, rows, "kl_hessian", chunk_size=64, damping=damping)
+    fvp = FisherVectorProduct(actions, params, rows, "kl_hessian", chunk_size=64, damping=damping, jacobian_vector="reverse")
     b = torch.randn(fisher.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     solved = conjugate_gradient(fvp, b, iterations=200, tolerance=tolerance)
     x, residual, used = solved.x, solved.residual_norm, solved.products
@@ -340,16 +340,16 @@ def test_fvp_matches_the_explicit_fisher_of_the_knob_policy(plan_rounds, mode, d
     policy, exp, path = plan_rounds[mode, distribution]
     policy = copy.deepcopy(policy)
     policy.generation.double()
-    actions = PlanActions(policy, path, np.linspace(-1, 1, 9), minibatch_size=4)
+    actions = PlanActions(policy, path, np.linspace(-1, 1, 9), minibatch_size=4, seed=0)
     params = policy.trainable_parameters()
     assert len(params) == (3 if mode == "diversity_policy" else 2)
     rows = np.arange(actions.num_actions)
     fisher = knob_fisher(policy.generation, actions.condition)
-    fvp = FisherVectorProduct(actions, params, rows, "kl_hessian", chunk_size=4, damping=0.0)
+    fvp = FisherVectorProduct(actions, params, rows, "kl_hessian", chunk_size=4, damping=0.0, jacobian_vector="reverse")
     built = torch.stack([fvp(e) for e in torch.eye(fisher.shape[0], dtype=torch.float64)], dim=1)
     assert relative(built, fisher) < 1e-6  # the Laplace location block is 0 under naive double backprop
     with pytest.raises(MarsdiffError, match="gauss_newton needs fixed-sigma Gaussian"):
-        FisherVectorProduct(actions, params, rows, "gauss_newton", chunk_size=4, damping=0.0)
+        FisherVectorProduct(actions, params, rows, "gauss_newton", chunk_size=4, damping=0.0, jacobian_vector="reverse")
 
 
 # --- every mode through update_policy_round: KL <= max_kl, every parameter moves -----------------
@@ -469,12 +469,12 @@ def test_kl_hessian_and_gauss_newton_agree_on_the_tiny_unet(tmp_path):
     policy = RoundPolicy.initial("lora_unet", tiny_pixel_backend(), exp)
     perturb_lora_b(policy.backend.unet)
     path = sample(policy, exp, 0, tmp_path)
-    actions = DenoiseActions(policy, path, np.zeros((4, 3)), 8)
+    actions = DenoiseActions(policy, path, np.zeros((4, 3)), 8, timestep_fraction=1.0, seed=0)
     params = policy.trainable_parameters()
     rows = actions.subsample(6, 0)
     v = torch.randn(len(flat(params)), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 6, 0.0)(v)
-    gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0)(v)
+    hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 6, 0.0, jacobian_vector="reverse")(v)
+    gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0, jacobian_vector="reverse")(v)
     forward = FisherVectorProduct(actions, params, rows, "gauss_newton", 4, 0.0, jacobian_vector="forward")(v)
     actions.close()
     assert float(hessian.norm()) > 0
@@ -524,7 +524,7 @@ def test_stable_diffusion_lora_fvp_double_backward_through_attention(tiny_sd, tm
     perturb_lora_b(unet)
     processors = [m.processor for m in unet.modules() if isinstance(m, Attention)]
     path = sample(policy, exp, 0, tmp_path / "fvp")
-    actions = DenoiseActions(policy, path, np.zeros((3, 3)), 4)
+    actions = DenoiseActions(policy, path, np.zeros((3, 3)), 4, timestep_fraction=1.0, seed=0)
     params = policy.trainable_parameters()
     rows = actions.subsample(4, 0)
 
@@ -536,8 +536,8 @@ def test_stable_diffusion_lora_fvp_double_backward_through_attention(tiny_sd, tm
         torch.autograd.grad(sum((g * g).sum() for g in grads), params)
 
     v = torch.randn(len(flat(params)), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 4, 0.0)(v)
-    gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 2, 0.0)(v)
+    hessian = FisherVectorProduct(actions, params, rows, "kl_hessian", 4, 0.0, jacobian_vector="reverse")(v)
+    gauss_newton = FisherVectorProduct(actions, params, rows, "gauss_newton", 2, 0.0, jacobian_vector="reverse")(v)
     actions.close()
     assert float(hessian.norm()) > 0 and relative(hessian, gauss_newton) < 1e-5
     assert [m.processor for m in unet.modules() if isinstance(m, Attention)] == processors

@@ -60,7 +60,8 @@ def test_reevaluation_reproduces_stored_log_probs_in_shuffled_minibatches(record
     n, steps = batch.log_prob.shape
     rows = [(i, k) for i in range(n) for k in range(steps)]
     order = np.random.default_rng(0).permutation(len(rows))
-    scheduler = backend.make_scheduler(eta=1.0)  # a fresh scheduler, as the trainer builds it
+    # a fresh scheduler, as the trainer builds it
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(steps)
     for chunk in np.array_split(order, 4):  # mixed images and timesteps per minibatch
         i = np.array([rows[r][0] for r in chunk])
@@ -112,7 +113,7 @@ def test_per_image_schedules_are_recorded_and_reproduced(backend):
     np.testing.assert_allclose(batch.eta, np.linspace(0.3, 1.4, 4), rtol=1e-6)
     # Larger eta, larger sigma on the same (first) step: the knob reaches the chain.
     assert batch.std[-1, 0] > batch.std[0, 0]
-    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(5)
     i = np.repeat(np.arange(4), 5)
     k = np.tile(np.arange(5), 4)
@@ -185,7 +186,7 @@ def test_images_do_not_depend_on_batching(backend):
 def test_policy_parameters_receive_gradient(recorded, backend):
     """Score-function gradients: the stored action is a constant, the mean depends on theta."""
     sampler, batch = recorded
-    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(6)
     unet = backend.policy
     unet.requires_grad_(True)
@@ -210,7 +211,7 @@ def test_float16_store_keeps_the_chain_exact(backend):
     sampler = RecordingSampler(backend, SamplingSettings.from_config({"steps": 3, "batch_size": 2, "store": {"dtype": "float16"}}))
     batch = next(iter(sampler.sample(2)))
     assert batch.latents.dtype == np.float16
-    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(3)
     with torch.no_grad():
         out = transition_log_prob(
@@ -274,4 +275,4 @@ def test_sample_round_writes_all_outputs(tmp_path, backend):
 
 def test_missing_base_model_names_the_command(tmp_path):
     with pytest.raises(MarsdiffError, match="pretrain_base"):
-        load_pixel_backend(tmp_path / "models" / "base")
+        load_pixel_backend(tmp_path / "models" / "base", device="cpu")

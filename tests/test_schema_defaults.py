@@ -42,32 +42,9 @@ LEFT = "function-argument default: its callers (tests, library calls) still rely
 #: :func:`test_every_remaining_entry_is_still_a_finding` fails once one is fixed, so the table only
 #: shrinks. A new restatement anywhere fails the scan.
 REMAINING: dict[str, str] = {
-    "src/marsdiff/diffusion/backends.py::eta": LEFT,
-    "src/marsdiff/diffusion/loading.py::device": LEFT,
-    "src/marsdiff/diffusion/pixel_backend.py::device": LEFT,
     "src/marsdiff/diffusion/preview.py::batch_size": LEFT,
-    "src/marsdiff/diffusion/scheduler_logprob.py::eta": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::allow_download": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::guidance_scale": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::resolution": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::device": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::negative_prompt": LEFT,
-    "src/marsdiff/diffusion/stable_diffusion.py::gradient_checkpointing": LEFT,
     "src/marsdiff/diffusion/training_loss.py::seed": LEFT,
-    "src/marsdiff/evaluation/manifold.py::k_density_coverage": LEFT,
-    "src/marsdiff/evaluation/manifold.py::k_precision_recall": LEFT,
     "src/marsdiff/evaluation/pixels.py::seed": LEFT,
-    "src/marsdiff/rewards/coverage.py::bandwidth_scale": LEFT,
-    "src/marsdiff/rewards/information.py::bandwidth_scale": LEFT,
-    "src/marsdiff/rewards/mmd.py::bandwidth_scale": LEFT,
-    "src/marsdiff/rewards/vendi.py::bandwidth_scale": LEFT,
-    "src/marsdiff/rl/actions.py::seed": LEFT,
-    "src/marsdiff/rl/actions.py::timestep_fraction": LEFT,
-    "src/marsdiff/rl/fisher_vector_product.py::jacobian_vector": LEFT,
-    "src/marsdiff/rl/replay.py::seed": LEFT,
-    "src/marsdiff/rl/round_sampling.py::compression": LEFT,
-    "src/marsdiff/rl/round_sampling.py::compression_level": LEFT,
-    "src/marsdiff/rl/rounds.py::device": LEFT,
 }
 #: ``<file>::<key>`` -> one-line reason the finding is not a config default at all.
 ALLOWED: dict[str, str] = {

@@ -114,7 +114,7 @@ def test_sampling_and_log_prob_reproduction_with_cfg(backend):
     assert batch.images.shape == (3, 16, 16, 3) and batch.images.dtype == np.uint8
     assert batch.latents.shape == (3, 5, 4, 8, 8)
     assert (batch.std > 0).all()
-    scheduler = backend.make_scheduler(eta=1.0)
+    scheduler = backend.make_scheduler(eta=sampler.settings.eta, min_std=sampler.settings.min_std)
     scheduler.set_timesteps(4)
     steps = np.array([3, 0, 2])  # one transition per image, mixed timesteps
     rows = np.arange(3)

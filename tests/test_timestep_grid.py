@@ -11,7 +11,9 @@ from marsdiff.diffusion.scheduler_logprob import DDIMLogProbScheduler, power_tim
 
 
 def scheduler(spacing: str, offset: int = 0, T: int = 1000) -> DDIMLogProbScheduler:
-    return DDIMLogProbScheduler(torch.linspace(0.999, 0.01, T), 1.0, T, timestep_spacing=spacing, steps_offset=offset)
+    # the grid depends on neither eta nor min_std
+    return DDIMLogProbScheduler(torch.linspace(0.999, 0.01, T), 1.0, T, timestep_spacing=spacing, steps_offset=offset,
+                                eta=1.0, min_std=0.01)
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def explicit_gauss_newton_fisher(actions, params, batch) -> torch.Tensor:
 
 def test_gauss_newton_fvp_both_jacobian_vectors_and_the_reused_graph_match_the_explicit_fisher(tiny_round):
     policy, path = tiny_round
-    actions = DenoiseActions(policy, path, np.zeros((4, 3)), 2)
+    actions = DenoiseActions(policy, path, np.zeros((4, 3)), 2, timestep_fraction=1.0, seed=0)
     params = policy.trainable_parameters()
     batch = next(actions.minibatches(0))
     fisher = explicit_gauss_newton_fisher(actions, params, batch)
@@ -112,8 +112,8 @@ def test_gauss_newton_fvp_both_jacobian_vectors_and_the_reused_graph_match_the_e
     reused = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, first_order_mean=(scored.mean, scored.std),
                                  jacobian_vector="forward")
     forward = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, jacobian_vector="forward")
-    reverse = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0)  # default: reverse J v, one chunk
-    rebuilt = FisherVectorProduct(actions, params, batch, "gauss_newton", 1, 0.0)  # reverse, a chunk per row
+    reverse = FisherVectorProduct(actions, params, batch, "gauss_newton", 8, 0.0, jacobian_vector="reverse")  # one chunk
+    rebuilt = FisherVectorProduct(actions, params, batch, "gauss_newton", 1, 0.0, jacobian_vector="reverse")  # a chunk per row
     g = torch.Generator().manual_seed(3)
     for _ in range(2):
         v = torch.randn(fisher.shape[0], generator=g, dtype=torch.float64)
@@ -304,7 +304,7 @@ def longer_round(tmp_path_factory):
 
 def test_regroup_by_sigma_keeps_every_step_once_with_its_own_snapshot(longer_round):
     policy, path = longer_round
-    actions = DenoiseActions(policy, path, np.zeros((4, 8)), 4)
+    actions = DenoiseActions(policy, path, np.zeros((4, 8)), 4, timestep_fraction=1.0, seed=0)
     batches = list(actions.minibatches(0))
     count = sum(len(b) for b in batches)
     with torch.no_grad():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from marsdiff.diffusion.scheduler_logprob import DEFAULT_MIN_STD, DDIMLogProbScheduler
+from marsdiff.diffusion.scheduler_logprob import DDIMLogProbScheduler
 
 
 def module_digest(*modules: torch.nn.Module) -> str:
@@ -111,5 +111,5 @@ class DiffusionBackend(ABC):
         """Backend facts stored next to trajectories (JSON-serialisable)."""
         return {"backend": self.kind, "latent_shape": list(self.latent_shape), "model_dtype": str(self.model_dtype)}
 
-    def make_scheduler(self, eta: float = 1.0, min_std: float = DEFAULT_MIN_STD) -> DDIMLogProbScheduler:
+    def make_scheduler(self, *, eta: float, min_std: float) -> DDIMLogProbScheduler:
         return DDIMLogProbScheduler.from_config(self.scheduler_config, eta=eta, min_std=min_std)

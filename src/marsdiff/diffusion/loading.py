@@ -38,7 +38,7 @@ def verify_pixel_model(model_dir: str | Path) -> None:
 
 
 def load_backend(
-    model_cfg: Mapping[str, Any], model_dir: str | Path = BASE_MODEL_DIR, device: str | None = "auto"
+    model_cfg: Mapping[str, Any], model_dir: str | Path = BASE_MODEL_DIR, *, device: str | None
 ) -> DiffusionBackend:
     """The backend named by ``model.backend``: the pixel model in ``model_dir`` (its weights
     checked against their recorded hash) or Stable Diffusion."""

@@ -37,7 +37,7 @@ class PixelBackend(DiffusionBackend):
         unet: torch.nn.Module,
         scheduler_config: Mapping[str, Any],
         meta: Mapping[str, Any],
-        device: str | torch.device | None = "auto",
+        device: str | torch.device | None,
     ):
         device = resolve_device(device, "sampling.device")
         super().__init__(device, torch.float32)
@@ -135,7 +135,7 @@ def defer_diffusers_model_packages() -> None:
         sys.modules[name] = package
 
 
-def load_pixel_backend(model_dir: str | Path = BASE_MODEL_DIR, device: str | None = "auto") -> PixelBackend:
+def load_pixel_backend(model_dir: str | Path = BASE_MODEL_DIR, *, device: str | None) -> PixelBackend:
     """Load the base (or a tuned) pixel model directory; a missing model says how to build it."""
     model_dir = Path(model_dir)
     if not (model_dir / BASE_MODEL_META).is_file():

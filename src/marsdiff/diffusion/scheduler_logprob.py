@@ -37,7 +37,6 @@ import torch
 
 # Name of the stored log-prob unit; written into HDF5 attributes and checked on read.
 LOG_PROB_CONVENTION = "mean_per_dim_nats"
-DEFAULT_MIN_STD = 0.01
 #: The spacings of diffusers' DDIMScheduler (Lin et al. 2023, table 2).
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -88,8 +87,9 @@ class DDIMLogProbScheduler:
         clip_sample_range: float = 1.0,
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
-        eta: float = 1.0,
-        min_std: float = DEFAULT_MIN_STD,
+        *,
+        eta: float,
+        min_std: float,
     ):
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
@@ -110,7 +110,7 @@ class DDIMLogProbScheduler:
         self._device_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], eta: float = 1.0, min_std: float = DEFAULT_MIN_STD):
+    def from_config(cls, config: Mapping[str, Any], *, eta: float, min_std: float):
         """Build from a diffusers scheduler config (DDPM, DDIM, PNDM ... share the beta fields)."""
         from diffusers import DDIMScheduler
 

@@ -88,7 +88,7 @@ def _is_local_reference(pretrained: str) -> bool:
     return os.path.exists(pretrained) or pretrained.startswith(("/", ".", "~")) or pretrained.count("/") != 1
 
 
-def load_pipeline_components(pretrained: str, dtype: torch.dtype, allow_download: bool = False):
+def load_pipeline_components(pretrained: str, dtype: torch.dtype, *, allow_download: bool):
     """Load the SD pipeline (without safety checker) from a local directory or the HF cache."""
     from diffusers import StableDiffusionPipeline
 
@@ -131,17 +131,17 @@ class StableDiffusionBackend(DiffusionBackend):
         tokenizer: Any,
         scheduler_config: Mapping[str, Any],
         prompts: list[str],
-        guidance_scale: float = 5.0,
-        resolution: int = 512,
-        device: torch.device | str = "auto",
-        dtype: torch.dtype | None = None,
-        negative_prompt: str = "",
-        source: str = "",
-        gradient_checkpointing: bool = False,
-        autocast: torch.dtype | None = None,
+        *,
+        guidance_scale: float,
+        resolution: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        negative_prompt: str,
+        source: str,
+        gradient_checkpointing: bool,
+        autocast: torch.dtype | None,
     ):
         device = resolve_device(device, "model.stable_diffusion.device")
-        dtype = dtype or resolve_dtype("auto", device)
         super().__init__(device, dtype)
         self.unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
         # Gradient checkpointing keeps only each UNet block's inputs for the backward pass and

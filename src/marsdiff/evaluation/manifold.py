@@ -116,7 +116,7 @@ class Memberships:
 
 
 def precision_recall_density_coverage(
-    generated: np.ndarray, reference: np.ndarray, k_precision_recall: int = 3, k_density_coverage: int = 5
+    generated: np.ndarray, reference: np.ndarray, k_precision_recall: int, k_density_coverage: int
 ) -> dict[str, float]:
     """The four values for one generated set (no bootstrap)."""
     generated = np.asarray(generated, dtype=np.float64)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from marsdiff.rewards.inputs import as_features, check_same_dim
-from marsdiff.rewards.kernels import check_bandwidth, resolve_bandwidth, squared_distances
+from marsdiff.rewards.kernels import PLAIN_MEDIAN_SCALE, check_bandwidth, resolve_bandwidth, squared_distances
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,10 @@ def coverage_credit(log_miss: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 class Coverage:
     """Soft coverage of a fixed reference set; see the module docstring."""
 
-    def __init__(
-        self, reference: Any, bandwidth: float | str, kernel_scale: float = 1.0, bandwidth_scale: float = 1.0
-    ):
+    def __init__(self, reference: Any, bandwidth: float | str, kernel_scale: float):
         self.reference = as_features(reference, "reference features", min_rows=2)
         self.kernel_scale = check_bandwidth(kernel_scale)
-        self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
+        self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, PLAIN_MEDIAN_SCALE)
         self.sigma = self.bandwidth * self.kernel_scale
 
     def _log_miss(self, generated: Any, min_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from scipy import linalg
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim
-from marsdiff.rewards.kernels import rbf_kernel, resolve_bandwidth
+from marsdiff.rewards.kernels import PLAIN_MEDIAN_SCALE, rbf_kernel, resolve_bandwidth
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ class InformationGain:
         bandwidth: float | str,
         noise_var: float,
         conditional: bool = False,
-        bandwidth_scale: float = 1.0,
         reference_kernel: np.ndarray | None = None,
     ):
         """``reference_kernel``: the reference's own kernel matrix at this bandwidth, if precomputed."""
@@ -85,11 +84,11 @@ class InformationGain:
         self.reference = None if reference is None else as_features(reference, "reference features", 2)
         if self.conditional and self.reference is None:
             raise MarsdiffError("the reference-conditioned information gain needs reference features")
-        self._bandwidth_spec, self._bandwidth_scale = bandwidth, bandwidth_scale
+        self._bandwidth_spec = bandwidth
         self.bandwidth: float | None = None
         self.bandwidth_source: str | None = None
         if self.reference is not None:
-            self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
+            self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, PLAIN_MEDIAN_SCALE)
         if self.conditional:
             kyy = rbf_kernel(self.reference, None, self.bandwidth) if reference_kernel is None else reference_kernel.copy()
             kyy[np.diag_indices_from(kyy)] += self.noise_var
@@ -101,7 +100,7 @@ class InformationGain:
             check_same_dim(x, self.reference)
             bandwidth, source = self.bandwidth, self.bandwidth_source
         else:
-            bandwidth, source = resolve_bandwidth(self._bandwidth_spec, x, self._bandwidth_scale)
+            bandwidth, source = resolve_bandwidth(self._bandwidth_spec, x, PLAIN_MEDIAN_SCALE)
         kxx = rbf_kernel(x, None, bandwidth)
         if self.conditional:
             v = linalg.solve_triangular(self._chol_yy, rbf_kernel(self.reference, x, bandwidth), lower=True)

@@ -25,6 +25,10 @@ from marsdiff.errors import MarsdiffError
 MEDIAN_MAX_ROWS = 4000
 #: The seed of that subset (not a config setting: the bandwidth of a feature set never varies).
 MEDIAN_SEED = 0
+#: The reward terms' own ``"median"`` bandwidth is the plain median heuristic: the configured
+#: ``reward.bandwidth_scale`` is applied by :class:`~marsdiff.rewards.combined.RewardModel`, which
+#: resolves the bandwidth once on the reference and hands the terms a number.
+PLAIN_MEDIAN_SCALE = 1.0
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim, unit_normalise
-from marsdiff.rewards.kernels import rbf_kernel, resolve_bandwidth
+from marsdiff.rewards.kernels import PLAIN_MEDIAN_SCALE, rbf_kernel, resolve_bandwidth
 
 ESTIMATORS = ("unbiased", "biased")
 CMMD_BANDWIDTH = 10.0
@@ -98,7 +98,6 @@ class MMD:
         estimator: str,
         scale: float,
         unit_norm: bool = False,
-        bandwidth_scale: float = 1.0,
         reference_kernel: np.ndarray | None = None,
     ):
         """``reference_kernel``: the reference's own kernel matrix at this bandwidth, if precomputed."""
@@ -109,7 +108,7 @@ class MMD:
         self.unit_norm = bool(unit_norm)
         ref = as_features(reference, "reference features", min_rows=2)
         self.reference = unit_normalise(ref, "reference features") if unit_norm else ref
-        self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
+        self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, PLAIN_MEDIAN_SCALE)
         kyy = rbf_kernel(self.reference, None, self.bandwidth) if reference_kernel is None else reference_kernel
         self._t_yy = within_mean(kyy, estimator)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from marsdiff.errors import MarsdiffError
 from marsdiff.rewards.inputs import as_features, check_same_dim
-from marsdiff.rewards.kernels import rbf_kernel, resolve_bandwidth
+from marsdiff.rewards.kernels import PLAIN_MEDIAN_SCALE, rbf_kernel, resolve_bandwidth
 
 NEGATIVE_TOLERANCE = 1e-8
 
@@ -71,13 +71,13 @@ def weighted_vendi(kernel: np.ndarray, weights: np.ndarray) -> float:
 class Vendi:
     """Order-1 Vendi score with an RBF kernel; the bandwidth comes from the reference when given."""
 
-    def __init__(self, reference: Any, bandwidth: float | str, bandwidth_scale: float = 1.0):
+    def __init__(self, reference: Any, bandwidth: float | str):
         self.reference = None if reference is None else as_features(reference, "reference features", 2)
-        self._bandwidth_spec, self._bandwidth_scale = bandwidth, bandwidth_scale
+        self._bandwidth_spec = bandwidth
         self.bandwidth: float | None = None
         self.bandwidth_source: str | None = None
         if self.reference is not None:
-            self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, bandwidth_scale)
+            self.bandwidth, self.bandwidth_source = resolve_bandwidth(bandwidth, self.reference, PLAIN_MEDIAN_SCALE)
 
     def _kernel(self, generated: Any, min_rows: int) -> tuple[np.ndarray, float, str]:
         x = as_features(generated, "generated features", min_rows=min_rows)
@@ -85,7 +85,7 @@ class Vendi:
             check_same_dim(x, self.reference)
             bandwidth, source = self.bandwidth, self.bandwidth_source
         else:
-            bandwidth, source = resolve_bandwidth(self._bandwidth_spec, x, self._bandwidth_scale)
+            bandwidth, source = resolve_bandwidth(self._bandwidth_spec, x, PLAIN_MEDIAN_SCALE)
         return rbf_kernel(x, None, bandwidth), bandwidth, source
 
     def value(self, generated: Any) -> VendiResult:

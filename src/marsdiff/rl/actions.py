@@ -69,7 +69,7 @@ class DenoiseActions:
     unit = LOG_PROB_CONVENTION
 
     def __init__(self, policy, trajectories_path, advantages: np.ndarray, minibatch_size: int,
-                 timestep_fraction: float = 1.0, seed: int = 0):
+                 timestep_fraction: float, seed: int):
         self.policy = policy
         self.buffer = TransitionBuffer([trajectories_path])
         self.file = self.buffer.files[0]
@@ -220,7 +220,7 @@ def gaussian_mean_kl(mean: torch.Tensor, other_mean: torch.Tensor, std: torch.Te
 class PlanActions:
     unit = "nats"
 
-    def __init__(self, policy, trajectories_path, advantages: np.ndarray, minibatch_size: int, seed: int = 0):
+    def __init__(self, policy, trajectories_path, advantages: np.ndarray, minibatch_size: int, seed: int):
         self.policy = policy
         self.generation = policy.generation
         with open_trajectories(trajectories_path) as f:

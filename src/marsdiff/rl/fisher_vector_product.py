@@ -114,7 +114,7 @@ class FisherVectorProduct:
 
     def __init__(self, actions, parameters: Sequence[torch.nn.Parameter], batch: Any, method: str,
                  chunk_size: int, damping: float, group: RankGroup = SINGLE,
-                 first_order_mean: tuple[torch.Tensor, torch.Tensor] | None = None, jacobian_vector: str = "reverse"):
+                 first_order_mean: tuple[torch.Tensor, torch.Tensor] | None = None, *, jacobian_vector: str):
         if method not in FVP_METHODS:
             raise MarsdiffError(f"trpo.fvp_method must be one of {', '.join(FVP_METHODS)}, got {method!r}")
         if jacobian_vector not in JACOBIAN_VECTOR:

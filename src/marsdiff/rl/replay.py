@@ -90,7 +90,8 @@ class TransitionBuffer:
     def minibatches(
         self,
         batch_size: int,
-        seed: int = 0,
+        *,
+        seed: int,
         drop_last: bool = False,
         steps: dict[tuple[int, int], np.ndarray] | None = None,
     ) -> Iterator[TransitionBatch]:

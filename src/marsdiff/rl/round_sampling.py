@@ -27,10 +27,10 @@ def round_sampling_settings(sampling: Mapping[str, Any], experiment: Mapping[str
 
 
 def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experiment: Mapping[str, Any], round_index: int,
-                        out_dir: str | os.PathLike, stage_config: Mapping[str, Any] | None = None,
-                        compression: str = "gzip", compression_level: int = 4,
-                        group: RankGroup = SINGLE) -> dict[str, Any]:
-    """Sample one round with ``policy``: out_dir/trajectories.h5, images/, samples.csv.
+                        out_dir: str | os.PathLike, stage_config: Mapping[str, Any] | None = None, *,
+                        store: Mapping[str, Any], group: RankGroup = SINGLE) -> dict[str, Any]:
+    """Sample one round with ``policy``: out_dir/trajectories.h5, images/, samples.csv, compressed as
+    ``store`` (the filled ``sampling.store`` section) says.
 
     With several processes (``group``) the batches are shared out over the ranks
     (:class:`~marsdiff.rl.distributed.ShardedSampler`) and rank 0 alone writes the files."""
@@ -45,5 +45,5 @@ def sample_policy_round(policy: RoundPolicy, settings: SamplingSettings, experim
     return write_round(
         sampler, int(experiment["images_per_round"]), out_dir / "trajectories.h5", out_dir / "images",
         out_dir / "samples.csv", round_index=round_index, stage_config=stage_config, policy_hash=policy.policy_hash(),
-        mode=policy.mode, compression=compression, compression_level=compression_level,
+        mode=policy.mode, compression=str(store["compression"]), compression_level=int(store["compression_level"]),
     )

@@ -25,7 +25,7 @@ from marsdiff.rl.policy import RoundPolicy
 
 
 def build_policy(model_cfg: Mapping[str, Any], experiment: Mapping[str, Any], model_dir: str | os.PathLike | None,
-                 previous_policy: str | os.PathLike | None, device: str = "auto") -> RoundPolicy:
+                 previous_policy: str | os.PathLike | None, *, device: str) -> RoundPolicy:
     """The policy that samples the next round: the initial one, or the saved policy of round r-1."""
     backend = load_backend(model_cfg, model_dir=model_dir or BASE_MODEL_DIR, device=device)
     if previous_policy is None:

@@ -28,9 +28,7 @@ def sample_round_stage(cfg: Mapping[str, Any], experiment_name: str, round_index
     experiment = experiment_settings(cfg["experiments"], experiment_name, cfg.get("sampling"))
     sampling = filled_section("sampling", cfg.get("sampling"))
     policy = build_policy(cfg["model"], experiment, model_dir, previous_policy, device=sampling["device"])
-    store = sampling["store"]
     return sample_policy_round(
         policy, round_sampling_settings(sampling, experiment), experiment, round_index, out_dir, stage_config=cfg,
-        compression=str(store["compression"]), compression_level=int(store["compression_level"]),
-        group=group,
+        store=sampling["store"], group=group,
     )
