@@ -57,11 +57,11 @@ DISTINCT = {
 # reads as (key, the name the value arrives under, value)). Names are argument names of the call or
 # keys / fields of what it is given, anywhere inside.
 REACHES = {
-    "prepare_reference": ({}, "marsdiff.data.reference:build_reference_images", [
+    "prepare_reference": ({}, "marsdiff.stages.prepare_reference:build_reference_images", [
         ("reference.seed", "seed", 101), ("reference.heldout_fraction", "heldout_fraction", 0.3),
         ("reference.min_image_px", "min_image_px", 9), ("reference.min_images_per_class", "min_images_per_class", 3),
         ("reference.max_craters", "max_craters", 36)]),
-    "categorize_reference": ({}, "marsdiff.data.reference:write_manifest", [
+    "categorize_reference": ({}, "marsdiff.stages.categorize_reference:write_manifest", [
         ("reference.lighting_bins", "lighting_bins", 4), ("reference.contrast_bins", "contrast_bins", 2)]),
     "extract_features": ({"extractor": "mobilenet_v2"}, "marsdiff.features:extract_image_set", [
         ("features.batch_size", "batch_size", 11), ("features.device", "device", "cpu"),
