@@ -63,13 +63,13 @@ REACHES = {
         ("reference.max_craters", "max_craters", 36)]),
     "categorize_reference": ({}, "marsdiff.stages.categorize_reference:write_manifest", [
         ("reference.lighting_bins", "lighting_bins", 4), ("reference.contrast_bins", "contrast_bins", 2)]),
-    "extract_features": ({"extractor": "mobilenet_v2"}, "marsdiff.features:extract_image_set", [
+    "extract_features": ({"extractor": "mobilenet_v2"}, "marsdiff.stages.extract_features:extract_image_set", [
         ("features.batch_size", "batch_size", 11), ("features.device", "device", "cpu"),
         ("features.cache_dir", "cache_dir", "cache-dir-x"), ("features.mobilenet_v2.input_size", "input_size", 96)]),
-    "extract_resized_features": ({"extractor": "mobilenet_v2", "size": "16"}, "marsdiff.features:extract_image_set", [
+    "extract_resized_features": ({"extractor": "mobilenet_v2", "size": "16"}, "marsdiff.stages.extract_features:extract_image_set", [
         ("features.batch_size", "batch_size", 11), ("features.cache_dir", "cache_dir", "cache-dir-x"),
         ("features.mobilenet_v2.input_size", "input_size", 96)]),
-    "validate_rewards": ({}, "marsdiff.rewards.validation:validate_rewards", [
+    "validate_rewards": ({}, "marsdiff.stages.validate_rewards:validate_rewards", [
         ("reward.seed", "seed", 109), ("reward.novel_factor", "novel_factor", 2.5),
         ("reward.validation.seed", "seed", 139), ("reward.validation.set_size", "set_size", 8)]),
     "pretrain_base": ({}, "marsdiff.diffusion.shipped:pretrain_or_install", [
@@ -78,7 +78,7 @@ REACHES = {
     "preview_base": ({}, "marsdiff.diffusion.preview:write_preview", [
         ("model.pixel.grid_samples_per_class", "grid_samples_per_class", 3),
         ("model.pixel.grid_sampling_steps", "grid_sampling_steps", 3), ("model.pixel.device", "device", "cpu")]),
-    "score_round": ({"exp": "ppo_scheduler", "round": "001"}, "marsdiff.rewards.round_scoring:score_round", [
+    "score_round": ({"exp": "ppo_scheduler", "round": "001"}, "marsdiff.stages.score_round:score_round", [
         ("experiments.ppo_scheduler.reward.novel_factor", "novel_factor", 3.5), ("reward.seed", "seed", 109),
         ("reward.pool.rounds", "rounds", 2), ("features.batch_size", "batch_size", 11),
         ("features.cache_dir", "cache_dir", "cache-dir-x")]),
