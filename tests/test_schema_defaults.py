@@ -45,7 +45,6 @@ REMAINING: dict[str, str] = {
     "src/marsdiff/diffusion/backends.py::eta": LEFT,
     "src/marsdiff/diffusion/loading.py::device": LEFT,
     "src/marsdiff/diffusion/pixel_backend.py::device": LEFT,
-    "src/marsdiff/diffusion/preview.py::batch_size": LEFT,
     "src/marsdiff/diffusion/scheduler_logprob.py::eta": LEFT,
     "src/marsdiff/diffusion/stable_diffusion.py::allow_download": LEFT,
     "src/marsdiff/diffusion/stable_diffusion.py::guidance_scale": LEFT,

@@ -72,10 +72,10 @@ REACHES = {
     "validate_rewards": ({}, "marsdiff.stages.validate_rewards:validate_rewards", [
         ("reward.seed", "seed", 109), ("reward.novel_factor", "novel_factor", 2.5),
         ("reward.validation.seed", "seed", 139), ("reward.validation.set_size", "set_size", 8)]),
-    "pretrain_base": ({}, "marsdiff.diffusion.shipped:pretrain_or_install", [
+    "pretrain_base": ({}, "marsdiff.stages.pretrain_base:pretrain_or_install", [
         ("model.pixel.train_steps", "train_steps", 5), ("model.pixel.log_every", "log_every", 3),
         ("model.pixel.seed", "seed", 131), ("model.pixel.image_size", "image_size", 16)]),
-    "preview_base": ({}, "marsdiff.diffusion.preview:write_preview", [
+    "preview_base": ({}, "marsdiff.stages.preview_base:write_preview", [
         ("model.pixel.grid_samples_per_class", "grid_samples_per_class", 3),
         ("model.pixel.grid_sampling_steps", "grid_sampling_steps", 3), ("model.pixel.device", "device", "cpu")]),
     "score_round": ({"exp": "ppo_scheduler", "round": "001"}, "marsdiff.stages.score_round:score_round", [
