@@ -35,7 +35,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def default_reference(tmp_path_factory):
     """The default HRSC reference set, built once per test session."""
-    from marsdiff.data.reference import prepare_reference
+    from marsdiff.stages.categorize_reference import prepare_reference
 
     out = tmp_path_factory.mktemp("reference") / "reference"
     manifest = prepare_reference({}, out)

@@ -12,8 +12,8 @@ from marsdiff.config import filled_section
 from marsdiff.diffusion.pixel import MODEL_META_NAME, load_pixel_model
 from marsdiff.diffusion.pretrain import pretrain_base
 from marsdiff.diffusion.shipped import record_weights_hash
-from marsdiff.diffusion.preview import write_preview
 from marsdiff.errors import MarsdiffError
+from marsdiff.stages.preview_base import write_preview
 from test_pixel_model import TINY, write_reference
 
 

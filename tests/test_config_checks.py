@@ -18,8 +18,9 @@ from conftest import REPO, make_workdir, run_snakemake
 from marsdiff.config import deep_merge, load_config, read_config_file
 from marsdiff.config_checks import check_data_settings, load_checked_config, reference_summary
 from marsdiff.config_checks import main as check_config_files
-from marsdiff.data.reference import planned_split, prepare_reference
+from marsdiff.data.reference import planned_split
 from marsdiff.errors import MarsdiffError
+from marsdiff.stages.categorize_reference import prepare_reference
 
 TINY = read_config_file(REPO / "tests" / "config" / "tiny.yaml")
 ALL_TERMS_ZERO = {name: {"weight": 0.0} for name in

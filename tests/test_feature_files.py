@@ -69,7 +69,7 @@ def test_features_without_their_description_are_refused(features_file):
 
 
 def test_validate_rewards_refuses_narrow_features(tmp_path, features_file):
-    from marsdiff.rewards.validation import validate_rewards
+    from marsdiff.stages.validate_rewards import validate_rewards
 
     replace_array(features_file, np.zeros((36, 10), np.float32))
     with pytest.raises(MarsdiffError, match=r"10-D features"):

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from marsdiff.errors import MarsdiffError
-from marsdiff.features import build_extractor, extract_image_set, read_feature_set, write_feature_set
+from marsdiff.features import build_extractor, read_feature_set, write_feature_set
 from marsdiff.features.cache import extract_with_cache
+from marsdiff.stages.extract_features import extract_image_set
 
 SMALL = {"batch_size": 8, "device": "cpu", "mobilenet_v2": {"input_size": 64, "layer": 7, "grid": 2}}
 

@@ -28,11 +28,12 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.io import reading
 from marsdiff.io.feature_files import read_feature_set, write_feature_set
 from marsdiff.io.weights import canonical_safetensors_bytes, save_safetensors
-from marsdiff.rewards.round_scoring import _image_side, read_round_samples
+from marsdiff.rewards.round_scoring import _image_side
 from marsdiff.rl.checkpoint import load_trainer_state, save_trainer_state
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.round_update import make_optimiser
 from marsdiff.stages.plot_experiment import read_round_metrics
+from marsdiff.stages.score_round import read_round_samples
 from marsdiff.stages.update_round import read_credit
 from rl_helpers import experiment
 from tiny_models import CLASS_NAMES, ddpm_config, tiny_pixel_backend, tiny_unet

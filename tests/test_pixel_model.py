@@ -28,9 +28,9 @@ from marsdiff.diffusion.augmentation import choose_flip, jitter_photometry, shif
 from marsdiff.diffusion.ema import EMA
 from marsdiff.diffusion.pretrain import pretrain_base, train_pixel_model
 from marsdiff.diffusion.training_loss import fixed_batch_loss
-from marsdiff.diffusion.preview import write_preview
 from marsdiff.diffusion.shipped import record_weights_hash
 from marsdiff.errors import MarsdiffError
+from marsdiff.stages.preview_base import write_preview
 
 # A model small enough that the whole file runs in seconds on one shared CPU core.
 TINY = {

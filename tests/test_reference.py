@@ -12,8 +12,9 @@ from PIL import Image
 from marsdiff.data import assets
 from marsdiff.data.categories import equal_count_bins, stratified_split
 from marsdiff.data.images import load_image
-from marsdiff.data.reference import MANIFEST_COLUMNS, prepare_reference
+from marsdiff.data.reference import MANIFEST_COLUMNS
 from marsdiff.data.tile import crop_window, load_crater_labels
+from marsdiff.stages.categorize_reference import prepare_reference
 from marsdiff.errors import MarsdiffError
 
 

@@ -419,6 +419,14 @@ def test_weight_relevant_modules_change_the_shipped_training_digest(code_tree, m
     assert {SHIPPED, "pretrain_base"} <= changed
 
 
+def test_the_categories_stage_reruns_nothing_training_reads(code_tree):
+    """stages/categorize_reference.py also holds prepare_reference() (both reference stages in one
+    call, for tests and library use): prepare_reference's digest does not reach it, so editing the
+    categories' stage re-runs that stage alone, not the images training reads."""
+    assert changed_by(code_tree, "stages/categorize_reference.py") == {"categorize_reference"}
+    assert {"prepare_reference", "categorize_reference"} <= changed_by(code_tree, "stages/prepare_reference.py")
+
+
 def test_the_update_stage_reruns_no_sampling(code_tree):
     """The round loop's two stages have a module each (stages/sample_round.py, stages/update_round.py)
     over one of rl each (rl/round_sampling.py, rl/round_update.py): the update's modules re-run the

@@ -9,9 +9,8 @@ import pytest
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.digests import file_digest
 from marsdiff.rewards.ladders import build_ladder, copies_levels
-from marsdiff.rewards.validation import (
-    ValidationConfig, mix_grid, require_validated, select_mix, summarise, validate_rewards,
-)
+from marsdiff.rewards.validation import ValidationConfig, mix_grid, require_validated, select_mix, summarise
+from marsdiff.stages.validate_rewards import validate_rewards
 
 LADDERS = ["copies", "size", "lighting", "categories", "noise"]
 

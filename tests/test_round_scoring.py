@@ -14,11 +14,14 @@ from PIL import Image
 
 from conftest import REPO
 from marsdiff.data.images import resize_to
-from marsdiff.data.resolution import generator_size, matched_size, write_resized_reference
+from marsdiff.data.resolution import generator_size, matched_size
 from marsdiff.errors import MarsdiffError
-from marsdiff.features import build_extractor, extract_image_set, read_feature_set
+from marsdiff.features import build_extractor, read_feature_set
 from marsdiff.rewards import RewardConfig, RewardModel
-from marsdiff.rewards.round_scoring import check_validated, score_round, train_reference_features
+from marsdiff.rewards.round_scoring import check_validated, train_reference_features
+from marsdiff.stages.extract_features import extract_image_set
+from marsdiff.stages.resize_reference import write_resized_reference
+from marsdiff.stages.score_round import score_round
 
 N_REFERENCE, N_HELDOUT, N_ROUND = 24, 6, 6
 

@@ -71,7 +71,7 @@ def imported_after(modules: list[str]) -> set[str]:
 def test_script_modules_reads_body_imports():
     """The parser sees the imports inside a stage body (where score_round imports its library)."""
     modules = script_modules(SCRIPTS / "score_round.py")
-    assert "marsdiff.rewards.round_scoring" in modules and "marsdiff.stage" in modules
+    assert "marsdiff.stages.score_round" in modules and "marsdiff.stage" in modules
 
 
 @pytest.mark.parametrize("stage", sorted(LIGHT_STAGES))

@@ -57,28 +57,28 @@ DISTINCT = {
 # reads as (key, the name the value arrives under, value)). Names are argument names of the call or
 # keys / fields of what it is given, anywhere inside.
 REACHES = {
-    "prepare_reference": ({}, "marsdiff.data.reference:build_reference_images", [
+    "prepare_reference": ({}, "marsdiff.stages.prepare_reference:build_reference_images", [
         ("reference.seed", "seed", 101), ("reference.heldout_fraction", "heldout_fraction", 0.3),
         ("reference.min_image_px", "min_image_px", 9), ("reference.min_images_per_class", "min_images_per_class", 3),
         ("reference.max_craters", "max_craters", 36)]),
-    "categorize_reference": ({}, "marsdiff.data.reference:write_manifest", [
+    "categorize_reference": ({}, "marsdiff.stages.categorize_reference:write_manifest", [
         ("reference.lighting_bins", "lighting_bins", 4), ("reference.contrast_bins", "contrast_bins", 2)]),
-    "extract_features": ({"extractor": "mobilenet_v2"}, "marsdiff.features:extract_image_set", [
+    "extract_features": ({"extractor": "mobilenet_v2"}, "marsdiff.stages.extract_features:extract_image_set", [
         ("features.batch_size", "batch_size", 11), ("features.device", "device", "cpu"),
         ("features.cache_dir", "cache_dir", "cache-dir-x"), ("features.mobilenet_v2.input_size", "input_size", 96)]),
-    "extract_resized_features": ({"extractor": "mobilenet_v2", "size": "16"}, "marsdiff.features:extract_image_set", [
+    "extract_resized_features": ({"extractor": "mobilenet_v2", "size": "16"}, "marsdiff.stages.extract_features:extract_image_set", [
         ("features.batch_size", "batch_size", 11), ("features.cache_dir", "cache_dir", "cache-dir-x"),
         ("features.mobilenet_v2.input_size", "input_size", 96)]),
-    "validate_rewards": ({}, "marsdiff.rewards.validation:validate_rewards", [
+    "validate_rewards": ({}, "marsdiff.stages.validate_rewards:validate_rewards", [
         ("reward.seed", "seed", 109), ("reward.novel_factor", "novel_factor", 2.5),
         ("reward.validation.seed", "seed", 139), ("reward.validation.set_size", "set_size", 8)]),
-    "pretrain_base": ({}, "marsdiff.diffusion.shipped:pretrain_or_install", [
+    "pretrain_base": ({}, "marsdiff.stages.pretrain_base:pretrain_or_install", [
         ("model.pixel.train_steps", "train_steps", 5), ("model.pixel.log_every", "log_every", 3),
         ("model.pixel.seed", "seed", 131), ("model.pixel.image_size", "image_size", 16)]),
-    "preview_base": ({}, "marsdiff.diffusion.preview:write_preview", [
+    "preview_base": ({}, "marsdiff.stages.preview_base:write_preview", [
         ("model.pixel.grid_samples_per_class", "grid_samples_per_class", 3),
         ("model.pixel.grid_sampling_steps", "grid_sampling_steps", 3), ("model.pixel.device", "device", "cpu")]),
-    "score_round": ({"exp": "ppo_scheduler", "round": "001"}, "marsdiff.rewards.round_scoring:score_round", [
+    "score_round": ({"exp": "ppo_scheduler", "round": "001"}, "marsdiff.stages.score_round:score_round", [
         ("experiments.ppo_scheduler.reward.novel_factor", "novel_factor", 3.5), ("reward.seed", "seed", 109),
         ("reward.pool.rounds", "rounds", 2), ("features.batch_size", "batch_size", 11),
         ("features.cache_dir", "cache_dir", "cache-dir-x")]),

@@ -1,4 +1,5 @@
-# The reference set in two stages (src/marsdiff/data/reference.py): prepare_reference writes the
+# The reference set in two stages (src/marsdiff/data/reference.py; their file handling in
+# src/marsdiff/stages/prepare_reference.py and categorize_reference.py): prepare_reference writes the
 # images and images.csv (sizes and split: all that training reads); categorize_reference adds
 # the lighting and contrast categories into manifest.csv, so changing those retrains nothing.
 #

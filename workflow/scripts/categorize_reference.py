@@ -1,7 +1,7 @@
 """Stage categorize_reference: manifest.csv = images.csv + lighting and contrast categories."""
 
-from marsdiff.data.reference import write_manifest
 from marsdiff.stage import params_json, run_stage
+from marsdiff.stages.categorize_reference import write_manifest
 
 
 def main(snakemake):

@@ -1,7 +1,7 @@
 """Stage extract_features: one extractor's features of the reference set, via the cache."""
 
-from marsdiff.features import extract_image_set
 from marsdiff.stage import run_stage, untracked
+from marsdiff.stages.extract_features import extract_image_set
 
 
 def main(snakemake):

@@ -1,7 +1,8 @@
 """Stage prepare_reference: results/reference/images/, images.csv and the contact sheet."""
 
-from marsdiff.data.reference import CHECK_KEYS, LOCATION_KEYS, build_reference_images
+from marsdiff.data.reference import CHECK_KEYS, LOCATION_KEYS
 from marsdiff.stage import params_json, run_stage, untracked
+from marsdiff.stages.prepare_reference import build_reference_images
 
 
 def main(snakemake):

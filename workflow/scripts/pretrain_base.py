@@ -10,7 +10,7 @@ def main(snakemake):
     def body():
         # Imported inside the body so a missing package is reported like any other user error.
         from marsdiff.diffusion.pixel_keys import PIXEL_LOGGING_KEYS
-        from marsdiff.diffusion.shipped import pretrain_or_install
+        from marsdiff.stages.pretrain_base import pretrain_or_install
 
         # Tracked training keys plus the untracked preset name (recorded in the model's metadata)
         # and log cadence (the config is filled by the schema at parse time); samples.png is stage

@@ -7,7 +7,7 @@ from marsdiff.stage import params_json, run_stage, untracked
 
 def main(snakemake):
     def body():
-        from marsdiff.diffusion.preview import write_preview
+        from marsdiff.stages.preview_base import write_preview
 
         write_preview(
             Path(snakemake.input.meta).parent,

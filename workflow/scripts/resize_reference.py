@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from marsdiff.data.resolution import write_resized_reference
 from marsdiff.stage import run_stage
+from marsdiff.stages.resize_reference import write_resized_reference
 
 
 def main(snakemake):

@@ -1,4 +1,4 @@
-"""Stage score_round: one round's rewards.csv and reward_summary.json (marsdiff.rewards.round_scoring)."""
+"""Stage score_round: one round's rewards.csv and reward_summary.json (marsdiff.stages.score_round)."""
 
 from marsdiff.faults import kill_point
 from marsdiff.stage import params_json, run_stage, untracked
@@ -9,7 +9,7 @@ def main(snakemake):
         # Imported inside the body so a missing package is reported like any other user error.
         import torch
 
-        from marsdiff.rewards.round_scoring import score_round
+        from marsdiff.stages.score_round import score_round
 
         torch.set_num_threads(max(1, int(snakemake.threads)))
         kill_point("score.start")

@@ -1,7 +1,7 @@
-"""Snakemake adapter for rule validate_rewards: all logic is in marsdiff.rewards.validation."""
+"""Stage validate_rewards: ladder.csv, the ladder figures and validation.json (marsdiff.stages.validate_rewards)."""
 
-from marsdiff.rewards.validation import validate_rewards
 from marsdiff.stage import params_json, run_stage
+from marsdiff.stages.validate_rewards import validate_rewards
 
 
 def main(snakemake):

@@ -1,19 +1,21 @@
 """Building the reference set: crater crops from a labelled tile, or a user's image folders.
 
 Two workflow stages write it, so that a change to the appearance categories does not rebuild
-what training reads:
+what training reads (their file handling is :mod:`marsdiff.stages.prepare_reference` and
+:mod:`marsdiff.stages.categorize_reference`):
 
-- ``prepare_reference`` (:func:`build_reference_images`): ``images/<id>.png``, ``images.csv``
-  (one row per image: id, path, source, position and diameter, image statistics, ``size_cat``,
-  ``split``, and the ``sha256`` of the PNG) and ``contact_sheet.png``. Training reads only this.
-- ``categorize_reference`` (:func:`write_manifest`): ``manifest.csv`` = images.csv plus
-  ``lighting_cat`` and ``contrast_cat``; columns in :data:`MANIFEST_COLUMNS` (then extra ones).
-  ``split`` is 'train' or 'heldout' (the held-out split is read only by evaluation).
+- ``prepare_reference``: ``images/<id>.png`` and ``images.csv`` (:func:`build_images`: one row
+  per image: id, path, source, position and diameter, image statistics, ``size_cat``, ``split``,
+  and the ``sha256`` of the PNG), plus a contact sheet. Training reads only this.
+- ``categorize_reference``: ``manifest.csv`` = images.csv plus ``lighting_cat`` and
+  ``contrast_cat`` (:func:`assign_appearance`); columns in :data:`MANIFEST_COLUMNS` (then extra
+  ones). ``split`` is 'train' or 'heldout' (the held-out split is read only by evaluation).
 
-:func:`check_reference_inputs` validates the user's tile, labels, folder and metadata CSV
-without writing anything and returns a digest of their content; the workflow calls it when the
-Snakefile is parsed, so bad input stops the run before Snakemake deletes any previous output.
-:func:`prepare_reference` runs both stages into one directory (library use and tests).
+Both tables are written by :func:`write_reference_table` and read back by
+:func:`read_image_index`. :func:`check_reference_inputs` validates the user's tile, labels,
+folder and metadata CSV without writing anything and returns a digest of their content; the
+workflow calls it when the Snakefile is parsed, so bad input stops the run before Snakemake
+deletes any previous output.
 
 The sources live apart: :mod:`marsdiff.data.tile` (crops from a labelled tile),
 :mod:`marsdiff.data.folders` (a user's folder tree and metadata CSV), :mod:`marsdiff.data.crops`
@@ -22,16 +24,13 @@ The sources live apart: :mod:`marsdiff.data.tile` (crops from a labelled tile),
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from marsdiff.data.categories import contrast_categories, lighting_categories, size_categories, stratified_split
-from marsdiff.data.category_order import category_sort_key
 from marsdiff.data.crops import image_dimensions
 from marsdiff.data.folders import (
     UNSPECIFIED, check_image_size, folder_categories, folder_ids, folder_records, folder_root, join_metadata,
@@ -42,14 +41,9 @@ from marsdiff.data.manifest import MANIFEST_COLUMNS, read_manifest
 from marsdiff.data.reference_config import ReferenceConfig
 from marsdiff.data.tile import check_window, load_crater_labels, selected_craters, tile_records, tile_source
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_dir, atomic_path
+from marsdiff.io.atomic import atomic_path
 from marsdiff.io.digests import file_digest
 
-log = logging.getLogger(__name__)
-
-IMAGE_INDEX_NAME = "images.csv"
-MANIFEST_NAME = "manifest.csv"
-CONTACT_SHEET_NAME = "contact_sheet.png"
 #: Keys naming where the user's data lives; the data's content is tracked instead (a digest),
 #: so moving the data and updating the path re-runs nothing.
 LOCATION_KEYS = ("folder", "metadata_csv", "tile", "labels")
@@ -189,7 +183,7 @@ def _index_columns(table: pd.DataFrame) -> list[str]:
     return first + [c for c in table.columns if c not in first]
 
 
-def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
+def build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     """Write the images into ``images_dir``; the image index (sizes and split, no appearance)."""
     if cfg.source == "hrsc":
         table = tile_records(cfg, images_dir)
@@ -203,23 +197,10 @@ def _build_images(cfg: ReferenceConfig, images_dir: Path) -> pd.DataFrame:
     return table[_index_columns(table)]
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
+def write_reference_table(table: pd.DataFrame, path: Path) -> None:
+    """images.csv or manifest.csv, atomically (six significant digits for the statistics)."""
     with atomic_path(path, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-
-
-def build_reference_images(cfg_dict: dict, images_dir: str | os.PathLike, index_csv: str | os.PathLike,
-                           contact_sheet: str | os.PathLike) -> pd.DataFrame:
-    """Stage prepare_reference: ``images/``, ``images.csv`` and the contact sheet, each atomic."""
-    cfg = ReferenceConfig.from_dict(cfg_dict)
-    index_csv = Path(index_csv)
-    with atomic_dir(images_dir) as staging:
-        table = _build_images(cfg, staging)
-    _write_csv(table, index_csv)
-    write_contact_sheet(Path(contact_sheet), table, index_csv.parent)
-    counts = table.groupby(["size_cat", "split"]).size().unstack(fill_value=0)
-    log.info("reference set: %d images\n%s", len(table), counts.to_string())
-    return table
 
 
 def read_image_index(path: str | os.PathLike) -> pd.DataFrame:
@@ -227,57 +208,3 @@ def read_image_index(path: str | os.PathLike) -> pd.DataFrame:
     text = {c: str for c in ("id", "path", "source", "size_cat", "lighting_cat", "contrast_cat", "split", "category", "sha256")}
     read_manifest(path)  # the clear errors for a missing or malformed file
     return pd.read_csv(path, dtype=text)
-
-
-def write_manifest(index_csv: str | os.PathLike, cfg_dict: dict, manifest_csv: str | os.PathLike) -> pd.DataFrame:
-    """Stage categorize_reference: ``manifest.csv`` = images.csv + lighting and contrast categories."""
-    manifest = assign_appearance(read_image_index(index_csv), ReferenceConfig.from_dict(cfg_dict))
-    _write_csv(manifest, Path(manifest_csv))
-    for column in ("lighting_cat", "contrast_cat"):
-        log.info("%s: %s", column, manifest[column].value_counts().sort_index().to_dict())
-    return manifest
-
-
-def prepare_reference(cfg_dict: dict, out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Build the whole reference set into ``out_dir`` (both stages) and return the manifest.
-
-    The directory appears only when complete; a failure leaves a previous one untouched.
-    (In the workflow the two stages write their declared outputs; Snakemake removes a job's old
-    outputs before it starts, which is why the Snakefile checks the input at parse time.)
-    """
-    cfg = ReferenceConfig.from_dict(cfg_dict)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as staging:
-        images_dir = staging / "images"
-        images_dir.mkdir()
-        table = _build_images(cfg, images_dir)
-        _write_csv(table, staging / IMAGE_INDEX_NAME)
-        manifest = write_manifest(staging / IMAGE_INDEX_NAME, cfg_dict, staging / MANIFEST_NAME)
-        write_contact_sheet(staging / CONTACT_SHEET_NAME, manifest, staging)
-    counts = manifest.groupby(["size_cat", "split"]).size().unstack(fill_value=0)
-    log.info("reference set: %d images\n%s", len(manifest), counts.to_string())
-    return manifest
-
-
-def write_contact_sheet(path: Path, manifest: pd.DataFrame, root: Path, per_row: int = 8) -> None:
-    """One row of example crops per size category, smallest craters on top."""
-    from marsdiff.io.figures import save_png, subplots
-
-    categories = sorted(manifest["size_cat"].unique(), key=category_sort_key)
-    fig, axes = subplots(len(categories), per_row, figsize=(per_row * 1.1, len(categories) * 1.2), squeeze=False)
-    rng = np.random.default_rng(0)
-    for row, category in enumerate(categories):
-        members = manifest[manifest["size_cat"] == category]
-        picks = members.iloc[rng.permutation(len(members))[:per_row]]
-        for col in range(per_row):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(picks):
-                image = np.asarray(Image.open(root / picks.iloc[col]["path"]))
-                ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            if col == 0:
-                ax.set_ylabel(category, fontsize=7)
-    fig.suptitle("Reference craters by size category", fontsize=9)
-    fig.tight_layout()
-    save_png(fig, path, dpi=100)

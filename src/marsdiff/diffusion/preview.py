@@ -1,4 +1,5 @@
-"""The base model's sample grid (stage ``preview_base``): plain DDIM samples per size class.
+"""The base model's sample grid: plain DDIM samples per size class (stage ``preview_base``,
+:mod:`marsdiff.stages.preview_base`, writes it).
 
 Kept apart from :mod:`marsdiff.diffusion.pretrain`, whose code version the shipped model records
 (:mod:`marsdiff.diffusion.shipped`): editing the grid must not invalidate the shipped weights.
@@ -8,27 +9,29 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from marsdiff.devices import resolve_device
-from marsdiff.diffusion.pixel import TrainSet, load_train_set, to_uint8
+from marsdiff.diffusion.pixel import TrainSet, to_uint8
 from marsdiff.diffusion.pixel_keys import PIXEL_PREVIEW_KEYS
-from marsdiff.errors import MarsdiffError
 
 log = logging.getLogger(__name__)
 
 # Deterministic DDIM, and the stochastic chain RL samples with: side by side on the same seeds.
 PREVIEW_ETAS = (0.0, 1.0)
+#: Images per UNet call of the grid's chains. Fixed, not a config key (the grid is a few dozen
+#: images): the chunks draw their noise in turn from one seeded generator, so another size could
+#: change the grid's pixels.
+PREVIEW_BATCH_SIZE = 64
 
 
 @torch.no_grad()
-def ddim_sample(unet, scheduler, labels: torch.Tensor, steps: int, seed: int, image_size: int,
-                channels: int = 1, batch_size: int = 64, eta: float = 0.0) -> torch.Tensor:
-    """DDIM samples in [-1, 1], one per label (eta 0: deterministic given the seed)."""
+def ddim_sample(unet, scheduler, labels: torch.Tensor, steps: int, seed: int, image_size: int, batch_size: int,
+                channels: int = 1, eta: float = 0.0) -> torch.Tensor:
+    """DDIM samples in [-1, 1], one per label, ``batch_size`` per UNet call (eta 0: deterministic
+    given the seed)."""
     from diffusers import DDIMScheduler
 
     ddim = DDIMScheduler.from_config(scheduler.config)
@@ -112,7 +115,8 @@ def preview_grid(unet, scheduler, train: TrainSet, grid: Mapping[str, int], seed
     reference = reference_examples(train, reference_per_class, seeds["train"]) if reference_per_class else None
     panels = []
     for eta in PREVIEW_ETAS:
-        samples = ddim_sample(unet, scheduler, labels, steps, seed=seeds["grid"], image_size=image_size, eta=eta)
+        samples = ddim_sample(unet, scheduler, labels, steps, seed=seeds["grid"], image_size=image_size,
+                              batch_size=PREVIEW_BATCH_SIZE, eta=eta)
         samples_u8 = to_uint8(samples).reshape(n_classes, per_class, image_size, image_size)
         title = f"DDIM eta {eta:g}, {steps} steps, {steps_trained} training steps"
         panels.append(sample_grid(samples_u8, train.class_names, reference if eta == PREVIEW_ETAS[-1] else None,
@@ -125,29 +129,3 @@ def preview_grid(unet, scheduler, train: TrainSet, grid: Mapping[str, int], seed
         x += panel.width + gap
     log.info("sample grid: %d images in %.1f s", len(labels) * len(PREVIEW_ETAS), time.perf_counter() - start)
     return canvas
-
-
-def write_preview(model_dir: str | Path, manifest: str | Path, section: Mapping[str, Any], out_png: str | Path,
-                  device: str, threads: int | None = None) -> None:
-    """Stage preview_base: samples.png of a trained model directory.
-
-    The model's own training keys (image size, seeds) come from its metadata; ``section`` (the
-    filled ``model.pixel`` section, or its grid keys) gives the grid settings; ``device``:
-    ``model.pixel.device``.
-    """
-    from marsdiff.diffusion.loading import verify_pixel_model
-    from marsdiff.diffusion.pixel import load_pixel_model
-    from marsdiff.io.atomic import atomic_path
-
-    verify_pixel_model(model_dir)  # a grid of damaged weights would look like a bad model, not a bad file
-    if threads:
-        torch.set_num_threads(int(threads))
-    unet, scheduler, meta = load_pixel_model(model_dir, resolve_device(device, "model.pixel.device"))
-    image_size = int(meta["image_size"])
-    train = load_train_set(manifest, image_size)
-    if list(train.class_names) != list(meta.get("class_names", train.class_names)):
-        raise MarsdiffError(f"{manifest}: size classes {train.class_names} differ from the model's "
-                            f"{meta.get('class_names')} (retrain the base model)")
-    grid = preview_grid(unet, scheduler, train, section, meta["seeds"], image_size, int(meta["training"]["steps"]))
-    with atomic_path(out_png, suffix=".png") as tmp:
-        grid.save(tmp, format="PNG")

@@ -15,7 +15,8 @@ config (``model.pixel`` without the keys that change no weight), the digest of t
 imports, less :data:`WEIGHT_NEUTRAL_MODULES`) and the digest of the train split (:func:`train_split_digest`: ids, image hashes and size classes). With
 ``model.pixel.shipped_checkpoint: auto`` the rule installs the shipped model when all three match
 the run's, like a cache hit, and trains otherwise (own reference data, another recipe, edited
-training code), saying why in its log; ``never`` always trains. A test fails when the committed
+training code), saying why in its log (:mod:`marsdiff.stages.pretrain_base` decides, from
+:func:`mismatches`); ``never`` always trains. A test fails when the committed
 code or default config stop matching the shipped model, so it cannot silently go stale.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -33,8 +33,6 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.io.digests import file_digest
 from marsdiff.io.reading import read_json
 from marsdiff.io.weights import follow_umask
-
-log = logging.getLogger(__name__)
 
 LIBRARY = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = LIBRARY / "assets" / "base_model"
@@ -168,26 +166,3 @@ def record_weights_hash(model_dir: str | os.PathLike) -> dict[str, Any]:
     write_json(model_dir / MODEL_META_NAME, meta)
     follow_umask(model_dir)
     return meta
-
-
-def pretrain_or_install(index_csv: str | os.PathLike, out_dir: str | os.PathLike, section: Mapping[str, Any],
-                        code_version: str, threads: int | None = None) -> dict[str, Any]:
-    """Stage pretrain_base: install the shipped model where it is what training would produce
-    (``shipped_checkpoint: auto``), else train; the log says which and why. ``section``: the
-    ``model.pixel`` section, filled here by the schema. Returns the metadata."""
-    from marsdiff.config import filled_section
-    from marsdiff.diffusion.pretrain import pretrain_base
-
-    section = filled_section("model.pixel", section)
-    if section["shipped_checkpoint"] == "auto":
-        reasons = (mismatches(section, index_csv, code_version) if (SHIPPED_DIR / PROVENANCE_NAME).is_file()
-                   else [f"no shipped model at {SHIPPED_DIR}"])
-        if not reasons:
-            meta = install(out_dir)
-            log.info("installed the shipped base model (%s, trained %s steps; weights sha256 %s): it was trained "
-                     "from this config, train split and code. Set model.pixel.shipped_checkpoint: never to train "
-                     "anyway.", SHIPPED_DIR, meta["training"]["steps"], meta["installed_from"]["weights_sha256"][:12])
-            return meta
-        log.info("training instead of installing the shipped base model: %s", "; ".join(reasons))
-    pretrain_base(index_csv, out_dir, section, threads=threads, code_version=code_version)
-    return record_weights_hash(out_dir)

@@ -1,4 +1,4 @@
-"""Validation of rewards on diversity ladders, its output files, and the gate training uses.
+"""Validation of rewards on diversity ladders, its output tables and figures, and the gate training uses.
 
 For each bootstrap repeat the ``train`` rows of the reference set (the held-out split is for
 evaluation only) are split at random, stratified by size category, into a *pool* and a *target*
@@ -28,7 +28,8 @@ information_gain) and each of their terms, at ``snr.set_size`` images plus each 
 Outputs: ``ladder.csv`` (ladder, level, repeat, reward, bandwidth_scale, bandwidth, value,
 standardised), ``ladder_<name>.png`` (one panel per reward, mean with interval vs level),
 ``ladder_rho.png`` (per-draw rho of every reward on every ladder) and ``validation.json`` (see
-:func:`summarise`, plus ``mix_selection`` and ``credit_snr``).
+:func:`summarise`, plus ``mix_selection`` and ``credit_snr``), written by stage validate_rewards
+(:mod:`marsdiff.stages.validate_rewards`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ import pandas as pd
 
 from marsdiff.config import filled_section
 from marsdiff.errors import MarsdiffError
-from marsdiff.io.atomic import atomic_path, write_json
 from marsdiff.rewards.combined import RewardConfig, RewardModel
 from marsdiff.rewards.inputs import as_features
 from marsdiff.rewards.kernels import squared_distances
@@ -442,40 +442,6 @@ def run_validation(
         bandwidth=reward.bandwidth,
     )
     return table, summary
-
-
-def validate_rewards(
-    features_path: str | Path,
-    manifest_path: str | Path,
-    reward_section: dict[str, Any] | None,
-    ladder_csv: str | Path,
-    validation_json: str | Path,
-    plot_paths: dict[str, str | Path],
-    extractor: str = "",
-    rho_plot: str | Path | None = None,
-) -> dict[str, Any]:
-    """The validate_rewards stage: read reference features (and their ids file), write ladder.csv,
-    plots and validation.json."""
-    from marsdiff.data.manifest import read_manifest
-    from marsdiff.io.feature_files import read_feature_set
-
-    # The features must come from the extractor this stage was told about, at its dimension.
-    features, ids = read_feature_set(features_path, extractor=extractor or None)
-    manifest = read_manifest(manifest_path)
-    train_features, meta = train_reference(features, ids, manifest)
-    log.info("validating rewards on %d train reference rows (%s)", len(meta), extractor or "features")
-    table, summary = run_validation(train_features, meta, reward_section)
-    summary["extractor"] = extractor
-    with atomic_path(ladder_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    for ladder, path in plot_paths.items():
-        plot_ladder(table, ladder, summary, path)
-    if rho_plot is not None:
-        plot_rho(summary, rho_plot)
-    write_json(validation_json, summary)
-    for name, entry in sorted(summary["rewards"].items()):
-        log.info("reward %-30s %s %s", name, "PASS" if entry["passed"] else "FAIL", "; ".join(entry["failures"]))
-    return summary
 
 
 def require_validated(validation_json_path: str | Path, reward_name: str, enforce: bool) -> dict[str, Any] | None:

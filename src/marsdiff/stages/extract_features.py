@@ -1,5 +1,9 @@
-"""Image sets as the feature stage sees them: a manifest CSV (reference) or a folder of PNGs
-(generated rounds), turned into ordered (id, path) lists and a cached ``.npy`` feature file.
+"""Stages ``extract_features`` and ``extract_resized_features``: one extractor's features of an
+image set, through the content-keyed cache, into a ``.npy`` feature file.
+
+An image set is a manifest CSV (the reference, or the resized reference) or a folder of PNGs,
+turned into ordered (id, path) lists here; the encoders and the cache are
+:mod:`marsdiff.features`', the feature-file contract :mod:`marsdiff.io.feature_files`'.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from pathlib import Path
 from marsdiff.data.images import is_image_name
 from marsdiff.errors import MarsdiffError
 from marsdiff.features.cache import CacheStats, extract_with_cache
-from marsdiff.io.feature_files import write_feature_set
 from marsdiff.features.registry import build_extractor
+from marsdiff.io.feature_files import write_feature_set
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ def list_image_set(source: str | os.PathLike) -> tuple[list[str], list[Path]]:
 
 def extract_image_set(source: str | os.PathLike, extractor_name: str, features_cfg: dict,
                       out_npy: str | os.PathLike, progress: bool = True) -> CacheStats:
-    """Write ``out_npy`` (float32, one row per image) and its ``.ids.txt`` for an image set."""
+    """Stage extract_features (and extract_resized_features): write ``out_npy`` (float32, one row
+    per image) and its ``.ids.txt`` for an image set."""
     ids, paths = list_image_set(source)
     extractor = build_extractor(extractor_name, features_cfg)
     features, stats = extract_with_cache(paths, extractor, features_cfg.get("cache_dir"), progress=progress)
