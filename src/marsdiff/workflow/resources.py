@@ -18,20 +18,19 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
                   "generate_base_stream_samples", "generate_samples", "generate_stream_samples", "export_dataset")
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
-#: The ``threads`` of each rule that runs torch (the scripts set torch's threads to the job's).
-#: One where a job has siblings it can run beside: on the 2-core default machine two 1-thread
-#: jobs do more than one 2-thread job (a second thread buys 1.4-1.6x), and the default run's
-#: samples, features and metrics are bit-identical with 1 and 2 threads (checked on every round's
-#: trajectories and on summary.md: docs/performance.md, "Threads"). Two where the result depends
-#: on the thread count or the job runs alone: update_round (a LoRA update sums its gradients in
-#: another order with another thread count, so its weights change; it is also the longest job
-#: on the critical path), pretrain_base (the shipped model was trained with two), and the stages
-#: at the end of the run that have no sibling. A cluster sets its own per rule (profiles/slurm,
-#: set-threads); ``--set-threads <rule>=N`` overrides one run.
+#: The ``threads`` of each rule that sizes its thread pools (torch's, BLAS'): the scripts set them
+#: to the job's. Two everywhere, measured on the idle 2-core machine (docs/performance.md,
+#: "Threads"): one thread per job for every rule ran the default workflow in 0.82x the time (two
+#: 1-thread jobs do more than one 2-thread job: a second thread buys 1.4-1.6x), but the LoRA
+#: update's weights depend on the thread count (its gradient sums run in another order), so that
+#: change re-baselines the default results (ppo_lora's recall 0.699 -> 0.718 on the same seeds);
+#: a mixed table (1 for jobs with siblings, 2 for update_round) kept the results and gained
+#: nothing, because a 1-thread job then often runs alone on two cores. A cluster sets its own per
+#: rule (profiles/slurm, set-threads); ``--set-threads <rule>=N`` overrides one run.
 THREADS = {
-    "sample_round": 1, "score_round": 1, "update_round": 2,
-    "select_knob": 1, "generate_base_samples": 1, "generate_samples": 1,
-    "extract_features": 1, "extract_resized_features": 1, "preview_base": 1, "pretrain_base": 2,
+    "sample_round": 2, "score_round": 2, "update_round": 2,
+    "select_knob": 2, "generate_base_samples": 2, "generate_samples": 2,
+    "extract_features": 2, "extract_resized_features": 2, "preview_base": 2, "pretrain_base": 2,
     "extract_sample_features": 2, "evaluate": 2, "plot_evaluation": 2, "export_dataset": 2,
 }
 
