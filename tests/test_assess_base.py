@@ -7,10 +7,15 @@ import pytest
 from PIL import Image
 
 from marsdiff.evalset.assess import HeldoutYardstick, format_table
-from marsdiff.evaluation.pixels import brightness_and_contrast, brightness_and_contrast_intervals
+from marsdiff.evaluation.pixels import brightness_and_contrast, brightness_and_contrast_intervals as intervals_at
 from marsdiff.evaluation.manifold import precision_recall_density_coverage
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.feature_files import write_feature_set
+
+
+def brightness_and_contrast_intervals(images):
+    """The intervals at the base-model check's protocol (pixels.CHECK_*)."""
+    return intervals_at(images, seed=0, replicates=1000, confidence=0.95)
 
 
 def test_brightness_spread_and_contrast_are_the_std_of_means_and_the_mean_std():

@@ -16,10 +16,9 @@ syntax tree (never imports it) and reports, each with its line and key:
 - ``parameter``: a function parameter named as a schema key whose literal default equals one of
   that key's schema defaults (callers pass the configured value).
 
-The scan covers ``src/marsdiff`` and ``workflow/scripts``. :data:`REMAINING` lists the findings
-still to fix (function-argument defaults whose callers rely on them) and :data:`ALLOWED` the ones
-that are not config defaults (a name shared with a schema key), each ``<file>::<key>`` with its
-one-line reason. Both only shrink: an entry without a finding fails the test.
+The scan covers ``src/marsdiff`` and ``workflow/scripts``. :data:`ALLOWED` lists the findings that
+are not config defaults (a name shared with a schema key), each ``<file>::<key>`` with its
+one-line reason. It only shrinks: an entry without a finding fails the test.
 """
 
 from __future__ import annotations
@@ -36,14 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCANNED = (REPO / "src" / "marsdiff", REPO / "workflow" / "scripts")
 
-LEFT = "function-argument default: its callers (tests, library calls) still rely on it (issue 20 item 1, left)"
-#: ``<file>::<key>`` -> why the finding is still there. These are the function-argument defaults
-#: left when the schema became the one source of defaults: the scan skips them, and
-#: :func:`test_every_remaining_entry_is_still_a_finding` fails once one is fixed, so the table only
-#: shrinks. A new restatement anywhere fails the scan.
-REMAINING: dict[str, str] = {
-    "src/marsdiff/evaluation/pixels.py::seed": LEFT,
-}
 #: ``<file>::<key>`` -> one-line reason the finding is not a config default at all.
 ALLOWED: dict[str, str] = {
     "src/marsdiff/diffusion/training_loss.py::seed": "the fixed noise of fixed_batch_loss, a loss the tests read on given "
@@ -222,7 +213,7 @@ def repository_findings(skip_known: bool = True) -> list[Finding]:
     findings = []
     for relative in scanned_files():
         findings += [f for f in scan_source((REPO / relative).read_text(), relative, defaults)
-                     if not (skip_known and f"{relative}::{f.key}" in {**REMAINING, **ALLOWED})]
+                     if not (skip_known and f"{relative}::{f.key}" in ALLOWED)]
     return findings
 
 
@@ -240,17 +231,16 @@ def test_no_default_is_restated_in_code():
 
 def test_the_tables_name_real_files_each_with_its_reason():
     files = set(scanned_files())
-    for table in (REMAINING, ALLOWED):
-        for entry, why in table.items():
-            relative, _, key = entry.partition("::")
-            assert relative in files and key, f"{entry}: not <scanned file>::<key> (renamed? drop it from the table)"
-            assert why.strip() and "\n" not in why, entry
+    for entry, why in ALLOWED.items():
+        relative, _, key = entry.partition("::")
+        assert relative in files and key, f"{entry}: not <scanned file>::<key> (renamed? drop it from the table)"
+        assert why.strip() and "\n" not in why, entry
 
 
-def test_every_remaining_entry_is_still_a_finding():
-    """The tables only shrink: an entry whose finding was fixed must leave the table."""
+def test_every_allowed_entry_is_still_a_finding():
+    """The table only shrinks: an entry whose finding was fixed must leave the table."""
     found = {f"{f.path}::{f.key}" for f in repository_findings(skip_known=False)}
-    stale = [entry for entry in sorted({*REMAINING, *ALLOWED}) if entry not in found]
+    stale = [entry for entry in sorted(ALLOWED) if entry not in found]
     assert not stale, f"fixed, drop from the table: {stale}"
 
 

@@ -35,8 +35,11 @@ PIXEL_STATISTICS = ("brightness_spread", "contrast")
 STATISTIC_LABELS = {"brightness_spread": "brightness spread", "contrast": "contrast"}
 PIXEL_TABLE_COLUMNS = ["model", "statistic", "value", "ci_low", "ci_high", "n_images", "heldout_value",
                        "heldout_ci_low", "heldout_ci_high", "relative_difference"]
-DEFAULT_REPLICATES = 1000
-DEFAULT_CONFIDENCE = 0.95
+#: The intervals of :func:`pixel_statistics`, the base-model check's own protocol (assess-base,
+#: like its AssessSettings), not the evaluation's configured bootstrap.
+CHECK_REPLICATES = 1000
+CHECK_CONFIDENCE = 0.95
+CHECK_SEED = 0
 # The held-out crops' resamples use their own stream, so they never coincide with a model's.
 HELDOUT_SEED_OFFSET = 7919
 
@@ -64,8 +67,8 @@ def bootstrap_replicates(images: np.ndarray, replicates: int, seed: int) -> dict
     return {"brightness_spread": spread, "contrast": weights @ stds}
 
 
-def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0, replicates: int = DEFAULT_REPLICATES,
-                                      confidence: float = DEFAULT_CONFIDENCE) -> dict[str, list[float]]:
+def brightness_and_contrast_intervals(images: np.ndarray, seed: int, replicates: int,
+                                      confidence: float) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of both statistics: ``{"brightness_spread_ci": [low, high], ...}``.
 
     A spread of image means from 64 images is a noisy number (draws of 64 real train crops range
@@ -81,9 +84,10 @@ def brightness_and_contrast_intervals(images: np.ndarray, seed: int = 0, replica
 
 
 def pixel_statistics(images: np.ndarray) -> dict[str, Any]:
-    """Both statistics and their intervals (default replicates and seed) as one dict."""
+    """Both statistics and their intervals (the base-model check's replicates and seed) as one dict."""
     brightness, contrast = brightness_and_contrast(images)
-    return {"brightness_spread": brightness, "contrast": contrast, **brightness_and_contrast_intervals(images)}
+    intervals = brightness_and_contrast_intervals(images, CHECK_SEED, CHECK_REPLICATES, CHECK_CONFIDENCE)
+    return {"brightness_spread": brightness, "contrast": contrast, **intervals}
 
 
 def grey_images(paths: Sequence[str | os.PathLike], resolution: int) -> np.ndarray:
