@@ -62,8 +62,6 @@ def shipped_policy(seed: int):
 
 def clipped_fraction(actions, batches) -> float:
     """Share of x0_hat pixels the scheduler's clip_sample clamps, over the round at theta_old."""
-    from marsdiff.diffusion.rescoring import transition_log_prob
-
     clipped = count = 0
     scheduler = actions.scheduler
     if not scheduler.clip_sample:

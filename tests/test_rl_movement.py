@@ -15,7 +15,6 @@ from marsdiff.errors import MarsdiffError
 from marsdiff.io.trajectories import open_trajectories
 from marsdiff.rl.actions import DenoiseActions
 from marsdiff.rl.advantages import group_advantages
-from marsdiff.rl.experiments import experiment_settings
 from marsdiff.rl.movement import plan_values
 from marsdiff.rl.policy import RoundPolicy
 from marsdiff.rl.ppo import ppo_update

@@ -77,7 +77,6 @@ from marsdiff.rl.conjugate_gradient import conjugate_gradient
 from marsdiff.rl.distributed import SINGLE, RankGroup
 from marsdiff.rl.fisher_vector_product import (
     FVP_METHODS,
-    JACOBIAN_VECTOR,
     FisherVectorProduct,
     has_attention,
     twice_differentiable_attention,
