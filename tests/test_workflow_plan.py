@@ -145,8 +145,12 @@ def test_figure_captions_exist():
         assert label
 
 
+def _rules_text() -> str:
+    return "\n".join(path.read_text() for path in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+
+
 def _rule_names() -> set[str]:
-    text = "\n".join(path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk"))
+    text = _rules_text()
     return set(re.findall(r"^rule (\w+):", text, re.M)) | set(re.findall(r"^use rule \w+ as (\w+) with:", text, re.M))
 
 
@@ -201,11 +205,8 @@ def test_round_groups_hold_blocks_of_rounds_per_experiment(tiny_config):
 
 def rule_blocks() -> dict[str, str]:
     """Each rule of workflow/rules/*.smk -> its text (up to the next rule)."""
-    blocks: dict[str, str] = {}
-    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        parts = re.split(r"^rule (\w+):\n", smk.read_text(), flags=re.M)
-        blocks.update(dict(zip(parts[1::2], parts[2::2])))
-    return blocks
+    parts = re.split(r"^rule (\w+):\n", _rules_text(), flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
 
 
 def test_every_rule_that_sizes_its_threads_takes_them_from_the_table():
