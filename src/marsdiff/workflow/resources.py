@@ -19,19 +19,19 @@ SAMPLING_RULES = ("sample_round", "update_round", "select_knob", "generate_base_
 #: The stages that run sampling.processes data-parallel processes.
 ROUND_RULES = ("sample_round", "update_round")
 #: The ``threads`` of each rule that sizes its thread pools (torch's, BLAS'): the scripts set them
-#: to the job's. Two everywhere, measured on the idle 2-core machine (docs/performance.md,
-#: "Threads"): one thread per job for every rule ran the default workflow in 0.82x the time (two
-#: 1-thread jobs do more than one 2-thread job: a second thread buys 1.4-1.6x), but the LoRA
-#: update's weights depend on the thread count (its gradient sums run in another order), so that
-#: change re-baselines the default results (ppo_lora's recall 0.699 -> 0.718 on the same seeds);
-#: a mixed table (1 for jobs with siblings, 2 for update_round) kept the results and gained
-#: nothing, because a 1-thread job then often runs alone on two cores. A cluster sets its own per
-#: rule (profiles/slurm, set-threads); ``--set-threads <rule>=N`` overrides one run.
+#: to the job's. One per job, measured on the idle 2-core machine (docs/performance.md,
+#: "Threads"): a second thread buys a job only 1.4-1.6x, so two 1-thread jobs side by side do more
+#: than one 2-thread job, and the default workflow ran in 0.82x the time of 2 threads everywhere.
+#: The LoRA update's weights depend on the thread count (its gradient sums run in another order),
+#: so the default results are those of this table (the sampling, scoring and evaluation outputs
+#: are the same with 1 or 2). pretrain_base keeps 2: it trains alone when it trains at all, and the
+#: shipped model was trained with 2. A cluster sets its own per rule (profiles/slurm,
+#: set-threads); ``--set-threads <rule>=N`` overrides one run.
 THREADS = {
-    "sample_round": 2, "score_round": 2, "update_round": 2,
-    "select_knob": 2, "generate_base_samples": 2, "generate_samples": 2,
-    "extract_features": 2, "extract_resized_features": 2, "preview_base": 2, "pretrain_base": 2,
-    "extract_sample_features": 2, "evaluate": 2, "plot_evaluation": 2, "export_dataset": 2,
+    "sample_round": 1, "score_round": 1, "update_round": 1,
+    "select_knob": 1, "generate_base_samples": 1, "generate_samples": 1,
+    "extract_features": 1, "extract_resized_features": 1, "preview_base": 1, "pretrain_base": 2,
+    "extract_sample_features": 1, "evaluate": 1, "plot_evaluation": 1, "export_dataset": 1,
 }
 
 
