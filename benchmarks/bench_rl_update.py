@@ -212,7 +212,11 @@ def main() -> None:
         actions.close()
 
     ppo = statistics.median(ppo_times)
-    print(f"\nRL update cost, pixel UNet 32x32 (32, 64, 64), LoRA rank 4, {args.images} images x {args.steps} steps "
+    from marsdiff.config import filled_section
+
+    small = filled_section("model.pixel", {"preset": "small"})
+    print(f"\nRL update cost, pixel UNet of the small preset ({small['image_size']} px, "
+          f"block_out_channels {tuple(small['block_out_channels'])}), LoRA rank 4, {args.images} images x {args.steps} steps "
           f"= {n} trainable transitions, minibatch {args.minibatch}, {args.threads} thread(s), median of {args.repeats}")
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
     print("PPO (1 epoch)")

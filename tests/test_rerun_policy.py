@@ -550,7 +550,7 @@ def test_round_jobs_run_torch_with_their_rules_threads(finished_round, tmp_path)
     for rule in ("sample_round", "update_round"):
         assert f"torch threads: {THREADS[rule]}\n" in round_log(finished_round, rule)
     project = copy_project(finished_round, tmp_path / "copy")
-    other = THREADS["sample_round"] % 2 + 1  # 1 for the default of 2
+    other = THREADS["sample_round"] % 2 + 1  # the other of 1 and 2
     snakemake(project, *ROUND_TARGETS, *configs(project), "--forcerun", "sample_round",
               "--set-threads", f"sample_round={other}")
     assert f"torch threads: {other}\n" in round_log(project, "sample_round")
