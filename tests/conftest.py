@@ -15,25 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
-#: Session fixtures worth building once per run: every file that uses one runs on one xdist worker.
-SHARED_SESSION_FIXTURES = ("tiny_evaluation",)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Worker groups for ``pytest -n N --dist loadgroup`` (make test): a file's tests stay together
-    (its module fixtures are built once), and the files that use a fixture of
-    SHARED_SESSION_FIXTURES share a group (it is built once). Without xdist the mark does nothing."""
-    groups = {}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        shared = next((name for name in SHARED_SESSION_FIXTURES if name in item.fixturenames), None)
-        if shared is not None:
-            groups[path] = shared
-        groups.setdefault(path, path)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
-
-
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
