@@ -35,12 +35,13 @@ check-config: $(STAMP)
 run: check-config
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(CONFIG_ARGS)
 
-# Two pytest workers (one per core of the 2-core CI machine): 0.74x the serial suite's time. A
-# file's tests stay on one worker (--dist loadfile), so its module fixtures are built once; a
-# session fixture is built once per worker that uses it. TEST_WORKERS=0 runs in one process.
+# Two pytest workers (one per core of the 2-core CI machine). A file's tests stay on one worker
+# (--dist loadfile), so its module fixtures are built once; a session fixture is built once per
+# worker that uses it. The files with slow tests go first, in collection order (tests/conftest.py,
+# --no-loadscope-reorder). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The workflow through profiles/slurm on a real single-node SLURM started here (root, Debian's
 # slurm-wlm, munge, slurmdbd, mariadb-server; installed if missing), stopped again by pid.

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with a ``slow`` test first, each file's tests in their order: make test's two xdist
+    workers (--dist loadfile --no-loadscope-reorder) then start on the workflow runs that take
+    minutes and fill in with the fast files, instead of ending on one of them alone."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
