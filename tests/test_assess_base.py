@@ -7,15 +7,17 @@ import pytest
 from PIL import Image
 
 from marsdiff.evalset.assess import HeldoutYardstick, format_table
-from marsdiff.evaluation.pixels import brightness_and_contrast, brightness_and_contrast_intervals as intervals_at
+from marsdiff.evaluation.pixels import (
+    CHECK_CONFIDENCE, CHECK_REPLICATES, CHECK_SEED, brightness_and_contrast, brightness_and_contrast_intervals as intervals_at,
+)
 from marsdiff.evaluation.manifold import precision_recall_density_coverage
 from marsdiff.errors import MarsdiffError
 from marsdiff.io.feature_files import write_feature_set
 
 
 def brightness_and_contrast_intervals(images):
-    """The intervals at the base-model check's protocol (pixels.CHECK_*)."""
-    return intervals_at(images, seed=0, replicates=1000, confidence=0.95)
+    """The intervals at the base-model check's protocol, as pixel_statistics computes them."""
+    return intervals_at(images, CHECK_SEED, CHECK_REPLICATES, CHECK_CONFIDENCE)
 
 
 def test_brightness_spread_and_contrast_are_the_std_of_means_and_the_mean_std():
